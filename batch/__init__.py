@@ -1,0 +1,1 @@
+"""gapscope's batch job runner (`python -m batch --help`)."""

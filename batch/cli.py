@@ -1,0 +1,201 @@
+"""The batch job runner: thin Typer commands over lib.
+
+Errors a user can cause print one line and exit non-zero; nothing is published then.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lib.errors import GapscopeError
+
+app = typer.Typer(
+    help="gapscope batch runner: compare how a model sees real and synthetic images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+RESULTS = Path("results")
+ResultsOpt = Annotated[Path, typer.Option("--results", help="Run store directory.")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, show_time=False, console=_stderr())],
+        force=True,
+    )
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+class RichProgress:
+    """lib.pipeline's Progress, drawn as rich progress bars."""
+
+    LABELS = {"extract": "extracting features", "project": "UMAP projections"}
+
+    def __init__(self, bar):
+        self.bar = bar
+        self.tasks = {}
+
+    def start(self, name: str, total: int) -> None:
+        self.tasks[name] = self.bar.add_task(self.LABELS.get(name, name), total=total)
+
+    def advance(self, name: str, n: int = 1) -> None:
+        self.bar.advance(self.tasks[name], n)
+
+
+@app.command()
+def run(
+    real: Annotated[Path, typer.Option(help="Folder of real images, or a .npy (N,H,W,3).")],
+    synthetic: Annotated[Path, typer.Option(help="Folder of synthetic images, or a .npy.")],
+    results: ResultsOpt = RESULTS,
+    backbone: Annotated[
+        Optional[str],
+        typer.Option(help="Architecture (see `backbones`). Default: resnet50-fpn with "
+                     "--checkpoint, else efficientnet-lite0 with its packaged ImageNet weights."),
+    ] = None,
+    checkpoint: Annotated[
+        Optional[Path], typer.Option(help="State dict for the backbone (.pth, weights_only).")
+    ] = None,
+    random_weights: Annotated[
+        bool, typer.Option(help="Use untrained weights on purpose (said loudly everywhere).")
+    ] = False,
+    pooling: Annotated[str, typer.Option(help="gap | channel-sum | channel-mean")] = "gap",
+    crop: Annotated[
+        Optional[int], typer.Option(help="Centre crop N×N, padding smaller images.")
+    ] = None,
+    resize: Annotated[
+        Optional[int], typer.Option(help="Shorter side to N, then centre crop N×N.")
+    ] = None,
+    sample: Annotated[
+        Optional[int], typer.Option(help="Use a random N images per domain.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for --sample.")] = 0,
+    n_neighbors: Annotated[int, typer.Option(help="UMAP n_neighbors.")] = 15,
+    min_dist: Annotated[float, typer.Option(help="UMAP min_dist.")] = 0.1,
+    umap_metric: Annotated[str, typer.Option(help="UMAP metric.")] = "euclidean",
+    umap_seed: Annotated[int, typer.Option(help="UMAP random_state.")] = 42,
+    k: Annotated[int, typer.Option("--k", help="Nearest neighbours per image.")] = 16,
+    metric: Annotated[str, typer.Option(help="Neighbour distance: cosine | euclidean.")] = "cosine",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    backend: Annotated[str, typer.Option(help="auto | cuml | cpu")] = "auto",
+    plots: Annotated[bool, typer.Option(help="Write the static 3D PNGs.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every stage.")] = False,
+) -> None:
+    """Compute features, projections and neighbours for two domains; publish a run."""
+    _setup_logging(verbose)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from lib.pipeline import RunConfig
+    from lib.pipeline import run as run_pipeline
+    from lib.reduce import UMAPParams
+    from lib.store import RunStore
+
+    config = RunConfig(
+        real=real,
+        synthetic=synthetic,
+        backbone=backbone,
+        checkpoint=checkpoint,
+        random_weights=random_weights,
+        pooling=pooling,
+        crop=crop,
+        resize=resize,
+        sample=sample,
+        seed=seed,
+        umap=UMAPParams(
+            n_neighbors=n_neighbors, min_dist=min_dist, metric=umap_metric, random_state=umap_seed
+        ),
+        k=k,
+        metric=metric,
+        batch_size=batch_size,
+        backend=backend,
+        plots=plots,
+    )
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=_stderr(), transient=False) as bar:
+        published = run_pipeline(config, RunStore(results), RichProgress(bar))
+    m = published.manifest
+    typer.echo(f"published run {published.id} in {published.dir}")
+    counts = ", ".join(f"{n} {d}" for d, n in m["counts"].items())
+    typer.echo(f"  images: {counts}; backbone {m['backbone']['name']}: {m['backbone']['weights']}")
+    if m["skipped"]:
+        typer.echo(f"  skipped {len(m['skipped'])} unusable files (listed in manifest.json):")
+        for s in m["skipped"][:5]:
+            typer.echo(f"    {s['path']}: {s['reason']}")
+    if m["padded"]:
+        typer.echo(f"  {m['padded']} images were smaller than --crop {crop} and were padded")
+    typer.echo(f"  timings (s): {m['timings_s']}")
+
+
+@app.command()
+def example(
+    out: Annotated[Path, typer.Option(help="Where to write the example.")] = Path("data/example"),
+    n_real: Annotated[
+        Optional[int], typer.Option(help="Real digits to use (default: all 1,797).")
+    ] = None,
+    n_synthetic: Annotated[int, typer.Option(help="Font-rendered digits.")] = 1000,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing example.")] = False,
+) -> None:
+    """Build the bundled example: scikit-learn's handwritten digits vs font-rendered ones."""
+    _setup_logging(False)
+    from lib.example import build_example
+
+    summary = build_example(out, n_real, n_synthetic, size, seed, overwrite)
+    typer.echo(
+        f"wrote {summary.real} real and {summary.synthetic} synthetic {size}×{size} images "
+        f"to {summary.root} (with metadata.csv)"
+    )
+
+
+@app.command()
+def runs(results: ResultsOpt = RESULTS) -> None:
+    """List published runs, newest first (* marks latest)."""
+    from lib.store import RunStore
+
+    store = RunStore(results)
+    latest = store.latest_id()
+    ids = store.run_ids()
+    if not ids:
+        typer.echo(f"no published runs in {results}")
+    for run_id in ids:
+        m = store.open(run_id).manifest
+        mark = "*" if run_id == latest else " "
+        counts = "+".join(str(n) for n in m["counts"].values())
+        typer.echo(f"{mark} {run_id}  {m['backbone']['name']}  {counts} images  {m['created']}")
+
+
+@app.command()
+def backbones() -> None:
+    """List the backbone architectures `run --backbone` accepts."""
+    from lib.backbones import DEFAULT, available
+
+    for name in available():
+        typer.echo(f"{name}{'  (default)' if name == DEFAULT else ''}")
+
+
+def main() -> None:
+    try:
+        app()
+    except GapscopeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: nothing was published", file=sys.stderr)
+        sys.exit(130)

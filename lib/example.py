@@ -1,0 +1,291 @@
+"""The bundled offline example: handwritten digits (real) vs font-rendered digits (synthetic).
+
+Real images are scikit-learn's 8x8 handwritten digits (values 0..16, 16 = ink). Synthetic
+images are the digits 0-9 rendered with PIL from the TrueType fonts shipped inside matplotlib,
+randomly rotated, scaled, shifted, thickened and blurred on a 64 px canvas, then reduced to 8x8
+by area averaging and quantised to the same 17 grey levels. Both domains are written as RGB
+PNGs of one common size, ink dark on white paper, with one metadata.csv describing them.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from lib.errors import GapscopeError
+
+logger = logging.getLogger(__name__)
+
+LEVELS = 16  # grey levels are 0..LEVELS, like sklearn's digits
+CATEGORIES = tuple(str(d) for d in range(10))
+
+_CANVAS = 64  # synthetic digits are drawn on a _CANVAS x _CANVAS grid, then reduced to 8x8
+_FONT_PX = 48
+_MIN_FONTS = 3
+_FONT_FILES = (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "cmr10.ttf",
+    "cmss10.ttf",
+    "cmb10.ttf",
+    "cmtt10.ttf",
+)
+
+
+@dataclass(frozen=True)
+class ExampleSummary:
+    """What build_example wrote: the example's root and the image count per domain."""
+
+    root: Path
+    real: int
+    synthetic: int
+    size: int
+    seed: int
+
+
+@functools.lru_cache(maxsize=1)
+def _fonts() -> tuple[ImageFont.FreeTypeFont, ...]:
+    """The matplotlib-bundled fonts that exist here, loaded once at _FONT_PX."""
+    import matplotlib
+
+    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    fonts = []
+    for name in _FONT_FILES:
+        path = ttf / name
+        if not path.is_file():
+            logger.debug("font %s not found, skipped", path)
+            continue
+        font = ImageFont.truetype(str(path), _FONT_PX)
+        if all(_has_ink(font, d) for d in CATEGORIES):
+            fonts.append(font)
+    if len(fonts) < _MIN_FONTS:
+        raise GapscopeError(
+            f"found only {len(fonts)} usable fonts in {ttf} (need {_MIN_FONTS}): "
+            "reinstall matplotlib"
+        )
+    return tuple(fonts)
+
+
+def _has_ink(font: ImageFont.FreeTypeFont, char: str) -> bool:
+    left, top, right, bottom = font.getbbox(char)
+    return right > left and bottom > top
+
+
+def _check_count(n: int, name: str = "n") -> None:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise GapscopeError(f"{name} must be a whole number >= 0, got {n!r}")
+
+
+def _render_glyph(
+    char: str,
+    font: ImageFont.FreeTypeFont,
+    stroke: int,
+    angle: float,
+    height: float,
+    aspect: float,
+    shift: tuple[float, float],
+    blur: float,
+) -> np.ndarray:
+    """One digit as an (8, 8) float array of mean ink (0..255) over 8x8-pixel blocks."""
+    left, top, right, bottom = font.getbbox(char, stroke_width=stroke)
+    pad = 4
+    glyph = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), 0)
+    ImageDraw.Draw(glyph).text(
+        (pad - left, pad - top), char, fill=255, font=font, stroke_width=stroke, stroke_fill=255
+    )
+    glyph = glyph.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+    glyph = glyph.crop(glyph.getbbox())
+    w, h = glyph.size
+    new_h = max(1, min(_CANVAS, round(height)))
+    new_w = max(1, min(_CANVAS, round(w * aspect * new_h / h)))
+    glyph = glyph.resize((new_w, new_h), resample=Image.Resampling.BILINEAR)
+
+    canvas = Image.new("L", (_CANVAS, _CANVAS), 0)
+    x = (_CANVAS - new_w) / 2 + shift[0]
+    y = (_CANVAS - new_h) / 2 + shift[1]
+    x = round(min(max(x, 0), _CANVAS - new_w))
+    y = round(min(max(y, 0), _CANVAS - new_h))
+    canvas.paste(glyph, (x, y))
+    if blur > 0:
+        canvas = canvas.filter(ImageFilter.GaussianBlur(blur))
+    block = _CANVAS // 8
+    arr = np.asarray(canvas, dtype=np.float64)
+    return arr.reshape(8, block, 8, block).mean(axis=(1, 3))
+
+
+def _quantise(blocks: np.ndarray) -> np.ndarray:
+    """Scale so the inkiest block is LEVELS, round to the levels 0..LEVELS."""
+    peak = blocks.max()
+    if peak <= 0:
+        return np.zeros(blocks.shape, dtype=np.uint8)
+    return np.rint(blocks * (LEVELS / peak)).astype(np.uint8)
+
+
+def render_synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 8, 8) uint8 values 0..16 and (n,) int labels.
+
+    Labels are balanced over 0..9; the result is deterministic for a seed.
+    """
+    _check_count(n)
+    fonts = _fonts()
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n, dtype=np.int64) % 10
+    rng.shuffle(labels)
+    digits = np.empty((n, 8, 8), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        font = fonts[rng.integers(len(fonts))]
+        blocks = _render_glyph(
+            str(label),
+            font,
+            stroke=int(rng.integers(0, 3)),
+            angle=float(rng.uniform(-15.0, 15.0)),
+            height=float(rng.uniform(0.6, 0.95)) * _CANVAS,
+            aspect=float(rng.uniform(0.8, 1.25)),
+            shift=(float(rng.uniform(-6.0, 6.0)), float(rng.uniform(-6.0, 6.0))),
+            blur=float(rng.uniform(0.0, 2.5)),
+        )
+        digits[i] = _quantise(blocks)
+    return digits, labels
+
+
+def real_digits(n: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn digits as (n, 8, 8) uint8 0..16 and (n,) int labels.
+
+    n=None gives all 1,797; otherwise a seeded subsample, balanced over the classes.
+    """
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = np.asarray(data.images).astype(np.uint8)
+    labels = np.asarray(data.target).astype(np.int64)
+    if n is None:
+        return images, labels
+    _check_count(n, "n_real")
+    if n > len(labels):
+        raise GapscopeError(f"n_real is {n} but only {len(labels)} real digits exist: lower it")
+    rng = np.random.default_rng(seed)
+    # Deal the classes round-robin, each class in a seeded random order, then keep the first n.
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(10)]
+    longest = max(len(p) for p in per_class)
+    dealt = [p[k] for k in range(longest) for p in per_class if k < len(p)]
+    chosen = np.sort(np.asarray(dealt[:n], dtype=np.int64))
+    return images[chosen], labels[chosen]
+
+
+def to_rgb(digits: np.ndarray, size: int = 64) -> np.ndarray:
+    """(n,8,8) 0..16 → (n,size,size,3) uint8, nearest upscale, ink dark on white."""
+    digits = np.asarray(digits)
+    if digits.ndim != 3 or digits.shape[1:] != (8, 8):
+        raise ValueError(f"expected digits of shape (n, 8, 8), got {digits.shape}")
+    if size < 8:
+        raise GapscopeError(f"size must be at least 8 pixels, got {size}")
+    idx = (np.arange(size) * 8) // size
+    big = digits[:, idx][:, :, idx].astype(np.int64)
+    grey = (255 - np.rint(np.clip(big, 0, LEVELS) * 255 / LEVELS)).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def _write_domain(tmp: Path, domain: str, rgb: np.ndarray, labels: np.ndarray) -> list[tuple]:
+    rows = []
+    for category in CATEGORIES:
+        (tmp / domain / category).mkdir(parents=True, exist_ok=True)
+    for i, (image, label) in enumerate(zip(rgb, labels, strict=True)):
+        rel = f"{domain}/{int(label)}/{domain}_{i:05d}.png"
+        Image.fromarray(image).save(tmp / rel, format="PNG")
+        rows.append((rel, domain, str(int(label))))
+    return rows
+
+
+def _is_nonempty(path: Path) -> bool:
+    if not path.is_dir():
+        return True
+    with os.scandir(path) as entries:
+        return any(True for _ in entries)
+
+
+def build_example(
+    out: Path,
+    n_real: int | None = None,
+    n_synthetic: int = 1000,
+    size: int = 64,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> ExampleSummary:
+    """Write the real-vs-synthetic digits example under `out`; deterministic for a seed.
+
+    The example is built in a temporary sibling directory and renamed into place at the end,
+    so an interrupted build never leaves a half-written example behind.
+    """
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise GapscopeError(f"{out} exists and is not a directory: choose another output path")
+        if _is_nonempty(out) and not overwrite:
+            raise GapscopeError(
+                f"{out} already exists and is not empty: pass overwrite to replace it"
+            )
+    _check_count(n_synthetic, "n_synthetic")
+    if size < 8:
+        raise GapscopeError(f"size must be at least 8 pixels, got {size}")
+
+    real, real_labels = real_digits(n_real, seed=seed)
+    synthetic, synthetic_labels = render_synthetic_digits(n_synthetic, seed=seed)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        rows = _write_domain(tmp, "real", to_rgb(real, size), real_labels)
+        rows += _write_domain(tmp, "synthetic", to_rgb(synthetic, size), synthetic_labels)
+        rows.sort()
+        with open(tmp / "metadata.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(("filename", "domain", "category"))
+            writer.writerows(rows)
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info(
+        "wrote example to %s: %d real, %d synthetic, %d px", out, len(real), len(synthetic), size
+    )
+    return ExampleSummary(root=out, real=len(real), synthetic=len(synthetic), size=size, seed=seed)
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename tmp to out, replacing an existing out directory only after tmp is complete."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    if not _is_nonempty(out):
+        out.rmdir()
+        os.rename(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    old.rmdir()
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,391 @@
+"""Image sets: discover, hash, decode, crop or resize, and make thumbnails.
+
+A domain's images come from a folder (searched recursively, in sorted path order so rows
+never depend on the file system's listing order) or from a `.npy` array shaped
+(N, H, W, 3), as the original workflow saved them. Files that cannot be used are skipped
+and reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lib.errors import GapscopeError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+METADATA_FILE = "metadata.csv"
+THUMB_SIZE = 160
+
+
+@dataclass(frozen=True)
+class Prepare:
+    """How every image is brought to one size before the model sees it.
+
+    crop: centre crop to crop×crop; images smaller than that are padded with black.
+    resize: scale the shorter side to `resize`, then centre crop resize×resize.
+    Neither: images must all have one size already.
+    """
+
+    crop: int | None = None
+    resize: int | None = None
+
+    def __post_init__(self):
+        if self.crop and self.resize:
+            raise GapscopeError("--crop and --resize exclude each other: pass one of them")
+        for name in ("crop", "resize"):
+            value = getattr(self, name)
+            if value is not None and value < 8:
+                raise GapscopeError(f"--{name} {value} is too small: use at least 8 pixels")
+
+    def describe(self) -> str:
+        if self.crop:
+            return f"centre crop {self.crop}×{self.crop} (smaller images padded)"
+        if self.resize:
+            return f"resize shorter side to {self.resize}, centre crop {self.resize}×{self.resize}"
+        return "as is"
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        if self.crop:
+            return center_crop(rgb, self.crop)
+        if self.resize:
+            return resize_crop(rgb, self.resize)
+        return rgb
+
+
+@dataclass
+class ImageRecord:
+    """One usable image of a domain; `path` is empty for rows of a `.npy` array."""
+
+    domain: str
+    source: str  # the folder or .npy file the image came from
+    relpath: str  # path inside the folder, or "row <i>" for arrays
+    hash: str  # sha256 of the file's bytes (or of the array row)
+    width: int  # of the original image
+    height: int
+    category: str = ""
+    path: str = ""
+    row: int = -1  # index into the .npy array, -1 for files
+    padded: bool = False  # smaller than the crop, so padded
+
+
+@dataclass
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class ImageSet:
+    """A domain's usable images plus everything that was skipped, with reasons."""
+
+    domain: str
+    source: Path
+    records: list[ImageRecord]
+    skipped: list[Skipped] = field(default_factory=list)
+    array: np.ndarray | None = None  # memory-mapped .npy input
+
+    def load(self, record: ImageRecord, prepare: Prepare) -> np.ndarray:
+        """The prepared (H, W, 3) uint8 image the model sees."""
+        if record.row >= 0:
+            rgb = array_row_to_uint8(self.array[record.row])
+        else:
+            rgb = decode_rgb(Path(record.path))
+        return prepare.apply(rgb)
+
+
+# ---- decoding -------------------------------------------------------------------------
+
+
+def decode_rgb(path: Path) -> np.ndarray:
+    """Decode any common image file to (H, W, 3) uint8 RGB.
+
+    Grayscale, palette, RGBA (composited on white), CMYK and 16-bit images are converted;
+    a truncated or non-image file raises GapscopeError naming the file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb_array(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise GapscopeError(f"{path}: cannot decode image ({_short(exc)})") from None
+
+
+def to_rgb_array(img) -> np.ndarray:
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def array_row_to_uint8(row: np.ndarray) -> np.ndarray:
+    """A row of a user's array as uint8: floats in [0, 1] are scaled, others clipped."""
+    if row.dtype == np.uint8:
+        return np.ascontiguousarray(row)
+    arr = np.asarray(row, dtype=np.float64)
+    if arr.size and arr.max() <= 1.0:
+        arr = arr * 255.0
+    return np.clip(arr + 0.5, 0, 255).astype(np.uint8)
+
+
+def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Centre crop to size×size, padding with black where the image is smaller."""
+    h, w = rgb.shape[:2]
+    ph, pw = max(size - h, 0), max(size - w, 0)
+    if ph or pw:
+        rgb = np.pad(rgb, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+        h, w = rgb.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return np.ascontiguousarray(rgb[top : top + size, left : left + size])
+
+
+def resize_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Scale the shorter side to `size` (bilinear), then centre crop size×size."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    if (nh, nw) != (h, w):
+        rgb = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
+    return center_crop(rgb, size)
+
+
+def thumbnail_png(rgb: np.ndarray, out: Path, size: int = THUMB_SIZE) -> None:
+    from PIL import Image
+
+    img = Image.fromarray(rgb)
+    if max(img.size) > size:
+        img.thumbnail((size, size), Image.BILINEAR)
+    elif max(img.size) < size // 2:
+        factor = max(1, size // max(img.size))
+        img = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
+    img.save(out, optimize=False)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# ---- discovery ------------------------------------------------------------------------
+
+
+def discover(folder: Path) -> list[Path]:
+    """Image files under `folder`, recursively, sorted by relative path."""
+    files = [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p, folder)
+    ]
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def read_categories(folder: Path) -> dict[Path, str]:
+    """Categories from a metadata.csv in the folder or its parent (columns filename, category).
+
+    Filenames are relative to the csv's own folder. Returns {resolved path: category}.
+    """
+    for csv_dir in (folder, folder.parent):
+        meta = csv_dir / METADATA_FILE
+        if not meta.is_file():
+            continue
+        with meta.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or "filename" not in reader.fieldnames:
+                raise GapscopeError(f"{meta}: needs a 'filename' column")
+            return {
+                (csv_dir / row["filename"]).resolve(): (row.get("category") or "").strip()
+                for row in reader
+            }
+    return {}
+
+
+def sample_indices(n: int, sample: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded random sample of `sample` out of n (all when None)."""
+    if sample is None or sample >= n:
+        return np.arange(n)
+    if sample < 1:
+        raise GapscopeError(f"--sample {sample}: must be at least 1")
+    return np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+
+
+def open_folder(
+    folder: Path,
+    domain: str,
+    prepare: Prepare,
+    thumbs: Path | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+    workers: int | None = None,
+) -> ImageSet:
+    """Scan a folder: hash and decode every image (so broken files are found now, not
+    halfway through extraction), write thumbnails of what the model will see."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise GapscopeError(f"{domain} folder {folder} does not exist")
+    if not folder.is_dir():
+        raise GapscopeError(f"{domain} input {folder} is neither a folder nor a .npy array")
+    files = discover(folder)
+    if not files:
+        raise GapscopeError(
+            f"{domain} folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+        )
+    files = [files[i] for i in sample_indices(len(files), sample, seed)]
+    categories = read_categories(folder)
+
+    def scan(path: Path) -> tuple[ImageRecord, np.ndarray] | Skipped:
+        rel = path.relative_to(folder).as_posix()
+        try:
+            data = path.read_bytes()
+            rgb = decode_rgb(path)
+        except GapscopeError as exc:
+            return Skipped(str(path), str(exc).split(": ", 1)[-1])
+        except OSError as exc:
+            return Skipped(str(path), f"cannot read file ({_short(exc)})")
+        category = categories.get(path.resolve())
+        if category is None:
+            category = rel.split("/", 1)[0] if "/" in rel else ""
+        h, w = rgb.shape[:2]
+        return ImageRecord(
+            domain=domain,
+            source=str(folder.resolve()),
+            relpath=rel,
+            hash=hashlib.sha256(data).hexdigest(),
+            width=w,
+            height=h,
+            category=category,
+            path=str(path.resolve()),
+            padded=bool(prepare.crop and min(h, w) < prepare.crop),
+        ), rgb
+
+    return _finish(domain, folder, files, scan, prepare, thumbs, workers)
+
+
+def open_array(
+    path: Path,
+    domain: str,
+    prepare: Prepare,
+    thumbs: Path | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+) -> ImageSet:
+    """A `.npy` array shaped (N, H, W, 3), uint8 or float in [0, 1] / [0, 255]."""
+    path = Path(path)
+    if not path.is_file():
+        raise GapscopeError(f"{domain} array {path} does not exist")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise GapscopeError(f"{path}: not a readable .npy array ({_short(exc)})") from None
+    if array.ndim != 4 or array.shape[-1] != 3 or array.shape[0] == 0:
+        raise GapscopeError(
+            f"{path}: expected an array shaped (N, H, W, 3) of RGB images, got {array.shape}"
+        )
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise GapscopeError(f"{path}: expected a numeric image array, got dtype {array.dtype}")
+    rows = sample_indices(array.shape[0], sample, seed)
+    h, w = array.shape[1:3]
+
+    def scan(row: int) -> tuple[ImageRecord, np.ndarray]:
+        rgb = array_row_to_uint8(array[row])
+        return ImageRecord(
+            domain=domain,
+            source=str(path.resolve()),
+            relpath=f"row {row}",
+            hash=hashlib.sha256(rgb.tobytes() + f"{h}x{w}".encode()).hexdigest(),
+            width=w,
+            height=h,
+            row=int(row),
+            padded=bool(prepare.crop and min(h, w) < prepare.crop),
+        ), rgb
+
+    image_set = _finish(domain, path, [int(r) for r in rows], scan, prepare, thumbs, None)
+    image_set.array = array
+    return image_set
+
+
+def _finish(domain, source, items, scan, prepare, thumbs, workers) -> ImageSet:
+    """Run `scan` over items in a thread pool (decoding releases the GIL), keep order,
+    and write thumbnails; decoded pixels are not kept, so memory stays flat."""
+    records: list[ImageRecord] = []
+    skipped: list[Skipped] = []
+    if thumbs is not None:
+        thumbs.mkdir(parents=True, exist_ok=True)
+
+    def work(item) -> ImageRecord | Skipped:
+        result = scan(item)
+        if isinstance(result, Skipped):
+            return result
+        record, rgb = result
+        if thumbs is not None:
+            thumbnail_png(prepare.apply(rgb), thumbs / thumb_name(record))
+        return record
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        for result in pool.map(work, items):
+            if isinstance(result, Skipped):
+                log.info("skipped %s: %s", result.path, result.reason)
+                skipped.append(result)
+            else:
+                records.append(result)
+    if not records:
+        raise GapscopeError(
+            f"{domain}: none of the {len(items)} images in {source} could be used "
+            f"(first problem: {skipped[0].path}: {skipped[0].reason})"
+        )
+    return ImageSet(domain=domain, source=Path(source), records=records, skipped=skipped)
+
+
+def open_images(source: Path, domain: str, prepare: Prepare, **kwargs) -> ImageSet:
+    """A folder or a `.npy` array, whichever `source` is."""
+    source = Path(source)
+    if source.suffix.lower() == ".npy":
+        kwargs.pop("workers", None)
+        return open_array(source, domain, prepare, **kwargs)
+    return open_folder(source, domain, prepare, **kwargs)
+
+
+def thumb_name(record: ImageRecord) -> str:
+    return f"{record.domain}_{record.hash[:16]}.png"
+
+
+def check_common_size(sets: list[ImageSet], prepare: Prepare) -> tuple[int, int]:
+    """The (H, W) every prepared image will have, or an error saying what to pass."""
+    if prepare.crop:
+        return prepare.crop, prepare.crop
+    if prepare.resize:
+        return prepare.resize, prepare.resize
+    sizes = {(r.height, r.width) for s in sets for r in s.records}
+    if len(sizes) > 1:
+        a, b = sorted(sizes)[:2]
+        raise GapscopeError(
+            f"images have different sizes (e.g. {a[1]}×{a[0]} and {b[1]}×{b[0]}): "
+            "pass --crop N or --resize N"
+        )
+    return sizes.pop()

@@ -1,0 +1,45 @@
+"""Static 3D overlap plots, one PNG per level and direction (the original tool's 10).
+
+Real points are red 'x', synthetic green 'o', as before; unlike before, every axis
+(z included) is labelled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+STYLE = {"real": {"c": "red", "marker": "x"}, "synthetic": {"c": "green", "marker": "o"}}
+
+
+def direction_title(fit_on: str) -> str:
+    """'Synthetic mapped to Real latent space' for a projection fitted on real."""
+    mapped = "synthetic" if fit_on == "real" else "real"
+    return f"{mapped.capitalize()} mapped to {fit_on.capitalize()} latent space"
+
+
+def overlap_png_name(level: str, fit_on: str) -> str:
+    return f"3d_UMAP_{level} ({direction_title(fit_on)}).png"
+
+
+def save_overlap_png(coords: dict[str, np.ndarray], level: str, fit_on: str, out: Path) -> None:
+    """coords: domain → (n, 3) UMAP coordinates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(7, 6), dpi=100)
+    ax = fig.add_subplot(projection="3d")
+    for domain, xyz in coords.items():
+        style = STYLE.get(domain, {"c": "grey", "marker": "."})
+        ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], s=8, alpha=0.6, label=domain, **style)
+    ax.set_xlabel("UMAP 1")
+    ax.set_ylabel("UMAP 2")
+    ax.set_zlabel("UMAP 3")
+    ax.set_title(f"{level}: {direction_title(fit_on)}")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
