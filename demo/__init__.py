@@ -1,0 +1,1 @@
+"""gapscope's Gradio demo (`python -m demo --help`). It reads published runs only."""

@@ -1,0 +1,156 @@
+"""The Gradio app: a thin layout over demo.views, reading published runs only.
+
+Clicking a point of the plotly 3D scatter reaches Python through a hidden textbox that a
+small script fills on `plotly_click` (gr.Plot has no point-click event); see
+../shared/notes/gradio-plotly-click.md. The same `select_point` function serves the
+browser and the API (`/select_point`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from demo import views
+from lib.images import THUMB_SIZE
+from lib.store import RunStore
+
+BIND_CLICK_JS = r"""
+() => {
+  const bind = () => {
+    const gd = document.querySelector('#overlap_plot .js-plotly-plot');
+    if (!gd || gd.__gapscopeBound || typeof gd.on !== 'function') return;
+    gd.__gapscopeBound = true;
+    gd.on('plotly_click', (ev) => {
+      const pt = ev.points[0];
+      const id = pt.customdata !== undefined ? pt.customdata : pt.pointNumber;
+      const box = document.querySelector('#click_box textarea, #click_box input');
+      // the timestamp makes a second click on the same point still count as a change
+      box.value = JSON.stringify({id: Array.isArray(id) ? id[0] : id, t: Date.now()});
+      box.dispatchEvent(new Event('input', {bubbles: true}));
+    });
+  };
+  new MutationObserver(bind).observe(document.body, {childList: true, subtree: true});
+  bind();
+}
+"""
+
+CSS = """
+#banner {border-left: 4px solid #2ca02c; padding-left: 12px;}
+#neighbours .caption-label {font-size: 11px;}
+"""
+
+
+def build_app(results: Path) -> gr.Blocks:
+    store = RunStore(results)
+    choices = views.run_choices(store)
+    latest = store.latest_id()
+    # Files are served only from the runs and the folders their images came from.
+    roots = allowed_paths(store)
+    gr.set_static_paths(roots)
+
+    def _run(run_id: str | None):
+        return views.open_run(str(store.open(run_id or None).dir))
+
+    def show_run(run_id: str):
+        run = _run(run_id)
+        level = views.default_level(run)
+        return (
+            views.banner(run),
+            gr.update(choices=run.levels, value=level),
+            views.overlap_figure(run, level, "real", "domain"),
+        )
+
+    def refresh():
+        """On page load: list the runs published since the app started, show the latest."""
+        run_id = store.latest_id() or run_dd.value
+        return gr.update(choices=views.run_choices(store), value=run_id), *show_run(run_id)
+
+    def show_plot(run_id: str, level: str, direction: str, color_by: str):
+        run = _run(run_id)
+        if level not in run.levels:
+            level = views.default_level(run)
+        return views.overlap_figure(run, level, views.DIRECTIONS[direction], color_by)
+
+    def select_point(payload: str, run_id: str, level: str):
+        """The clicked image, large, and its nearest neighbours in feature space."""
+        run = _run(run_id)
+        row = views.parse_click(payload)
+        if row is None or not 0 <= row < len(run.images) or level not in run.levels:
+            return gr.skip(), gr.skip(), gr.skip()
+        image = run.image_file(row)
+        r = run.images.iloc[row]
+        if not _inside(image, roots) or max(r["width"], r["height"]) < THUMB_SIZE:
+            image = run.thumb(row)  # tiny originals show better as the upscaled thumbnail
+        return (
+            gr.update(value=str(image), label=views.caption(run, row)),
+            views.neighbour_gallery(run, level, row),
+            f"**Selected {views.caption(run, row)}** — `{run.images.iloc[row]['relpath']}`; "
+            f"its {run.manifest['config']['k']} nearest neighbours at level {level}:",
+        )
+
+    with gr.Blocks(title="gapscope") as app:
+        gr.Markdown("# gapscope — does your model see synthetic images like real ones?")
+        if not choices:
+            gr.Markdown(
+                f"No published run in `{results}` yet: run `make batch` (or `make demo`, "
+                "which builds the bundled example first)."
+            )
+            return app
+        first = _run(latest or choices[0][1])
+        # allow_custom_value: runs published after start-up (nightly) are valid choices too.
+        run_dd = gr.Dropdown(
+            choices=choices, value=first.id, label="Run", allow_custom_value=True
+        )
+        banner = gr.Markdown(views.banner(first), elem_id="banner")
+        with gr.Row():
+            level_dd = gr.Dropdown(
+                label="Level",
+                choices=first.levels,
+                value=views.default_level(first),
+                allow_custom_value=True,
+                scale=1,
+            )
+            direction = gr.Radio(
+                list(views.DIRECTIONS), value=list(views.DIRECTIONS)[0], label="Direction", scale=2
+            )
+            color_by = gr.Radio(list(views.COLOR_BY), value="domain", label="Colour by", scale=1)
+        with gr.Row():
+            with gr.Column(scale=3):
+                plot = gr.Plot(
+                    views.overlap_figure(first, views.default_level(first), "real"),
+                    elem_id="overlap_plot",
+                    label="3D overlap (click a point)",
+                )
+            with gr.Column(scale=2):
+                selected = gr.Image(label="Selected image", height=260, elem_id="selected_image")
+                info = gr.Markdown("Click a point in the plot to see its nearest neighbours.")
+                gallery = gr.Gallery(
+                    label="Nearest neighbours", columns=4, height=420, elem_id="neighbours"
+                )
+        click_box = gr.Textbox(elem_id="click_box", visible="hidden")
+
+        run_dd.change(show_run, run_dd, [banner, level_dd, plot])
+        for control in (level_dd, direction, color_by):
+            control.change(show_plot, [run_dd, level_dd, direction, color_by], plot)
+        click_box.change(
+            select_point, [click_box, run_dd, level_dd], [selected, gallery, info],
+            api_name="select_point",
+        )
+        app.load(refresh, None, [run_dd, banner, level_dd, plot])
+        app.load(None, None, None, js=BIND_CLICK_JS)
+    return app
+
+
+def allowed_paths(store: RunStore) -> list[str]:
+    paths = {str(store.runs_dir.resolve())}
+    for run_id in store.run_ids():
+        run = views.open_run(str(store.runs_dir / run_id))
+        paths.update(str(p) for p in run.image_roots())
+    return sorted(paths)
+
+
+def _inside(path: Path, roots: list[str]) -> bool:
+    path = Path(path).resolve()
+    return any(path.is_relative_to(root) for root in roots)

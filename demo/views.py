@@ -1,0 +1,150 @@
+"""What the demo shows, as plain functions of a published run: no Gradio in here.
+
+Runs are immutable once published, so opened runs are cached by directory.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from lib.plots import STYLE, direction_title
+from lib.store import Run, RunStore
+
+DIRECTIONS = {  # label → the domain UMAP was fitted on
+    direction_title("real"): "real",
+    direction_title("synthetic"): "synthetic",
+}
+COLOR_BY = ("domain", "category")
+CATEGORY_COLORS = (
+    "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf "
+    "#393b79 #637939 #8c6d31 #843c39 #7b4173 #3182bd #e6550d #31a354 #756bb1 #636363"
+).split()
+MARKERS = {"real": "x", "synthetic": "circle"}
+
+
+@lru_cache(maxsize=8)
+def open_run(run_dir: str) -> Run:
+    return Run(Path(run_dir))
+
+
+def default_level(run: Run) -> str:
+    """The middle level: shallow levels see texture, deep ones semantics; start between."""
+    return run.levels[len(run.levels) // 2]
+
+
+def run_choices(store: RunStore) -> list[tuple[str, str]]:
+    """(label, run id) for every published run, newest first."""
+    latest = store.latest_id()
+    out = []
+    for run_id in store.run_ids():
+        m = open_run(str(store.runs_dir / run_id)).manifest
+        counts = " + ".join(f"{n} {d}" for d, n in m["counts"].items())
+        tag = " · latest" if run_id == latest else ""
+        weights = " · RANDOM WEIGHTS" if m["backbone"]["random_weights"] else ""
+        out.append((f"{run_id} · {m['backbone']['name']}{weights} · {counts}{tag}", run_id))
+    return out
+
+
+def banner(run: Run) -> str:
+    """Markdown saying which run is shown, from what, with which weights."""
+    m = run.manifest
+    b = m["backbone"]
+    lines = [f"**Run {run.id}** · computed {m['created'].replace('T', ' ')} UTC"]
+    for inp in m["inputs"]:
+        lines.append(
+            f"- {inp['domain']}: `{inp['source']}` ({inp['used']} images"
+            + (f", {inp['skipped']} skipped" if inp["skipped"] else "")
+            + ")"
+        )
+    lines.append(
+        f"- backbone **{b['name']}**, levels {', '.join(b['levels'])}; weights: {b['weights']}"
+    )
+    lines.append(
+        f"- pooling {m['config']['pooling']}, images {m['prepare']}, "
+        f"UMAP {json.dumps(m['config']['umap'])}, neighbours k={m['config']['k']} "
+        f"({m['config']['metric']})"
+    )
+    if b["random_weights"]:
+        lines.insert(0, "## ⚠️ RANDOM WEIGHTS: this backbone was never trained; neighbours mean little")
+    return "\n".join(lines)
+
+
+def overlap_figure(run: Run, level: str, fit_on: str, color_by: str = "domain"):
+    """Interactive 3D scatter of one level and direction; customdata holds row ids."""
+    import plotly.graph_objects as go
+
+    images = run.images
+    proj = run.projections
+    proj = proj[(proj["level"] == level) & (proj["fit_on"] == fit_on)]
+    merged = proj.merge(images, left_on="id", right_on="id", how="left")
+    if color_by == "category" and merged["category"].nunique() > 1:
+        groups = [(str(c), g) for c, g in merged.groupby("category", sort=True)]
+    else:
+        order = [fit_on] + [d for d in merged["domain"].unique() if d != fit_on]
+        groups = [(d, merged[merged["domain"] == d]) for d in order]
+    fig = go.Figure()
+    for i, (name, g) in enumerate(groups):
+        if color_by == "category":
+            color = CATEGORY_COLORS[i % len(CATEGORY_COLORS)]
+            symbol = [MARKERS.get(d, "circle") for d in g["domain"]]
+        else:
+            color = STYLE.get(name, {"c": "grey"})["c"]
+            symbol = MARKERS.get(name, "circle")
+        fig.add_trace(
+            go.Scatter3d(
+                x=g["x"],
+                y=g["y"],
+                z=g["z"],
+                mode="markers",
+                name=name,
+                customdata=g["id"].to_numpy(),
+                text=[f"#{i} {d} · {c or '–'} · {p}" for i, d, c, p in
+                      zip(g["id"], g["domain"], g["category"], g["relpath"], strict=True)],
+                hovertemplate="%{text}<extra></extra>",
+                marker={"size": 3, "color": color, "symbol": symbol, "opacity": 0.75},
+            )
+        )
+    fig.update_layout(
+        title=f"{level}: {direction_title(fit_on)}",
+        scene={"xaxis_title": "UMAP 1", "yaxis_title": "UMAP 2", "zaxis_title": "UMAP 3"},
+        uirevision=f"{run.id}-{level}-{fit_on}",  # keep the camera while recolouring
+        margin={"l": 0, "r": 0, "t": 40, "b": 0},
+        height=620,
+        legend={"itemsizing": "constant"},
+    )
+    return fig
+
+
+def caption(run: Run, row: int, distance: float | None = None) -> str:
+    r = run.images.iloc[row]
+    text = f"#{row} {r['domain']} · {r['category'] or '–'}"
+    return text if distance is None else f"{text} · d={distance:.3f}"
+
+
+def neighbour_gallery(run: Run, level: str, row: int) -> list[tuple[str, str]]:
+    """(thumbnail path, caption) of the row's nearest neighbours in feature space."""
+    idx, dist = run.neighbors(level)
+    return [
+        (str(run.thumb(int(j))), caption(run, int(j), float(d)))
+        for j, d in zip(idx[row], dist[row], strict=True)
+    ]
+
+
+def parse_click(payload: str) -> int | None:
+    """The row id from the browser's click payload ('{"id": 12, "t": ...}' or '12')."""
+    if not payload:
+        return None
+    try:
+        value = json.loads(payload)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(value, dict):
+        value = value.get("id")
+    if isinstance(value, list):
+        value = value[0] if value else None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
