@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -64,26 +64,26 @@ def run(
     synthetic: Annotated[Path, typer.Option(help="Folder of synthetic images, or a .npy.")],
     results: ResultsOpt = RESULTS,
     backbone: Annotated[
-        Optional[str],
-        typer.Option(help="Architecture (see `backbones`). Default: resnet50-fpn with "
-                     "--checkpoint, else efficientnet-lite0 with its packaged ImageNet weights."),
+        str | None,
+        typer.Option(
+            help="Architecture (see `backbones`). Default: resnet50-fpn with "
+            "--checkpoint, else efficientnet-lite0 with its packaged ImageNet weights."
+        ),
     ] = None,
     checkpoint: Annotated[
-        Optional[Path], typer.Option(help="State dict for the backbone (.pth, weights_only).")
+        Path | None, typer.Option(help="State dict for the backbone (.pth, weights_only).")
     ] = None,
     random_weights: Annotated[
         bool, typer.Option(help="Use untrained weights on purpose (said loudly everywhere).")
     ] = False,
     pooling: Annotated[str, typer.Option(help="gap | channel-sum | channel-mean")] = "gap",
     crop: Annotated[
-        Optional[int], typer.Option(help="Centre crop N×N, padding smaller images.")
+        int | None, typer.Option(help="Centre crop N×N, padding smaller images.")
     ] = None,
     resize: Annotated[
-        Optional[int], typer.Option(help="Shorter side to N, then centre crop N×N.")
+        int | None, typer.Option(help="Shorter side to N, then centre crop N×N.")
     ] = None,
-    sample: Annotated[
-        Optional[int], typer.Option(help="Use a random N images per domain.")
-    ] = None,
+    sample: Annotated[int | None, typer.Option(help="Use a random N images per domain.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for --sample.")] = 0,
     n_neighbors: Annotated[int, typer.Option(help="UMAP n_neighbors.")] = 15,
     min_dist: Annotated[float, typer.Option(help="UMAP min_dist.")] = 0.1,
@@ -125,8 +125,12 @@ def run(
         backend=backend,
         plots=plots,
     )
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=_stderr(), transient=False) as bar:
         published = run_pipeline(config, RunStore(results), RichProgress(bar))
     m = published.manifest
@@ -146,7 +150,7 @@ def run(
 def example(
     out: Annotated[Path, typer.Option(help="Where to write the example.")] = Path("data/example"),
     n_real: Annotated[
-        Optional[int], typer.Option(help="Real digits to use (default: all 1,797).")
+        int | None, typer.Option(help="Real digits to use (default: all 1,797).")
     ] = None,
     n_synthetic: Annotated[int, typer.Option(help="Font-rendered digits.")] = 1000,
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
         "--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
     )
     args = parser.parse_args(argv)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls home
     try:
         from demo.app import CSS, allowed_paths, build_app
         from lib.store import RunStore

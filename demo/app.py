@@ -100,9 +100,7 @@ def build_app(results: Path) -> gr.Blocks:
             return app
         first = _run(latest or choices[0][1])
         # allow_custom_value: runs published after start-up (nightly) are valid choices too.
-        run_dd = gr.Dropdown(
-            choices=choices, value=first.id, label="Run", allow_custom_value=True
-        )
+        run_dd = gr.Dropdown(choices=choices, value=first.id, label="Run", allow_custom_value=True)
         banner = gr.Markdown(views.banner(first), elem_id="banner")
         with gr.Row():
             level_dd = gr.Dropdown(
@@ -135,7 +133,9 @@ def build_app(results: Path) -> gr.Blocks:
         for control in (level_dd, direction, color_by):
             control.change(show_plot, [run_dd, level_dd, direction, color_by], plot)
         click_box.change(
-            select_point, [click_box, run_dd, level_dd], [selected, gallery, info],
+            select_point,
+            [click_box, run_dd, level_dd],
+            [selected, gallery, info],
             api_name="select_point",
         )
         app.load(refresh, None, [run_dd, banner, level_dd, plot])

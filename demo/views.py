@@ -67,7 +67,9 @@ def banner(run: Run) -> str:
         f"({m['config']['metric']})"
     )
     if b["random_weights"]:
-        lines.insert(0, "## ⚠️ RANDOM WEIGHTS: this backbone was never trained; neighbours mean little")
+        lines.insert(
+            0, "## ⚠️ RANDOM WEIGHTS: this backbone was never trained; neighbours mean little"
+        )
     return "\n".join(lines)
 
 
@@ -100,8 +102,12 @@ def overlap_figure(run: Run, level: str, fit_on: str, color_by: str = "domain"):
                 mode="markers",
                 name=name,
                 customdata=g["id"].to_numpy(),
-                text=[f"#{i} {d} · {c or '–'} · {p}" for i, d, c, p in
-                      zip(g["id"], g["domain"], g["category"], g["relpath"], strict=True)],
+                text=[
+                    f"#{i} {d} · {c or '–'} · {p}"
+                    for i, d, c, p in zip(
+                        g["id"], g["domain"], g["category"], g["relpath"], strict=True
+                    )
+                ],
                 hovertemplate="%{text}<extra></extra>",
                 marker={"size": 3, "color": color, "symbol": symbol, "opacity": 0.75},
             )

@@ -125,7 +125,9 @@ def _compute(config: RunConfig, store: RunStore, writer, progress: Progress) -> 
     with timings.stage("model"):
         backbone = create_backbone(config.backbone, config.checkpoint, config.random_weights)
         if backbone.random_weights:
-            log.warning("RANDOM WEIGHTS: %s features are untrained; neighbours mean little", backbone.name)
+            log.warning(
+                "RANDOM WEIGHTS: %s features are untrained; neighbours mean little", backbone.name
+            )
 
     items = [(s, r) for s in sets.values() for r in s.records]
     with timings.stage("extract"):
@@ -152,7 +154,9 @@ def _compute(config: RunConfig, store: RunStore, writer, progress: Progress) -> 
         for level in backbone.levels:
             X = extraction.vectors[level]
             for fit_on, other in (("real", "synthetic"), ("synthetic", "real")):
-                fitted, mapped = fit_and_map(X[rows[fit_on]], X[rows[other]], config.umap, backend.name)
+                fitted, mapped = fit_and_map(
+                    X[rows[fit_on]], X[rows[other]], config.umap, backend.name
+                )
                 for domain, coords in ((fit_on, fitted), (other, mapped)):
                     frames.append(_projection_frame(rows[domain], level, fit_on, coords))
                 if config.plots:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import secrets
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property

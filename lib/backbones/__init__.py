@@ -47,7 +47,9 @@ def create_backbone(
         factory = getattr(module, fn_name)(arg.strip("'\""))
     else:
         factory = getattr(module, attr)
-    return factory(checkpoint=Path(checkpoint) if checkpoint else None, random_weights=random_weights)
+    return factory(
+        checkpoint=Path(checkpoint) if checkpoint else None, random_weights=random_weights
+    )
 
 
 __all__ = ["Backbone", "DEFAULT", "available", "create_backbone"]

@@ -1,0 +1,60 @@
+# gapscope: `make demo` serves the bundled example, `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RESULTS ?= results
+EXAMPLE ?= data/example
+REAL ?= $(EXAMPLE)/real
+SYNTHETIC ?= $(EXAMPLE)/synthetic
+BATCH_ARGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 7860
+# umap-learn compiles with numba on first use: keep the compiled code between runs.
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
+
+.PHONY: help setup setup-dev example batch demo test lint format clean
+
+help:
+	@echo "make demo    build the bundled example if needed, run the batch job once, serve on $(HOST):$(PORT)"
+	@echo "make batch   recompute a run: REAL=dir SYNTHETIC=dir [BATCH_ARGS='--checkpoint m.pth ...']"
+	@echo "make test    set up the environment and run the whole test suite"
+	@echo "make lint    ruff check and format check"
+
+setup: $(VENV)/.runtime
+setup-dev: $(VENV)/.dev
+
+$(VENV)/.runtime: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+example: setup
+	@test -f $(EXAMPLE)/metadata.csv || $(BIN)/python -m batch example --out $(EXAMPLE)
+
+batch: setup example
+	$(BIN)/python -m batch run --real $(REAL) --synthetic $(SYNTHETIC) --results $(RESULTS) $(BATCH_ARGS)
+
+demo: setup example
+	@$(BIN)/python -m batch runs --results $(RESULTS) | grep -q '^\*' || \
+		$(BIN)/python -m batch run --real $(REAL) --synthetic $(SYNTHETIC) --results $(RESULTS) $(BATCH_ARGS)
+	$(BIN)/python -m demo --results $(RESULTS) --host $(HOST) --port $(PORT)
+
+test: setup-dev
+	$(BIN)/python -m pytest
+
+lint: setup-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup-dev
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -1,0 +1,87 @@
+"""Shared fixtures: one small example, one published run and one demo server per session.
+
+Building them once keeps the suite fast: umap-learn's numba compilation and torch's
+import are paid once, and the compiled code is cached in .cache/numba between sessions.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
+
+N_PER_DOMAIN = 40
+
+
+@pytest.fixture(scope="session")
+def example_dir(tmp_path_factory) -> Path:
+    """A small bundled example: 40 real + 40 synthetic digits, 64×64 PNGs."""
+    from lib.example import build_example
+
+    out = tmp_path_factory.mktemp("example") / "example"
+    build_example(out, n_real=N_PER_DOMAIN, n_synthetic=N_PER_DOMAIN, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def results_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("results")
+
+
+@pytest.fixture(scope="session")
+def published_run(example_dir, results_dir):
+    """The batch job run once on the small example, as `make batch` would."""
+    from lib.pipeline import RunConfig, run
+    from lib.store import RunStore
+
+    config = RunConfig(real=example_dir / "real", synthetic=example_dir / "synthetic", k=8)
+    return run(config, RunStore(results_dir))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def demo_url(published_run, results_dir):
+    """`python -m demo` serving the published run, on a free port."""
+    port = free_port()
+    log = open(results_dir / "demo.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "demo", "--results", str(results_dir), "--port", str(port)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"demo exited: {(results_dir / 'demo.log').read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("demo did not start within 90 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

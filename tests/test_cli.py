@@ -1,0 +1,172 @@
+"""`python -m batch`: real runs on messy inputs, and one-line errors that publish nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def batch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "batch", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+@pytest.fixture(scope="module")
+def messy(example_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """Real images plus every kind of awkward file a user's folder holds."""
+    root = tmp_path_factory.mktemp("messy")
+    real, synthetic = root / "real", root / "synthetic"
+    shutil.copytree(example_dir / "real", real)
+    shutil.copytree(example_dir / "synthetic", synthetic)
+    good = np.asarray(Image.open(next((example_dir / "real").rglob("*.png"))))
+    odd = real / "odd"
+    odd.mkdir()
+    Image.fromarray(good[..., 0]).save(odd / "gray.png")
+    Image.fromarray(np.dstack([good, np.full(good.shape[:2], 200, np.uint8)])).save(
+        odd / "rgba.png"
+    )
+    Image.fromarray(good).convert("P").save(odd / "palette.png")
+    Image.fromarray(good[..., 0].astype(np.uint16) * 257).save(odd / "sixteen.png")
+    Image.fromarray(good).save(odd / "image.jpg", quality=90)
+    data = (odd / "gray.png").read_bytes()
+    (real / "truncated.png").write_bytes(data[: len(data) // 2])
+    (real / "notes.jpg").write_text("not an image at all")
+    (real / "README.txt").write_text("ignored: not an image extension")
+    return real, synthetic
+
+
+def test_messy_folders_publish_a_run_listing_skipped_files(messy, tmp_path):
+    real, synthetic = messy
+    result = batch("run", "--real", real, "--synthetic", synthetic, "--results", tmp_path, "--k", 5)
+    assert result.returncode == 0, result.stderr
+    assert "skipped 2 unusable files" in result.stdout
+    run_dir = (tmp_path / "latest").resolve()
+    m = json.loads((run_dir / "manifest.json").read_text())
+    skipped = {Path(s["path"]).name: s["reason"] for s in m["skipped"]}
+    assert set(skipped) == {"truncated.png", "notes.jpg"}
+    assert all(skipped.values())
+    assert m["counts"]["real"] == 40 + 5  # the grey, RGBA, palette, 16-bit and JPEG images
+    assert m["inputs"][0]["skipped"] == 2
+
+
+def test_arrays_with_sample_and_crop(example_dir, tmp_path):
+    from lib.example import real_digits, to_rgb
+
+    digits, _ = real_digits(60, seed=1)
+    np.save(tmp_path / "real.npy", to_rgb(digits, size=40))
+    result = batch(
+        "run", "--real", tmp_path / "real.npy", "--synthetic", example_dir / "synthetic",
+        "--results", tmp_path / "results", "--sample", 30, "--crop", 48, "--k", 4, "--no-plots",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "smaller than --crop 48 and were padded" in result.stdout
+    m = json.loads((tmp_path / "results" / "latest" / "manifest.json").read_text())
+    assert m["counts"] == {"real": 30, "synthetic": 30}
+    assert m["inputs"][0]["kind"] == "array"
+    assert m["image_size"] == [48, 48]
+    assert m["padded"] == 30
+
+
+@pytest.fixture()
+def store_with_run(published_run, tmp_path) -> Path:
+    """A results folder whose latest run must survive every failed run below."""
+    results = tmp_path / "results"
+    shutil.copytree(published_run.dir.parent.parent, results, symlinks=True)
+    return results
+
+
+def _nothing_published(results: Path, before: str) -> None:
+    assert os.readlink(results / "latest") == before
+    assert not [p for p in (results / "runs").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("missing", ["does not exist"]),
+        ("empty", ["holds no images"]),
+        ("few", ["n_neighbors", "--n-neighbors"]),
+        ("bad-npy", ["(N, H, W, 3)"]),
+        ("both-sizes", ["--crop", "--resize"]),
+        ("mismatch", ["does not match", "keys"]),
+        ("truncated-checkpoint", ["cannot be read"]),
+        ("sizes", ["different sizes", "--crop"]),
+    ],
+)
+def test_bad_input_is_one_line_and_publishes_nothing(
+    case, words, store_with_run, example_dir, tmp_path
+):
+    import torch
+    import torchvision
+
+    real, synthetic = example_dir / "real", example_dir / "synthetic"
+    extra: list = []
+    if case == "missing":
+        real = tmp_path / "nowhere"
+    elif case == "empty":
+        real = tmp_path / "empty"
+        real.mkdir()
+    elif case == "few":
+        real = tmp_path / "few"
+        real.mkdir()
+        for p in sorted((example_dir / "real").rglob("*.png"))[:10]:
+            shutil.copy(p, real / p.name)
+    elif case == "bad-npy":
+        real = tmp_path / "bad.npy"
+        np.save(real, np.zeros((10, 32, 32), np.uint8))
+    elif case == "both-sizes":
+        extra = ["--crop", 32, "--resize", 32]
+    elif case == "mismatch":
+        ckpt = tmp_path / "resnet18.pth"
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), ckpt)
+        extra = ["--checkpoint", ckpt]
+    elif case == "truncated-checkpoint":
+        ckpt = tmp_path / "cut.pth"
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), ckpt)
+        ckpt.write_bytes(ckpt.read_bytes()[:5000])
+        extra = ["--checkpoint", ckpt, "--backbone", "resnet18"]
+    elif case == "sizes":
+        real = tmp_path / "sizes"
+        shutil.copytree(example_dir / "real", real)
+        Image.new("RGB", (50, 70), "white").save(real / "odd_size.png")
+    before = os.readlink(store_with_run / "latest")
+    result = batch(
+        "run", "--real", real, "--synthetic", synthetic, "--results", store_with_run, *extra
+    )
+    assert_one_line_error(result, *words)
+    _nothing_published(store_with_run, before)
+
+
+def test_help_lists_commands():
+    result = batch("--help")
+    assert result.returncode == 0
+    for command in ("run", "example", "runs", "backbones"):
+        assert command in result.stdout

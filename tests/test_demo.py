@@ -1,0 +1,95 @@
+"""The demo against a running server: what the browser's click calls, through the API."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from demo import views
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def client(demo_url):
+    from gradio_client import Client
+
+    return Client(demo_url, verbose=False)
+
+
+def _row_of(caption: str) -> int:
+    return int(caption.split()[0].lstrip("#"))
+
+
+def test_click_returns_the_exact_neighbours(client, published_run, results_dir):
+    from lib.store import RunStore
+
+    run = RunStore(results_dir).open()  # what the demo shows: the latest run
+    row = 45  # a synthetic image
+    X = np.asarray(run.features("c4"), dtype=np.float64)
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    d = 1 - Xn @ Xn.T
+    d[row, row] = np.inf
+    expected = list(np.argsort(d[row], kind="stable")[:8])
+
+    image, gallery, info = client.predict(
+        json.dumps({"id": row, "t": 1}), run.id, "c4", api_name="/select_point"
+    )
+    rows = [_row_of(item["caption"]) for item in gallery]
+    assert rows == [int(i) for i in expected]
+    assert gallery[0]["caption"].startswith(f"#{expected[0]} ")
+    assert "d=" in gallery[0]["caption"]
+    assert image["label"].startswith(f"#{row} synthetic")
+    assert f"#{row} synthetic" in info
+
+
+def test_a_click_on_another_level_gives_other_neighbours(client, results_dir):
+    from lib.store import RunStore
+
+    run = RunStore(results_dir).open()
+    payload = json.dumps({"id": 3, "t": 2})
+    _, g2, _ = client.predict(payload, run.id, "c2", api_name="/select_point")
+    _, g5, _ = client.predict(payload, run.id, "c5", api_name="/select_point")
+    expected = [int(j) for j in run.neighbors("c5")[0][3]]
+    assert [_row_of(i["caption"]) for i in g5] == expected
+    assert [i["caption"] for i in g2] != [i["caption"] for i in g5]
+
+
+def test_files_outside_the_run_and_image_roots_are_refused(demo_url):
+    for path in ("/etc/passwd", "/root/.bashrc"):
+        try:
+            with urllib.request.urlopen(f"{demo_url}gradio_api/file={path}", timeout=10) as r:
+                status = r.status
+        except urllib.error.HTTPError as err:
+            status = err.code
+        assert status in (403, 404), path
+
+
+def test_overlap_figure_points_carry_row_ids(published_run):
+    fig = views.overlap_figure(published_run, "c3", "real", "domain")
+    assert [t.name for t in fig.data] == ["real", "synthetic"]
+    ids = np.concatenate([np.asarray(t.customdata) for t in fig.data])
+    assert sorted(ids) == list(range(len(published_run.images)))
+    assert fig.layout.scene.zaxis.title.text == "UMAP 3"
+    by_cat = views.overlap_figure(published_run, "c3", "synthetic", "category")
+    assert [t.name for t in by_cat.data] == [str(i) for i in range(10)]
+
+
+def test_banner_says_which_run_and_which_weights(published_run):
+    text = views.banner(published_run)
+    assert published_run.id in text
+    assert "efficientnet-lite0" in text and "ImageNet" in text
+    assert "RANDOM WEIGHTS" not in text
+
+
+def test_parse_click_accepts_the_browser_payload_only():
+    assert views.parse_click('{"id": 12, "t": 99}') == 12
+    assert views.parse_click('{"id": [7], "t": 1}') == 7
+    assert views.parse_click("5") == 5
+    assert views.parse_click("") is None
+    assert views.parse_click("not json") is None
+    assert views.parse_click('{"t": 1}') is None
