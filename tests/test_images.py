@@ -187,7 +187,7 @@ def test_folder_without_images_raises(tmp_path):
     folder = tmp_path / "real"
     folder.mkdir()
     (folder / "readme.txt").write_text("no pictures here")
-    save_rgb(folder / "a.gif.bak", noise(0))  # not an image extension
+    (folder / "a.png.bak").write_bytes(save_rgb(tmp_path / "a.png", noise(0)).read_bytes())
     with pytest.raises(GapscopeError) as exc:
         open_folder(folder, "real", Prepare())
     assert "holds no images" in one_line(exc)
@@ -474,6 +474,7 @@ def _npz_named_npy(path: Path) -> None:
     reason="open_array catches only ValueError/OSError from np.load: an empty file raises "
     "EOFError and an .npz archive renamed .npy returns an NpzFile (AttributeError on .ndim), "
     "both escape as tracebacks instead of a one-line GapscopeError",
+    raises=(EOFError, AttributeError),
     strict=True,
 )
 @pytest.mark.parametrize("make", [_empty_file, _npz_named_npy], ids=["empty", "npz"])
@@ -489,6 +490,7 @@ def test_non_npy_files_named_npy_are_rejected_on_one_line(tmp_path, make):
     reason="array_row_to_uint8 decides per row whether a float array is in [0, 1] or "
     "[0, 255]: a dark row (max <= 1) of a [0, 255] float array is multiplied by 255 and "
     "turns white; the scale should be decided once per array",
+    raises=AssertionError,
     strict=True,
 )
 def test_float_array_scale_is_decided_for_the_whole_array(tmp_path):
@@ -519,6 +521,7 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
 @pytest.mark.xfail(
     reason="decode_rgb does not catch PIL.Image.DecompressionBombError (not an OSError): one "
     "image over ~179 Mpixel aborts the whole scan with a traceback instead of being skipped",
+    raises=Image.DecompressionBombError,
     strict=True,
 )
 def test_oversized_image_is_skipped_not_fatal(tmp_path):

@@ -44,8 +44,10 @@ def test_images_table_is_sorted_and_labelled(published_run, example_dir):
     for _, part in images.groupby("domain"):
         assert list(part["relpath"]) == sorted(part["relpath"])
     meta = pd.read_csv(example_dir / "metadata.csv", dtype=str)
-    expected = {str((example_dir / f).resolve()): c for f, c in zip(meta.filename, meta.category)}
-    assert {p: c for p, c in zip(images["path"], images["category"])} == expected
+    expected = dict(
+        zip([str((example_dir / f).resolve()) for f in meta.filename], meta.category, strict=True)
+    )
+    assert dict(zip(images["path"], images["category"], strict=True)) == expected
 
 
 def test_projections_fit_on_one_domain_and_map_the_other(published_run):
