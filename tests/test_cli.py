@@ -77,22 +77,33 @@ def test_messy_folders_publish_a_run_listing_skipped_files(messy, tmp_path):
     assert m["inputs"][0]["skipped"] == 2
 
 
-def test_arrays_with_sample_and_crop(example_dir, tmp_path):
+def test_arrays_with_sample_crop_and_random_weights(example_dir, tmp_path):
+    from demo.views import banner
     from lib.example import real_digits, to_rgb
+    from lib.store import RunStore
 
     digits, _ = real_digits(60, seed=1)
     np.save(tmp_path / "real.npy", to_rgb(digits, size=40))
     result = batch(
         "run", "--real", tmp_path / "real.npy", "--synthetic", example_dir / "synthetic",
         "--results", tmp_path / "results", "--sample", 30, "--crop", 48, "--k", 4, "--no-plots",
+        "--backbone", "resnet18", "--random-weights",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert "RANDOM WEIGHTS" in result.stderr  # said loudly in the log...
     assert "smaller than --crop 48 and were padded" in result.stdout
-    m = json.loads((tmp_path / "results" / "latest" / "manifest.json").read_text())
+    run = RunStore(tmp_path / "results").open()
+    m = run.manifest
+    assert m["backbone"]["random_weights"] is True  # ...in the manifest...
+    assert m["backbone"]["levels"] == ["layer1", "layer2", "layer3", "layer4"]
+    assert "RANDOM WEIGHTS" in banner(run).splitlines()[0]  # ...and first in the demo
     assert m["counts"] == {"real": 30, "synthetic": 30}
     assert m["inputs"][0]["kind"] == "array"
     assert m["image_size"] == [48, 48]
     assert m["padded"] == 30
+    assert not (run.dir / "plots").exists()
+    # arrays have no files to serve: the demo shows the thumbnails written into the run
+    assert run.image_file(0) == run.thumb(0) and run.thumb(0).is_file()
 
 
 @pytest.fixture()
