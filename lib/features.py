@@ -88,7 +88,7 @@ class FeatureCache:
             with np.load(path) as data:
                 if all(lv in data for lv in levels):
                     return {lv: data[lv] for lv in levels}
-        except (OSError, ValueError, EOFError):
+        except Exception:  # a truncated entry raises BadZipFile, KeyError, ...: recompute
             log.warning("ignoring unreadable cache entry %s", path)
         return None
 

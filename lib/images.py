@@ -93,11 +93,12 @@ class ImageSet:
     records: list[ImageRecord]
     skipped: list[Skipped] = field(default_factory=list)
     array: np.ndarray | None = None  # memory-mapped .npy input
+    array_scale: float = 1.0  # see array_scale()
 
     def load(self, record: ImageRecord, prepare: Prepare) -> np.ndarray:
         """The prepared (H, W, 3) uint8 image the model sees."""
         if record.row >= 0:
-            rgb = array_row_to_uint8(self.array[record.row])
+            rgb = array_row_to_uint8(self.array[record.row], self.array_scale)
         else:
             rgb = decode_rgb(Path(record.path))
         return prepare.apply(rgb)
@@ -106,20 +107,30 @@ class ImageSet:
 # ---- decoding -------------------------------------------------------------------------
 
 
+class DecodeError(GapscopeError):
+    """An image file that cannot be used; `reason` says why, without the path."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+
+
 def decode_rgb(path: Path) -> np.ndarray:
-    """Decode any common image file to (H, W, 3) uint8 RGB.
+    """Decode any common image file to (H, W, 3) uint8 RGB, upright per its EXIF tag.
 
     Grayscale, palette, RGBA (composited on white), CMYK and 16-bit images are converted;
-    a truncated or non-image file raises GapscopeError naming the file.
+    a truncated, oversized or non-image file raises DecodeError naming the file.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
             img.load()
-            return to_rgb_array(img)
+            return to_rgb_array(ImageOps.exif_transpose(img))
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(path, f"image too large to decode safely ({_short(exc)})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise GapscopeError(f"{path}: cannot decode image ({_short(exc)})") from None
+        raise DecodeError(path, f"cannot decode image ({_short(exc)})") from None
 
 
 def to_rgb_array(img) -> np.ndarray:
@@ -127,7 +138,10 @@ def to_rgb_array(img) -> np.ndarray:
 
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode.startswith("I;16") or arr.max() > 255:
+            top = 65535.0
+        else:
+            top = 1.0 if img.mode == "F" and arr.max() <= 1.0 else 255.0
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=2)
     if img.mode == "P":
@@ -139,13 +153,19 @@ def to_rgb_array(img) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def array_row_to_uint8(row: np.ndarray) -> np.ndarray:
-    """A row of a user's array as uint8: floats in [0, 1] are scaled, others clipped."""
+def array_scale(array: np.ndarray) -> float:
+    """255 for float arrays in [0, 1], else 1: decided once for the whole array, so a dark
+    image in a [0, 255] array is not mistaken for a [0, 1] one."""
+    if np.issubdtype(array.dtype, np.floating) and float(np.nanmax(array)) <= 1.0:
+        return 255.0
+    return 1.0
+
+
+def array_row_to_uint8(row: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """A row of a user's array as uint8: multiplied by `scale`, then rounded and clipped."""
     if row.dtype == np.uint8:
         return np.ascontiguousarray(row)
-    arr = np.asarray(row, dtype=np.float64)
-    if arr.size and arr.max() <= 1.0:
-        arr = arr * 255.0
+    arr = np.asarray(row, dtype=np.float64) * scale
     return np.clip(arr + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -215,7 +235,7 @@ def read_categories(folder: Path) -> dict[Path, str]:
         meta = csv_dir / METADATA_FILE
         if not meta.is_file():
             continue
-        with meta.open(newline="", encoding="utf-8") as fh:
+        with meta.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's BOM
             reader = csv.DictReader(fh)
             if not reader.fieldnames or "filename" not in reader.fieldnames:
                 raise GapscopeError(f"{meta}: needs a 'filename' column")
@@ -264,8 +284,8 @@ def open_folder(
         try:
             data = path.read_bytes()
             rgb = decode_rgb(path)
-        except GapscopeError as exc:
-            return Skipped(str(path), str(exc).split(": ", 1)[-1])
+        except DecodeError as exc:
+            return Skipped(str(path), exc.reason)
         except OSError as exc:
             return Skipped(str(path), f"cannot read file ({_short(exc)})")
         category = categories.get(path.resolve())
@@ -301,8 +321,11 @@ def open_array(
         raise GapscopeError(f"{domain} array {path} does not exist")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError) as exc:
         raise GapscopeError(f"{path}: not a readable .npy array ({_short(exc)})") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
+        array.close()
+        raise GapscopeError(f"{path}: an .npz archive, not a .npy array: save one array")
     if array.ndim != 4 or array.shape[-1] != 3 or array.shape[0] == 0:
         raise GapscopeError(
             f"{path}: expected an array shaped (N, H, W, 3) of RGB images, got {array.shape}"
@@ -311,9 +334,10 @@ def open_array(
         raise GapscopeError(f"{path}: expected a numeric image array, got dtype {array.dtype}")
     rows = sample_indices(array.shape[0], sample, seed)
     h, w = array.shape[1:3]
+    scale = array_scale(array)
 
     def scan(row: int) -> tuple[ImageRecord, np.ndarray]:
-        rgb = array_row_to_uint8(array[row])
+        rgb = array_row_to_uint8(array[row], scale)
         return ImageRecord(
             domain=domain,
             source=str(path.resolve()),
@@ -327,6 +351,7 @@ def open_array(
 
     image_set = _finish(domain, path, [int(r) for r in rows], scan, prepare, thumbs, None)
     image_set.array = array
+    image_set.array_scale = scale
     return image_set
 
 

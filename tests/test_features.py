@@ -1,0 +1,219 @@
+"""Feature extraction: pooling, row order, and the on-disk feature cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lib.backbones import create_backbone
+from lib.errors import GapscopeError
+from lib.features import POOLINGS, FeatureCache, cache_key, extract, pool
+from lib.images import Prepare, open_array, open_folder
+
+N_IMAGES = 5
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert text and "\n" not in text, repr(text)
+    return text
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return create_backbone("resnet18", random_weights=True)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Five distinct 32×32 PNGs and a .npy array whose row 1 is the PNG 3's pixels."""
+    root = tmp_path_factory.mktemp("features")
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (N_IMAGES, 32, 32, 3), dtype=np.uint8)
+    for i, rgb in enumerate(pixels):
+        Image.fromarray(rgb).save(root / f"img{i}.png")
+    array = np.stack([rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), pixels[3]])
+    np.save(root / "synthetic.npy", array)
+    real = open_folder(root, "real", Prepare())
+    synthetic = open_array(root / "synthetic.npy", "synthetic", Prepare())
+    return real, synthetic
+
+
+def items_of(image_set):
+    return [(image_set, record) for record in image_set.records]
+
+
+# ---- pooling --------------------------------------------------------------------------
+
+
+def known_maps() -> torch.Tensor:
+    """(N=2, C=3, H=2, W=3) with every value distinct."""
+    return torch.arange(2 * 3 * 2 * 3, dtype=torch.float64).view(2, 3, 2, 3)
+
+
+def test_gap_averages_each_channel_over_space():
+    fmap = known_maps()
+    out = pool(fmap, "gap")
+    assert out.shape == (2, 3) and out.dtype == torch.float32
+    # channel c of image n holds 18n + 6c + 0..5, whose mean is 18n + 6c + 2.5
+    expected = [[18 * n + 6 * c + 2.5 for c in range(3)] for n in range(2)]
+    assert out.tolist() == expected
+
+
+def test_channel_sum_flattens_space_row_major():
+    fmap = known_maps()
+    out = pool(fmap, "channel-sum")
+    assert out.shape == (2, 2 * 3) and out.dtype == torch.float32
+    for n in range(2):
+        for y in range(2):
+            for x in range(3):
+                want = sum(fmap[n, c, y, x].item() for c in range(3))
+                assert out[n, y * 3 + x].item() == want
+    # image 0: position (y, x) sums 6c + 3y + x over c = 3·(3y + x) + 18
+    assert out[0].tolist() == [18.0, 21.0, 24.0, 27.0, 30.0, 33.0]
+
+
+def test_channel_mean_is_channel_sum_over_channels():
+    fmap = known_maps()
+    torch.testing.assert_close(pool(fmap, "channel-mean"), pool(fmap, "channel-sum") / 3)
+    assert pool(fmap, "channel-mean")[0].tolist() == [6.0, 7.0, 8.0, 9.0, 10.0, 11.0]
+
+
+def test_unknown_pooling_is_rejected_listing_the_choices():
+    with pytest.raises(GapscopeError) as exc:
+        pool(known_maps(), "max")
+    text = one_line(exc)
+    assert "max" in text and all(name in text for name in POOLINGS)
+
+
+def test_unknown_pooling_fails_before_any_work(backbone, images, tmp_path):
+    cache = FeatureCache(tmp_path / "cache", "k")
+    with pytest.raises(GapscopeError):
+        extract(backbone, items_of(images[0]), Prepare(), pooling="max", cache=cache)
+    assert not [p for p in cache.dir.rglob("*") if p.is_file()]
+
+
+def test_channel_sum_of_p2_for_a_512_input_has_16384_values(tmp_path):
+    """The original tool's vectors: p2 of a 512×512 image is 128×128."""
+    rgb = np.random.default_rng(1).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "big.png")
+    image_set = open_folder(tmp_path, "real", Prepare())
+    fpn = create_backbone("resnet50-fpn", random_weights=True)
+    out = extract(fpn, items_of(image_set), Prepare(), pooling="channel-sum", batch_size=1)
+    assert out.vectors["p2"].shape == (1, 16_384)
+    assert out.vectors["p6"].shape == (1, 8 * 8)  # stride 64
+    assert np.isfinite(out.vectors["p2"]).all()
+
+
+# ---- extraction order -------------------------------------------------------------------
+
+
+def test_vectors_are_float32_rows_in_input_order(backbone, images):
+    real, _ = images
+    items = items_of(real)
+    out = extract(backbone, items, Prepare(), batch_size=2)
+    assert out.cached == 0
+    assert {lv: v.shape for lv, v in out.vectors.items()} == {
+        "layer1": (N_IMAGES, 64),
+        "layer2": (N_IMAGES, 128),
+        "layer3": (N_IMAGES, 256),
+        "layer4": (N_IMAGES, 512),
+    }
+    for v in out.vectors.values():
+        assert v.dtype == np.float32 and v.flags["C_CONTIGUOUS"]
+    # each row is that image's own vector, whatever batch it was computed in
+    for i, item in enumerate(items):
+        alone = extract(backbone, [item], Prepare(), batch_size=1)
+        for lv in backbone.levels:
+            np.testing.assert_allclose(out.vectors[lv][i], alone.vectors[lv][0], atol=1e-5)
+
+
+def test_permuting_items_permutes_rows(backbone, images):
+    real, _ = images
+    items = items_of(real)
+    order = [3, 0, 4, 1, 2]
+    base = extract(backbone, items, Prepare(), batch_size=2)
+    permuted = extract(backbone, [items[i] for i in order], Prepare(), batch_size=2)
+    for lv in backbone.levels:
+        np.testing.assert_allclose(permuted.vectors[lv], base.vectors[lv][order], atol=1e-5)
+        assert not np.allclose(permuted.vectors[lv], base.vectors[lv])
+
+
+def test_the_same_image_gives_identical_rows(backbone, images):
+    real, synthetic = images
+    items = [(real, real.records[3]), (synthetic, synthetic.records[0]), (real, real.records[3])]
+    items.append((synthetic, synthetic.records[1]))  # the same pixels, from the .npy array
+    out = extract(backbone, items, Prepare(), batch_size=4)
+    for lv in backbone.levels:
+        v = out.vectors[lv]
+        np.testing.assert_array_equal(v[0], v[2])
+        np.testing.assert_allclose(v[0], v[3], atol=1e-6)
+        assert not np.allclose(v[0], v[1])
+
+
+# ---- the feature cache ------------------------------------------------------------------
+
+
+def test_second_extraction_comes_from_the_cache(backbone, images, tmp_path):
+    real, _ = images
+    items = items_of(real)
+    cache = FeatureCache(tmp_path / "cache", cache_key(backbone, "gap", Prepare()))
+    seen: list[int] = []
+    first = extract(backbone, items, Prepare(), batch_size=2, cache=cache, progress=seen.append)
+    assert first.cached == 0 and sum(seen) == N_IMAGES
+    seen.clear()
+    second = extract(backbone, items, Prepare(), batch_size=2, cache=cache, progress=seen.append)
+    assert second.cached == N_IMAGES and sum(seen) == N_IMAGES
+    for lv in backbone.levels:
+        np.testing.assert_array_equal(second.vectors[lv], first.vectors[lv])
+        assert second.vectors[lv].dtype == np.float32
+
+
+def test_cache_key_names_backbone_pooling_and_preparation(backbone):
+    key = cache_key(backbone, "gap", Prepare())
+    assert key == cache_key(backbone, "gap", Prepare())
+    others = {
+        cache_key(backbone, "channel-sum", Prepare()),
+        cache_key(backbone, "gap", Prepare(crop=16)),
+        cache_key(backbone, "gap", Prepare(resize=16)),
+    }
+    assert len(others) == 3 and key not in others
+    assert key.startswith("resnet18-gap-")
+
+
+def _cached_entry(backbone, images, tmp_path):
+    real, _ = images
+    items = items_of(real)
+    cache = FeatureCache(tmp_path / "cache", "key")
+    first = extract(backbone, items, Prepare(), batch_size=5, cache=cache)
+    return items, cache, first, cache._path(real.records[2].hash)
+
+
+def test_a_corrupt_cache_entry_is_recomputed(backbone, images, tmp_path):
+    items, cache, first, entry = _cached_entry(backbone, images, tmp_path)
+    assert entry.is_file()
+    entry.write_bytes(b"this is not an npz archive at all")
+    again = extract(backbone, items, Prepare(), batch_size=5, cache=cache)
+    assert again.cached == N_IMAGES - 1
+    for lv in backbone.levels:
+        np.testing.assert_allclose(again.vectors[lv], first.vectors[lv], atol=1e-5)
+    assert extract(backbone, items, Prepare(), cache=cache).cached == N_IMAGES  # rewritten
+
+
+def test_an_empty_cache_entry_is_recomputed(backbone, images, tmp_path):
+    items, cache, first, entry = _cached_entry(backbone, images, tmp_path)
+    entry.write_bytes(b"")
+    again = extract(backbone, items, Prepare(), batch_size=5, cache=cache)
+    assert again.cached == N_IMAGES - 1
+
+
+def test_a_truncated_cache_entry_is_recomputed(backbone, images, tmp_path):
+    items, cache, first, entry = _cached_entry(backbone, images, tmp_path)
+    data = entry.read_bytes()
+    entry.write_bytes(data[: len(data) // 2])
+    again = extract(backbone, items, Prepare(), batch_size=5, cache=cache)
+    assert again.cached == N_IMAGES - 1
+    for lv in backbone.levels:
+        np.testing.assert_allclose(again.vectors[lv], first.vectors[lv], atol=1e-5)

@@ -1,0 +1,178 @@
+"""The run store: runs are written aside, published atomically, and read back."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lib.errors import GapscopeError
+from lib.store import Run, RunStore, RunWriter
+
+LEVELS = ["p2", "p3"]
+
+
+def write_run(writer, n: int = 4, seed: int = 0) -> dict:
+    """The files a batch run leaves, small; returns what was written."""
+    rng = np.random.default_rng(seed)
+    features = {lv: rng.normal(size=(n, 8)).astype(np.float32) for lv in LEVELS}
+    neighbors = {
+        lv: (
+            np.tile(np.arange(1, 3, dtype=np.int32), (n, 1)),
+            np.sort(rng.random((n, 2)).astype(np.float32), axis=1),
+        )
+        for lv in LEVELS
+    }
+    images = pd.DataFrame(
+        {
+            "id": range(n),
+            "domain": ["real"] * (n // 2) + ["synthetic"] * (n - n // 2),
+            "path": [f"/data/{i}.png" for i in range(n)],
+            "thumb": [f"t{i}.png" for i in range(n)],
+        }
+    )
+    manifest = {
+        "status": "complete",
+        "seed": np.int64(seed),  # numpy scalars are written as plain numbers
+        "backbone": {"name": "resnet50-fpn", "levels": LEVELS},
+        "inputs": [{"kind": "folder", "source": "/data"}, {"kind": "array", "source": "x"}],
+    }
+    for lv in LEVELS:
+        writer.write_array(f"features/{lv}.npy", features[lv])
+        writer.write_array(f"neighbors/{lv}.npy", neighbors[lv][0])
+        writer.write_array(f"neighbors/{lv}.distances.npy", neighbors[lv][1])
+    writer.write_table("images.parquet", images)
+    writer.write_json("manifest.json", manifest)
+    return {"features": features, "neighbors": neighbors, "images": images}
+
+
+def visible(store: RunStore) -> list[str]:
+    return sorted(p.name for p in store.runs_dir.iterdir())
+
+
+def test_open_without_runs_raises(tmp_path):
+    store = RunStore(tmp_path / "results")
+    assert store.run_ids() == [] and store.latest_id() is None
+    with pytest.raises(GapscopeError) as exc:
+        store.open()
+    assert "\n" not in str(exc.value) and "no published run" in str(exc.value)
+
+
+def test_a_run_being_written_is_not_listed(tmp_path):
+    store = RunStore(tmp_path)
+    writer = store.begin()
+    write_run(writer)
+    assert writer.dir.is_dir() and writer.dir.parent == store.runs_dir
+    assert store.run_ids() == []
+    assert store.latest_id() is None and not store.latest_link.exists()
+    with pytest.raises(GapscopeError):
+        store.open()
+    with pytest.raises(GapscopeError):
+        store.open(writer.id)
+
+
+def test_publish_lists_the_run_and_points_latest_at_it(tmp_path):
+    store = RunStore(tmp_path)
+    writer = store.begin()
+    write_run(writer)
+    run = store.publish(writer)
+    assert run.id == writer.id
+    assert store.run_ids() == [writer.id]
+    assert visible(store) == [writer.id]  # the partial directory is gone
+    assert store.latest_link.is_symlink()
+    assert store.latest_link.resolve() == (store.runs_dir / writer.id).resolve()
+    assert not os.path.isabs(os.readlink(store.latest_link))  # the results folder can move
+    assert store.latest_id() == writer.id
+    assert store.open().id == writer.id
+
+
+def test_discard_leaves_nothing(tmp_path):
+    store = RunStore(tmp_path)
+    writer = store.begin()
+    write_run(writer)
+    writer.discard()
+    assert visible(store) == []
+    assert store.run_ids() == [] and not store.latest_link.exists()
+
+
+def test_a_failed_run_keeps_the_previous_latest(tmp_path):
+    store = RunStore(tmp_path)
+    first = store.begin()
+    write_run(first)
+    store.publish(first)
+    failed = store.begin()
+    write_run(failed, seed=1)
+    failed.discard()
+    assert store.latest_id() == first.id and store.run_ids() == [first.id]
+
+
+def test_second_publish_switches_latest_and_keeps_the_old_run(tmp_path):
+    store = RunStore(tmp_path)
+    first_writer = store.begin()
+    first_data = write_run(first_writer, seed=0)
+    old = store.publish(first_writer)
+    old_features = old.features("p2")  # a reader holding the old run open
+
+    second_writer = store.begin()
+    write_run(second_writer, seed=1)
+    assert store.latest_id() == first_writer.id  # not switched until published
+    store.publish(second_writer)
+
+    assert store.latest_id() == second_writer.id
+    assert store.open().id == second_writer.id
+    assert sorted(store.run_ids()) == sorted([first_writer.id, second_writer.id])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".latest")]
+    np.testing.assert_array_equal(old_features, first_data["features"]["p2"])
+    reopened = store.open(first_writer.id)
+    np.testing.assert_array_equal(reopened.features("p3"), first_data["features"]["p3"])
+    assert not np.array_equal(store.open().features("p2"), first_data["features"]["p2"])
+
+
+def test_unknown_run_id_raises(tmp_path):
+    store = RunStore(tmp_path)
+    writer = store.begin()
+    write_run(writer)
+    store.publish(writer)
+    with pytest.raises(GapscopeError) as exc:
+        store.open("20000101-000000-beef")
+    assert "20000101-000000-beef" in str(exc.value)
+
+
+def test_run_reads_back_what_was_written(tmp_path):
+    store = RunStore(tmp_path)
+    writer = store.begin()
+    data = write_run(writer, n=6)
+    store.publish(writer)
+    run = store.open()
+    assert isinstance(run, Run)
+    assert run.manifest["status"] == "complete" and run.manifest["seed"] == 0
+    assert run.levels == LEVELS
+    pd.testing.assert_frame_equal(run.images, data["images"])
+    for lv in LEVELS:
+        features = run.features(lv)
+        assert isinstance(features, np.memmap)  # memory-mapped, not read whole
+        assert features.dtype == np.float32 and features.shape == (6, 8)
+        np.testing.assert_array_equal(features, data["features"][lv])
+        idx, dist = run.neighbors(lv)
+        assert isinstance(idx, np.memmap) and isinstance(dist, np.memmap)
+        assert idx.dtype == np.int32 and dist.dtype == np.float32
+        np.testing.assert_array_equal(idx, data["neighbors"][lv][0])
+        np.testing.assert_array_equal(dist, data["neighbors"][lv][1])
+    assert run.thumb(2) == run.dir / "thumbs" / "t2.png"
+    assert str(run.image_file(2)) == "/data/2.png"
+    assert [str(p) for p in run.image_roots()] == ["/data"]
+
+
+def test_run_ids_are_newest_first(tmp_path):
+    store = RunStore(tmp_path)
+    for run_id in ("20240101-000000-aaaa", "20250101-000000-0000", "20240601-120000-ffff"):
+        writer = RunWriter(store, run_id)
+        write_run(writer)
+        store.publish(writer)
+    assert store.run_ids() == [
+        "20250101-000000-0000",
+        "20240601-120000-ffff",
+        "20240101-000000-aaaa",
+    ]
