@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from lib.gap import GapParams
 from lib.images import ImageSet, Prepare, check_common_size, open_images, thumb_name
 from lib.reduce import UMAPParams, check_enough_points
 from lib.store import Run, RunStore
@@ -48,6 +49,7 @@ class RunConfig:
     batch_size: int = 32
     backend: str = "auto"
     plots: bool = True
+    gap: GapParams = field(default_factory=GapParams)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -175,6 +177,11 @@ def _compute(config: RunConfig, store: RunStore, writer, progress: Progress) -> 
             writer.write_array(f"neighbors/{level}.npy", idx)
             writer.write_array(f"neighbors/{level}.distances.npy", dist)
 
+    with timings.stage("gap"):
+        metrics, scores = _gap(extraction.vectors, rows, config.gap)
+        writer.write_json("metrics.json", metrics)
+        writer.write_table("scores.parquet", scores)
+
     writer.write_table("images.parquet", _images_frame(items))
     return {
         "run_id": writer.id,
@@ -199,6 +206,29 @@ def _compute(config: RunConfig, store: RunStore, writer, progress: Progress) -> 
         "timings_s": dict(timings),
         "versions": _versions(),
     }
+
+
+def _gap(vectors: dict[str, np.ndarray], rows: dict[str, np.ndarray], params: GapParams):
+    """metrics.json's content and the per-image scores table, level by level."""
+    import pandas as pd
+
+    from lib.gap import NOTES, level_gap
+
+    levels, frames = {}, []
+    n = len(rows["real"]) + len(rows["synthetic"])
+    for level, X in vectors.items():
+        result = level_gap(X[rows["real"]], X[rows["synthetic"]], params)
+        levels[level] = result.metrics
+        frame = pd.DataFrame({"id": np.arange(n, dtype=np.int32), "level": level})
+        frame["p_synthetic"] = np.nan
+        frame.loc[np.r_[rows["real"], rows["synthetic"]], "p_synthetic"] = result.p_synthetic
+        frame["realism"] = np.nan
+        frame.loc[rows["synthetic"], "realism"] = result.realism
+        frame["covered"] = pd.array([pd.NA] * n, dtype="boolean")
+        frame.loc[rows["real"], "covered"] = result.covered
+        frames.append(frame)
+    metrics = {"params": params.as_dict(), "notes": NOTES, "levels": levels}
+    return metrics, pd.concat(frames, ignore_index=True)
 
 
 def _projection_frame(rows: np.ndarray, level: str, fit_on: str, coords: np.ndarray):

@@ -162,6 +162,20 @@ class Run:
 
         return pd.read_parquet(self.dir / "projections.parquet")
 
+    @cached_property
+    def metrics(self) -> dict | None:
+        """Gap metrics per level (None for runs made before gapscope measured the gap)."""
+        path = self.dir / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    @cached_property
+    def scores(self):
+        """Per-image gap scores: id, level, p_synthetic, realism, covered."""
+        import pandas as pd
+
+        path = self.dir / "scores.parquet"
+        return pd.read_parquet(path) if path.is_file() else None
+
     def features(self, level: str) -> np.ndarray:
         return np.load(self.dir / "features" / f"{level}.npy", mmap_mode="r")
 

@@ -25,7 +25,7 @@ def test_run_is_published_with_every_file(published_run, results_dir):
     assert m["backbone"]["random_weights"] is False
     assert "ImageNet" in m["backbone"]["weights"]
     assert m["counts"] == {"real": N_PER_DOMAIN, "synthetic": N_PER_DOMAIN}
-    assert set(m["timings_s"]) == {"scan", "model", "extract", "project", "neighbors"}
+    assert set(m["timings_s"]) == {"scan", "model", "extract", "project", "neighbors", "gap"}
     assert m["backend"]["name"] == "cpu" and m["backend"]["reason"]
     assert run.levels == LEVELS
     for level in LEVELS:
