@@ -12,7 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from demo import views
+from demo import report, views
 from lib.images import THUMB_SIZE
 from lib.store import RunStore
 
@@ -60,6 +60,26 @@ def build_app(results: Path) -> gr.Blocks:
             views.banner(run),
             gr.update(choices=run.levels, value=level),
             views.overlap_figure(run, level, "real", "domain"),
+            gr.update(choices=run.levels, value=level),
+            *show_report(run_id, level, "auc"),
+        )
+
+    def show_report(run_id: str, level: str, metric: str):
+        """The gap report of a run: table, chart, images to blame at `level`, history."""
+        run = _run(run_id)
+        if not run.metrics:
+            note = "This run has no gap metrics (it predates them): rerun the batch job."
+            return note, None, None, [], [], [], None
+        level = level if level in run.levels else views.default_level(run)
+        blame = report.blame_galleries(run, level)
+        return (
+            report.notes_markdown(run),
+            report.summary_table(run),
+            report.levels_figure(run),
+            blame["least_realistic"],
+            blame["most_synthetic"],
+            blame["uncovered_real"],
+            report.history_figure(store, level, metric),
         )
 
     def refresh():
@@ -99,37 +119,90 @@ def build_app(results: Path) -> gr.Blocks:
             )
             return app
         first = _run(latest or choices[0][1])
+        first_level = views.default_level(first)
         # allow_custom_value: runs published after start-up (nightly) are valid choices too.
         run_dd = gr.Dropdown(choices=choices, value=first.id, label="Run", allow_custom_value=True)
         banner = gr.Markdown(views.banner(first), elem_id="banner")
-        with gr.Row():
-            level_dd = gr.Dropdown(
-                label="Level",
-                choices=first.levels,
-                value=views.default_level(first),
-                allow_custom_value=True,
-                scale=1,
-            )
-            direction = gr.Radio(
-                list(views.DIRECTIONS), value=list(views.DIRECTIONS)[0], label="Direction", scale=2
-            )
-            color_by = gr.Radio(list(views.COLOR_BY), value="domain", label="Colour by", scale=1)
-        with gr.Row():
-            with gr.Column(scale=3):
-                plot = gr.Plot(
-                    views.overlap_figure(first, views.default_level(first), "real"),
-                    elem_id="overlap_plot",
-                    label="3D overlap (click a point)",
+        with gr.Tab("Overlap"):
+            with gr.Row():
+                level_dd = gr.Dropdown(
+                    label="Level",
+                    choices=first.levels,
+                    value=first_level,
+                    allow_custom_value=True,
+                    scale=1,
                 )
-            with gr.Column(scale=2):
-                selected = gr.Image(label="Selected image", height=260, elem_id="selected_image")
-                info = gr.Markdown("Click a point in the plot to see its nearest neighbours.")
-                gallery = gr.Gallery(
-                    label="Nearest neighbours", columns=4, height=420, elem_id="neighbours"
+                direction = gr.Radio(
+                    list(views.DIRECTIONS),
+                    value=list(views.DIRECTIONS)[0],
+                    label="Direction",
+                    scale=2,
                 )
+                color_by = gr.Radio(
+                    list(views.COLOR_BY), value="domain", label="Colour by", scale=2
+                )
+            with gr.Row():
+                with gr.Column(scale=3):
+                    plot = gr.Plot(
+                        views.overlap_figure(first, first_level, "real"),
+                        elem_id="overlap_plot",
+                        label="3D overlap (click a point)",
+                    )
+                with gr.Column(scale=2):
+                    selected = gr.Image(
+                        label="Selected image", height=260, elem_id="selected_image"
+                    )
+                    info = gr.Markdown("Click a point in the plot to see its nearest neighbours.")
+                    gallery = gr.Gallery(
+                        label="Nearest neighbours", columns=4, height=420, elem_id="neighbours"
+                    )
+        with gr.Tab("Gap report"):
+            report_notes = gr.Markdown(elem_id="report_notes")
+            report_table = gr.Dataframe(
+                headers=report.SUMMARY_HEADERS, label="Gap per level", elem_id="gap_table"
+            )
+            report_plot = gr.Plot(label="Metrics across levels (95% intervals; KID ± 1 std)")
+            with gr.Row():
+                blame_level = gr.Dropdown(
+                    label="Images to blame at level",
+                    choices=first.levels,
+                    value=first_level,
+                    allow_custom_value=True,
+                )
+                history_metric = gr.Dropdown(
+                    label="History of",
+                    choices=[(report.METRICS[m][0], m) for m in report.METRICS],
+                    value="auc",
+                )
+            least_realistic = gr.Gallery(
+                label="Least realistic synthetic images (realism score; < 1 = outside the real "
+                "manifold)",
+                columns=8,
+                height=260,
+                elem_id="least_realistic",
+            )
+            most_synthetic = gr.Gallery(
+                label="Most obviously synthetic (out-of-fold domain classifier)",
+                columns=8,
+                height=260,
+            )
+            uncovered = gr.Gallery(
+                label="Real images no synthetic image covers (what the synthetic data misses)",
+                columns=8,
+                height=260,
+                elem_id="uncovered_real",
+            )
+            history = gr.Plot(label="Over all published runs")
         click_box = gr.Textbox(elem_id="click_box", visible="hidden")
 
-        run_dd.change(show_run, run_dd, [banner, level_dd, plot])
+        report_outputs = [
+            report_notes, report_table, report_plot, least_realistic, most_synthetic, uncovered,
+            history,
+        ]  # fmt: skip
+        run_outputs = [banner, level_dd, plot, blame_level, *report_outputs]
+        run_dd.change(show_run, run_dd, run_outputs)
+        for control in (blame_level, history_metric):
+            control.change(show_report, [run_dd, blame_level, history_metric], report_outputs)
         for control in (level_dd, direction, color_by):
             control.change(show_plot, [run_dd, level_dd, direction, color_by], plot)
         click_box.change(
@@ -138,7 +211,7 @@ def build_app(results: Path) -> gr.Blocks:
             [selected, gallery, info],
             api_name="select_point",
         )
-        app.load(refresh, None, [run_dd, banner, level_dd, plot])
+        app.load(refresh, None, [run_dd, *run_outputs])
         app.load(None, None, None, js=BIND_CLICK_JS)
     return app
 

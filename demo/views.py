@@ -9,6 +9,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from lib.plots import STYLE, direction_title
 from lib.store import Run, RunStore
 
@@ -16,7 +18,8 @@ DIRECTIONS = {  # label → the domain UMAP was fitted on
     direction_title("real"): "real",
     direction_title("synthetic"): "synthetic",
 }
-COLOR_BY = ("domain", "category")
+COLOR_BY = ("domain", "category", "realism", "p(synthetic)")
+SCORE_COLUMNS = {"realism": "realism", "p(synthetic)": "p_synthetic"}
 CATEGORY_COLORS = (
     "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf "
     "#393b79 #637939 #8c6d31 #843c39 #7b4173 #3182bd #e6550d #31a354 #756bb1 #636363"
@@ -87,13 +90,12 @@ def overlap_figure(run: Run, level: str, fit_on: str, color_by: str = "domain"):
         order = [fit_on] + [d for d in merged["domain"].unique() if d != fit_on]
         groups = [(d, merged[merged["domain"] == d]) for d in order]
     fig = go.Figure()
+    scale_shown = False
     for i, (name, g) in enumerate(groups):
-        if color_by == "category":
-            color = CATEGORY_COLORS[i % len(CATEGORY_COLORS)]
-            symbol = [MARKERS.get(d, "circle") for d in g["domain"]]
-        else:
-            color = STYLE.get(name, {"c": "grey"})["c"]
-            symbol = MARKERS.get(name, "circle")
+        marker = _marker(run, level, name, g, color_by, i)
+        if "colorscale" in marker:
+            marker["showscale"] = not scale_shown  # one colour bar for all traces
+            scale_shown = True
         fig.add_trace(
             go.Scatter3d(
                 x=g["x"],
@@ -103,13 +105,13 @@ def overlap_figure(run: Run, level: str, fit_on: str, color_by: str = "domain"):
                 name=name,
                 customdata=g["id"].to_numpy(),
                 text=[
-                    f"#{i} {d} · {c or '–'} · {p}"
-                    for i, d, c, p in zip(
+                    f"#{j} {d} · {c or '–'} · {p}"
+                    for j, d, c, p in zip(
                         g["id"], g["domain"], g["category"], g["relpath"], strict=True
                     )
                 ],
                 hovertemplate="%{text}<extra></extra>",
-                marker={"size": 3, "color": color, "symbol": symbol, "opacity": 0.75},
+                marker=marker,
             )
         )
     fig.update_layout(
@@ -121,6 +123,26 @@ def overlap_figure(run: Run, level: str, fit_on: str, color_by: str = "domain"):
         legend={"itemsizing": "constant"},
     )
     return fig
+
+
+def _marker(run: Run, level: str, name: str, g, color_by: str, i: int) -> dict:
+    """Marker style for one trace: by domain, by category, or by a per-image score."""
+    marker = {"size": 3, "opacity": 0.75, "symbol": MARKERS.get(name, "circle")}
+    if color_by in SCORE_COLUMNS and run.scores is not None:
+        from demo.report import score_colors
+
+        values = score_colors(run, level, g["id"].to_numpy(), SCORE_COLUMNS[color_by])
+        if np.isnan(values).all():  # real images have no realism score
+            return {**marker, "color": "lightgrey"}
+        if color_by == "realism":  # ≥ 1 is inside the real manifold: centre the scale there
+            style = {"colorscale": "RdYlGn", "cmin": 0.0, "cmax": 2.0}
+        else:
+            style = {"colorscale": "RdBu_r", "cmin": 0.0, "cmax": 1.0}
+        return {**marker, **style, "color": values, "colorbar": {"title": color_by}}
+    if color_by == "category":
+        symbols = [MARKERS.get(d, "circle") for d in g["domain"]]
+        return {**marker, "symbol": symbols, "color": CATEGORY_COLORS[i % len(CATEGORY_COLORS)]}
+    return {**marker, "color": STYLE.get(name, {"c": "grey"})["c"]}
 
 
 def caption(run: Run, row: int, distance: float | None = None) -> str:

@@ -119,3 +119,14 @@ def test_changing_level_keeps_clicking_working(page):
         timeout=20_000,
     )
     assert "level c5" in page.inner_text("body")
+
+
+def test_gap_report_tab_shows_the_images_to_blame(page):
+    page.get_by_role("tab", name="Gap report").click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('#least_realistic .caption-label').length >= 4",
+        timeout=20_000,
+    )
+    text = page.inner_text("body")
+    assert "Largest gap at" in text
+    assert "realism" in page.inner_text("#least_realistic")

@@ -93,3 +93,54 @@ def test_parse_click_accepts_the_browser_payload_only():
     assert views.parse_click("") is None
     assert views.parse_click("not json") is None
     assert views.parse_click('{"t": 1}') is None
+
+
+# ---- the gap report ------------------------------------------------------------------------
+
+
+def test_report_table_and_chart_cover_every_level(published_run):
+    from demo import report
+
+    rows = report.summary_table(published_run)
+    assert [r[0] for r in rows] == published_run.levels
+    assert all(len(r) == len(report.SUMMARY_HEADERS) for r in rows)
+    fig = report.levels_figure(published_run)
+    auc = next(t for t in fig.data if t.name.startswith("Domain classifier"))
+    assert list(auc.x) == published_run.levels
+    expected = [published_run.metrics["levels"][lv]["classifier"]["auc"] for lv in auc.x]
+    np.testing.assert_allclose(auc.y, expected)
+    assert "Largest gap at" in report.notes_markdown(published_run)
+
+
+def test_blame_galleries_put_the_worst_images_first(published_run):
+    from demo import report
+
+    scores = published_run.scores
+    scores = scores[scores.level == "c4"].set_index("id")
+    blame = report.blame_galleries(published_run, "c4", n=5)
+    shown = [_row_of(c) for _, c in blame["least_realistic"]]
+    synth = scores.loc[published_run.images.domain == "synthetic"]
+    assert shown == list(synth["realism"].sort_values().index[:5])
+    assert all(published_run.images.domain[i] == "synthetic" for i in shown)
+    uncovered = [_row_of(c) for _, c in blame["uncovered_real"]]
+    assert uncovered and all(scores.loc[i, "covered"] == False for i in uncovered)  # noqa: E712
+    assert all(published_run.images.domain[i] == "real" for i in uncovered)
+
+
+def test_history_has_a_point_per_run_with_metrics(results_dir):
+    from demo import report
+    from lib.store import RunStore
+
+    store = RunStore(results_dir)
+    fig = report.history_figure(store, "c3", "coverage")
+    with_metrics = [r for r in store.run_ids() if store.open(r).metrics]
+    assert len(fig.data[0].x) == len(with_metrics) >= 1
+    assert list(fig.data[0].text) == sorted(with_metrics)
+
+
+def test_plot_can_be_coloured_by_realism(published_run):
+    fig = views.overlap_figure(published_run, "c3", "real", "realism")
+    real, synthetic = fig.data
+    assert real.marker.color == "lightgrey"
+    colors = np.asarray(synthetic.marker.color, dtype=float)
+    assert np.isfinite(colors).all() and synthetic.marker.showscale
