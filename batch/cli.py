@@ -73,6 +73,13 @@ def run(
     checkpoint: Annotated[
         Path | None, typer.Option(help="State dict for the backbone (.pth, weights_only).")
     ] = None,
+    detectron2_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="A detectron2 config .yaml (with _BASE_ files beside it): use that detector's "
+            "FPN levels p2..p6, with --checkpoint model_final.pth or a model-zoo .pkl."
+        ),
+    ] = None,
     random_weights: Annotated[
         bool, typer.Option(help="Use untrained weights on purpose (said loudly everywhere).")
     ] = False,
@@ -110,6 +117,7 @@ def run(
         synthetic=synthetic,
         backbone=backbone,
         checkpoint=checkpoint,
+        detectron2_config=detectron2_config,
         random_weights=random_weights,
         pooling=pooling,
         crop=crop,

@@ -69,7 +69,7 @@ def build_app(results: Path) -> gr.Blocks:
         run = _run(run_id)
         if not run.metrics:
             note = "This run has no gap metrics (it predates them): rerun the batch job."
-            return note, None, None, [], [], [], None
+            return note, None, None, [], [], [], [], None
         level = level if level in run.levels else views.default_level(run)
         blame = report.blame_galleries(run, level)
         return (
@@ -79,6 +79,7 @@ def build_app(results: Path) -> gr.Blocks:
             blame["least_realistic"],
             blame["most_synthetic"],
             blame["uncovered_real"],
+            blame["one_domain_clusters"],
             report.history_figure(store, level, metric),
         )
 
@@ -192,12 +193,19 @@ def build_app(results: Path) -> gr.Blocks:
                 height=260,
                 elem_id="uncovered_real",
             )
+            one_domain = gr.Gallery(
+                label="Samples from one-domain clusters (real-only: missed; synthetic-only: "
+                "invented)",
+                columns=8,
+                height=260,
+                elem_id="one_domain_clusters",
+            )
             history = gr.Plot(label="Over all published runs")
         click_box = gr.Textbox(elem_id="click_box", visible="hidden")
 
         report_outputs = [
             report_notes, report_table, report_plot, least_realistic, most_synthetic, uncovered,
-            history,
+            one_domain, history,
         ]  # fmt: skip
         run_outputs = [banner, level_dd, plot, blame_level, *report_outputs]
         run_dd.change(show_run, run_dd, run_outputs)

@@ -125,6 +125,7 @@ def blame_galleries(run: Run, level: str, n: int = 16) -> dict[str, list[tuple[s
         "uncovered_real": items(
             uncovered.sort_values("p_synthetic"), lambda r: f"p(syn) {r['p_synthetic']:.2f}"
         ),
+        "one_domain_clusters": cluster_gallery(run, level),
     }
 
 
@@ -163,6 +164,30 @@ def history_figure(store: RunStore, level: str, name: str = "auc"):
     return fig
 
 
+def cluster_names(run: Run, level: str, ids: np.ndarray) -> np.ndarray:
+    """A legend name per point: 'cluster 3 · real-only', or 'noise'."""
+    scores = run.scores[run.scores["level"] == level].set_index("id")
+    kinds = {c["cluster"]: c["kind"] for c in run.metrics["levels"][level]["clusters"]["table"]}
+    labels = scores.loc[ids, "cluster"].to_numpy()
+    return np.array(
+        ["noise" if c < 0 else f"cluster {c:02d} · {kinds.get(c, 'mixed')}" for c in labels]
+    )
+
+
+def cluster_gallery(run: Run, level: str, per_cluster: int = 4) -> list[tuple[str, str]]:
+    """Sample images from every one-domain cluster, most lopsided first."""
+    scores = run.scores[run.scores["level"] == level]
+    items = []
+    for c in run.metrics["levels"][level]["clusters"]["table"]:
+        if c["kind"] == "mixed":
+            continue
+        ids = scores.loc[scores["cluster"] == c["cluster"], "id"].to_numpy()
+        pick = np.random.default_rng(c["cluster"]).permutation(ids)[:per_cluster]
+        label = f"cluster {c['cluster']} · {c['kind']} ({c['real']} real, {c['synthetic']} syn)"
+        items += [(str(run.thumb(int(i))), f"{caption(run, int(i))} · {label}") for i in pick]
+    return items
+
+
 def score_colors(run: Run, level: str, ids: np.ndarray, name: str) -> np.ndarray:
     """Per-point values to colour the 3D plot by: realism or p(synthetic) at this level."""
     scores = run.scores[run.scores["level"] == level].set_index("id")
@@ -189,5 +214,8 @@ def notes_markdown(run: Run) -> str:
         "real domain's statistics.",
         f"- k = {run.metrics['params']['k']} for precision/recall/density/coverage, realism and "
         "mixing. Realism is the plain distance ratio (≥ 1: inside the real manifold).",
+        f"- Clusters at {worst}: {w['clusters']['n']} (HDBSCAN), "
+        f"{w['clusters']['real_only']} real-only (what the synthetic data misses), "
+        f"{w['clusters']['synthetic_only']} synthetic-only (what it invents).",
     ]
     return "\n".join(lines)

@@ -18,7 +18,7 @@ DIRECTIONS = {  # label → the domain UMAP was fitted on
     direction_title("real"): "real",
     direction_title("synthetic"): "synthetic",
 }
-COLOR_BY = ("domain", "category", "realism", "p(synthetic)")
+COLOR_BY = ("domain", "category", "cluster", "realism", "p(synthetic)")
 SCORE_COLUMNS = {"realism": "realism", "p(synthetic)": "p_synthetic"}
 CATEGORY_COLORS = (
     "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf "
@@ -86,6 +86,11 @@ def overlap_figure(run: Run, level: str, fit_on: str, color_by: str = "domain"):
     merged = proj.merge(images, left_on="id", right_on="id", how="left")
     if color_by == "category" and merged["category"].nunique() > 1:
         groups = [(str(c), g) for c, g in merged.groupby("category", sort=True)]
+    elif color_by == "cluster" and run.scores is not None:
+        from demo.report import cluster_names
+
+        names = cluster_names(run, level, merged["id"].to_numpy())
+        groups = [(n, merged[names == n]) for n in sorted(set(names), key=_cluster_order)]
     else:
         order = [fit_on] + [d for d in merged["domain"].unique() if d != fit_on]
         groups = [(d, merged[merged["domain"] == d]) for d in order]
@@ -139,10 +144,16 @@ def _marker(run: Run, level: str, name: str, g, color_by: str, i: int) -> dict:
         else:
             style = {"colorscale": "RdBu_r", "cmin": 0.0, "cmax": 1.0}
         return {**marker, **style, "color": values, "colorbar": {"title": color_by}}
-    if color_by == "category":
+    if color_by in ("category", "cluster"):
         symbols = [MARKERS.get(d, "circle") for d in g["domain"]]
+        if name == "noise":
+            return {**marker, "symbol": symbols, "color": "lightgrey"}
         return {**marker, "symbol": symbols, "color": CATEGORY_COLORS[i % len(CATEGORY_COLORS)]}
     return {**marker, "color": STYLE.get(name, {"c": "grey"})["c"]}
+
+
+def _cluster_order(name: str) -> tuple[int, str]:
+    return (name == "noise", name)
 
 
 def caption(run: Run, row: int, distance: float | None = None) -> str:

@@ -40,6 +40,8 @@ class GapParams:
     fd_inf_sizes: int = 8  # subset sizes for the FD∞ fit, from N/4 to N
     bootstrap: int = 10  # resamples for the FD confidence interval
     folds: int = 5  # classifier cross-validation
+    min_cluster_size: int = 20  # HDBSCAN (the atlas tool's setting)
+    cluster_dims: int = 10  # principal components HDBSCAN runs on
     classifier_max: int = 5000  # per domain: larger domains are subsampled for the classifier
     seed: int = 0
 
@@ -288,6 +290,60 @@ def _mean_ci(values: np.ndarray) -> list[float]:
     return [float(values.mean() - half), float(values.mean() + half)]
 
 
+# ---- clusters ------------------------------------------------------------------------------
+
+
+def domain_clusters(
+    real: np.ndarray,
+    fake: np.ndarray,
+    min_cluster_size: int = 20,
+    dims: int = 10,
+    one_domain: float = 0.9,
+    backend: str = "cpu",
+    seed: int = 0,
+) -> tuple[np.ndarray, list[dict]]:
+    """HDBSCAN clusters of both domains together, with each cluster's composition.
+
+    Clustering runs on the first `dims` principal components of the standardised features
+    (both domains, so neither is privileged; HDBSCAN's density estimates degrade in
+    hundreds of dimensions). A cluster with ≥ `one_domain` of its images from one domain
+    is "real-only" (what the synthetic data misses) or "synthetic-only" (what it invents).
+    Returns one label per row (real rows, then synthetic; −1 = noise) and the table.
+    """
+    from sklearn.decomposition import PCA
+
+    x = np.concatenate([real, fake]).astype(np.float32)
+    is_fake = np.r_[np.zeros(len(real), bool), np.ones(len(fake), bool)]
+    z = PCA(n_components=min(dims, x.shape[1], len(x) - 1), random_state=seed).fit_transform(x)
+    if backend == "cuml":
+        from cuml.cluster import HDBSCAN
+
+        model = HDBSCAN(min_cluster_size=min_cluster_size)
+    else:
+        from sklearn.cluster import HDBSCAN
+
+        model = HDBSCAN(min_cluster_size=min_cluster_size, copy=True)
+    labels = np.asarray(model.fit_predict(z), dtype=np.int32)
+    base = float(is_fake.mean())
+    table = []
+    for c in np.unique(labels[labels >= 0]):
+        members = labels == c
+        n_fake = int(is_fake[members].sum())
+        n_real = int(members.sum()) - n_fake
+        share = n_fake / (n_real + n_fake)
+        kind = "mixed"
+        if share >= one_domain:
+            kind = "synthetic-only"
+        elif share <= 1 - one_domain:
+            kind = "real-only"
+        table.append(
+            {"cluster": int(c), "real": n_real, "synthetic": n_fake,
+             "synthetic_share": round(share, 4), "kind": kind}
+        )  # fmt: skip
+    table.sort(key=lambda row: abs(row["synthetic_share"] - base), reverse=True)
+    return labels, table
+
+
 # ---- one level ---------------------------------------------------------------------------
 
 
@@ -297,6 +353,7 @@ class LevelGap:
     realism: np.ndarray  # per synthetic image
     p_synthetic: np.ndarray  # per image (real rows then synthetic rows), out-of-fold
     covered: np.ndarray  # per real image
+    clusters: np.ndarray  # per image (real rows, then synthetic), −1 = noise
     seconds: dict = field(default_factory=dict)
 
 
@@ -308,7 +365,9 @@ def standardise(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.ndar
     return (real - mu) / sd, (fake - mu) / sd
 
 
-def level_gap(real: np.ndarray, fake: np.ndarray, params: GapParams = GapParams()) -> LevelGap:
+def level_gap(
+    real: np.ndarray, fake: np.ndarray, params: GapParams = GapParams(), backend: str = "cpu"
+) -> LevelGap:
     """Every metric for one level, with confidence intervals and sample sizes."""
     rng = np.random.default_rng(params.seed)
     real = np.asarray(real, dtype=np.float64)
@@ -341,6 +400,12 @@ def level_gap(real: np.ndarray, fake: np.ndarray, params: GapParams = GapParams(
     clf = classifier_test(zr, zf, params.folds, params.classifier_max, rng)
     seconds["classifier"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    labels, clusters = domain_clusters(
+        zr, zf, params.min_cluster_size, params.cluster_dims, backend=backend, seed=params.seed
+    )
+    seconds["clusters"] = time.perf_counter() - t
+
     metrics = {
         "n": {"real": len(real), "synthetic": len(fake), "fd_equal_n": n},
         "dim": int(real.shape[1]),
@@ -365,6 +430,13 @@ def level_gap(real: np.ndarray, fake: np.ndarray, params: GapParams = GapParams(
             "median": float(np.median(p.realism)),
             "share_inside": float((p.realism >= 1).mean()),
         },
+        "clusters": {
+            "n": len(clusters),
+            "noise": int((labels < 0).sum()),
+            "real_only": sum(c["kind"] == "real-only" for c in clusters),
+            "synthetic_only": sum(c["kind"] == "synthetic-only" for c in clusters),
+            "table": clusters,
+        },
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
     return LevelGap(
@@ -372,6 +444,7 @@ def level_gap(real: np.ndarray, fake: np.ndarray, params: GapParams = GapParams(
         realism=p.realism,
         p_synthetic=np.r_[clf["p_synthetic_real"], clf["p_synthetic_fake"]],
         covered=p.covered,
+        clusters=labels,
         seconds=seconds,
     )
 
@@ -384,4 +457,6 @@ NOTES = {
     "realism": "Kynkäänniemi et al. 2019 realism score, plain distance ratio (not squared); "
     ">= 1 means inside the real manifold",
     "mixing": "share of k nearest neighbours from the other domain / share under perfect mixing",
+    "clusters": "HDBSCAN on the first principal components of both domains' standardised "
+    "features; a cluster with >= 90% of one domain is real-only or synthetic-only",
 }

@@ -37,6 +37,7 @@ class RunConfig:
     synthetic: Path
     backbone: str | None = None  # None: resnet50-fpn with a checkpoint, else efficientnet-lite0
     checkpoint: Path | None = None
+    detectron2_config: Path | None = None  # a detectron2 YAML: backbone detectron2
     random_weights: bool = False
     pooling: str = "gap"
     crop: int | None = None
@@ -53,7 +54,7 @@ class RunConfig:
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        for key in ("real", "synthetic", "checkpoint"):
+        for key in ("real", "synthetic", "checkpoint", "detectron2_config"):
             d[key] = str(d[key]) if d[key] is not None else None
         return d
 
@@ -125,7 +126,9 @@ def _compute(config: RunConfig, store: RunStore, writer, progress: Progress) -> 
             check_enough_points(len(image_set.records), config.umap, domain)
 
     with timings.stage("model"):
-        backbone = create_backbone(config.backbone, config.checkpoint, config.random_weights)
+        backbone = create_backbone(
+            config.backbone, config.checkpoint, config.random_weights, config.detectron2_config
+        )
         if backbone.random_weights:
             log.warning(
                 "RANDOM WEIGHTS: %s features are untrained; neighbours mean little", backbone.name
@@ -178,7 +181,7 @@ def _compute(config: RunConfig, store: RunStore, writer, progress: Progress) -> 
             writer.write_array(f"neighbors/{level}.distances.npy", dist)
 
     with timings.stage("gap"):
-        metrics, scores = _gap(extraction.vectors, rows, config.gap)
+        metrics, scores = _gap(extraction.vectors, rows, config.gap, backend.name)
         writer.write_json("metrics.json", metrics)
         writer.write_table("scores.parquet", scores)
 
@@ -208,7 +211,7 @@ def _compute(config: RunConfig, store: RunStore, writer, progress: Progress) -> 
     }
 
 
-def _gap(vectors: dict[str, np.ndarray], rows: dict[str, np.ndarray], params: GapParams):
+def _gap(vectors: dict[str, np.ndarray], rows: dict[str, np.ndarray], params, backend: str):
     """metrics.json's content and the per-image scores table, level by level."""
     import pandas as pd
 
@@ -217,7 +220,7 @@ def _gap(vectors: dict[str, np.ndarray], rows: dict[str, np.ndarray], params: Ga
     levels, frames = {}, []
     n = len(rows["real"]) + len(rows["synthetic"])
     for level, X in vectors.items():
-        result = level_gap(X[rows["real"]], X[rows["synthetic"]], params)
+        result = level_gap(X[rows["real"]], X[rows["synthetic"]], params, backend)
         levels[level] = result.metrics
         frame = pd.DataFrame({"id": np.arange(n, dtype=np.int32), "level": level})
         frame["p_synthetic"] = np.nan
@@ -226,6 +229,8 @@ def _gap(vectors: dict[str, np.ndarray], rows: dict[str, np.ndarray], params: Ga
         frame.loc[rows["synthetic"], "realism"] = result.realism
         frame["covered"] = pd.array([pd.NA] * n, dtype="boolean")
         frame.loc[rows["real"], "covered"] = result.covered
+        frame["cluster"] = np.int32(-1)
+        frame.loc[np.r_[rows["real"], rows["synthetic"]], "cluster"] = result.clusters
         frames.append(frame)
     metrics = {"params": params.as_dict(), "notes": NOTES, "levels": levels}
     return metrics, pd.concat(frames, ignore_index=True)

@@ -130,6 +130,7 @@ def _nothing_published(results: Path, before: str) -> None:
         ("mismatch", ["does not match", "keys"]),
         ("truncated-checkpoint", ["cannot be read"]),
         ("sizes", ["different sizes", "--crop"]),
+        ("d2-retinanet", ["MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbone"]),
     ],
 )
 def test_bad_input_is_one_line_and_publishes_nothing(
@@ -168,6 +169,11 @@ def test_bad_input_is_one_line_and_publishes_nothing(
         real = tmp_path / "sizes"
         shutil.copytree(example_dir / "real", real)
         Image.new("RGB", (50, 70), "white").save(real / "odd_size.png")
+    elif case == "d2-retinanet":
+        from tests.test_detectron2 import write_configs
+
+        model = {"BACKBONE": {"NAME": "build_retinanet_resnet_fpn_backbone"}}
+        extra = ["--detectron2-config", write_configs(tmp_path / "cfg", model), "--random-weights"]
     before = os.readlink(store_with_run / "latest")
     result = batch(
         "run", "--real", real, "--synthetic", synthetic, "--results", store_with_run, *extra
@@ -181,3 +187,31 @@ def test_help_lists_commands():
     assert result.returncode == 0
     for command in ("run", "example", "runs", "backbones"):
         assert command in result.stdout
+
+
+def test_a_detectron2_detector_runs_through_batch_and_demo(example_dir, tmp_path):
+    """A detectron2 checkpoint + `_BASE_` config, no detectron2 installed: p2..p6 end to end."""
+    from demo import views
+    from lib.store import RunStore
+    from tests.test_detectron2 import Spec, d2_state, save_pth, write_configs
+
+    spec = Spec()
+    config = write_configs(tmp_path / "configs", spec.model_yaml())
+    ckpt = save_pth(tmp_path / "model_final.pth", d2_state(spec))
+    result = batch(
+        "run", "--real", example_dir / "real", "--synthetic", example_dir / "synthetic",
+        "--results", tmp_path / "results", "--detectron2-config", config, "--checkpoint", ckpt,
+        "--k", 4, "--no-plots",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run = RunStore(tmp_path / "results").open()
+    b = run.manifest["backbone"]
+    assert b["name"] == "detectron2" and b["levels"] == ["p2", "p3", "p4", "p5", "p6"]
+    assert b["input_format"] == "BGR" and b["size_divisibility"] == 32
+    assert str(ckpt) in b["weights"] and not b["random_weights"]
+    assert run.features("p2").shape == (80, spec.fpn_out)
+    assert set(run.metrics["levels"]) == set(b["levels"])
+    fig = views.overlap_figure(run, "p4", "synthetic", "domain")
+    assert sum(len(t.customdata) for t in fig.data) == 80
+    assert len(views.neighbour_gallery(run, "p6", 0)) == 4
+    assert "detectron2" in views.banner(run)

