@@ -13,12 +13,13 @@ PORT ?= 7860
 # umap-learn compiles with numba on first use: keep the compiled code between runs.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: help setup setup-dev example batch demo test lint format clean
+.PHONY: help setup setup-dev example batch demo test bench lint format clean
 
 help:
 	@echo "make demo    build the bundled example if needed, run the batch job once, serve on $(HOST):$(PORT)"
 	@echo "make batch   recompute a run: REAL=dir SYNTHETIC=dir [BATCH_ARGS='--checkpoint m.pth ...']"
 	@echo "make test    set up the environment and run the whole test suite"
+	@echo "make bench   benchmarks, JSON on stdout and in $(RESULTS)/bench.json"
 	@echo "make lint    ruff check and format check"
 
 setup: $(VENV)/.runtime
@@ -47,6 +48,9 @@ demo: setup example
 
 test: setup-dev
 	$(BIN)/python -m pytest
+
+bench: setup-dev
+	$(BIN)/python bench/run.py --out $(RESULTS)/bench.json
 
 lint: setup-dev
 	$(BIN)/ruff check .

@@ -126,13 +126,7 @@ def build_app(results: Path) -> gr.Blocks:
         banner = gr.Markdown(views.banner(first), elem_id="banner")
         with gr.Tab("Overlap"):
             with gr.Row():
-                level_dd = gr.Dropdown(
-                    label="Level",
-                    choices=first.levels,
-                    value=first_level,
-                    allow_custom_value=True,
-                    scale=1,
-                )
+                level_dd = level_dropdown("Level", first)
                 direction = gr.Radio(
                     list(views.DIRECTIONS),
                     value=list(views.DIRECTIONS)[0],
@@ -164,12 +158,7 @@ def build_app(results: Path) -> gr.Blocks:
             )
             report_plot = gr.Plot(label="Metrics across levels (95% intervals; KID ± 1 std)")
             with gr.Row():
-                blame_level = gr.Dropdown(
-                    label="Images to blame at level",
-                    choices=first.levels,
-                    value=first_level,
-                    allow_custom_value=True,
-                )
+                blame_level = level_dropdown("Images to blame at level", first)
                 history_metric = gr.Dropdown(
                     label="History of",
                     choices=[(report.METRICS[m][0], m) for m in report.METRICS],
@@ -222,6 +211,13 @@ def build_app(results: Path) -> gr.Blocks:
         app.load(refresh, None, [run_dd, *run_outputs])
         app.load(None, None, None, js=BIND_CLICK_JS)
     return app
+
+
+def level_dropdown(label: str, run) -> gr.Dropdown:
+    # allow_custom_value: another run's levels (switched to later) are valid values too
+    return gr.Dropdown(
+        label=label, choices=run.levels, value=views.default_level(run), allow_custom_value=True
+    )
 
 
 def allowed_paths(store: RunStore) -> list[str]:
