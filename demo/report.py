@@ -30,8 +30,8 @@ METRICS = {
         lambda m: m["coverage"]["ci95"],
     ),
     "density": ("Density (≈1 = no gap)", lambda m: m["density"], lambda m: m["density_ci95"]),
-    "precision": ("Precision", lambda m: m["precision"], lambda m: None),
-    "recall": ("Recall", lambda m: m["recall"], lambda m: None),
+    "precision": ("Precision", lambda m: m["precision"], lambda m: m.get("precision_ci95")),
+    "recall": ("Recall", lambda m: m["recall"], lambda m: m.get("recall_ci95")),
     "mixing": (
         "Neighbour mixing (1 = mixed)",
         lambda m: m["mixing"]["value"],

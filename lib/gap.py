@@ -180,6 +180,7 @@ class PRDC:
     realism: np.ndarray  # per fake: max_i r_i / ||s − r_i|| over the smaller half of real balls
     covered: np.ndarray  # per real: some fake lies inside its k-NN ball
     fake_in_real: np.ndarray  # per fake: how many real k-NN balls contain it
+    recalled: np.ndarray  # per real: inside some fake's k-NN ball
 
 
 def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5, chunk: int = 2048) -> PRDC:
@@ -214,6 +215,7 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5, chunk: int = 2048) -> P
         realism=realism.numpy().astype(np.float64),
         covered=covered,
         fake_in_real=inside,
+        recalled=recall_hit,
     )
 
 
@@ -423,7 +425,9 @@ def level_gap(
         "fd_inf": fd_inf,
         "kid": kid_,
         "precision": p.precision,
+        "precision_ci95": _mean_ci((p.fake_in_real > 0).astype(float)),
         "recall": p.recall,
+        "recall_ci95": _mean_ci(p.recalled.astype(float)),
         "density": p.density,
         "coverage": {"value": p.coverage, "ci95": _mean_ci(p.covered.astype(float))},
         "density_ci95": _mean_ci(p.fake_in_real / params.k),

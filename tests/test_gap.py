@@ -94,6 +94,8 @@ def test_one_distribution_reads_as_no_gap():
     assert m["realism"]["share_inside"] > 0.5
     lo, hi = m["coverage"]["ci95"]
     assert lo < m["coverage"]["value"] < hi
+    lo, hi = m["precision_ci95"]
+    assert lo < m["precision"] < hi and hi - lo < 0.1
 
 
 def test_separated_sets_read_as_a_large_gap():
