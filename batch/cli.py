@@ -45,7 +45,11 @@ def _stderr():
 class RichProgress:
     """lib.pipeline's Progress, drawn as rich progress bars."""
 
-    LABELS = {"extract": "extracting features", "project": "UMAP projections"}
+    LABELS = {
+        "extract": "extracting features",
+        "project": "UMAP projections",
+        "gap": "gap metrics per level",
+    }
 
     def __init__(self, bar):
         self.bar = bar

@@ -181,7 +181,10 @@ def _compute(config: RunConfig, store: RunStore, writer, progress: Progress) -> 
             writer.write_array(f"neighbors/{level}.distances.npy", dist)
 
     with timings.stage("gap"):
-        metrics, scores = _gap(extraction.vectors, rows, config.gap, backend.name)
+        progress.start("gap", len(backbone.levels))
+        metrics, scores = _gap(
+            extraction.vectors, rows, config.gap, backend.name, lambda: progress.advance("gap")
+        )
         writer.write_json("metrics.json", metrics)
         writer.write_table("scores.parquet", scores)
 
@@ -211,7 +214,7 @@ def _compute(config: RunConfig, store: RunStore, writer, progress: Progress) -> 
     }
 
 
-def _gap(vectors: dict[str, np.ndarray], rows: dict[str, np.ndarray], params, backend: str):
+def _gap(vectors: dict[str, np.ndarray], rows: dict[str, np.ndarray], params, backend, done):
     """metrics.json's content and the per-image scores table, level by level."""
     import pandas as pd
 
@@ -232,6 +235,7 @@ def _gap(vectors: dict[str, np.ndarray], rows: dict[str, np.ndarray], params, ba
         frame["cluster"] = np.int32(-1)
         frame.loc[np.r_[rows["real"], rows["synthetic"]], "cluster"] = result.clusters
         frames.append(frame)
+        done()
     metrics = {"params": params.as_dict(), "notes": NOTES, "levels": levels}
     return metrics, pd.concat(frames, ignore_index=True)
 
