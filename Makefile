@@ -10,10 +10,11 @@ SYNTHETIC ?= $(EXAMPLE)/synthetic
 BATCH_ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 7860
+IMAGE ?= gapscope
 # umap-learn compiles with numba on first use: keep the compiled code between runs.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: help setup setup-dev example batch demo test bench lint format clean
+.PHONY: help setup setup-dev example batch demo test bench lint format clean docker-build docker-run docker-gpu
 
 help:
 	@echo "make demo    build the bundled example if needed, run the batch job once, serve on $(HOST):$(PORT)"
@@ -21,6 +22,8 @@ help:
 	@echo "make test    set up the environment and run the whole test suite"
 	@echo "make bench   benchmarks, JSON on stdout and in $(RESULTS)/bench.json"
 	@echo "make lint    ruff check and format check"
+	@echo "make docker-run  build the CPU image and serve the demo on $(HOST):$(PORT)"
+	@echo "make docker-gpu  the GPU image (CUDA torch + RAPIDS cuML) with docker compose"
 
 setup: $(VENV)/.runtime
 setup-dev: $(VENV)/.dev
@@ -59,6 +62,15 @@ lint: setup-dev
 format: setup-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+docker-build:
+	docker build -t $(IMAGE) .
+
+docker-run: docker-build
+	docker run --rm --init -p $(HOST):$(PORT):7860 -v gapscope-results:/app/results -v gapscope-data:/app/data $(IMAGE)
+
+docker-gpu:
+	PORT=$(PORT) docker compose -f docker-compose.gpu.yml up --build
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
