@@ -45,8 +45,12 @@ class RunWriter:
         self.dir.mkdir(parents=True)
 
     def path(self, rel: str) -> Path:
+        """Where to write `rel`. An existing file there is unlinked first: in a derived run
+        it is a hard link shared with a published run, which must never change."""
         path = self.dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file() or path.is_symlink():
+            path.unlink()
         return path
 
     def write_json(self, rel: str, obj) -> None:
@@ -80,6 +84,20 @@ class RunStore:
     def begin(self) -> RunWriter:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         return RunWriter(self, new_run_id())
+
+    def derive(self, base: Run) -> RunWriter:
+        """A new run that starts as a copy of `base` (hard links: no data is duplicated),
+        for adding results such as caricatures without ever modifying a published run."""
+        writer = self.begin()
+        for src in base.dir.rglob("*"):
+            if src.is_dir():
+                continue
+            dst = writer.path(str(src.relative_to(base.dir)))
+            try:
+                os.link(src, dst)
+            except OSError:  # another file system, or no hard links: copy
+                shutil.copy2(src, dst)
+        return writer
 
     def publish(self, writer: RunWriter) -> Run:
         """Move a finished run into place, then point `latest` at it atomically."""

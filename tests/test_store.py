@@ -176,3 +176,21 @@ def test_run_ids_are_newest_first(tmp_path):
         "20240601-120000-ffff",
         "20240101-000000-aaaa",
     ]
+
+
+def test_a_derived_run_shares_files_and_leaves_the_base_untouched(tmp_path):
+    from lib.store import RunStore
+
+    store = RunStore(tmp_path)
+    first = store.begin()
+    first.write_json("manifest.json", {"run_id": first.id, "n": 1})
+    first.write_array("features/c1.npy", np.arange(6, dtype=np.float32).reshape(2, 3))
+    base = store.publish(first)
+    derived = store.derive(base)
+    derived.write_json("manifest.json", {"run_id": derived.id, "n": 2})  # replaces the link
+    (derived.path("caricatures/x.txt")).write_text("new")
+    new = store.publish(derived)
+    assert store.latest_id() == new.id != base.id
+    np.testing.assert_array_equal(new.features("c1"), base.features("c1"))
+    assert base.manifest["n"] == 1 and new.manifest["n"] == 2
+    assert not (base.dir / "caricatures").exists()
