@@ -164,6 +164,29 @@ def _self_knn(x: np.ndarray, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray
     return idx, dist
 
 
+def joint_neighbours(
+    real: np.ndarray, fake: np.ndarray, k: int, chunk: int = 2048
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass over all pairs of both domains gives what two metrics need: each row's k
+    nearest other rows overall (for mixing) and, per domain, the distance to the k-th
+    nearest other row of that domain (PRDC's ball radii)."""
+    import torch
+
+    x = np.concatenate([real, fake])
+    n_real = len(real)
+    nn = np.empty((len(x), k), dtype=np.int64)
+    kth_own = np.empty(len(x))
+    for s, d in _blocks(x, x, chunk):
+        rows = torch.arange(len(d))
+        d[rows, rows + s] = float("inf")
+        nn[s : s + len(d)] = torch.topk(d, k, dim=1, largest=False).indices.numpy()
+        block_real = (rows + s) < n_real
+        own_real = torch.topk(d[:, :n_real], k, dim=1, largest=False).values[:, k - 1]
+        own_fake = torch.topk(d[:, n_real:], k, dim=1, largest=False).values[:, k - 1]
+        kth_own[s : s + len(d)] = torch.where(block_real, own_real, own_fake).numpy()
+    return nn, kth_own[:n_real], kth_own[n_real:]
+
+
 def kth_neighbour_radii(x: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
     """Distance from each row to its k-th nearest other row."""
     if len(x) <= k:
@@ -183,21 +206,24 @@ class PRDC:
     recalled: np.ndarray  # per real: inside some fake's k-NN ball
 
 
-def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5, chunk: int = 2048) -> PRDC:
+def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5, chunk: int = 2048, radii=None) -> PRDC:
     """Naeem et al. 2020, as `prdc.compute_prdc` computes it (strict '<' ball tests),
-    without N×N matrices, plus the per-image answers."""
+    without N×N matrices, plus the per-image answers. `radii`: (real, fake) k-NN radii
+    when already known (see joint_neighbours)."""
     import torch
 
-    real_r = kth_neighbour_radii(real, k, chunk)
-    fake_r = torch.as_tensor(kth_neighbour_radii(fake, k, chunk), dtype=torch.float32)
+    if radii is None:
+        radii = kth_neighbour_radii(real, k, chunk), kth_neighbour_radii(fake, k, chunk)
+    real_r = np.asarray(radii[0], dtype=np.float64)
+    fake_r = torch.as_tensor(radii[1], dtype=torch.float32)
     keep = real_r <= np.median(real_r)  # realism uses only the smaller half of real balls
     inside = torch.zeros(len(fake), dtype=torch.int64)
     realism = torch.zeros(len(fake), dtype=torch.float32)
     recall_hit = np.zeros(len(real), dtype=bool)
     nearest_fake = np.empty(len(real))
-    radii = torch.as_tensor(real_r, dtype=torch.float32)
+    real_t = torch.as_tensor(real_r, dtype=torch.float32)
     for s, d in _blocks(real, fake, chunk):  # d: (chunk of reals, all fakes)
-        r = radii[s : s + len(d), None]
+        r = real_t[s : s + len(d), None]
         inside += (d < r).sum(dim=0)
         nearest_fake[s : s + len(d)] = d.min(dim=1).values.numpy()
         recall_hit[s : s + len(d)] = (d < fake_r[None, :]).any(dim=1).numpy()
@@ -397,8 +423,10 @@ def level_gap(
     seconds["kid"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    p = prdc(zr, zf, params.k)
-    mixing = neighbour_mixing(zr, zf, params.k)
+    nn, real_r, fake_r = joint_neighbours(zr, zf, params.k)
+    p = prdc(zr, zf, params.k, radii=(real_r, fake_r))
+    is_fake = np.r_[np.zeros(len(zr), bool), np.ones(len(zf), bool)]
+    mixing = _mixing(nn, is_fake, params.k)
     seconds["neighbours"] = time.perf_counter() - t
 
     t = time.perf_counter()
