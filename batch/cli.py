@@ -180,6 +180,106 @@ def example(
     )
 
 
+def _floats3(text: str | None, flag: str) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise GapscopeError(f"{flag} takes three comma-separated numbers, e.g. 0.5,0.5,0.5")
+    return values
+
+
+@app.command()
+def caricature(
+    model: Annotated[
+        list[str],
+        typer.Option(
+            "--model",
+            help="NAME=ARCH[:CHECKPOINT], repeatable: a torchvision classifier with its state "
+            "dict (resnet50:syn.pth) or a gapscope backbone (efficientnet-lite0).",
+        ),
+    ],
+    layer: Annotated[
+        list[str],
+        typer.Option(
+            "--layer",
+            help="Layer, repeatable: dotted (layer3.2.conv2), underscore "
+            "(layer3_2_conv2) or a level (p4, c3). See `layers`.",
+        ),
+    ],
+    image: Annotated[
+        list[Path] | None,
+        typer.Option("--image", help="Input image file, repeatable. Default: from the run."),
+    ] = None,
+    from_run: Annotated[
+        int, typer.Option(help="Without --image: this many of the run's images, half per domain.")
+    ] = 4,
+    results: ResultsOpt = RESULTS,
+    run_id: Annotated[str | None, typer.Option("--run", help="Base run (default: latest).")] = None,
+    size: Annotated[int, typer.Option(help="Caricature side in pixels.")] = 128,
+    input_size: Annotated[int, typer.Option(help="Model input side in pixels.")] = 224,
+    steps: Annotated[
+        int | None, typer.Option(help="Adam steps (default: 512; 1024 for layer4*).")
+    ] = None,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.05,
+    cossim_pow: Annotated[
+        float, typer.Option(help="Objective: dot × cosine**this (0: the original's dot only).")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed (same seed, same caricatures on CPU).")] = 0,
+    mean: Annotated[
+        str | None, typer.Option(help="Normalisation mean for torchvision models, e.g. 0.5,0.5,0.5")
+    ] = None,
+    std: Annotated[str | None, typer.Option(help="Normalisation std, e.g. 0.5,0.5,0.5")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Caricatures (feature visualisations) for every model × layer × image, in a new run."""
+    _setup_logging(verbose)
+    from rich.progress import Progress
+
+    from lib.caricature_job import CaricatureJob, run_caricatures
+    from lib.store import RunStore
+
+    job = CaricatureJob(
+        models=model, layers=layer, images=image or [], from_run=from_run, run_id=run_id,
+        size=size, input_size=input_size, steps=steps, lr=lr, cossim_pow=cossim_pow, seed=seed,
+        mean=_floats3(mean, "--mean"), std=_floats3(std, "--std"), device=device,
+    )  # fmt: skip
+    with Progress(console=_stderr()) as bar:
+        tasks = {}
+
+        def progress(name: str, step: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(f"caricatures of {name}", total=total)
+            bar.update(tasks[name], completed=step, total=total)
+            if step == total:  # the next batch of this model starts from zero
+                tasks.pop(name)
+
+        published = run_caricatures(job, RunStore(results), progress)
+    items = published.caricatures["items"]
+    typer.echo(f"published run {published.id} with {len(items)} caricatures")
+    for item in items:
+        typer.echo(
+            f"  {item['model']} {item['layer']} {item['image']}: cosine "
+            f"{item['start_cosine']:.2f} → {item['cosine']:.2f}"
+        )
+
+
+@app.command()
+def layers(
+    model: Annotated[str, typer.Argument(help="ARCH[:CHECKPOINT] or NAME=ARCH[:CHECKPOINT]")],
+) -> None:
+    """List the layer names `caricature --layer` accepts for a model."""
+    _setup_logging(False)
+    from lib.caricature_job import list_layers
+
+    for name in list_layers(model):
+        typer.echo(name)
+
+
 @app.command()
 def runs(results: ResultsOpt = RESULTS) -> None:
     """List published runs, newest first (* marks latest)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from demo import report, views
+from demo import caricatures, report, views
 from lib.images import THUMB_SIZE
 from lib.store import RunStore
 
@@ -93,6 +93,36 @@ def build_app(results: Path) -> gr.Blocks:
         if level not in run.levels:
             level = views.default_level(run)
         return views.overlap_figure(run, level, views.DIRECTIONS[direction], color_by)
+
+    def show_caricature_controls(run_id: str):
+        """Fill the caricature view's pickers from the run, then show the first pair."""
+        run = _run(run_id)
+        models, layers, images = caricatures.choices(run)
+        if not models:
+            empty = gr.update(choices=[], value=None)
+            return caricatures.HOW_TO, empty, empty, empty, empty, None, None, None, []
+        a, b = models[0], models[min(1, len(models) - 1)]
+        return (
+            f"{len(run.caricatures['items'])} caricatures: {len(models)} models × "
+            f"{len(layers)} layers × {len(images)} images",
+            gr.update(choices=images, value=images[0]),
+            gr.update(choices=layers, value=layers[-1]),
+            gr.update(choices=models, value=a),
+            gr.update(choices=models, value=b),
+            *show_caricatures(run_id, images[0], layers[-1], a, b),
+        )
+
+    def show_caricatures(run_id: str, image: str, layer: str, model_a: str, model_b: str):
+        run = _run(run_id)
+        if not image or not layer or not model_a:
+            return None, None, None, []
+        left, right = caricatures.side_by_side(run, image, layer, model_a, model_b)
+        return (
+            caricatures.input_image(run, image),
+            gr.update(value=left[0], label=left[1]) if left else None,
+            gr.update(value=right[0], label=right[1]) if right else None,
+            caricatures.across_layers(run, image, model_a),
+        )
 
     def select_point(payload: str, run_id: str, level: str):
         """The clicked image, large, and its nearest neighbours in feature space."""
@@ -190,6 +220,20 @@ def build_app(results: Path) -> gr.Blocks:
                 elem_id="one_domain_clusters",
             )
             history = gr.Plot(label="Over all published runs")
+        with gr.Tab("Caricatures"):
+            cari_note = gr.Markdown(elem_id="caricature_note")
+            with gr.Row():
+                cari_image = gr.Dropdown(label="Image", allow_custom_value=True)
+                cari_layer = gr.Dropdown(label="Layer", allow_custom_value=True)
+                cari_a = gr.Dropdown(label="Model 1", allow_custom_value=True)
+                cari_b = gr.Dropdown(label="Model 2", allow_custom_value=True)
+            with gr.Row():
+                cari_input = gr.Image(label="Input image", height=256)
+                cari_left = gr.Image(label="Model 1", height=256, elem_id="caricature_left")
+                cari_right = gr.Image(label="Model 2", height=256, elem_id="caricature_right")
+            cari_grid = gr.Gallery(
+                label="Model 1 at every layer", columns=6, height=300, elem_id="caricature_grid"
+            )
         click_box = gr.Textbox(elem_id="click_box", visible="hidden")
 
         report_outputs = [
@@ -209,6 +253,14 @@ def build_app(results: Path) -> gr.Blocks:
             api_name="select_point",
         )
         app.load(refresh, None, [run_dd, *run_outputs])
+        cari_views = [cari_input, cari_left, cari_right, cari_grid]
+        cari_controls = [cari_note, cari_image, cari_layer, cari_a, cari_b, *cari_views]
+        run_dd.change(show_caricature_controls, run_dd, cari_controls)
+        app.load(show_caricature_controls, run_dd, cari_controls)
+        for control in (cari_image, cari_layer, cari_a, cari_b):
+            control.change(
+                show_caricatures, [run_dd, cari_image, cari_layer, cari_a, cari_b], cari_views
+            )
         app.load(None, None, None, js=BIND_CLICK_JS)
     return app
 

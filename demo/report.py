@@ -136,6 +136,8 @@ def history_figure(store: RunStore, level: str, name: str = "auc"):
     xs, ys, lo, hi, texts = [], [], [], [], []
     for run_id in reversed(store.run_ids()):
         run = open_run(str(store.runs_dir / run_id))
+        if run.manifest.get("derived_from"):  # same metrics as the run it extends
+            continue
         levels = (run.metrics or {}).get("levels", {})
         if level not in levels:
             continue

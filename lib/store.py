@@ -194,6 +194,12 @@ class Run:
         path = self.dir / "scores.parquet"
         return pd.read_parquet(path) if path.is_file() else None
 
+    @cached_property
+    def caricatures(self) -> dict | None:
+        """caricatures/manifest.json: settings and one item per (model, layer, image)."""
+        path = self.dir / "caricatures" / "manifest.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
     def features(self, level: str) -> np.ndarray:
         return np.load(self.dir / "features" / f"{level}.npy", mmap_mode="r")
 
