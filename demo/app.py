@@ -232,7 +232,11 @@ def build_app(results: Path) -> gr.Blocks:
                 cari_left = gr.Image(label="Model 1", height=256, elem_id="caricature_left")
                 cari_right = gr.Image(label="Model 2", height=256, elem_id="caricature_right")
             cari_grid = gr.Gallery(
-                label="Model 1 at every layer", columns=6, height=300, elem_id="caricature_grid"
+                label="Model 1 at every layer",
+                columns=6,
+                height=300,
+                object_fit="contain",
+                elem_id="caricature_grid",
             )
         click_box = gr.Textbox(elem_id="click_box", visible="hidden")
 

@@ -179,6 +179,7 @@ def run_caricatures(job: CaricatureJob, store: RunStore, progress=None) -> Run:
             )
         items, models = [], {}
         stack = np.stack([resize_crop(px, job.input_size) for px in pixels])
+        loaded = []  # load every model and check every layer before any long work
         for spec in job.models:
             model = load_model(spec, job.mean, job.std)
             if model.name in models:
@@ -192,6 +193,8 @@ def run_caricatures(job: CaricatureJob, store: RunStore, progress=None) -> Run:
                 "channels": "BGR" if model.bgr else "RGB",
                 "normalisation": model.normalisation,
             }
+            loaded.append((model, layers))
+        for model, layers in loaded:
             # one batch per step count: all images × all layers that share it
             by_steps: dict[int, list[str]] = {}
             for layer in layers:
