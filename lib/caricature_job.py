@@ -9,7 +9,9 @@ Models are given as NAME=ARCH[:CHECKPOINT]:
 - a torchvision classification architecture (`resnet50`, `vgg16`, ...) with a state dict:
   any module can be a layer; the head may have any size; normalisation from --mean/--std;
 - a gapscope backbone (`efficientnet-lite0`, `resnet50-fpn`): its levels and its own
-  normalisation.
+  normalisation;
+- a detectron2 detector, `NAME=detectron2:model_final.pth@config.yaml`: its FPN levels
+  p2..p6 and every backbone module, with the detector's own pixel mean/std and BGR input.
 """
 
 from __future__ import annotations
@@ -82,7 +84,14 @@ def load_model(text: str, mean=None, std=None) -> LoadedModel:
             else "ImageNet mean/std (the default: pass --mean/--std if trained otherwise)",
         )
     if arch in REGISTRY:
-        backbone = create_backbone(arch, ckpt)
+        config = None
+        if arch == "detectron2":
+            if ckpt is None or "@" not in str(ckpt):
+                raise GapscopeError(
+                    f"model {name}: write {name}=detectron2:model_final.pth@config.yaml"
+                )
+            ckpt, config = (Path(part) for part in str(ckpt).split("@", 1))
+        backbone = create_backbone(arch, ckpt, config=config)
         inputs = backbone_inputs(backbone)
         return LoadedModel(
             name=name,

@@ -90,3 +90,21 @@ def test_layers_lists_dotted_module_names():
     assert result.returncode == 0
     names = result.stdout.split()
     assert "layer3.1.conv2" in names and "fc" in names
+
+
+def test_a_detectron2_detector_level_can_be_caricatured(store, tmp_path):
+    from tests.test_detectron2 import Spec, d2_state, save_pth, write_configs
+
+    spec = Spec()
+    config = write_configs(tmp_path / "configs", spec.model_yaml())
+    ckpt = save_pth(tmp_path / "model_final.pth", d2_state(spec))
+    result = batch(
+        "caricature", "--results", store, "--model", f"det=detectron2:{ckpt}@{config}",
+        "--layer", "p4", "--layer", "bottom_up.res3.0.conv2", "--from-run", 2,
+        "--steps", 5, "--size", 32, "--input-size", 64,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    m = RunStore(store).open().caricatures
+    assert {i["layer"] for i in m["items"]} == {"p4", "bottom_up.res3.0.conv2"}
+    assert m["models"]["det"]["channels"] == "BGR"
+    assert m["models"]["det"]["mean"] == pytest.approx([v / 255 for v in spec.pixel_mean])
