@@ -42,6 +42,7 @@ class GapParams:
     folds: int = 5  # classifier cross-validation
     min_cluster_size: int = 20  # HDBSCAN (the atlas tool's setting)
     cluster_dims: int = 10  # principal components HDBSCAN runs on
+    cluster_max: int = 8000  # on the CPU, HDBSCAN fits a sample this large (see clusters)
     classifier_max: int = 5000  # per domain: larger domains are subsampled for the classifier
     seed: int = 0
 
@@ -332,6 +333,7 @@ def domain_clusters(
     one_domain: float = 0.9,
     backend: str = "cpu",
     seed: int = 0,
+    max_points: int | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
     """HDBSCAN clusters of both domains together, with each cluster's composition.
 
@@ -339,6 +341,10 @@ def domain_clusters(
     (both domains, so neither is privileged; HDBSCAN's density estimates degrade in
     hundreds of dimensions). A cluster with ≥ `one_domain` of its images from one domain
     is "real-only" (what the synthetic data misses) or "synthetic-only" (what it invents).
+    With more than `max_points` images (CPU only; None: no limit), HDBSCAN is fitted on a
+    random sample of that many, keeping the domains' proportions, and every other image
+    takes the label of its nearest sampled image: the CPU's HDBSCAN grows faster than
+    linearly, and 20k points took 4 s a level.
     Returns one label per row (real rows, then synthetic; −1 = noise) and the table.
     """
     from sklearn.decomposition import PCA
@@ -354,7 +360,10 @@ def domain_clusters(
         from sklearn.cluster import HDBSCAN
 
         model = HDBSCAN(min_cluster_size=min_cluster_size, copy=True)
-    labels = np.asarray(model.fit_predict(z), dtype=np.int32)
+    if backend != "cuml" and max_points and len(z) > max_points:
+        labels = _fit_sample_assign_rest(model, z, is_fake, max_points, seed)
+    else:
+        labels = np.asarray(model.fit_predict(z), dtype=np.int32)
     base = float(is_fake.mean())
     table = []
     for c in np.unique(labels[labels >= 0]):
@@ -373,6 +382,27 @@ def domain_clusters(
         )  # fmt: skip
     table.sort(key=lambda row: abs(row["synthetic_share"] - base), reverse=True)
     return labels, table
+
+
+def _fit_sample_assign_rest(model, z: np.ndarray, is_fake: np.ndarray, m: int, seed: int):
+    import torch
+
+    rng = np.random.default_rng(seed)
+    share = m / len(z)
+    sample = np.sort(
+        np.concatenate(
+            [
+                rng.choice(idx, max(1, round(len(idx) * share)), replace=False)
+                for idx in (np.flatnonzero(~is_fake), np.flatnonzero(is_fake))
+            ]
+        )
+    )
+    labels = np.empty(len(z), dtype=np.int32)
+    labels[sample] = model.fit_predict(z[sample])
+    rest = np.setdiff1d(np.arange(len(z)), sample)
+    d = torch.cdist(torch.as_tensor(z[rest]), torch.as_tensor(z[sample]))
+    labels[rest] = labels[sample][d.argmin(dim=1).numpy()]
+    return labels
 
 
 # ---- one level ---------------------------------------------------------------------------
@@ -435,8 +465,9 @@ def level_gap(
 
     t = time.perf_counter()
     labels, clusters = domain_clusters(
-        zr, zf, params.min_cluster_size, params.cluster_dims, backend=backend, seed=params.seed
-    )
+        zr, zf, params.min_cluster_size, params.cluster_dims, backend=backend,
+        seed=params.seed, max_points=params.cluster_max,
+    )  # fmt: skip
     seconds["clusters"] = time.perf_counter() - t
 
     metrics = {
@@ -467,6 +498,7 @@ def level_gap(
         },
         "clusters": {
             "n": len(clusters),
+            "fitted_on": min(len(labels), params.cluster_max) if backend != "cuml" else len(labels),
             "noise": int((labels < 0).sum()),
             "real_only": sum(c["kind"] == "real-only" for c in clusters),
             "synthetic_only": sum(c["kind"] == "synthetic-only" for c in clusters),

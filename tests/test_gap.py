@@ -160,3 +160,17 @@ def test_clusters_name_what_the_synthetic_data_misses_and_invents():
     members = np.flatnonzero(labels == kinds["synthetic-only"]["cluster"])
     assert set(members) <= set(range(400 + 300, 800))
     assert table[-1]["kind"] == "mixed"  # one-domain clusters listed first
+
+
+def test_clusters_of_a_sample_label_every_image_alike():
+    shared = normal(600, 16, seed=30), normal(600, 16, seed=31)
+    real = np.concatenate([shared[0], normal(200, 16, shift=6.0, seed=32)])
+    fake = np.concatenate([shared[1], normal(200, 16, shift=-6.0, seed=33)])
+    whole, _ = gap.domain_clusters(real, fake)
+    part, table = gap.domain_clusters(real, fake, max_points=500)
+    assert {row["kind"] for row in table} == {"real-only", "synthetic-only", "mixed"}
+    # same partition up to renaming: each whole-data cluster maps to one sampled cluster
+    for c in np.unique(whole[whole >= 0]):
+        values, counts = np.unique(part[whole == c], return_counts=True)
+        assert counts.max() / counts.sum() > 0.9
+    assert (part >= 0).sum() >= 0.9 * len(part)
