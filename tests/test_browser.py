@@ -104,7 +104,7 @@ def test_clicking_a_point_shows_its_neighbours(page):
 def test_changing_level_keeps_clicking_working(page):
     first = gallery_captions(page)
     page.click("#banner")  # somewhere neutral: a click on the plot could pick a point
-    page.get_by_label("Level").click()
+    page.get_by_label("Level", exact=True).click()
     page.get_by_role("option", name="c5").click()
     page.wait_for_timeout(1500)
     x, y = find_point(page)
