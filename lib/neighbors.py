@@ -14,10 +14,20 @@ METRICS = ("cosine", "euclidean")
 
 
 def knn(
-    X: np.ndarray, k: int = 16, metric: str = "cosine", device: str = "cpu", chunk: int = 4096
+    X: np.ndarray,
+    k: int = 16,
+    metric: str = "cosine",
+    device: str = "cpu",
+    chunk: int = 4096,
+    col_chunk: int = 65536,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(N, k) int32 indices and float32 distances of each row's k nearest other rows,
-    nearest first."""
+    nearest first.
+
+    Distances are computed in blocks of `chunk` rows × `col_chunk` columns, keeping a
+    running top k per row, so memory stays at chunk × col_chunk floats (1 GiB by default)
+    however many rows there are: 1M × 256 fits on one GPU.
+    """
     import torch
 
     if metric not in METRICS:
@@ -36,15 +46,27 @@ def knn(
     distances = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, chunk):
         block = data[start : start + chunk]
-        if metric == "cosine":
-            d = 1.0 - block @ data.T
-        else:
-            d = (sq[start : start + chunk, None] - 2.0 * block @ data.T + sq[None, :]).clamp_min_(0)
         rows = torch.arange(start, start + len(block), device=device)
-        d[rows - start, rows] = float("inf")  # never your own neighbour
-        dist, idx = torch.topk(d, k, dim=1, largest=False, sorted=True)
+        best_d = torch.full((len(block), 0), float("inf"), device=device)
+        best_i = torch.empty((len(block), 0), dtype=torch.long, device=device)
+        for c0 in range(0, n, col_chunk):
+            cols = data[c0 : c0 + col_chunk]
+            if metric == "cosine":
+                d = 1.0 - block @ cols.T
+            else:  # squared here; the square root is taken of the k kept only
+                d = (sq[start : start + chunk, None] - 2.0 * block @ cols.T).add_(
+                    sq[None, c0 : c0 + col_chunk]
+                )
+            own = (rows >= c0) & (rows < c0 + len(cols))
+            d[own.nonzero().squeeze(1), rows[own] - c0] = float("inf")  # never your own
+            kk = min(k, len(cols))
+            dist, idx = torch.topk(d, kk, dim=1, largest=False, sorted=False)
+            best_d = torch.cat([best_d, dist], dim=1)
+            best_i = torch.cat([best_i, idx + c0], dim=1)
+            best_d, order = torch.topk(best_d, min(k, best_d.shape[1]), dim=1, largest=False)
+            best_i = torch.gather(best_i, 1, order)
         if metric == "euclidean":
-            dist = dist.sqrt()
-        indices[start : start + len(block)] = idx.cpu().numpy()
-        distances[start : start + len(block)] = dist.clamp_min(0).cpu().numpy()
+            best_d = best_d.clamp_min(0).sqrt()
+        indices[start : start + len(block)] = best_i.cpu().numpy()
+        distances[start : start + len(block)] = best_d.clamp_min(0).cpu().numpy()
     return indices, distances

@@ -102,3 +102,14 @@ def test_cosine_ignores_vector_length():
     np.testing.assert_array_equal(idx, idx2)
     np.testing.assert_allclose(dist, dist2, atol=1e-5)
     assert ((dist >= 0) & (dist <= 2)).all()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_column_blocks_give_the_same_neighbours(metric):
+    X = np.random.default_rng(5).normal(size=(300, 12)).astype(np.float32)
+    whole = knn(X, k=7, metric=metric)
+    blocked = knn(X, k=7, metric=metric, chunk=64, col_chunk=50)
+    np.testing.assert_array_equal(whole[0], blocked[0])
+    np.testing.assert_allclose(whole[1], blocked[1], rtol=1e-5, atol=1e-6)
+    tiny = knn(X, k=7, metric=metric, chunk=64, col_chunk=3)  # blocks smaller than k
+    np.testing.assert_array_equal(whole[0], tiny[0])
