@@ -103,6 +103,13 @@ def run(
     k: Annotated[int, typer.Option("--k", help="Nearest neighbours per image.")] = 16,
     metric: Annotated[str, typer.Option(help="Neighbour distance: cosine | euclidean.")] = "cosine",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Image-decoding processes (default: half the cores, at most 4)."),
+    ] = None,
+    precision: Annotated[
+        str, typer.Option(help="fp32 | bf16 (autocast) | auto: bf16 on a GPU, fp32 on the CPU.")
+    ] = "auto",
     backend: Annotated[str, typer.Option(help="auto | cuml | cpu")] = "auto",
     plots: Annotated[bool, typer.Option(help="Write the static 3D PNGs.")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every stage.")] = False,
@@ -134,6 +141,8 @@ def run(
         k=k,
         metric=metric,
         batch_size=batch_size,
+        workers=workers,
+        precision=precision,
         backend=backend,
         plots=plots,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,8 +101,10 @@ class FeatureCache:
         tmp.replace(path)
 
 
-def cache_key(backbone: Backbone, pooling: str, prepare: Prepare) -> str:
+def cache_key(backbone: Backbone, pooling: str, prepare: Prepare, precision: str = "fp32") -> str:
     text = f"{backbone.name}|{backbone.fingerprint()}|{pooling}|{prepare.describe()}"
+    if precision != "fp32":  # bf16 vectors differ slightly: never mix them with fp32 ones
+        text += f"|{precision}"
     return f"{backbone.name}-{pooling}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
@@ -109,6 +112,31 @@ def cache_key(backbone: Backbone, pooling: str, prepare: Prepare) -> str:
 class Extraction:
     vectors: dict[str, np.ndarray]  # level → (N, D) float32, rows in input order
     cached: int  # images whose vectors came from the cache
+
+
+class _Pixels:
+    """The images still to compute, as a map-style dataset for torch's DataLoader."""
+
+    def __init__(self, items, todo, prepare):
+        self.items, self.todo, self.prepare = items, todo, prepare
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        image_set, record = self.items[self.todo[j]]
+        return image_set.load(record, self.prepare)
+
+
+def _stack(batch: list[np.ndarray]):
+    import torch
+
+    return torch.from_numpy(np.stack(batch))
+
+
+def default_workers() -> int:
+    """Decoding processes beside the model: half the cores, at most 4."""
+    return min(4, (os.cpu_count() or 1) // 2)
 
 
 def extract(
@@ -120,8 +148,16 @@ def extract(
     cache: FeatureCache | None = None,
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
+    precision: str = "fp32",
 ) -> Extraction:
-    """Pooled vectors for every (image set, record), in order, per level."""
+    """Pooled vectors for every (image set, record), in order, per level.
+
+    Images are decoded by `workers` DataLoader processes (pinned memory on a GPU) while
+    the model runs; pooling happens on the device, so only pooled vectors cross to the host.
+    """
+    from torch.utils.data import DataLoader
+
     pooling_fn(pooling)  # an unknown pooling fails before any work
     levels = backbone.levels
     rows: list[dict[str, np.ndarray] | None] = [None] * len(items)
@@ -138,10 +174,21 @@ def extract(
     if cached:
         log.info("feature cache: %d of %d images already computed", cached, len(items))
     backbone.module.to(device)
-    for start in range(0, len(todo), batch_size):
+    if device.startswith("cuda"):
+        import torch
+
+        backbone.module.to(memory_format=torch.channels_last)
+    workers = default_workers() if workers is None else workers
+    loader = DataLoader(
+        _Pixels(items, todo, prepare),
+        batch_size=batch_size,
+        num_workers=workers if len(todo) > batch_size else 0,  # not worth a process
+        pin_memory=device.startswith("cuda"),
+        collate_fn=_stack,
+    )
+    for start, pixels in zip(range(0, len(todo), batch_size), loader, strict=True):
         batch = todo[start : start + batch_size]
-        pixels = np.stack([items[i][0].load(items[i][1], prepare) for i in batch])
-        maps = backbone(pixels, device=device)
+        maps = backbone(pixels, device=device, precision=precision)
         pooled = {lv: pool(maps[lv], pooling).cpu().numpy() for lv in levels}
         for j, i in enumerate(batch):
             rows[i] = {lv: pooled[lv][j] for lv in levels}

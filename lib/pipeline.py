@@ -48,6 +48,8 @@ class RunConfig:
     k: int = 16
     metric: str = "cosine"
     batch_size: int = 32
+    workers: int | None = None  # image-decoding processes; None: half the cores, at most 4
+    precision: str = "auto"  # fp32 | bf16 (autocast) | auto: bf16 on a GPU, fp32 on the CPU
     backend: str = "auto"
     plots: bool = True
     gap: GapParams = field(default_factory=GapParams)
@@ -135,8 +137,13 @@ def _compute(config: RunConfig, store: RunStore, writer, progress: Progress) -> 
             )
 
     items = [(s, r) for s in sets.values() for r in s.records]
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if backend.device.startswith("cuda") else "fp32"
     with timings.stage("extract"):
-        cache = FeatureCache(store.cache_dir, cache_key(backbone, config.pooling, prepare))
+        cache = FeatureCache(
+            store.cache_dir, cache_key(backbone, config.pooling, prepare, precision)
+        )
         progress.start("extract", len(items))
         extraction = extract(
             backbone,
@@ -147,6 +154,8 @@ def _compute(config: RunConfig, store: RunStore, writer, progress: Progress) -> 
             cache=cache,
             device=backend.device,
             progress=lambda n: progress.advance("extract", n),
+            workers=config.workers,
+            precision=precision,
         )
         for level, vectors in extraction.vectors.items():
             writer.write_array(f"features/{level}.npy", vectors)
@@ -198,7 +207,12 @@ def _compute(config: RunConfig, store: RunStore, writer, progress: Progress) -> 
         "prepare": prepare.describe(),
         "image_size": list(size),
         "backbone": backbone.describe(),
-        "backend": {"name": backend.name, "device": backend.device, "reason": backend.reason},
+        "backend": {
+            "name": backend.name,
+            "device": backend.device,
+            "reason": backend.reason,
+            "precision": precision,
+        },
         "inputs": [_input_summary(s) for s in sets.values()],
         "skipped": [
             {"domain": s.domain, "path": sk.path, "reason": sk.reason}

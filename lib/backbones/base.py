@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -42,14 +43,16 @@ class Backbone:
     size_divisibility: int = 0  # pad H and W up to a multiple of this (0: no padding)
     info: dict = field(default_factory=dict)  # extra facts for the manifest
 
-    def preprocess(self, images: np.ndarray, device: str = "cpu") -> torch.Tensor:
-        """(N, H, W, 3) uint8 RGB → normalised (N, 3, H', W') float tensor.
+    def preprocess(self, images, device: str = "cpu") -> torch.Tensor:
+        """(N, H, W, 3) uint8 RGB (array or tensor) → normalised (N, 3, H', W') float tensor.
 
         HWC becomes CHW by a permute (the original tool's reshape scrambled pixels).
         """
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        if not isinstance(images, torch.Tensor):
+            images = torch.from_numpy(np.ascontiguousarray(images))
+        x = images.to(device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float()
         if self.input_format == "BGR":
             x = x.flip(1)
@@ -64,11 +67,24 @@ class Backbone:
                 x = torch.nn.functional.pad(x, (0, pw, 0, ph))
         return x
 
-    def __call__(self, images: np.ndarray, device: str = "cpu") -> dict[str, torch.Tensor]:
+    def __call__(
+        self, images, device: str = "cpu", precision: str = "fp32"
+    ) -> dict[str, torch.Tensor]:
+        """Feature maps per level. precision "bf16" runs under autocast (convolutions in
+        bfloat16, accumulation in float32); on a GPU the input is channels_last."""
         import torch
 
-        with torch.inference_mode():
-            out = self.module(self.preprocess(images, device))
+        if precision not in PRECISIONS:
+            raise GapscopeError(f"unknown precision {precision!r}: choose fp32 or bf16")
+        device_type = torch.device(device).type
+        with (
+            torch.inference_mode(),
+            torch.autocast(device_type, torch.bfloat16, enabled=precision == "bf16"),
+        ):
+            x = self.preprocess(images, device)
+            if device_type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = self.module(x)
         missing = [lv for lv in self.levels if lv not in out]
         if missing:
             raise RuntimeError(f"backbone {self.name} did not return levels {missing}")
