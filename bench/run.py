@@ -130,7 +130,57 @@ def bench_pipeline() -> dict:
         }
 
 
-SECTIONS = {"gap": bench_gap, "prdc": bench_prdc, "pipeline": bench_pipeline}
+def _timed(fn, *args, repeat: int = 1, **kwargs) -> float:
+    """Seconds of the fastest of `repeat` calls (the first call of a backend warms it up)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn(*args, **kwargs)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bench_umap(sizes=(10_000,), d: int = 256) -> dict:
+    """UMAP fit on one domain + transform of the other: umap-learn, and cuML on a GPU."""
+    from lib.backend import choose_backend
+    from lib.reduce import UMAPParams, fit_and_map
+
+    gpu = choose_backend("auto").name == "cuml"
+    out = {"what": f"UMAP fit + transform, n + n points × {d}", "by_n": {}}
+    for n in sizes:
+        ((_, a, b),) = _levels(n, d, 1)
+        row = {"umap_learn_seconds": round(_timed(fit_and_map, a, b, UMAPParams(), "cpu"), 2)}
+        if gpu:
+            fit_and_map(a[:2000], b[:2000], UMAPParams(), "cuml")  # CUDA warm-up
+            row["cuml_seconds"] = round(_timed(fit_and_map, a, b, UMAPParams(), "cuml"), 3)
+            row["speedup"] = round(row["umap_learn_seconds"] / row["cuml_seconds"], 1)
+        out["by_n"][n] = row
+    return out
+
+
+def bench_knn(n: int = 100_000, d: int = 256, k: int = 16) -> dict:
+    """Exact kNN of n vectors: torch on the CPU, and on the GPU when there is one."""
+    import torch
+
+    from lib.neighbors import knn
+
+    ((_, a, _),) = _levels(n, d, 1)
+    out = {"what": f"exact kNN, {n} × {d}, k={k}, cosine"}
+    out["cpu_seconds"] = round(_timed(knn, a, k, "cosine", "cpu"), 2)
+    if torch.cuda.is_available():
+        knn(a[:1000], k, "cosine", "cuda")  # warm-up
+        out["gpu_seconds"] = round(_timed(knn, a, k, "cosine", "cuda", repeat=2), 3)
+        out["speedup"] = round(out["cpu_seconds"] / out["gpu_seconds"], 1)
+    return out
+
+
+SECTIONS = {
+    "gap": bench_gap,
+    "prdc": bench_prdc,
+    "pipeline": bench_pipeline,
+    "umap": bench_umap,
+    "knn": bench_knn,
+}
 
 
 def main() -> None:

@@ -1,0 +1,79 @@
+"""Checks that need a CUDA GPU (and, for cuML, RAPIDS): run on the GPU machine, skipped here.
+
+pytest -m gpu tests/test_gpu.py
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def _cuml_or_skip():
+    try:
+        import cuml  # noqa: F401
+    except Exception as exc:  # no RAPIDS here
+        pytest.skip(f"cuML not importable: {type(exc).__name__}")
+
+
+def test_backend_auto_picks_cuml_with_a_reason():
+    _cuml_or_skip()
+    from lib.backend import choose_backend
+
+    backend = choose_backend("auto")
+    assert backend.name == "cuml" and backend.device == "cuda" and "cuML" in backend.reason
+
+
+def test_cuml_umap_keeps_neighbourhoods_like_umap_learn():
+    """Same API and shapes as the CPU path; trustworthiness close to umap-learn's."""
+    _cuml_or_skip()
+    from sklearn.datasets import load_digits
+    from sklearn.manifold import trustworthiness
+
+    from lib.reduce import UMAPParams, fit_and_map
+
+    X = load_digits().data.astype(np.float32)
+    a, b = X[:1000], X[1000:]
+    scores = {}
+    for backend in ("cpu", "cuml"):
+        fitted, mapped = fit_and_map(a, b, UMAPParams(), backend)
+        assert fitted.shape == (1000, 3) and mapped.shape == (len(b), 3)
+        scores[backend] = trustworthiness(a, fitted, n_neighbors=15)
+    assert scores["cuml"] > scores["cpu"] - 0.03, scores
+
+
+def test_knn_on_the_gpu_equals_the_cpu():
+    from lib.neighbors import knn
+
+    X = np.random.default_rng(0).normal(size=(5000, 64)).astype(np.float32)
+    for metric in ("cosine", "euclidean"):
+        cpu = knn(X, 8, metric, "cpu")
+        gpu = knn(X, 8, metric, "cuda", chunk=1024, col_chunk=2048)
+        assert (cpu[0] == gpu[0]).mean() > 0.999
+        np.testing.assert_allclose(cpu[1], gpu[1], atol=1e-4)
+
+
+def test_bf16_extraction_on_the_gpu_stays_close_to_fp32(tmp_path):
+    from PIL import Image
+
+    from lib.backbones import create_backbone
+    from lib.example import real_digits, to_rgb
+    from lib.features import extract
+    from lib.images import Prepare, open_folder
+
+    for i, rgb in enumerate(to_rgb(real_digits(64)[0])):
+        Image.fromarray(rgb).save(tmp_path / f"{i:02d}.png")
+    image_set = open_folder(tmp_path, "real", Prepare())
+    items = [(image_set, r) for r in image_set.records]
+    backbone = create_backbone()
+    fp32 = extract(backbone, items, Prepare(), device="cuda", precision="fp32").vectors
+    bf16 = extract(backbone, items, Prepare(), device="cuda", precision="bf16").vectors
+    for level in backbone.levels:
+        rel = np.linalg.norm(bf16[level] - fp32[level]) / np.linalg.norm(fp32[level])
+        assert rel < 0.08, (level, rel)
