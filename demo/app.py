@@ -53,13 +53,16 @@ def build_app(results: Path) -> gr.Blocks:
     def _run(run_id: str | None):
         return views.open_run(str(store.open(run_id or None).dir))
 
-    def show_run(run_id: str):
+    def show_run(run_id: str, direction: str | None = None, color_by: str = "domain"):
+        """Everything that depends on the run; the overlap view keeps the user's direction
+        and colouring."""
         run = _run(run_id)
         level = views.default_level(run)
+        fit_on = views.DIRECTIONS.get(direction, "real")
         return (
             views.banner(run),
             gr.update(choices=run.levels, value=level),
-            views.overlap_figure(run, level, "real", "domain"),
+            views.overlap_figure(run, level, fit_on, color_by),
             gr.update(choices=run.levels, value=level),
             *show_report(run_id, level, "auc"),
         )
@@ -245,7 +248,7 @@ def build_app(results: Path) -> gr.Blocks:
             one_domain, history,
         ]  # fmt: skip
         run_outputs = [banner, level_dd, plot, blame_level, *report_outputs]
-        run_dd.change(show_run, run_dd, run_outputs)
+        run_dd.change(show_run, [run_dd, direction, color_by], run_outputs)
         for control in (blame_level, history_metric):
             control.change(show_report, [run_dd, blame_level, history_metric], report_outputs)
         for control in (level_dd, direction, color_by):
