@@ -150,21 +150,6 @@ def _blocks(x: np.ndarray, y: np.ndarray, chunk: int):
         yield s, d2.clamp_min_(0).sqrt_()
 
 
-def _self_knn(x: np.ndarray, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and distances of each row's k nearest other rows, nearest first."""
-    import torch
-
-    idx = np.empty((len(x), k), dtype=np.int64)
-    dist = np.empty((len(x), k), dtype=np.float64)
-    for s, d in _blocks(x, x, chunk):
-        rows = torch.arange(len(d))
-        d[rows, rows + s] = float("inf")  # not its own neighbour
-        values, nn = torch.topk(d, k, dim=1, largest=False)
-        idx[s : s + len(d)] = nn.numpy()
-        dist[s : s + len(d)] = values.numpy()
-    return idx, dist
-
-
 def joint_neighbours(
     real: np.ndarray, fake: np.ndarray, k: int, chunk: int = 2048
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -192,7 +177,9 @@ def kth_neighbour_radii(x: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
     """Distance from each row to its k-th nearest other row."""
     if len(x) <= k:
         raise GapscopeError(f"need more than k={k} images per domain for the gap metrics")
-    return _self_knn(x, k, chunk)[1][:, k - 1]
+    from lib.neighbors import knn
+
+    return knn(x, k, "euclidean", chunk=chunk)[1][:, k - 1].astype(np.float64)
 
 
 @dataclass
@@ -250,8 +237,9 @@ def neighbour_mixing(real: np.ndarray, fake: np.ndarray, k: int = 5, chunk: int 
     """Observed share of other-domain neighbours over the share perfect mixing gives."""
     x = np.concatenate([real, fake])
     is_fake = np.r_[np.zeros(len(real), bool), np.ones(len(fake), bool)]
-    nn, _ = _self_knn(x, k, chunk)
-    return _mixing(nn, is_fake, k)
+    from lib.neighbors import knn
+
+    return _mixing(knn(x, k, "euclidean", chunk=chunk)[0], is_fake, k)
 
 
 def _mixing(nn: np.ndarray, is_fake: np.ndarray, k: int) -> dict:
