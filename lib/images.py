@@ -54,6 +54,10 @@ class Prepare:
             return f"resize shorter side to {self.resize}, centre crop {self.resize}×{self.resize}"
         return "as is"
 
+    def pads(self, height: int, width: int) -> bool:
+        """Whether an image of this size is smaller than the crop, so gets padded."""
+        return bool(self.crop and min(height, width) < self.crop)
+
     def apply(self, rgb: np.ndarray) -> np.ndarray:
         if self.crop:
             return center_crop(rgb, self.crop)
@@ -301,7 +305,7 @@ def open_folder(
             height=h,
             category=category,
             path=str(path.resolve()),
-            padded=bool(prepare.crop and min(h, w) < prepare.crop),
+            padded=prepare.pads(h, w),
         ), rgb
 
     return _finish(domain, folder, files, scan, prepare, thumbs, workers)
@@ -346,7 +350,7 @@ def open_array(
             width=w,
             height=h,
             row=int(row),
-            padded=bool(prepare.crop and min(h, w) < prepare.crop),
+            padded=prepare.pads(h, w),
         ), rgb
 
     image_set = _finish(domain, path, [int(r) for r in rows], scan, prepare, thumbs, None)
