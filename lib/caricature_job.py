@@ -175,19 +175,16 @@ def run_caricatures(job: CaricatureJob, store: RunStore, progress=None) -> Run:
     names = [n for n, _, _ in images]
     if len(set(names)) != len(names):
         raise GapscopeError("two input images share a file name: rename one")
-    pixels = [px for _, px, _ in images]
+    from lib.images import resize_crop, thumbnail_png
+
+    stack = np.stack([resize_crop(px, job.input_size) for _, px, _ in images])
     writer = store.derive(base)
     try:
         out = writer.path("caricatures/inputs")
         out.mkdir(parents=True, exist_ok=True)
-        from lib.images import resize_crop, thumbnail_png
-
-        for name, arr, _ in images:
-            thumbnail_png(
-                resize_crop(arr, job.input_size), out / f"{name}.png", size=job.input_size
-            )
+        for name, model_input in zip(names, stack, strict=True):
+            thumbnail_png(model_input, out / f"{name}.png", size=job.input_size)
         items, models = [], {}
-        stack = np.stack([resize_crop(px, job.input_size) for px in pixels])
         loaded = []  # load every model and check every layer before any long work
         for spec in job.models:
             model = load_model(spec, job.mean, job.std)
