@@ -25,11 +25,12 @@ def main(argv: list[str] | None = None) -> None:
         from demo.app import CSS, allowed_paths, build_app
         from lib.store import RunStore
 
-        app = build_app(args.results)
+        roots = allowed_paths(RunStore(args.results))  # once: every run's manifest is read
+        app = build_app(args.results, roots)
         app.launch(
             server_name=args.host,
             server_port=args.port,
-            allowed_paths=allowed_paths(RunStore(args.results)),
+            allowed_paths=roots,
             show_error=True,
             css=CSS,
         )

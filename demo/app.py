@@ -42,12 +42,14 @@ CSS = """
 """
 
 
-def build_app(results: Path) -> gr.Blocks:
+def build_app(results: Path, roots: list[str] | None = None) -> gr.Blocks:
+    """The app over the run store at `results`; `roots`: the folders it may serve files
+    from (default: `allowed_paths`, computed here)."""
     store = RunStore(results)
     choices = views.run_choices(store)
     latest = store.latest_id()
     # Files are served only from the runs and the folders their images came from.
-    roots = allowed_paths(store)
+    roots = roots if roots is not None else allowed_paths(store)
     gr.set_static_paths(roots)
 
     def _run(run_id: str | None):
