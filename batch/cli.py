@@ -208,7 +208,8 @@ def caricature(
         typer.Option(
             "--model",
             help="NAME=ARCH[:CHECKPOINT], repeatable: a torchvision classifier with its state "
-            "dict (resnet50:syn.pth) or a gapscope backbone (efficientnet-lite0).",
+            "dict (resnet50:syn.pth), a TorchScript file (torchscript:model.pt), a gapscope "
+            "backbone (efficientnet-lite0) or detectron2:model_final.pth@config.yaml.",
         ),
     ],
     layer: Annotated[
@@ -239,7 +240,10 @@ def caricature(
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed (same seed, same caricatures on CPU).")] = 0,
     mean: Annotated[
-        str | None, typer.Option(help="Normalisation mean for torchvision models, e.g. 0.5,0.5,0.5")
+        str | None,
+        typer.Option(
+            help="Normalisation mean for torchvision and TorchScript models, e.g. 0.5,0.5,0.5",
+        ),
     ] = None,
     std: Annotated[str | None, typer.Option(help="Normalisation std, e.g. 0.5,0.5,0.5")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",

@@ -11,7 +11,9 @@ Models are given as NAME=ARCH[:CHECKPOINT]:
 - a gapscope backbone (`efficientnet-lite0`, `resnet50-fpn`): its levels and its own
   normalisation;
 - a detectron2 detector, `NAME=detectron2:model_final.pth@config.yaml`: its FPN levels
-  p2..p6 and every backbone module, with the detector's own pixel mean/std and BGR input.
+  p2..p6 and every backbone module, with the detector's own pixel mean/std and BGR input;
+- a TorchScript file, `NAME=torchscript:model.pt`: any module that runs in its forward;
+  normalisation from --mean/--std, as for torchvision classifiers.
 """
 
 from __future__ import annotations
@@ -66,11 +68,17 @@ def load_model(text: str, mean=None, std=None) -> LoadedModel:
 
     name, arch, ckpt = parse_model_spec(text)
     classifiers = set(torchvision.models.list_models(module=torchvision.models))
-    if arch in classifiers:
+    if arch in classifiers or arch == "torchscript":
         if ckpt is None:
-            raise GapscopeError(f"model {name}: {arch} needs a checkpoint ({name}={arch}:PATH)")
-        net = getattr(torchvision.models, arch)(weights=None)
-        load_into(net, load_state_dict(ckpt), str(ckpt), ignore_prefixes=("fc.", "classifier."))
+            raise GapscopeError(f"model {name}: {arch} needs a file ({name}={arch}:PATH)")
+        if arch == "torchscript":
+            from lib.torchscript import load_torchscript
+
+            net = load_torchscript(ckpt)
+        else:
+            net = getattr(torchvision.models, arch)(weights=None)
+            state = load_state_dict(ckpt)
+            load_into(net, state, str(ckpt), ignore_prefixes=("fc.", "classifier."))
         given = mean is not None and std is not None
         return LoadedModel(
             name=name,
@@ -106,13 +114,14 @@ def load_model(text: str, mean=None, std=None) -> LoadedModel:
         )
     raise GapscopeError(
         f"model {name}: unknown architecture {arch!r} (a torchvision classifier such as "
-        f"resnet50, or one of {', '.join(sorted(REGISTRY))})"
+        f"resnet50, torchscript:FILE, or one of {', '.join(sorted(REGISTRY))})"
     )
 
 
 def list_layers(text: str) -> list[str]:
     """Layer names a model accepts: its levels, then every module (dotted). The
-    architecture alone decides them, so no checkpoint is needed."""
+    architecture alone decides them, so no checkpoint is needed (a TorchScript file is
+    its own architecture)."""
     import torchvision
 
     from lib.backbones import REGISTRY, create_backbone
@@ -166,7 +175,16 @@ def _pick_images(job: CaricatureJob, base: Run) -> list[tuple[str, np.ndarray, s
 
 def run_caricatures(job: CaricatureJob, store: RunStore, progress=None) -> Run:
     """Compute every combination, publish a run derived from the base run, return it."""
-    from lib.caricature import CaricatureParams, compute, default_steps, resolve_layer, save
+    import torch
+
+    from lib.caricature import (
+        CaricatureParams,
+        compute,
+        default_steps,
+        layer_fn,
+        resolve_layer,
+        save,
+    )
 
     base = store.open(job.run_id)
     if not job.models or not job.layers:
@@ -191,6 +209,8 @@ def run_caricatures(job: CaricatureJob, store: RunStore, progress=None) -> Run:
             if model.name in models:
                 raise GapscopeError(f"two models are named {model.name}: name each differently")
             layers = [resolve_layer(model.module, lay, model.levels) for lay in job.layers]
+            if isinstance(model.module, torch.jit.ScriptModule):
+                layer_fn(model.module, layers).close()  # a layer that never runs fails now
             models[model.name] = {
                 "spec": spec,
                 "weights": model.weights,

@@ -85,6 +85,32 @@ def test_unknown_layer_suggests_names_and_publishes_nothing(store, checkpoints):
     assert os.readlink(store / "latest") == before
 
 
+def test_a_torchscript_model_can_be_caricatured(store, tmp_path):
+    from tests.test_torchscript import save_script
+
+    torch.manual_seed(4)
+    path = tmp_path / "scripted.pt"
+    save_script(torchvision.models.resnet18(num_classes=3), path)
+    listed = batch("layers", f"ts=torchscript:{path}")
+    assert listed.returncode == 0 and "layer2.1.conv2" in listed.stdout.split()
+    result = batch(
+        "caricature", "--results", store, "--model", f"ts=torchscript:{path}",
+        "--layer", "layer2_1_conv2", "--from-run", 2, "--steps", 10, "--size", 32,
+        "--input-size", 64, "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    m = RunStore(store).open().caricatures
+    assert {(i["model"], i["layer"]) for i in m["items"]} == {("ts", "layer2.1.conv2")}
+    assert len(m["items"]) == 2 and m["models"]["ts"]["mean"] == [0.5, 0.5, 0.5]
+    before = os.readlink(store / "latest")
+    bad = batch(
+        "caricature", "--results", store, "--model", f"ts=torchscript:{store / 'latest' / 'manifest.json'}",
+        "--layer", "layer1", "--steps", 2,
+    )  # fmt: skip
+    assert_one_line_error(bad, "not a TorchScript file")
+    assert os.readlink(store / "latest") == before
+
+
 def test_layers_lists_dotted_module_names():
     result = batch("layers", "resnet18")
     assert result.returncode == 0
