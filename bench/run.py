@@ -3,7 +3,8 @@
 Not tests: nothing here asserts a time. Each section reports what it measured, on which
 machine, and the ratio between the two ways of doing the same work.
 
-    python bench/run.py [--sections gap,prdc,pipeline] [--out results/bench.json]
+    python bench/run.py [--sections gap,prdc,pipeline,umap,knn,extraction,caricature]
+                        [--out results/bench.json]
 """
 
 from __future__ import annotations
@@ -174,12 +175,149 @@ def bench_knn(n: int = 100_000, d: int = 256, k: int = 16) -> dict:
     return out
 
 
+def _write_photos(folder: Path, n: int, seed: int = 0) -> None:
+    """n JPEG files of smooth random colour fields, 640×560, so decoding and resizing to
+    the model's side are real work."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        small = Image.fromarray(rng.integers(0, 256, (14, 16, 3), dtype=np.uint8))
+        small.resize((640, 560), Image.BICUBIC).save(folder / f"{i:05d}.jpg", quality=90)
+
+
+def bench_extraction(n: int | None = None, side: int = 512) -> dict:
+    """ResNet-50-FPN feature extraction at side×side, same images, same model: a plain
+    fp32 loop (decode on the main thread, one batch at a time, NCHW) vs `lib.features.
+    extract` (decoding workers, pinned memory, bf16 autocast and channels_last on a GPU,
+    pooling on the device). Issue target on the H100: ≥ 1,500 images/s optimised."""
+    import torch
+
+    from lib.backbones import create_backbone
+    from lib.features import extract, pool
+    from lib.images import Prepare, open_folder
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu = device == "cuda"
+    n = n or (4096 if gpu else 24)
+    batch_size = 64 if gpu else 8
+    precision = "bf16" if gpu else "fp32"  # what a run's --precision auto picks
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_photos(Path(tmp) / "images", n)
+        prepare = Prepare(resize=side)
+        images = open_folder(Path(tmp) / "images", "real", prepare)
+        records = images.records
+        backbone = create_backbone("resnet50-fpn", random_weights=True)
+        backbone.module.to(device)
+
+        def plain(recs) -> dict[str, np.ndarray]:
+            out: dict[str, list] = {lv: [] for lv in backbone.levels}
+            for start in range(0, len(recs), batch_size):
+                pixels = np.stack([images.load(r, prepare) for r in recs[start:][:batch_size]])
+                with torch.inference_mode():
+                    maps = backbone.module(backbone.preprocess(pixels, device))
+                for lv in backbone.levels:
+                    out[lv].append(pool(maps[lv], "gap").cpu().numpy())
+            return {lv: np.concatenate(v) for lv, v in out.items()}
+
+        def optimised(recs) -> dict[str, np.ndarray]:
+            items = [(images, r) for r in recs]
+            return extract(
+                backbone, items, prepare, batch_size=batch_size, device=device,
+                precision=precision,
+            ).vectors  # fmt: skip
+
+        plain(records[:batch_size])  # warm-up: kernels, allocator, cuDNN's algorithm search
+        optimised(records[:batch_size])
+        t = time.perf_counter()
+        reference = plain(records)
+        plain_seconds = time.perf_counter() - t
+        t = time.perf_counter()
+        vectors = optimised(records)
+        optimised_seconds = time.perf_counter() - t
+    rel = {
+        lv: round(
+            float(
+                np.median(
+                    np.linalg.norm(vectors[lv] - reference[lv], axis=1)
+                    / np.linalg.norm(reference[lv], axis=1)
+                )
+            ),
+            4,
+        )
+        for lv in backbone.levels
+    }
+    return {
+        "what": f"ResNet-50-FPN p2..p6, {n} JPEGs resized to {side}×{side}, batch {batch_size}, "
+        f"{device}",
+        "plain_fp32_images_per_s": round(n / plain_seconds, 1),
+        "optimised_images_per_s": round(n / optimised_seconds, 1),
+        "optimised": f"{precision}, DataLoader workers, pooling on the device"
+        + (", channels_last, pinned memory" if gpu else ""),
+        "speedup": round(plain_seconds / optimised_seconds, 2),
+        "target_images_per_s_h100": 1500,
+        "median_relative_error_vs_fp32": rel,
+    }
+
+
+def bench_caricature() -> dict:
+    """Caricatures optimised as one batch (what `batch caricature` does) vs one after
+    another, same model, layers, images and steps: caricatures per minute."""
+    import torch
+    import torchvision
+
+    from lib.caricature import CaricatureParams, compute
+    from tests.test_caricature import smooth_images
+
+    gpu = torch.cuda.is_available()
+    device = "cuda" if gpu else "cpu"
+    if gpu:
+        arch, layers, n_images, size, input_size, steps = (
+            "resnet50", ["layer1.2", "layer2.3", "layer3.5", "layer4.2"], 8, 128, 224, 64,
+        )  # fmt: skip
+    else:
+        arch, layers, n_images, size, input_size, steps = (
+            "resnet18", ["layer2.1", "layer3.1"], 3, 64, 112, 16,
+        )  # fmt: skip
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    images = smooth_images(n_images, side=input_size)
+    params = CaricatureParams(size=size, input_size=input_size, steps=steps)
+    half = (0.5, 0.5, 0.5)
+    compute(model, layers[0], images[:1], half, half, params, device=device)  # warm-up
+
+    def one_at_a_time():
+        for layer in layers:
+            for i in range(n_images):
+                compute(model, layer, images[i : i + 1], half, half, params, device=device)
+
+    def batched():
+        compute(model, layers, images, half, half, params, device=device)
+
+    loop_seconds = _timed(one_at_a_time)
+    batch_seconds = _timed(batched)
+    items = len(layers) * n_images
+    return {
+        "what": f"{arch} (random weights), {n_images} images × {len(layers)} layers, "
+        f"{size}² → {input_size}², {steps} steps, {device}",
+        "one_at_a_time_seconds": round(loop_seconds, 2),
+        "batched_seconds": round(batch_seconds, 2),
+        "one_at_a_time_per_minute": round(items / loop_seconds * 60, 1),
+        "batched_per_minute": round(items / batch_seconds * 60, 1),
+        "batched_per_minute_at_512_steps": round(items / batch_seconds * 60 * steps / 512, 2),
+        "speedup": round(loop_seconds / batch_seconds, 2),
+    }
+
+
 SECTIONS = {
     "gap": bench_gap,
     "prdc": bench_prdc,
     "pipeline": bench_pipeline,
     "umap": bench_umap,
     "knn": bench_knn,
+    "extraction": bench_extraction,
+    "caricature": bench_caricature,
 }
 
 
@@ -192,7 +330,7 @@ def main() -> None:
     for name in args.sections.split(","):
         print(f"bench: {name} ...", file=sys.stderr)
         report["results"][name] = SECTIONS[name]()
-    text = json.dumps(report, indent=2)
+    text = json.dumps(report, indent=2, ensure_ascii=False)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -103,8 +103,9 @@ def test_a_torchscript_model_can_be_caricatured(store, tmp_path):
     assert {(i["model"], i["layer"]) for i in m["items"]} == {("ts", "layer2.1.conv2")}
     assert len(m["items"]) == 2 and m["models"]["ts"]["mean"] == [0.5, 0.5, 0.5]
     before = os.readlink(store / "latest")
+    not_a_model = store / "latest" / "manifest.json"
     bad = batch(
-        "caricature", "--results", store, "--model", f"ts=torchscript:{store / 'latest' / 'manifest.json'}",
+        "caricature", "--results", store, "--model", f"ts=torchscript:{not_a_model}",
         "--layer", "layer1", "--steps", 2,
     )  # fmt: skip
     assert_one_line_error(bad, "not a TorchScript file")
