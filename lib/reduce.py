@@ -8,6 +8,7 @@ domain's come from `transform`.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import asdict, dataclass
 
@@ -40,6 +41,69 @@ def check_enough_points(n: int, params: UMAPParams, what: str = "the fitted doma
         )
 
 
+# Metrics sklearn's pairwise_distances computes vectorised under the same name.
+_VECTORISED_METRICS = {"euclidean", "l2", "manhattan", "l1", "cityblock", "cosine"}
+_EXACT_BELOW = 4096  # umap-learn computes all distances below this many points
+
+
+@functools.cache
+def _cache_umap_compilation() -> int:
+    """Turn numba's disk cache on for umap-learn's functions compiled without it.
+
+    A dozen of them (fast_knn_indices, smooth_knn_dist, submatrix, ...) lack `cache=True`,
+    so every fresh process compiled them again: 12 s of the first fit. With the cache
+    (NUMBA_CACHE_DIR, set by the Makefile) only a machine's first run pays. Returns how many
+    were switched; a numba without these internals just keeps compiling.
+    """
+    import umap.layouts
+    import umap.spectral
+    import umap.umap_
+    import umap.utils
+
+    try:
+        from numba.core.caching import NullCache
+        from numba.core.dispatcher import Dispatcher
+    except ImportError:
+        return 0
+    switched = 0
+    for module in (umap.umap_, umap.utils, umap.layouts, umap.spectral):
+        for fn in vars(module).values():
+            if isinstance(fn, Dispatcher) and isinstance(getattr(fn, "_cache", None), NullCache):
+                fn.enable_caching()
+                switched += 1
+    return switched
+
+
+def _umap_class():
+    """umap-learn's UMAP, with its small-data path vectorised.
+
+    Below 4,096 points umap-learn computes every distance exactly with sklearn's
+    `pairwise_distances`, but passes it umap's numba distance function, which sklearn calls
+    from Python once per pair: 11 of the 13 s of fitting 1,800 points and mapping 1,000 more.
+    Handing sklearn the metric's name computes the same distances vectorised. Larger sets
+    (nearest-neighbour descent) and other metrics are left exactly as umap-learn does them.
+    """
+    from umap import UMAP
+
+    _cache_umap_compilation()
+
+    class VectorisedUMAP(UMAP):
+        def fit(self, X, y=None, **kwargs):
+            self._by_name = np.shape(X)[0] < _EXACT_BELOW and not self.force_approximation_algorithm
+            return super().fit(X, y, **kwargs)
+
+        def _validate_parameters(self):
+            super()._validate_parameters()
+            if (
+                getattr(self, "_by_name", False)
+                and self.metric in _VECTORISED_METRICS
+                and not self._sparse_data
+            ):
+                self._input_distance_func = self.metric
+
+    return VectorisedUMAP
+
+
 class UMAPProjector:
     def __init__(self, params: UMAPParams = UMAPParams(), backend: str = "cpu"):
         self.params = params
@@ -52,8 +116,7 @@ class UMAPProjector:
         else:
             import warnings
 
-            from umap import UMAP
-
+            UMAP = _umap_class()
             # umap-learn warns that random_state disables parallelism: that is the point.
             warnings.filterwarnings("ignore", message=".*n_jobs value.*", category=UserWarning)
         return UMAP(**kwargs)

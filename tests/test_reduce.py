@@ -1,0 +1,68 @@
+"""UMAP fitted on one domain and applied to the other (umap-learn on the CPU)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.manifold import trustworthiness
+
+from lib.errors import GapscopeError
+from lib.reduce import UMAPParams, UMAPProjector, _umap_class, fit_and_map
+
+
+def two_blobs(n: int, d: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    centres = np.stack([np.zeros(d), np.full(d, 6.0)])
+    return (centres[labels] + rng.normal(size=(n, d))).astype(np.float32), labels
+
+
+def test_the_other_domain_lands_beside_its_kind():
+    real, labels = two_blobs(400)
+    synthetic, syn_labels = two_blobs(150, seed=1)
+    fitted, mapped = fit_and_map(real, synthetic, UMAPParams())
+    assert fitted.shape == (400, 3) and mapped.shape == (150, 3)
+    assert fitted.dtype == mapped.dtype == np.float32
+    centre = np.stack([fitted[labels == c].mean(0) for c in (0, 1)])
+    nearest = np.linalg.norm(mapped[:, None] - centre[None], axis=2).argmin(1)
+    assert (nearest == syn_labels).mean() > 0.95
+    again = fit_and_map(real, synthetic, UMAPParams())  # random_state 42: reruns agree
+    assert np.array_equal(again[0], fitted) and np.array_equal(again[1], mapped)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_small_sets_get_umap_learns_graph_faster(metric):
+    """Below 4,096 points the distances are computed vectorised, by name; the fuzzy graph
+    is umap-learn's own (the layouts then differ by SGD's chaos, not in quality)."""
+    import umap
+
+    data, _ = two_blobs(500, d=20)
+    warnings.simplefilter("ignore")
+    ours = _umap_class()(n_components=3, random_state=42, metric=metric).fit(data)
+    theirs = umap.UMAP(n_components=3, random_state=42, metric=metric).fit(data)
+    assert ours._input_distance_func == metric
+    assert abs(ours.graph_ - theirs.graph_).max() < 1e-3  # float rounding of distances
+    assert trustworthiness(data, ours.embedding_) == pytest.approx(
+        trustworthiness(data, theirs.embedding_), abs=0.01
+    )
+
+
+def test_too_few_points_is_a_clear_error():
+    data, _ = two_blobs(10)
+    with pytest.raises(GapscopeError, match="n_neighbors"):
+        UMAPProjector(UMAPParams()).fit(data)
+
+
+def test_umaps_uncached_numba_functions_are_cached_on_disk():
+    """umap-learn compiles smooth_knn_dist & co. without numba's cache: 12 s of every
+    fresh process. gapscope switches the cache on, so the compiled code lands on disk."""
+    import os
+    from pathlib import Path
+
+    data, _ = two_blobs(100)
+    fit_and_map(data[:60], data[60:], UMAPParams())
+    cached = {p.name.split("-")[0] for p in Path(os.environ["NUMBA_CACHE_DIR"]).rglob("*.nbi")}
+    for name in ("umap_.smooth_knn_dist", "utils.fast_knn_indices", "utils.submatrix"):
+        assert name in cached, sorted(cached)
