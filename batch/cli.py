@@ -47,7 +47,7 @@ class RichProgress:
 
     LABELS = {
         "extract": "extracting features",
-        "project": "UMAP projections",
+        "project": "projections",
         "gap": "gap metrics per level",
     }
 
@@ -96,10 +96,19 @@ def run(
     ] = None,
     sample: Annotated[int | None, typer.Option(help="Use a random N images per domain.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for --sample.")] = 0,
+    projection: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--projection",
+            help="Repeatable: umap (default; fit on one domain, map the other), pca (the "
+            "same, linear), tsne (both domains together, 2D).",
+        ),
+    ] = None,
     n_neighbors: Annotated[int, typer.Option(help="UMAP n_neighbors.")] = 15,
     min_dist: Annotated[float, typer.Option(help="UMAP min_dist.")] = 0.1,
     umap_metric: Annotated[str, typer.Option(help="UMAP metric.")] = "euclidean",
     umap_seed: Annotated[int, typer.Option(help="UMAP random_state.")] = 42,
+    perplexity: Annotated[float, typer.Option(help="t-SNE perplexity.")] = 30.0,
     k: Annotated[int, typer.Option("--k", help="Nearest neighbours per image.")] = 16,
     metric: Annotated[str, typer.Option(help="Neighbour distance: cosine | euclidean.")] = "cosine",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
@@ -120,7 +129,7 @@ def run(
 
     from lib.pipeline import RunConfig
     from lib.pipeline import run as run_pipeline
-    from lib.reduce import UMAPParams
+    from lib.reduce import TSNEParams, UMAPParams
     from lib.store import RunStore
 
     config = RunConfig(
@@ -135,9 +144,11 @@ def run(
         resize=resize,
         sample=sample,
         seed=seed,
+        projections=tuple(dict.fromkeys(projection or ["umap"])),
         umap=UMAPParams(
             n_neighbors=n_neighbors, min_dist=min_dist, metric=umap_metric, random_state=umap_seed
         ),
+        tsne=TSNEParams(perplexity=perplexity),
         k=k,
         metric=metric,
         batch_size=batch_size,

@@ -55,16 +55,21 @@ def build_app(results: Path, roots: list[str] | None = None) -> gr.Blocks:
     def _run(run_id: str | None):
         return views.open_run(str(store.open(run_id or None).dir))
 
-    def show_run(run_id: str, direction: str | None = None, color_by: str = "domain"):
-        """Everything that depends on the run; the overlap view keeps the user's direction
-        and colouring."""
+    def show_run(
+        run_id: str, direction: str | None = None, color_by: str = "domain", method: str = "umap"
+    ):
+        """Everything that depends on the run; the overlap view keeps the user's direction,
+        colouring and projection (when the run has it)."""
         run = _run(run_id)
         level = views.default_level(run)
         fit_on = views.DIRECTIONS.get(direction, "real")
+        present = [name for _, name in views.methods(run)]
+        method = method if method in present else present[0]
         return (
             views.banner(run),
             gr.update(choices=run.levels, value=level),
-            views.overlap_figure(run, level, fit_on, color_by),
+            gr.update(choices=views.methods(run), value=method),
+            views.overlap_figure(run, level, fit_on, color_by, method),
             gr.update(choices=run.levels, value=level),
             *show_report(run_id, level, "auc"),
         )
@@ -93,11 +98,13 @@ def build_app(results: Path, roots: list[str] | None = None) -> gr.Blocks:
         run_id = store.latest_id() or run_dd.value
         return gr.update(choices=views.run_choices(store), value=run_id), *show_run(run_id)
 
-    def show_plot(run_id: str, level: str, direction: str, color_by: str):
+    def show_plot(run_id: str, level: str, direction: str, color_by: str, method: str):
         run = _run(run_id)
         if level not in run.levels:
             level = views.default_level(run)
-        return views.overlap_figure(run, level, views.DIRECTIONS[direction], color_by)
+        if method not in {name for _, name in views.methods(run)}:
+            method = views.methods(run)[0][1]
+        return views.overlap_figure(run, level, views.DIRECTIONS[direction], color_by, method)
 
     def show_caricature_controls(run_id: str):
         """Fill the caricature view's pickers from the run, then show the first pair."""
@@ -162,6 +169,12 @@ def build_app(results: Path, roots: list[str] | None = None) -> gr.Blocks:
         with gr.Tab("Overlap"):
             with gr.Row():
                 level_dd = level_dropdown("Level", first)
+                method_radio = gr.Radio(
+                    views.methods(first),
+                    value=views.methods(first)[0][1],
+                    label="Projection",
+                    elem_id="projection",
+                )
                 direction = gr.Radio(
                     list(views.DIRECTIONS),
                     value=list(views.DIRECTIONS)[0],
@@ -174,9 +187,11 @@ def build_app(results: Path, roots: list[str] | None = None) -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=3):
                     plot = gr.Plot(
-                        views.overlap_figure(first, first_level, "real"),
+                        views.overlap_figure(
+                            first, first_level, "real", method=views.methods(first)[0][1]
+                        ),
                         elem_id="overlap_plot",
-                        label="3D overlap (click a point)",
+                        label="Overlap (click a point)",
                     )
                 with gr.Column(scale=2):
                     selected = gr.Image(
@@ -249,12 +264,12 @@ def build_app(results: Path, roots: list[str] | None = None) -> gr.Blocks:
             report_notes, report_table, report_plot, least_realistic, most_synthetic, uncovered,
             one_domain, history,
         ]  # fmt: skip
-        run_outputs = [banner, level_dd, plot, blame_level, *report_outputs]
-        run_dd.change(show_run, [run_dd, direction, color_by], run_outputs)
+        run_outputs = [banner, level_dd, method_radio, plot, blame_level, *report_outputs]
+        run_dd.change(show_run, [run_dd, direction, color_by, method_radio], run_outputs)
         for control in (blame_level, history_metric):
             control.change(show_report, [run_dd, blame_level, history_metric], report_outputs)
-        for control in (level_dd, direction, color_by):
-            control.change(show_plot, [run_dd, level_dd, direction, color_by], plot)
+        for control in (level_dd, direction, color_by, method_radio):
+            control.change(show_plot, [run_dd, level_dd, direction, color_by, method_radio], plot)
         click_box.change(
             select_point,
             [click_box, run_dd, level_dd],

@@ -25,6 +25,7 @@ CATEGORY_COLORS = (
     "#393b79 #637939 #8c6d31 #843c39 #7b4173 #3182bd #e6550d #31a354 #756bb1 #636363"
 ).split()
 MARKERS = {"real": "x", "synthetic": "circle"}
+METHOD_LABELS = {"umap": "UMAP", "pca": "PCA", "tsne": "t-SNE"}
 
 
 @lru_cache(maxsize=8)
@@ -65,8 +66,9 @@ def banner(run: Run) -> str:
         f"- backbone **{b['name']}**, levels {', '.join(b['levels'])}; weights: {b['weights']}"
     )
     lines.append(
-        f"- pooling {m['config']['pooling']}, images {m['prepare']}, "
-        f"UMAP {json.dumps(m['config']['umap'])}, neighbours k={m['config']['k']} "
+        f"- pooling {m['config']['pooling']}, images {m['prepare']}, projections "
+        f"{', '.join(METHOD_LABELS.get(p, p) for p in m['config'].get('projections', ['umap']))}"
+        f" (UMAP {json.dumps(m['config']['umap'])}), neighbours k={m['config']['k']} "
         f"({m['config']['metric']})"
     )
     if b["random_weights"]:
@@ -76,13 +78,28 @@ def banner(run: Run) -> str:
     return "\n".join(lines)
 
 
-def overlap_figure(run: Run, level: str, fit_on: str, color_by: str = "domain"):
-    """Interactive 3D scatter of one level and direction; customdata holds row ids."""
+def methods(run: Run) -> list[tuple[str, str]]:
+    """(label, name) of the projections a run holds, UMAP first."""
+    present = set(run.projections["method"])
+    order = [*METHOD_LABELS, *sorted(present - set(METHOD_LABELS))]
+    return [(METHOD_LABELS.get(m, m), m) for m in order if m in present]
+
+
+def overlap_figure(
+    run: Run, level: str, fit_on: str, color_by: str = "domain", method: str = "umap"
+):
+    """Interactive scatter of one level, projection and direction (3D; 2D for t-SNE);
+    customdata holds row ids. A joint projection (t-SNE) has one view, whatever `fit_on`."""
     import plotly.graph_objects as go
 
     images = run.images
     proj = run.projections
-    proj = proj[(proj["level"] == level) & (proj["fit_on"] == fit_on)]
+    proj = proj[(proj["level"] == level) & (proj["method"] == method)]
+    if (proj["fit_on"] == "both").any():
+        fit_on = "both"
+    proj = proj[proj["fit_on"] == fit_on]
+    flat = bool(proj["z"].isna().all())
+    label = METHOD_LABELS.get(method, method)
     merged = proj.merge(images, left_on="id", right_on="id", how="left")
     if color_by == "category" and merged["category"].nunique() > 1:
         groups = [(str(c), g) for c, g in merged.groupby("category", sort=True)]
@@ -92,7 +109,8 @@ def overlap_figure(run: Run, level: str, fit_on: str, color_by: str = "domain"):
         names = cluster_names(run, level, merged["id"].to_numpy())
         groups = [(n, merged[names == n]) for n in sorted(set(names), key=_cluster_order)]
     else:
-        order = [fit_on] + [d for d in merged["domain"].unique() if d != fit_on]
+        first = fit_on if fit_on != "both" else "real"
+        order = [first] + [d for d in merged["domain"].unique() if d != first]
         groups = [(d, merged[merged["domain"] == d]) for d in order]
     fig = go.Figure()
     scale_shown = False
@@ -101,11 +119,14 @@ def overlap_figure(run: Run, level: str, fit_on: str, color_by: str = "domain"):
         if "colorscale" in marker:
             marker["showscale"] = not scale_shown  # one colour bar for all traces
             scale_shown = True
+        if flat:
+            marker["size"] = marker["size"] + 3
+        trace, coords = (go.Scattergl, {}) if flat else (go.Scatter3d, {"z": g["z"]})
         fig.add_trace(
-            go.Scatter3d(
+            trace(
                 x=g["x"],
                 y=g["y"],
-                z=g["z"],
+                **coords,
                 mode="markers",
                 name=name,
                 customdata=g["id"].to_numpy(),
@@ -119,10 +140,14 @@ def overlap_figure(run: Run, level: str, fit_on: str, color_by: str = "domain"):
                 marker=marker,
             )
         )
+    where = "both domains together" if fit_on == "both" else direction_title(fit_on)
+    axes = {f"{axis}axis_title": f"{label} {i}" for i, axis in enumerate("xyz", start=1)}
+    if flat:
+        axes.pop("zaxis_title")
     fig.update_layout(
-        title=f"{level}: {direction_title(fit_on)}",
-        scene={"xaxis_title": "UMAP 1", "yaxis_title": "UMAP 2", "zaxis_title": "UMAP 3"},
-        uirevision=f"{run.id}-{level}-{fit_on}",  # keep the camera while recolouring
+        title=f"{level} · {label}: {where}",
+        **(axes if flat else {"scene": axes}),
+        uirevision=f"{run.id}-{level}-{method}-{fit_on}",  # keep the camera while recolouring
         margin={"l": 0, "r": 0, "t": 40, "b": 0},
         height=620,
         legend={"itemsizing": "constant"},

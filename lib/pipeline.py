@@ -19,9 +19,16 @@ from typing import Protocol
 
 import numpy as np
 
+from lib.errors import GapscopeError
 from lib.gap import GapParams
 from lib.images import ImageSet, Prepare, check_common_size, open_images, thumb_name
-from lib.reduce import UMAPParams, check_enough_points
+from lib.reduce import (
+    PROJECTORS,
+    TSNEParams,
+    UMAPParams,
+    check_enough_for_tsne,
+    check_enough_points,
+)
 from lib.store import Run, RunStore
 
 log = logging.getLogger(__name__)
@@ -44,7 +51,9 @@ class RunConfig:
     resize: int | None = None
     sample: int | None = None  # per domain
     seed: int = 0
+    projections: tuple[str, ...] = ("umap",)  # any of lib.reduce.PROJECTORS
     umap: UMAPParams = field(default_factory=UMAPParams)
+    tsne: TSNEParams = field(default_factory=TSNEParams)
     k: int = 16
     metric: str = "cosine"
     batch_size: int = 32
@@ -56,6 +65,7 @@ class RunConfig:
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        d["projections"] = list(self.projections)
         for key in ("real", "synthetic", "checkpoint", "detectron2_config"):
             d[key] = str(d[key]) if d[key] is not None else None
         return d
@@ -102,13 +112,17 @@ def _compute(config: RunConfig, store: RunStore, writer, progress: Progress) -> 
     from lib.backbones import create_backbone
     from lib.backend import choose_backend
     from lib.features import FeatureCache, cache_key, extract, pooling_fn
-    from lib.neighbors import knn
+    from lib.neighbors import choose_engine, knn
     from lib.plots import overlap_png_name, save_overlap_png
-    from lib.reduce import fit_and_map
+    from lib.reduce import create_projector
 
     started = datetime.now(timezone.utc)
     timings = _Timings()
     pooling_fn(config.pooling)
+    for method in config.projections:  # an unknown name fails before any work
+        create_projector(method)
+    if not config.projections:
+        raise GapscopeError("name at least one projection (--projection umap)")
     prepare = Prepare(crop=config.crop, resize=config.resize)
     backend = choose_backend(config.backend)
 
@@ -124,8 +138,11 @@ def _compute(config: RunConfig, store: RunStore, writer, progress: Progress) -> 
                 seed=config.seed,
             )
         size = check_common_size(list(sets.values()), prepare)
-        for domain, image_set in sets.items():
-            check_enough_points(len(image_set.records), config.umap, domain)
+        if "umap" in config.projections:
+            for domain, image_set in sets.items():
+                check_enough_points(len(image_set.records), config.umap, domain)
+        if "tsne" in config.projections:
+            check_enough_for_tsne(sum(len(s.records) for s in sets.values()), config.tsne)
 
     with timings.stage("model"):
         backbone = create_backbone(
@@ -163,24 +180,35 @@ def _compute(config: RunConfig, store: RunStore, writer, progress: Progress) -> 
     domain_of = np.array([r.domain for _, r in items])
     rows = {d: np.flatnonzero(domain_of == d) for d in DOMAINS}
     with timings.stage("project"):
-        progress.start("project", 2 * len(backbone.levels))
+        steps = sum(1 if PROJECTORS[m].joint else 2 for m in config.projections)
+        progress.start("project", steps * len(backbone.levels))
         frames = []
+        params = {"umap": config.umap, "tsne": config.tsne}
         for level in backbone.levels:
             X = extraction.vectors[level]
-            for fit_on, other in (("real", "synthetic"), ("synthetic", "real")):
-                fitted, mapped = fit_and_map(
-                    X[rows[fit_on]], X[rows[other]], config.umap, backend.name
-                )
-                for domain, coords in ((fit_on, fitted), (other, mapped)):
-                    frames.append(_projection_frame(rows[domain], level, fit_on, coords))
-                if config.plots:
-                    save_overlap_png(
-                        {fit_on: fitted, other: mapped},
-                        level,
-                        fit_on,
-                        writer.path(f"plots/{overlap_png_name(level, fit_on)}"),
-                    )
-                progress.advance("project")
+            for method in config.projections:
+                projector = create_projector(method, params.get(method), backend.name)
+                if projector.joint:  # both domains in one embedding
+                    both = np.concatenate([rows["real"], rows["synthetic"]])
+                    coords = projector.fit(X[both]).embedding_
+                    frames.append(_projection_frame(both, level, method, "both", coords))
+                    progress.advance("project")
+                    continue
+                for fit_on, other in (("real", "synthetic"), ("synthetic", "real")):
+                    projector.fit(X[rows[fit_on]])
+                    fitted, mapped = projector.embedding_, projector.transform(X[rows[other]])
+                    for domain, coords in ((fit_on, fitted), (other, mapped)):
+                        frames.append(
+                            _projection_frame(rows[domain], level, method, fit_on, coords)
+                        )
+                    if config.plots and method == "umap":  # the original tool's 10 PNGs
+                        save_overlap_png(
+                            {fit_on: fitted, other: mapped},
+                            level,
+                            fit_on,
+                            writer.path(f"plots/{overlap_png_name(level, fit_on)}"),
+                        )
+                    progress.advance("project")
         writer.write_table("projections.parquet", pd.concat(frames, ignore_index=True))
 
     with timings.stage("neighbors"):
@@ -212,6 +240,7 @@ def _compute(config: RunConfig, store: RunStore, writer, progress: Progress) -> 
             "device": backend.device,
             "reason": backend.reason,
             "precision": precision,
+            "knn_engine": choose_engine(len(items), backend.device),
         },
         "inputs": [_input_summary(s) for s in sets.values()],
         "skipped": [
@@ -254,18 +283,19 @@ def _gap(vectors: dict[str, np.ndarray], rows: dict[str, np.ndarray], params, ba
     return metrics, pd.concat(frames, ignore_index=True)
 
 
-def _projection_frame(rows: np.ndarray, level: str, fit_on: str, coords: np.ndarray):
+def _projection_frame(rows: np.ndarray, level: str, method: str, fit_on: str, coords):
+    """projections.parquet rows; a 2D embedding (t-SNE) has z = NaN."""
     import pandas as pd
 
     return pd.DataFrame(
         {
             "id": rows.astype(np.int32),
             "level": level,
-            "method": "umap",
+            "method": method,
             "fit_on": fit_on,
             "x": coords[:, 0],
             "y": coords[:, 1],
-            "z": coords[:, 2] if coords.shape[1] > 2 else 0.0,
+            "z": coords[:, 2] if coords.shape[1] > 2 else np.float32(np.nan),
         }
     )
 
@@ -307,7 +337,7 @@ def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("torch", "torchvision", "timm", "umap-learn", "numpy", "cuml"):
+    for pkg in ("torch", "torchvision", "timm", "umap-learn", "faiss-cpu", "numpy", "cuml"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

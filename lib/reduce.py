@@ -1,9 +1,14 @@
-"""Projections: UMAP fitted on one domain and applied to the other.
+"""Projections of feature vectors to 3 (or 2) dimensions for the overlap views.
 
-`UMAPProjector` follows the estimator convention (`fit`, `transform`, `embedding_`) over
-umap-learn on the CPU and cuML on the GPU. The fitted domain's coordinates are the fit's
-own `embedding_` (cuML's `transform` of the training data differs from it), the other
-domain's come from `transform`.
+Every projector follows the estimator convention (`fit`, `embedding_`, `transform`):
+- `umap` (`UMAPProjector`): fitted on one domain, the other mapped in with `transform`
+  (umap-learn on the CPU, cuML on the GPU). The fitted domain's coordinates are the fit's
+  own `embedding_` (cuML's `transform` of the training data differs from it).
+- `pca` (`PCAProjector`): the same, linearly: 3 principal components of one domain.
+- `tsne` (`TSNEProjector`): t-SNE has no faithful out-of-sample map, so it embeds both
+  domains together (`joint`; fit_on "both"), in 2D like the earlier viewer (openTSNE on the
+  CPU, cuML's TSNE on the GPU, which is 2D only).
+`PROJECTORS` names them; `create_projector` builds one for a backend.
 """
 
 from __future__ import annotations
@@ -105,6 +110,8 @@ def _umap_class():
 
 
 class UMAPProjector:
+    joint = False
+
     def __init__(self, params: UMAPParams = UMAPParams(), backend: str = "cpu"):
         self.params = params
         self.backend = backend
@@ -138,3 +145,112 @@ def fit_and_map(
     """Fit on one domain; return (its embedding, the other domain mapped into it)."""
     projector = UMAPProjector(params, backend).fit(fit_on)
     return projector.embedding_, projector.transform(other)
+
+
+@dataclass(frozen=True)
+class PCAParams:
+    n_components: int = 3
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class PCAProjector:
+    """Principal components of the fitted domain (sklearn; fast enough on any backend)."""
+
+    joint = False
+
+    def __init__(self, params: PCAParams = PCAParams(), backend: str = "cpu"):
+        self.params = params
+        self.backend = backend
+
+    def fit(self, X: np.ndarray) -> PCAProjector:
+        from sklearn.decomposition import PCA
+
+        X = np.asarray(X, dtype=np.float32)
+        n = min(self.params.n_components, X.shape[0], X.shape[1])
+        self.model_ = PCA(n_components=n, svd_solver="full").fit(X)
+        self.embedding_ = self.transform(X)
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        out = self.model_.transform(np.asarray(X, dtype=np.float32)).astype(np.float32)
+        if out.shape[1] < self.params.n_components:  # fewer dimensions than components
+            pad = np.zeros((len(out), self.params.n_components - out.shape[1]), np.float32)
+            out = np.hstack([out, pad])
+        return out
+
+
+@dataclass(frozen=True)
+class TSNEParams:
+    """Defaults are the earlier viewer's: 2D, perplexity 30, 1,000 iterations (250 of them
+    early exaggeration), PCA initialisation, learning rate 'auto', seed 42."""
+
+    n_components: int = 2
+    perplexity: float = 30.0
+    n_iter: int = 1000
+    random_state: int = 42
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_enough_for_tsne(n: int, params: TSNEParams) -> None:
+    if n <= 3 * params.perplexity:
+        raise GapscopeError(
+            f"t-SNE: {n} images, but perplexity {params.perplexity:g} needs more than "
+            f"{3 * params.perplexity:g}: add images or lower --perplexity"
+        )
+
+
+class TSNEProjector:
+    """Both domains embedded together; `fit(X).embedding_` only (no `transform`)."""
+
+    joint = True
+
+    def __init__(self, params: TSNEParams = TSNEParams(), backend: str = "cpu"):
+        self.params = params
+        self.backend = backend
+
+    def fit(self, X: np.ndarray) -> TSNEProjector:
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        p = self.params
+        check_enough_for_tsne(len(X), p)
+        if self.backend == "cuml":
+            from cuml.manifold import TSNE
+
+            model = TSNE(n_components=2, perplexity=p.perplexity, random_state=p.random_state)
+            self.embedding_ = np.asarray(model.fit_transform(X), dtype=np.float32)
+        else:
+            import openTSNE
+
+            early = min(250, p.n_iter // 4)
+            model = openTSNE.TSNE(
+                n_components=p.n_components,
+                perplexity=p.perplexity,
+                early_exaggeration_iter=early,
+                n_iter=p.n_iter - early,
+                initialization="pca",
+                learning_rate="auto",
+                # openTSNE's auto: Barnes-Hut below 10,000 points (FFT's fixed cost made a
+                # 300-point fit take 26 s instead of 0.5), FFT above; FFT is 2D only
+                negative_gradient_method="auto" if p.n_components <= 2 else "bh",
+                random_state=p.random_state,
+                n_jobs=1,  # deterministic: openTSNE's threads make it vary run to run
+            )
+            self.embedding_ = np.asarray(model.fit(X), dtype=np.float32)
+        return self
+
+
+PROJECTORS = {"umap": UMAPProjector, "pca": PCAProjector, "tsne": TSNEProjector}
+
+
+def create_projector(name: str, params=None, backend: str = "cpu"):
+    """A projector by name (`PROJECTORS`), with its default parameters unless given."""
+    try:
+        cls = PROJECTORS[name]
+    except KeyError:
+        raise GapscopeError(
+            f"unknown projection {name!r}: choose from {', '.join(PROJECTORS)}"
+        ) from None
+    return cls(params, backend) if params is not None else cls(backend=backend)

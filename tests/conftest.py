@@ -41,9 +41,16 @@ def results_dir(tmp_path_factory) -> Path:
 def published_run(example_dir, results_dir):
     """The batch job run once on the small example, as `make batch` would."""
     from lib.pipeline import RunConfig, run
+    from lib.reduce import TSNEParams
     from lib.store import RunStore
 
-    config = RunConfig(real=example_dir / "real", synthetic=example_dir / "synthetic", k=8)
+    config = RunConfig(
+        real=example_dir / "real",
+        synthetic=example_dir / "synthetic",
+        k=8,
+        projections=("umap", "pca", "tsne"),
+        tsne=TSNEParams(perplexity=15),  # 80 images: t-SNE needs more than 3 × perplexity
+    )
     return run(config, RunStore(results_dir))
 
 

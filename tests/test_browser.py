@@ -130,3 +130,31 @@ def test_gap_report_tab_shows_the_images_to_blame(page):
     text = page.inner_text("body")
     assert "Largest gap at" in text
     assert "realism" in page.inner_text("#least_realistic")
+
+
+POINT_2D = """(skip) => {
+  const gd = document.querySelector('#overlap_plot .js-plotly-plot');
+  const fl = gd && gd._fullLayout;
+  if (!fl || !fl.xaxis || !gd._fullData.length || gd._fullData[0].type !== 'scattergl') return null;
+  const t = gd._fullData[0], r = gd.getBoundingClientRect();
+  const i = t.customdata.findIndex((id) => id !== skip);
+  return [r.left + fl._size.l + fl.xaxis.l2p(t.x[i]), r.top + fl._size.t + fl.yaxis.l2p(t.y[i]),
+          t.customdata[i]];
+}"""
+
+
+def test_the_tsne_projection_is_2d_and_clickable(page):
+    import re
+
+    page.get_by_role("tab", name="Overlap").click()
+    page.get_by_text("t-SNE", exact=True).click()
+    page.wait_for_function(f"() => ({POINT_2D})(-1) !== null", timeout=20_000)
+    page.wait_for_timeout(500)
+    assert "both domains together" in page.inner_text("#overlap_plot")
+    shown = re.search(r"Selected #(\d+)", page.inner_text("body"))
+    x, y, row = page.evaluate(POINT_2D, int(shown.group(1)) if shown else -1)
+    page.mouse.click(x, y)
+    page.wait_for_function(
+        "(row) => document.body.innerText.includes(`Selected #${row} `)", arg=row, timeout=20_000
+    )
+    assert len(gallery_captions(page)) == 8

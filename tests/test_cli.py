@@ -131,6 +131,8 @@ def _nothing_published(results: Path, before: str) -> None:
         ("truncated-checkpoint", ["cannot be read"]),
         ("sizes", ["different sizes", "--crop"]),
         ("d2-retinanet", ["MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbone"]),
+        ("projection", ["isomap", "umap, pca, tsne"]),
+        ("perplexity", ["80 images", "--perplexity"]),
     ],
 )
 def test_bad_input_is_one_line_and_publishes_nothing(
@@ -174,6 +176,10 @@ def test_bad_input_is_one_line_and_publishes_nothing(
 
         model = {"BACKBONE": {"NAME": "build_retinanet_resnet_fpn_backbone"}}
         extra = ["--detectron2-config", write_configs(tmp_path / "cfg", model), "--random-weights"]
+    elif case == "projection":
+        extra = ["--projection", "umap", "--projection", "isomap"]
+    elif case == "perplexity":
+        extra = ["--projection", "tsne", "--perplexity", 50]
     before = os.readlink(store_with_run / "latest")
     result = batch(
         "run", "--real", real, "--synthetic", synthetic, "--results", store_with_run, *extra

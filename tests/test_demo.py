@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from demo import views
+from lib.plots import direction_title
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +79,20 @@ def test_overlap_figure_points_carry_row_ids(published_run):
     assert fig.layout.scene.zaxis.title.text == "UMAP 3"
     by_cat = views.overlap_figure(published_run, "c3", "synthetic", "category")
     assert [t.name for t in by_cat.data] == [str(i) for i in range(10)]
+
+
+def test_every_projection_of_the_run_can_be_shown(published_run):
+    assert views.methods(published_run) == [("UMAP", "umap"), ("PCA", "pca"), ("t-SNE", "tsne")]
+    pca = views.overlap_figure(published_run, "c3", "synthetic", "domain", "pca")
+    assert [t.type for t in pca.data] == ["scatter3d", "scatter3d"]
+    assert pca.layout.scene.xaxis.title.text == "PCA 1"
+    assert pca.layout.title.text == f"c3 · PCA: {direction_title('synthetic')}"
+    tsne = views.overlap_figure(published_run, "c3", "real", "domain", "tsne")
+    assert [t.type for t in tsne.data] == ["scattergl", "scattergl"]  # 2D
+    assert "both domains together" in tsne.layout.title.text
+    assert tsne.layout.xaxis.title.text == "t-SNE 1"
+    ids = np.concatenate([np.asarray(t.customdata) for t in tsne.data])
+    assert sorted(ids) == list(range(len(published_run.images)))  # each image once
 
 
 def test_banner_says_which_run_and_which_weights(published_run):

@@ -48,6 +48,23 @@ def test_cuml_umap_keeps_neighbourhoods_like_umap_learn():
     assert scores["cuml"] > scores["cpu"] - 0.03, scores
 
 
+def test_cuml_tsne_embeds_like_opentsne():
+    """t-SNE on the cuml backend: 2D, every image, neighbourhoods kept about as well."""
+    _cuml_or_skip()
+    from sklearn.datasets import load_digits
+    from sklearn.manifold import trustworthiness
+
+    from lib.reduce import create_projector
+
+    X = load_digits().data.astype(np.float32)[:1500]
+    scores = {}
+    for backend in ("cpu", "cuml"):
+        emb = create_projector("tsne", backend=backend).fit(X).embedding_
+        assert emb.shape == (1500, 2) and np.isfinite(emb).all()
+        scores[backend] = trustworthiness(X, emb, n_neighbors=15)
+    assert scores["cuml"] > scores["cpu"] - 0.03, scores
+
+
 def test_knn_on_the_gpu_equals_the_cpu():
     from lib.neighbors import knn
 

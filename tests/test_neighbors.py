@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from lib.errors import GapscopeError
-from lib.neighbors import knn
+from lib.neighbors import FAISS_FROM, choose_engine, knn
+
+ENGINES = ["torch", "faiss"]  # faiss-cpu is in requirements-dev.txt
 
 
 def brute_force(X: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -40,19 +42,21 @@ def assert_matches_reference(X, k, metric, idx, dist):
     np.testing.assert_array_equal(idx[distinct], ref_idx[:, :k][distinct])
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_knn_matches_brute_force(metric):
+def test_knn_matches_brute_force(metric, engine):
     X = points()
-    idx, dist = knn(X, k=7, metric=metric)
+    idx, dist = knn(X, k=7, metric=metric, engine=engine)
     assert_matches_reference(X, 7, metric, idx, dist)
     assert (np.diff(dist, axis=1) >= 0).all()  # nearest first
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_a_point_is_never_its_own_neighbour(metric):
+def test_a_point_is_never_its_own_neighbour(metric, engine):
     X = points(30, 4, seed=1)
     X[5] = X[6]  # an exact duplicate is a neighbour at distance 0, itself never
-    idx, dist = knn(X, k=29, metric=metric)
+    idx, dist = knn(X, k=29, metric=metric, engine=engine)
     assert not (idx == np.arange(30)[:, None]).any()
     for row in idx:  # every other point appears exactly once
         assert len(set(row.tolist())) == 29
@@ -71,13 +75,37 @@ def test_chunking_gives_the_same_result(metric):
     assert_matches_reference(X, 5, metric, *knn(X, k=5, metric=metric, chunk=7))
 
 
-def test_k_larger_than_the_other_points_is_clipped():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_k_larger_than_the_other_points_is_clipped(engine):
     X = points(6, 3, seed=3)
-    idx, dist = knn(X, k=50, metric="euclidean")
+    idx, dist = knn(X, k=50, metric="euclidean", engine=engine)
     assert idx.shape == dist.shape == (6, 5)
     assert_matches_reference(X, 5, "euclidean", idx, dist)
-    idx, _ = knn(X[:2], k=16)
+    idx, _ = knn(X[:2], k=16, engine=engine)
     assert idx.tolist() == [[1], [0]]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_faiss_and_torch_agree_on_a_large_set(metric):
+    X = np.random.default_rng(6).normal(size=(FAISS_FROM, 32)).astype(np.float32)
+    assert choose_engine(len(X)) == "faiss"  # what auto picks on the CPU at this size
+    fast = knn(X, k=10, metric=metric)
+    slow = knn(X, k=10, metric=metric, engine="torch")
+    assert (fast[0] == slow[0]).mean() > 0.999  # float ties aside
+    np.testing.assert_allclose(fast[1], slow[1], atol=1e-4)
+
+
+def test_engine_choice(monkeypatch):
+    assert choose_engine(FAISS_FROM - 1) == "torch"  # small sets: one path
+    assert choose_engine(10**6, device="cuda") == "torch"
+    with pytest.raises(GapscopeError, match="CPU"):
+        choose_engine(10, device="cuda", engine="faiss")
+    with pytest.raises(GapscopeError, match="unknown kNN engine"):
+        choose_engine(10, engine="annoy")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # no faiss installed
+    assert choose_engine(10**6) == "torch"
+    with pytest.raises(GapscopeError, match="pip install faiss-cpu"):
+        choose_engine(10, engine="faiss")
 
 
 def test_unknown_metric_is_rejected():

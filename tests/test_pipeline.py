@@ -50,9 +50,11 @@ def test_images_table_is_sorted_and_labelled(published_run, example_dir):
     assert dict(zip(images["path"], images["category"], strict=True)) == expected
 
 
-def test_projections_fit_on_one_domain_and_map_the_other(published_run):
+@pytest.mark.parametrize("method", ["umap", "pca"])
+def test_projections_fit_on_one_domain_and_map_the_other(published_run, method):
     proj = published_run.projections
-    assert set(proj["method"]) == {"umap"}
+    assert set(proj["method"]) == {"umap", "pca", "tsne"}
+    proj = proj[proj["method"] == method]
     assert len(proj) == len(LEVELS) * 2 * 2 * N_PER_DOMAIN
     for (level, fit_on), part in proj.groupby(["level", "fit_on"]):
         assert sorted(part["id"]) == list(range(2 * N_PER_DOMAIN)), (level, fit_on)
@@ -61,6 +63,16 @@ def test_projections_fit_on_one_domain_and_map_the_other(published_run):
     a = proj[(proj.level == "c3") & (proj.fit_on == "real")].sort_values("id")
     b = proj[(proj.level == "c3") & (proj.fit_on == "synthetic")].sort_values("id")
     assert not np.allclose(a[["x", "y", "z"]].to_numpy(), b[["x", "y", "z"]].to_numpy())
+
+
+def test_tsne_embeds_both_domains_together_in_2d(published_run):
+    proj = published_run.projections
+    proj = proj[proj["method"] == "tsne"]
+    assert set(proj["fit_on"]) == {"both"}
+    for level, part in proj.groupby("level"):
+        assert sorted(part["id"]) == list(range(2 * N_PER_DOMAIN)), level
+        assert np.isfinite(part[["x", "y"]].to_numpy()).all() and part["z"].isna().all()
+    assert published_run.manifest["config"]["projections"] == ["umap", "pca", "tsne"]
 
 
 def test_neighbours_are_exact_in_feature_space(published_run):

@@ -9,7 +9,7 @@ import pytest
 from sklearn.manifold import trustworthiness
 
 from lib.errors import GapscopeError
-from lib.reduce import UMAPParams, UMAPProjector, _umap_class, fit_and_map
+from lib.reduce import UMAPParams, UMAPProjector, _umap_class, create_projector, fit_and_map
 
 
 def two_blobs(n: int, d: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -66,3 +66,37 @@ def test_umaps_uncached_numba_functions_are_cached_on_disk():
     cached = {p.name.split("-")[0] for p in Path(os.environ["NUMBA_CACHE_DIR"]).rglob("*.nbi")}
     for name in ("umap_.smooth_knn_dist", "utils.fast_knn_indices", "utils.submatrix"):
         assert name in cached, sorted(cached)
+
+
+def test_pca_fits_one_domain_and_maps_the_other():
+    real, labels = two_blobs(300)
+    synthetic, _ = two_blobs(100, seed=2)
+    projector = create_projector("pca").fit(real)
+    assert projector.embedding_.shape == (300, 3) and projector.embedding_.dtype == np.float32
+    np.testing.assert_allclose(projector.transform(real), projector.embedding_, atol=1e-5)
+    # the blobs differ along the diagonal: the first component separates them
+    first = projector.embedding_[:, 0]
+    assert min(first[labels == 0].max(), first[labels == 1].max()) < max(
+        first[labels == 0].min(), first[labels == 1].min()
+    )
+    assert projector.transform(synthetic).shape == (100, 3)
+    narrow = create_projector("pca").fit(real[:, :2])  # 2 features: the third axis is 0
+    assert narrow.embedding_.shape == (300, 3) and (narrow.embedding_[:, 2] == 0).all()
+
+
+def test_tsne_embeds_together_separates_and_repeats():
+    data, labels = two_blobs(300)
+    projector = create_projector("tsne")
+    assert projector.joint
+    emb = projector.fit(data).embedding_
+    assert emb.shape == (300, 2) and emb.dtype == np.float32
+    centre = np.stack([emb[labels == c].mean(0) for c in (0, 1)])
+    assert (np.linalg.norm(emb[:, None] - centre[None], axis=2).argmin(1) == labels).mean() > 0.95
+    assert np.array_equal(create_projector("tsne").fit(data).embedding_, emb)  # seed 42
+
+
+def test_projection_errors_are_one_line():
+    with pytest.raises(GapscopeError, match="choose from umap, pca, tsne"):
+        create_projector("isomap")
+    with pytest.raises(GapscopeError, match="perplexity 30 needs more than 90"):
+        create_projector("tsne").fit(two_blobs(50)[0])
