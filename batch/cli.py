@@ -114,7 +114,10 @@ def run(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
     workers: Annotated[
         int | None,
-        typer.Option(help="Image-decoding processes (default: half the cores, at most 4)."),
+        typer.Option(
+            help="Image-decoding processes (default: CPU half the cores, at most 4; "
+            "GPU all but two, at most 16)."
+        ),
     ] = None,
     precision: Annotated[
         str, typer.Option(help="fp32 | bf16 (autocast) | auto: bf16 on a GPU, fp32 on the CPU.")

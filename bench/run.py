@@ -197,7 +197,7 @@ def bench_extraction(n: int | None = None, side: int = 512) -> dict:
     import torch
 
     from lib.backbones import create_backbone
-    from lib.features import extract, pool
+    from lib.features import default_workers, extract, pool
     from lib.images import Prepare, open_folder
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -255,8 +255,8 @@ def bench_extraction(n: int | None = None, side: int = 512) -> dict:
         f"{device}",
         "plain_fp32_images_per_s": round(n / plain_seconds, 1),
         "optimised_images_per_s": round(n / optimised_seconds, 1),
-        "optimised": f"{precision}, DataLoader workers, pooling on the device"
-        + (", channels_last, pinned memory" if gpu else ""),
+        "optimised": f"{precision}, {default_workers(device)} decoding workers, "
+        "pooling on the device" + (", channels_last, pinned memory" if gpu else ""),
         "speedup": round(plain_seconds / optimised_seconds, 2),
         "target_images_per_s_h100": 1500,
         "median_relative_error_vs_fp32": rel,

@@ -57,7 +57,7 @@ class RunConfig:
     k: int = 16
     metric: str = "cosine"
     batch_size: int = 32
-    workers: int | None = None  # image-decoding processes; None: half the cores, at most 4
+    workers: int | None = None  # image-decoding processes; None: lib.features.default_workers
     precision: str = "auto"  # fp32 | bf16 (autocast) | auto: bf16 on a GPU, fp32 on the CPU
     backend: str = "auto"
     plots: bool = True

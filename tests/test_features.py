@@ -240,3 +240,13 @@ def test_decoding_workers_and_bf16_autocast(tmp_path):
         rel = np.linalg.norm(b - a) / np.linalg.norm(a)  # measured 2.8–4.5 % on digits
         cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         assert 0 < rel < 0.08 and cos.min() > 0.995, (level, rel, cos.min())
+
+
+def test_decoding_workers_follow_the_device(monkeypatch):
+    from lib.features import default_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert default_workers("cpu") == 4  # the model needs the other cores
+    assert default_workers("cuda") == 14  # decoding is what a GPU waits for
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert default_workers("cpu") == 1 and default_workers("cuda:0") == 1
