@@ -79,6 +79,7 @@ def _cache_umap_compilation() -> int:
     return switched
 
 
+@functools.cache
 def _umap_class():
     """umap-learn's UMAP, with its small-data path vectorised.
 
