@@ -54,6 +54,13 @@ def published_run(example_dir, results_dir):
     return run(config, RunStore(results_dir))
 
 
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    """The message of a raised GapscopeError, checked to be the one line users see."""
+    text = str(exc.value)
+    assert text and "\n" not in text, repr(text)
+    return text
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,15 +12,10 @@ import torchvision
 from lib.backbones import available, create_backbone
 from lib.backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from lib.errors import GapscopeError
+from tests.conftest import one_line
 
 LITE0_LEVELS = ("c1", "c2", "c3", "c4", "c5")
 FPN_LEVELS = ("p2", "p3", "p4", "p5", "p6")
-
-
-def one_line(exc: pytest.ExceptionInfo) -> str:
-    text = str(exc.value)
-    assert text and "\n" not in text, repr(text)
-    return text
 
 
 def pixels(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -35,6 +35,7 @@ from lib.caricature import (
     transforms,
 )
 from lib.errors import GapscopeError
+from tests.conftest import one_line
 
 HALF = (0.5, 0.5, 0.5)
 # lucid's transforms are sized for 128-px images; these keep the same shape at 32–48 px
@@ -66,12 +67,6 @@ def smooth_images(n: int, side: int = 48, seed: int = 0) -> np.ndarray:
         ]
         out.append(((np.stack(chans, -1) + 1) / 2 * 255).astype(np.uint8))
     return np.stack(out)
-
-
-def one_line(exc: pytest.ExceptionInfo) -> str:
-    text = str(exc.value)
-    assert text and "\n" not in text, repr(text)
-    return text
 
 
 @pytest.fixture(scope="module")

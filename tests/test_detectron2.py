@@ -24,6 +24,7 @@ import yaml
 
 from lib.backbones.detectron2 import detectron2_backbone, load_config
 from lib.errors import GapscopeError
+from tests.conftest import one_line
 
 LEVELS = ("p2", "p3", "p4", "p5", "p6")
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -108,12 +109,6 @@ class Spec:
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-def one_line(exc: pytest.ExceptionInfo) -> str:
-    text = str(exc.value)
-    assert text and "\n" not in text, repr(text)
-    return text
 
 
 def write_configs(

@@ -11,14 +11,9 @@ from lib.backbones import create_backbone
 from lib.errors import GapscopeError
 from lib.features import POOLINGS, FeatureCache, cache_key, extract, pool
 from lib.images import Prepare, open_array, open_folder
+from tests.conftest import one_line
 
 N_IMAGES = 5
-
-
-def one_line(exc: pytest.ExceptionInfo) -> str:
-    text = str(exc.value)
-    assert text and "\n" not in text, repr(text)
-    return text
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from lib.images import (
     sample_indices,
     thumb_name,
 )
+from tests.conftest import one_line
 
 
 def noise(seed: int, h: int = 32, w: int = 32) -> np.ndarray:
@@ -40,12 +41,6 @@ def truncate(path: Path) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
-
-
-def one_line(exc: pytest.ExceptionInfo) -> str:
-    text = str(exc.value)
-    assert text and "\n" not in text, repr(text)
-    return text
 
 
 # ---- decoding -------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from torch import nn
 from lib.caricature import CaricatureParams, compute, layer_fn, resolve_layer
 from lib.errors import GapscopeError
 from lib.torchscript import ScriptLayerFn, load_torchscript
-from tests.test_caricature import HALF, MILD, one_line, smooth_images, tiny_cnn
+from tests.conftest import one_line
+from tests.test_caricature import HALF, MILD, smooth_images, tiny_cnn
 
 
 def save_script(module: nn.Module, path) -> torch.jit.ScriptModule:
