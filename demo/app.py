@@ -63,12 +63,12 @@ def build_app(results: Path, roots: list[str] | None = None) -> gr.Blocks:
         run = _run(run_id)
         level = views.default_level(run)
         fit_on = views.DIRECTIONS.get(direction, "real")
-        present = [name for _, name in views.methods(run)]
-        method = method if method in present else present[0]
+        methods = views.methods(run)
+        method = method if method in {name for _, name in methods} else methods[0][1]
         return (
             views.banner(run),
             gr.update(choices=run.levels, value=level),
-            gr.update(choices=views.methods(run), value=method),
+            gr.update(choices=methods, value=method),
             views.overlap_figure(run, level, fit_on, color_by, method),
             gr.update(choices=run.levels, value=level),
             *show_report(run_id, level, "auc"),
@@ -102,8 +102,9 @@ def build_app(results: Path, roots: list[str] | None = None) -> gr.Blocks:
         run = _run(run_id)
         if level not in run.levels:
             level = views.default_level(run)
-        if method not in {name for _, name in views.methods(run)}:
-            method = views.methods(run)[0][1]
+        methods = views.methods(run)
+        if method not in {name for _, name in methods}:
+            method = methods[0][1]
         return views.overlap_figure(run, level, views.DIRECTIONS[direction], color_by, method)
 
     def show_caricature_controls(run_id: str):
@@ -163,6 +164,7 @@ def build_app(results: Path, roots: list[str] | None = None) -> gr.Blocks:
             return app
         first = _run(latest or choices[0][1])
         first_level = views.default_level(first)
+        first_methods = views.methods(first)
         # allow_custom_value: runs published after start-up (nightly) are valid choices too.
         run_dd = gr.Dropdown(choices=choices, value=first.id, label="Run", allow_custom_value=True)
         banner = gr.Markdown(views.banner(first), elem_id="banner")
@@ -170,8 +172,8 @@ def build_app(results: Path, roots: list[str] | None = None) -> gr.Blocks:
             with gr.Row():
                 level_dd = level_dropdown("Level", first)
                 method_radio = gr.Radio(
-                    views.methods(first),
-                    value=views.methods(first)[0][1],
+                    first_methods,
+                    value=first_methods[0][1],
                     label="Projection",
                     elem_id="projection",
                 )
@@ -188,7 +190,7 @@ def build_app(results: Path, roots: list[str] | None = None) -> gr.Blocks:
                 with gr.Column(scale=3):
                     plot = gr.Plot(
                         views.overlap_figure(
-                            first, first_level, "real", method=views.methods(first)[0][1]
+                            first, first_level, "real", method=first_methods[0][1]
                         ),
                         elem_id="overlap_plot",
                         label="Overlap (click a point)",

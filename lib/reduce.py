@@ -110,12 +110,20 @@ def _umap_class():
     return VectorisedUMAP
 
 
-class UMAPProjector:
+class _Projector:
+    """What every projector shares: its parameters (the `Params` defaults when none are
+    given), the backend it runs on, and whether it embeds both domains together."""
+
+    Params: type
     joint = False
 
-    def __init__(self, params: UMAPParams = UMAPParams(), backend: str = "cpu"):
-        self.params = params
+    def __init__(self, params=None, backend: str = "cpu"):
+        self.params = params if params is not None else self.Params()
         self.backend = backend
+
+
+class UMAPProjector(_Projector):
+    Params = UMAPParams
 
     def _estimator(self):
         kwargs = self.params.as_dict()
@@ -152,18 +160,11 @@ def fit_and_map(
 class PCAParams:
     n_components: int = 3
 
-    def as_dict(self) -> dict:
-        return asdict(self)
 
-
-class PCAProjector:
+class PCAProjector(_Projector):
     """Principal components of the fitted domain (sklearn; fast enough on any backend)."""
 
-    joint = False
-
-    def __init__(self, params: PCAParams = PCAParams(), backend: str = "cpu"):
-        self.params = params
-        self.backend = backend
+    Params = PCAParams
 
     def fit(self, X: np.ndarray) -> PCAProjector:
         from sklearn.decomposition import PCA
@@ -192,9 +193,6 @@ class TSNEParams:
     n_iter: int = 1000
     random_state: int = 42
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 def check_enough_for_tsne(n: int, params: TSNEParams) -> None:
     if n <= 3 * params.perplexity:
@@ -204,14 +202,11 @@ def check_enough_for_tsne(n: int, params: TSNEParams) -> None:
         )
 
 
-class TSNEProjector:
+class TSNEProjector(_Projector):
     """Both domains embedded together; `fit(X).embedding_` only (no `transform`)."""
 
+    Params = TSNEParams
     joint = True
-
-    def __init__(self, params: TSNEParams = TSNEParams(), backend: str = "cpu"):
-        self.params = params
-        self.backend = backend
 
     def fit(self, X: np.ndarray) -> TSNEProjector:
         X = np.ascontiguousarray(X, dtype=np.float32)
@@ -254,4 +249,4 @@ def create_projector(name: str, params=None, backend: str = "cpu"):
         raise GapscopeError(
             f"unknown projection {name!r}: choose from {', '.join(PROJECTORS)}"
         ) from None
-    return cls(params, backend) if params is not None else cls(backend=backend)
+    return cls(params, backend)

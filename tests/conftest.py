@@ -37,21 +37,28 @@ def results_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("results")
 
 
-@pytest.fixture(scope="session")
-def published_run(example_dir, results_dir):
-    """The batch job run once on the small example, as `make batch` would."""
-    from lib.pipeline import RunConfig, run
+def example_config(example_dir: Path):
+    """The session's batch settings. Runs published into the shared results folder use
+    them, so whichever is latest, the demo shows every projection."""
+    from lib.pipeline import RunConfig
     from lib.reduce import TSNEParams
-    from lib.store import RunStore
 
-    config = RunConfig(
+    return RunConfig(
         real=example_dir / "real",
         synthetic=example_dir / "synthetic",
         k=8,
         projections=("umap", "pca", "tsne"),
         tsne=TSNEParams(perplexity=15),  # 80 images: t-SNE needs more than 3 × perplexity
     )
-    return run(config, RunStore(results_dir))
+
+
+@pytest.fixture(scope="session")
+def published_run(example_dir, results_dir):
+    """The batch job run once on the small example, as `make batch` would."""
+    from lib.pipeline import run
+    from lib.store import RunStore
+
+    return run(example_config(example_dir), RunStore(results_dir))
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:

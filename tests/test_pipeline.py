@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from lib.plots import overlap_png_name
-from tests.conftest import N_PER_DOMAIN
+from tests.conftest import N_PER_DOMAIN, example_config
 
 pytestmark = pytest.mark.slow
 LEVELS = ["c1", "c2", "c3", "c4", "c5"]
@@ -97,11 +97,10 @@ def test_real_neighbours_of_digits_share_their_category(published_run):
 
 
 def test_second_run_resumes_from_the_feature_cache(published_run, example_dir, results_dir):
-    from lib.pipeline import RunConfig, run
+    from lib.pipeline import run
     from lib.store import RunStore
 
-    config = RunConfig(real=example_dir / "real", synthetic=example_dir / "synthetic", k=8)
-    second = run(config, RunStore(results_dir))
+    second = run(example_config(example_dir), RunStore(results_dir))
     assert second.manifest["cached_images"] == 2 * N_PER_DOMAIN
     assert second.id != published_run.id
     assert (results_dir / "latest").resolve() == second.dir.resolve()
