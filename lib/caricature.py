@@ -277,10 +277,10 @@ class LayerFn:
 
 def layer_fn(model: torch.nn.Module, layers: str | Sequence[str], levels: Sequence[str] = ()):
     """A `LayerFn` for one layer name or several (dotted, underscored or levels); for a
-    TorchScript module, which refuses hooks, a `lib.torchscript.ScriptLayerFn`."""
+    TorchScript module, which refuses hooks, a `lib.backbones.torchscript.ScriptLayerFn`."""
     names = [layers] if isinstance(layers, str) else list(layers)
     if isinstance(model, torch.jit.ScriptModule):
-        from lib.torchscript import ScriptLayerFn
+        from lib.backbones.torchscript import ScriptLayerFn
 
         return ScriptLayerFn(model, [resolve_layer(model, name) for name in names])
     return LayerFn(model, names, levels)

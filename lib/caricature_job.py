@@ -72,7 +72,7 @@ def load_model(text: str, mean=None, std=None) -> LoadedModel:
         if ckpt is None:
             raise GapscopeError(f"model {name}: {arch} needs a file ({name}={arch}:PATH)")
         if arch == "torchscript":
-            from lib.torchscript import load_torchscript
+            from lib.backbones.torchscript import load_torchscript
 
             net = load_torchscript(ckpt)
         else:

@@ -13,7 +13,7 @@ from torch import nn
 
 from lib.caricature import CaricatureParams, compute, layer_fn, resolve_layer
 from lib.errors import GapscopeError
-from lib.torchscript import ScriptLayerFn, load_torchscript
+from lib.backbones.torchscript import ScriptLayerFn, load_torchscript
 from tests.conftest import one_line
 from tests.test_caricature import HALF, MILD, smooth_images, tiny_cnn
 
