@@ -43,14 +43,19 @@ def load_torchscript(path: Path) -> torch.jit.ScriptModule:
             warnings.simplefilter("ignore")  # "torch.jit.load is deprecated": we know
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError, ValueError, zipfile errors...
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise GapscopeError(
-            f"{path} is not a TorchScript file saved with torch.jit.save ({reason}); "
+            f"{path} is not a TorchScript file saved with torch.jit.save ({_first_line(exc)}); "
             "for a state dict write NAME=ARCH:CHECKPOINT"
         ) from None
     if not isinstance(module, torch.jit.ScriptModule):
         raise GapscopeError(f"{path} holds a TorchScript function, not a module with layers")
     return module.eval()
+
+
+def _first_line(exc: Exception) -> str:
+    """An exception's first line, short enough for a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:120] if text else type(exc).__name__
 
 
 def module_path(node: torch._C.Node) -> str:
@@ -64,20 +69,24 @@ def _output_of(nodes: list, layer: str) -> torch._C.Value:
 
     An inlined call is a contiguous run of nodes inside the layer's path; what it returns
     is what those nodes make and others use. Constants are pooled across the graph, so
-    they neither count nor break a run.
+    they neither count nor break a run. A call inside an if or a loop that the layer does
+    not own lives in a nested block: when it is the last call, a hook would keep a value
+    the graph cannot hand out, so that is an error rather than an earlier call's value.
     """
 
     def inside(node) -> bool:
         path = module_path(node)
         return path == layer or path.startswith(layer + ".")
 
-    calls: list[list] = []
+    calls: list[list | torch._C.Node] = []
     previous_inside = False
     for node in nodes:
         if node.kind() == "prim::Constant":
             continue
         now_inside = inside(node)
-        if now_inside and not previous_inside:
+        if not now_inside and _runs_in_blocks(node, inside):
+            calls.append(node)  # the if/loop node that holds this call
+        elif now_inside and not previous_inside:
             calls.append([])
         if now_inside:
             calls[-1].extend(
@@ -86,10 +95,16 @@ def _output_of(nodes: list, layer: str) -> torch._C.Value:
                 if any(not inside(use.user) for use in value.uses())
             )
         previous_inside = now_inside
+    if calls and isinstance(calls[-1], torch._C.Node):
+        holder = module_path(calls[-1])
+        instead = f", such as {holder!r}, which holds it" if holder else ""
+        raise GapscopeError(
+            f"layer {layer!r} runs inside an if or a loop of the TorchScript model's forward, "
+            f"where its output cannot be read: choose a layer outside that control flow{instead}"
+        )
     if not calls or not calls[-1]:
         raise GapscopeError(
-            f"layer {layer!r} never runs in the TorchScript model's forward (or only inside "
-            "control flow): choose another layer"
+            f"layer {layer!r} never runs in the TorchScript model's forward: choose another layer"
         )
     returned = calls[-1]
     if len(returned) != 1 or not returned[0].type().isSubtypeOf(torch._C.TensorType.get()):
@@ -99,6 +114,29 @@ def _output_of(nodes: list, layer: str) -> torch._C.Value:
             "outputs a feature map"
         )
     return returned[0]
+
+
+def _runs_in_blocks(node: torch._C.Node, inside) -> bool:
+    """Whether any node nested in `node`'s blocks (an if's branches, a loop's body) is inside."""
+    return any(
+        (inner.kind() != "prim::Constant" and inside(inner)) or _runs_in_blocks(inner, inside)
+        for block in node.blocks()
+        for inner in block.nodes()
+    )
+
+
+def _state_name(graph: torch._C.Graph) -> str:
+    """The dotted attribute (``norm.mean``) that the first remaining use of ``self`` reaches.
+
+    Freezing folds every attribute into a constant except those forward changes (a counter,
+    a buffer updated in place), so any use of ``self`` left is such state.
+    """
+    names, uses = [], list(graph.inputs())[0].uses()
+    while uses and uses[0].user.kind() in ("prim::GetAttr", "prim::SetAttr"):
+        node = uses[0].user
+        names.append(node.s("name"))
+        uses = node.output().uses() if node.kind() == "prim::GetAttr" else []
+    return repr(".".join(names)) if names else "an attribute"
 
 
 class ScriptLayerFn:
@@ -115,6 +153,12 @@ class ScriptLayerFn:
         model.eval()  # freezing bakes the mode in
         try:
             frozen = torch._C._freeze_module(model._c)
+        except RuntimeError as exc:  # e.g. a submodule picked from a ModuleList at run time
+            reason = _first_line(exc)
+            raise GapscopeError(
+                f"cannot freeze the TorchScript model to read its layers ({reason}): save it "
+                "with torch.jit.trace, or script a forward that calls fixed submodules"
+            ) from None
         finally:
             model.train(was_training)
         graph = frozen._get_method("forward").graph.copy()
@@ -135,8 +179,12 @@ class ScriptLayerFn:
         packed.output().setType(torch._C.TupleType([torch._C.TensorType.get()] * len(clones)))
         graph.registerOutput(packed.output())
         torch._C._jit_pass_dce(graph)
-        if list(graph.inputs())[0].uses():  # a frozen module reads nothing from self
-            raise GapscopeError("the TorchScript model reads module state at run time")
+        if list(graph.inputs())[0].uses():  # state forward changes: values depend on past calls
+            raise GapscopeError(
+                f"the TorchScript model's forward changes its own state ({_state_name(graph)}:"
+                " a counter, running statistics, a cache), so its layers depend on earlier calls:"
+                " save a version whose forward does not update it"
+            )
         graph.eraseInput(0)
         self._fn = torch._C._create_function_from_graph("gapscope_layers", graph)
 
