@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,16 +133,6 @@ def _stack(batch: list[np.ndarray]):
     return torch.from_numpy(np.stack(batch))
 
 
-def default_workers(device: str = "cpu") -> int:
-    """Decoding processes beside the model. On the CPU the model needs the cores too: half
-    of them, at most 4. On a GPU decoding is the bottleneck (one core decodes and resizes
-    ~150 JPEGs/s at 512 px; the GPU takes over 1,000/s): every core but two, at most 16."""
-    cores = os.cpu_count() or 1
-    if device.startswith("cuda"):
-        return max(1, min(16, cores - 2))
-    return min(4, cores // 2)
-
-
 def extract(
     backbone: Backbone,
     items: Sequence[tuple[ImageSet, ImageRecord]],
@@ -153,13 +142,14 @@ def extract(
     cache: FeatureCache | None = None,
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
-    workers: int | None = None,
+    workers: int = 0,
     precision: str = "fp32",
 ) -> Extraction:
     """Pooled vectors for every (image set, record), in order, per level.
 
-    Images are decoded by `workers` DataLoader processes (pinned memory on a GPU) while
-    the model runs; pooling happens on the device, so only pooled vectors cross to the host.
+    Images are decoded by `workers` DataLoader processes (pinned memory on a GPU; how many
+    is lib.backend's choice) while the model runs; pooling happens on the device, so only
+    pooled vectors cross to the host.
     """
     from torch.utils.data import DataLoader
 
@@ -183,7 +173,6 @@ def extract(
         import torch
 
         backbone.module.to(memory_format=torch.channels_last)
-    workers = default_workers(device) if workers is None else workers
     loader = DataLoader(
         _Pixels(items, todo, prepare),
         batch_size=batch_size,

@@ -238,7 +238,7 @@ def test_decoding_workers_and_bf16_autocast(tmp_path):
 
 
 def test_decoding_workers_follow_the_device(monkeypatch):
-    from lib.features import default_workers
+    from lib.backend import default_workers
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert default_workers("cpu") == 4  # the model needs the other cores
