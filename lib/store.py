@@ -5,8 +5,25 @@
       latest -> runs/<run-id> switched with an atomic rename, only after success
       cache/                  pooled features by image hash (see lib.features)
 
-A run is written under `runs/.partial-<run-id>/` and renamed into place when complete,
-so readers only ever see whole runs and a failed run publishes nothing.
+This module is the only one that knows the names of a run's files. Writers and readers
+go through typed methods per artefact (`RunWriter.features`, `Run.neighbors`, ...):
+
+    manifest.json                 config, versions, backend, timings; `schema` (SCHEMA)
+    images.parquet                one row per image
+    features/<level>.npy          float32 (N, D)
+    projections.parquet           id, level, method, fit_on, x, y, z
+    neighbors/<level>.npy         int32 (N, k) row indices, nearest first
+    neighbors/<level>.distances.npy  float32 (N, k)
+    scores.parquet                per image and level: p_synthetic, realism, covered, cluster
+    metrics.json                  gap metrics per level, one record shape (lib.gap.records)
+    plots/<name>.png              static overlap plots
+    thumbs/<name>                 thumbnails (named in images.parquet's `thumb` column)
+    caricatures/manifest.json, caricatures/inputs/<image>.png, caricatures/<item png/npy>
+
+`with store.writing() as writer:` writes a run under `runs/.partial-<run-id>/`, renames it
+into place and switches `latest` when the block succeeds, and removes it when the block
+(or publishing) fails, so readers only ever see whole runs and a failed run publishes
+nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +33,8 @@ import logging
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -28,6 +47,20 @@ from lib.errors import GapscopeError
 log = logging.getLogger(__name__)
 
 PARTIAL = ".partial-"
+# The run's schema, in manifest.json. 2: metrics.json holds one record shape for every
+# metric (lib.gap.records, which reads schema 1 by upgrading it). Runs without one are 1.
+SCHEMA = 2
+
+MANIFEST = "manifest.json"
+IMAGES = "images.parquet"
+PROJECTIONS = "projections.parquet"
+SCORES = "scores.parquet"
+METRICS = "metrics.json"
+FEATURES = "features"
+NEIGHBORS = "neighbors"
+PLOTS = "plots"
+THUMBS = "thumbs"
+CARICATURES = "caricatures"
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -35,16 +68,25 @@ def new_run_id(now: datetime | None = None) -> str:
     return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
+def _features_file(level: str) -> str:
+    return f"{FEATURES}/{level}.npy"
+
+
+def _neighbor_files(level: str) -> tuple[str, str]:
+    return f"{NEIGHBORS}/{level}.npy", f"{NEIGHBORS}/{level}.distances.npy"
+
+
 class RunWriter:
-    """Writes one run's files into its partial directory."""
+    """Writes one run's files into its partial directory, one method per artefact."""
 
     def __init__(self, store: RunStore, run_id: str):
         self.store = store
         self.id = run_id
         self.dir = store.runs_dir / f"{PARTIAL}{run_id}"
         self.dir.mkdir(parents=True)
+        self.published: Run | None = None  # set by RunStore.publish
 
-    def path(self, rel: str) -> Path:
+    def _path(self, rel: str) -> Path:
         """Where to write `rel`. An existing file there is unlinked first: in a derived run
         it is a hard link shared with a published run, which must never change."""
         path = self.dir / rel
@@ -53,14 +95,63 @@ class RunWriter:
             path.unlink()
         return path
 
-    def write_json(self, rel: str, obj) -> None:
-        self.path(rel).write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    def _json(self, rel: str, obj) -> None:
+        self._path(rel).write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
 
-    def write_array(self, rel: str, array: np.ndarray) -> None:
-        np.save(self.path(rel), array)
+    def _array(self, rel: str, array: np.ndarray) -> None:
+        np.save(self._path(rel), array)
 
-    def write_table(self, rel: str, frame) -> None:
-        frame.to_parquet(self.path(rel), index=False)
+    def _table(self, rel: str, frame) -> None:
+        frame.to_parquet(self._path(rel), index=False)
+
+    def manifest(self, manifest: dict) -> None:
+        self._json(MANIFEST, {**manifest, "run_id": self.id, "schema": SCHEMA})
+
+    def images(self, frame) -> None:
+        self._table(IMAGES, frame)
+
+    def features(self, level: str, vectors: np.ndarray) -> None:
+        self._array(_features_file(level), np.asarray(vectors, dtype=np.float32))
+
+    def projections(self, frame) -> None:
+        self._table(PROJECTIONS, frame)
+
+    def neighbors(self, level: str, indices: np.ndarray, distances: np.ndarray) -> None:
+        idx_file, dist_file = _neighbor_files(level)
+        self._array(idx_file, np.asarray(indices, dtype=np.int32))
+        self._array(dist_file, np.asarray(distances, dtype=np.float32))
+
+    def scores(self, frame) -> None:
+        self._table(SCORES, frame)
+
+    def metrics(self, metrics: dict) -> None:
+        self._json(METRICS, metrics)
+
+    def plot(self, name: str) -> Path:
+        """Where to save the static plot `name` (a file name ending in .png)."""
+        return self._path(f"{PLOTS}/{name}")
+
+    @property
+    def thumbs_dir(self) -> Path:
+        path = self.dir / THUMBS
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def new_caricatures_dir(self) -> Path:
+        """An empty folder for caricature images, each named in the caricature manifest.
+        What a derived run linked from its base is removed first: a new caricature set
+        replaces the old one, and writing never reaches a file a published run shares."""
+        path = self.dir / CARICATURES
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
+    def caricature_input(self, image: str) -> Path:
+        return self._path(f"{CARICATURES}/inputs/{image}.png")
+
+    def caricature_manifest(self, manifest: dict) -> None:
+        self._json(f"{CARICATURES}/{MANIFEST}", manifest)
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -81,8 +172,26 @@ class RunStore:
         self.latest_link = self.root / "latest"
         self.cache_dir = self.root / "cache"
 
+    @contextmanager
+    def writing(self, derive_from: Run | None = None) -> Iterator[RunWriter]:
+        """A new run (a copy of `derive_from` when given), published when the block ends
+        without error and discarded otherwise; `writer.published` is the published Run."""
+        writer = self.derive(derive_from) if derive_from is not None else self.begin()
+        try:
+            yield writer
+            self.publish(writer)
+        finally:
+            if writer.published is None:
+                writer.discard()
+
     def begin(self) -> RunWriter:
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GapscopeError(
+                f"cannot create the run store {self.root} ({exc.strerror}): pass --results "
+                "a folder you can write to"
+            ) from None
         return RunWriter(self, new_run_id())
 
     def derive(self, base: Run) -> RunWriter:
@@ -92,7 +201,7 @@ class RunStore:
         for src in base.dir.rglob("*"):
             if src.is_dir():
                 continue
-            dst = writer.path(str(src.relative_to(base.dir)))
+            dst = writer._path(str(src.relative_to(base.dir)))
             try:
                 os.link(src, dst)
             except OSError:  # another file system, or no hard links: copy
@@ -100,22 +209,30 @@ class RunStore:
         return writer
 
     def publish(self, writer: RunWriter) -> Run:
-        """Move a finished run into place, then point `latest` at it atomically."""
+        """Move a finished run into place, then point `latest` at it atomically. If the
+        switch fails the run is taken out again: `latest` names the previous run, which
+        stays whole, and nothing half-published is listed."""
         final = self.runs_dir / writer.id
         os.replace(writer.dir, final)
         tmp_link = self.root / f".latest-{writer.id}"
-        tmp_link.unlink(missing_ok=True)
-        tmp_link.symlink_to(Path("runs") / writer.id)
-        os.replace(tmp_link, self.latest_link)
+        try:
+            tmp_link.unlink(missing_ok=True)
+            tmp_link.symlink_to(Path("runs") / writer.id)
+            os.replace(tmp_link, self.latest_link)
+        except BaseException:
+            tmp_link.unlink(missing_ok=True)
+            os.replace(final, writer.dir)  # back to partial, for the caller to discard
+            raise
         _fsync_dir(self.root)
         log.info("published run %s", writer.id)
-        return Run(final)
+        writer.published = Run(final)
+        return writer.published
 
     def latest_id(self) -> str | None:
         if not self.latest_link.is_symlink() and not self.latest_link.exists():
             return None
         target = Path(os.readlink(self.latest_link)).name
-        return target if (self.runs_dir / target / "manifest.json").is_file() else None
+        return target if (self.runs_dir / target / MANIFEST).is_file() else None
 
     def run_ids(self) -> list[str]:
         """Published runs, newest first."""
@@ -124,7 +241,7 @@ class RunStore:
         ids = [
             p.name
             for p in self.runs_dir.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and (p / "manifest.json").is_file()
+            if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
         ]
         return sorted(ids, reverse=True)
 
@@ -162,7 +279,11 @@ class Run:
 
     @cached_property
     def manifest(self) -> dict:
-        return json.loads((self.dir / "manifest.json").read_text())
+        return json.loads((self.dir / MANIFEST).read_text())
+
+    @property
+    def schema(self) -> int:
+        return int(self.manifest.get("schema", 1))
 
     @property
     def levels(self) -> list[str]:
@@ -172,47 +293,49 @@ class Run:
     def images(self):
         import pandas as pd
 
-        return pd.read_parquet(self.dir / "images.parquet")
+        return pd.read_parquet(self.dir / IMAGES)
 
     @cached_property
     def projections(self):
         import pandas as pd
 
-        return pd.read_parquet(self.dir / "projections.parquet")
+        return pd.read_parquet(self.dir / PROJECTIONS)
 
     @cached_property
     def metrics(self) -> dict | None:
-        """Gap metrics per level (None for runs made before gapscope measured the gap)."""
-        path = self.dir / "metrics.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        """Gap metrics per level in the current record shape (runs of schema 1 are
+        upgraded as they are read); None for runs made before gapscope measured the gap."""
+        path = self.dir / METRICS
+        if not path.is_file():
+            return None
+        from lib.gap.records import upgrade
+
+        return upgrade(json.loads(path.read_text()))
 
     @cached_property
     def scores(self):
-        """Per-image gap scores: id, level, p_synthetic, realism, covered."""
+        """Per-image gap scores: id, level, p_synthetic, realism, covered, cluster."""
         import pandas as pd
 
-        path = self.dir / "scores.parquet"
+        path = self.dir / SCORES
         return pd.read_parquet(path) if path.is_file() else None
 
-    @cached_property
-    def caricatures(self) -> dict | None:
-        """caricatures/manifest.json: settings and one item per (model, layer, image)."""
-        path = self.dir / "caricatures" / "manifest.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
     def features(self, level: str) -> np.ndarray:
-        return np.load(self.dir / "features" / f"{level}.npy", mmap_mode="r")
+        return np.load(self.dir / _features_file(level), mmap_mode="r")
 
     def neighbors(self, level: str) -> tuple[np.ndarray, np.ndarray]:
         """(N, k) int32 row indices and float32 distances, nearest first."""
-        base = self.dir / "neighbors"
+        idx_file, dist_file = _neighbor_files(level)
         return (
-            np.load(base / f"{level}.npy", mmap_mode="r"),
-            np.load(base / f"{level}.distances.npy", mmap_mode="r"),
+            np.load(self.dir / idx_file, mmap_mode="r"),
+            np.load(self.dir / dist_file, mmap_mode="r"),
         )
 
+    def plots(self) -> list[Path]:
+        return sorted((self.dir / PLOTS).glob("*.png"))
+
     def thumb(self, row: int) -> Path:
-        return self.dir / "thumbs" / self.images.iloc[row]["thumb"]
+        return self.dir / THUMBS / self.images.iloc[row]["thumb"]
 
     def image_file(self, row: int) -> Path:
         """The original file when the image came from a folder, else its thumbnail."""
@@ -223,3 +346,16 @@ class Run:
         """Folders this run's images came from: the only places outside the run the demo
         may serve files from."""
         return [Path(d["source"]) for d in self.manifest["inputs"] if d["kind"] == "folder"]
+
+    @cached_property
+    def caricatures(self) -> dict | None:
+        """caricatures/manifest.json: settings and one item per (model, layer, image)."""
+        path = self.dir / CARICATURES / MANIFEST
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def caricature_file(self, name: str) -> Path:
+        """A caricature image or array named in the caricature manifest."""
+        return self.dir / CARICATURES / name
+
+    def caricature_input(self, image: str) -> Path:
+        return self.dir / CARICATURES / "inputs" / f"{image}.png"

@@ -40,11 +40,10 @@ def write_run(writer, n: int = 4, seed: int = 0) -> dict:
         "inputs": [{"kind": "folder", "source": "/data"}, {"kind": "array", "source": "x"}],
     }
     for lv in LEVELS:
-        writer.write_array(f"features/{lv}.npy", features[lv])
-        writer.write_array(f"neighbors/{lv}.npy", neighbors[lv][0])
-        writer.write_array(f"neighbors/{lv}.distances.npy", neighbors[lv][1])
-    writer.write_table("images.parquet", images)
-    writer.write_json("manifest.json", manifest)
+        writer.features(lv, features[lv])
+        writer.neighbors(lv, *neighbors[lv])
+    writer.images(images)
+    writer.manifest(manifest)
     return {"features": features, "neighbors": neighbors, "images": images}
 
 
@@ -183,14 +182,105 @@ def test_a_derived_run_shares_files_and_leaves_the_base_untouched(tmp_path):
 
     store = RunStore(tmp_path)
     first = store.begin()
-    first.write_json("manifest.json", {"run_id": first.id, "n": 1})
-    first.write_array("features/c1.npy", np.arange(6, dtype=np.float32).reshape(2, 3))
+    first.manifest({"n": 1})
+    first.features("c1", np.arange(6, dtype=np.float32).reshape(2, 3))
     base = store.publish(first)
     derived = store.derive(base)
-    derived.write_json("manifest.json", {"run_id": derived.id, "n": 2})  # replaces the link
-    (derived.path("caricatures/x.txt")).write_text("new")
+    derived.manifest({"n": 2})  # replaces the link
+    derived.caricature_manifest({"items": []})
     new = store.publish(derived)
     assert store.latest_id() == new.id != base.id
     np.testing.assert_array_equal(new.features("c1"), base.features("c1"))
     assert base.manifest["n"] == 1 and new.manifest["n"] == 2
     assert not (base.dir / "caricatures").exists()
+
+
+# ---- publishing that fails -------------------------------------------------------------
+
+
+def published_store(tmp_path) -> tuple[RunStore, str]:
+    store = RunStore(tmp_path)
+    with store.writing() as writer:
+        write_run(writer)
+    return store, writer.id
+
+
+def test_writing_publishes_on_success_and_discards_on_error(tmp_path):
+    store, first = published_store(tmp_path)
+    assert store.latest_id() == first and store.run_ids() == [first]
+    with pytest.raises(RuntimeError, match="stage failed"):
+        with store.writing() as writer:
+            write_run(writer, seed=1)
+            raise RuntimeError("stage failed")
+    assert writer.published is None and not writer.dir.exists()
+    assert store.latest_id() == first and visible(store) == [first]
+
+
+@pytest.mark.parametrize("step", ["rename the run", "switch latest"])
+def test_a_failure_while_publishing_leaves_the_previous_run_served(tmp_path, monkeypatch, step):
+    """os.replace fails once, on moving the run into place or on the `latest` switch:
+    `latest` names the old complete run, nothing of the new one is listed or left."""
+    store, first = published_store(tmp_path)
+    real_replace = os.replace
+    calls = []
+
+    def failing(src, dst):
+        calls.append(dst)
+        is_latest = str(dst).endswith("latest")
+        if is_latest == (step == "switch latest") and len(calls) == (2 if is_latest else 1):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError):
+        with store.writing() as writer:
+            write_run(writer, seed=1)
+    assert store.latest_id() == first and store.open().id == first
+    assert store.run_ids() == [first] and visible(store) == [first]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".latest")]
+
+
+def test_latest_is_never_missing_while_it_is_switched(tmp_path, monkeypatch):
+    """The new link is made beside `latest` and renamed over it: a failure while making
+    it leaves the old `latest` in place (removing `latest` first would not)."""
+    from pathlib import Path
+
+    store, first = published_store(tmp_path)
+    real_symlink = Path.symlink_to
+
+    def failing(self, target, *args, **kwargs):
+        if self.name.startswith(".latest") or self.name == "latest":
+            raise OSError(28, "No space left on device")
+        return real_symlink(self, target, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "symlink_to", failing)
+    with pytest.raises(OSError):
+        with store.writing() as writer:
+            write_run(writer, seed=1)
+    assert store.latest_link.is_symlink() and store.latest_id() == first
+    assert store.run_ids() == [first]
+
+
+def test_runs_say_their_schema_and_the_first_schema_still_opens():
+    """A run written before metrics had one record shape (tests/fixtures/schema1, made by
+    the code of that time) reads as the current schema."""
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "schema1"
+    run = RunStore(fixture).open(RunStore(fixture).run_ids()[0])
+    assert run.schema == 1
+    raw = __import__("json").loads((run.dir / "metrics.json").read_text())
+    c3, old = run.metrics["levels"]["c3"], raw["levels"]["c3"]
+    assert run.metrics["schema"] == 2 and set(c3["metrics"]) >= {
+        "fd", "fd_inf", "kid", "auc", "precision", "recall", "density", "coverage", "mixing",
+        "realism",
+    }  # fmt: skip
+    assert c3["metrics"]["precision"] == {
+        "value": old["precision"], "ci95": old["precision_ci95"], "n": 20,
+    }  # fmt: skip
+    assert c3["metrics"]["auc"]["value"] == old["classifier"]["auc"]
+    assert c3["metrics"]["kid"]["value"] == old["kid"]["mean"]
+    assert c3["metrics"]["kid"]["std"] == old["kid"]["std"]
+    assert c3["metrics"]["fd"]["ci95"] == old["fd"]["ci95"]
+    assert c3["metrics"]["realism"]["value"] == old["realism"]["median"]
+    assert c3["clusters"] == old["clusters"]
