@@ -67,6 +67,29 @@ def knn(
     return _knn_torch(X, k, metric, device, chunk, col_chunk)
 
 
+def distance_blocks(x: np.ndarray, y: np.ndarray, device: str = "cpu", chunk: int = 2048):
+    """Yield (start, euclidean distances of rows start.. of x to every row of y) as float32
+    tensors on `device`, `chunk` rows of x at a time, so no len(x) × len(y) matrix is
+    ever held: what the gap metrics' ball tests need beside the k-NN tables."""
+    import torch
+
+    xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)
+    yt = torch.as_tensor(np.ascontiguousarray(y, dtype=np.float32), device=device)
+    yy = (yt * yt).sum(1)
+    for s in range(0, len(xt), chunk):
+        xb = xt[s : s + chunk]
+        d2 = (xb * xb).sum(1)[:, None] - 2.0 * xb @ yt.T + yy[None, :]
+        yield s, d2.clamp_min_(0).sqrt_()
+
+
+def nearest_in(queries: np.ndarray, base: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """Index of each query's nearest row of `base` (euclidean), in bounded memory."""
+    out = np.empty(len(queries), dtype=np.int64)
+    for s, d in distance_blocks(queries, base, device):
+        out[s : s + len(d)] = d.argmin(dim=1).cpu().numpy()
+    return out
+
+
 def _knn_faiss(X: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
     import faiss
 

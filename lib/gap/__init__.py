@@ -1,0 +1,236 @@
+"""Domain-gap metrics per feature level, and the per-image scores that explain them.
+
+Everything takes two arrays of pooled vectors, `real` (n_r, d) and `fake` (n_s, d) —
+"fake" is the synthetic domain, named as in the metrics' papers.
+
+- Fréchet distance (FID's formula on these features) at equal N for both domains, with a
+  half-sampling interval, and FD∞ (Chong & Forsyth 2020): `lib.gap.frechet`.
+- KID: unbiased MMD² with the kernel (xᵀy/d + 1)³ over random subsets: `lib.gap.kid`.
+- Precision, recall, density, coverage (Naeem et al. 2020), the realism score per
+  synthetic image (Kynkäänniemi et al. 2019, the plain distance ratio, not its square),
+  coverage per real image and neighbour mixing: `lib.gap.prdc`.
+- Classifier two-sample test: cross-validated AUC of a logistic-regression domain
+  classifier, with out-of-fold probabilities per image: `lib.gap.classifier`.
+- HDBSCAN clusters of both domains, one-domain clusters flagged: `lib.gap.clusters`.
+
+Every metric is written as one record shape (`lib.gap.records`). KID and the
+distance-based metrics depend on feature scale, so they run on features standardised with
+the real domain's mean and std; FD uses raw features.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lib.errors import GapscopeError
+from lib.gap.classifier import classifier_test
+from lib.gap.clusters import cluster_table, domain_clusters
+from lib.gap.frechet import (
+    fd_infinity,
+    fd_interval,
+    frechet_distance,
+    frechet_from_stats,
+    gaussian_stats,
+    sample,
+)
+from lib.gap.kid import kid, mmd2_unbiased
+from lib.gap.prdc import PRDC, kth_neighbour_radii, mixing, neighbourhoods, prdc
+from lib.gap.records import record, wilson
+from lib.params import param
+
+if TYPE_CHECKING:
+    from lib.backend import Backend
+
+
+@dataclass(frozen=True)
+class GapParams:
+    k: int = param(
+        5,
+        "Neighbours for precision/recall/density/coverage, realism and "
+        "mixing (Naeem et al.'s default).",
+        flag="--gap-k",
+    )
+    kid_subsets: int = param(100, "KID: random subsets (torchmetrics' default).")
+    kid_subset_size: int = param(1000, "KID: images per subset and domain.")
+    fd_inf_sizes: int = 8  # subset sizes for the FD∞ fit, from N/4 to N
+    resamples: int = param(
+        200, "Resamples for the FD half-sampling interval and the classifier AUC bootstrap."
+    )
+    folds: int = param(5, "Cross-validation folds of the domain classifier.")
+    min_cluster_size: int = param(20, "HDBSCAN min_cluster_size (the atlas tool's).")
+    cluster_dims: int = 10  # principal components HDBSCAN runs on
+    cluster_max: int = 8000  # on the CPU, HDBSCAN fits a sample this large (see clusters)
+    classifier_max: int = 5000  # per domain: larger domains are subsampled for the classifier
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LevelGap:
+    metrics: dict  # JSON-ready: n, dim, metrics (one record each), clusters, seconds
+    realism: np.ndarray  # per synthetic image
+    p_synthetic: np.ndarray  # per image (real rows then synthetic rows), out-of-fold
+    covered: np.ndarray  # per real image
+    clusters: np.ndarray  # per image (real rows, then synthetic), −1 = noise
+    seconds: dict = field(default_factory=dict)
+
+
+def standardise(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both domains scaled with the real domain's mean and std per dimension."""
+    mu = real.mean(axis=0)
+    sd = real.std(axis=0)
+    sd[sd < 1e-12] = 1.0
+    return (real - mu) / sd, (fake - mu) / sd
+
+
+class _Seconds(dict):
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        self[name] = time.perf_counter() - t
+
+
+def level_gap(
+    real: np.ndarray,
+    fake: np.ndarray,
+    params: GapParams = GapParams(),
+    backend: Backend | None = None,
+) -> LevelGap:
+    """Every metric for one level, with intervals and sample sizes."""
+    from lib.backend import cpu_backend
+
+    backend = backend or cpu_backend()
+    rng = np.random.default_rng(params.seed)
+    real = np.asarray(real, dtype=np.float64)
+    fake = np.asarray(fake, dtype=np.float64)
+    if min(len(real), len(fake)) <= params.k + 1:
+        raise GapscopeError(f"gap metrics need more than {params.k + 1} images per domain")
+    seconds = _Seconds()
+    with seconds("fd"):
+        records = _frechet_records(real, fake, params, rng)
+    zr, zf = standardise(real, fake)
+    with seconds("kid"):
+        records["kid"] = _kid_record(kid(zr, zf, params.kid_subsets, params.kid_subset_size, rng))
+    with seconds("neighbours"):
+        p, mix = _ball_metrics(zr, zf, params.k, backend)
+    records.update(_ball_records(p, mix, params.k, len(real) + len(fake)))
+    with seconds("classifier"):
+        clf = classifier_test(zr, zf, params.folds, params.classifier_max, rng, params.resamples)
+    records["auc"] = _auc_record(clf)
+    with seconds("clusters"):
+        labels, table = domain_clusters(
+            zr, zf, params.min_cluster_size, params.cluster_dims,
+            implementation=backend.clustering, seed=params.seed, max_points=params.cluster_max,
+        )  # fmt: skip
+    fitted_on = (
+        len(labels) if backend.clustering == "cuml" else min(len(labels), params.cluster_max)
+    )
+    metrics = {
+        "n": {"real": len(real), "synthetic": len(fake)},
+        "dim": int(real.shape[1]),
+        "metrics": records,
+        "clusters": _cluster_summary(labels, table, fitted_on),
+        "seconds": {name: round(s, 3) for name, s in seconds.items()},
+    }
+    return LevelGap(
+        metrics=metrics,
+        realism=p.realism,
+        p_synthetic=np.r_[clf["p_synthetic_real"], clf["p_synthetic_fake"]],
+        covered=p.covered,
+        clusters=labels,
+        seconds=dict(seconds),
+    )
+
+
+def _frechet_records(real, fake, params: GapParams, rng) -> dict:
+    """FD at equal N (the larger domain subsampled) with its interval, and FD∞."""
+    n = min(len(real), len(fake))
+    r_eq, f_eq = sample(real, n, rng), sample(fake, n, rng)
+    fd = frechet_distance(r_eq, f_eq)
+    ci = fd_interval(r_eq, f_eq, fd, params.resamples, rng)
+    inf = fd_infinity(real, fake, params.fd_inf_sizes, rng)
+    return {
+        "fd": record(fd, ci, n, method="half-sampling", resamples=params.resamples),
+        "fd_inf": record(inf.pop("value"), None, max(inf["sizes"]), **inf),
+    }
+
+
+def _kid_record(k: dict) -> dict:
+    return record(
+        k["mean"], None, k["subset_size"], std=k["std"], subsets=k["subsets"],
+        subset_size=k["subset_size"], reduced=k["reduced"],
+    )  # fmt: skip
+
+
+def _auc_record(clf: dict) -> dict:
+    return record(
+        clf["auc"], clf["ci95"], sum(clf["n"]), accuracy=clf["accuracy"], folds=clf["folds"],
+        n_real=clf["n"][0], n_synthetic=clf["n"][1],
+    )  # fmt: skip
+
+
+def _ball_metrics(zr: np.ndarray, zf: np.ndarray, k: int, backend: Backend):
+    hoods = neighbourhoods(zr, zf, k, backend.device, backend.knn_engine)
+    p = prdc(zr, zf, k, radii=(hoods.real_radii, hoods.fake_radii), device=backend.device)
+    is_fake = np.r_[np.zeros(len(zr), bool), np.ones(len(zf), bool)]
+    return p, mixing(hoods.joint, is_fake)
+
+
+def _ball_records(p: PRDC, mix: dict, k: int, n: int) -> dict:
+    from lib.gap.records import mean_ci
+
+    n_real, n_fake = len(p.covered), len(p.realism)
+    return {
+        "precision": record(p.precision, wilson(int((p.fake_in_real > 0).sum()), n_fake), n_fake),
+        "recall": record(p.recall, wilson(int(p.recalled.sum()), n_real), n_real),
+        "density": record(p.density, mean_ci(p.fake_in_real / k), n_fake),
+        "coverage": record(p.coverage, wilson(int(p.covered.sum()), n_real), n_real),
+        "mixing": record(mix.pop("value"), mix.pop("ci95"), n, **mix),
+        "realism": record(np.median(p.realism), None, n_fake,
+                          share_inside=float((p.realism >= 1).mean())),
+    }  # fmt: skip
+
+
+def _cluster_summary(labels: np.ndarray, table: list[dict], fitted_on: int) -> dict:
+    return {
+        "n": len(table),
+        "fitted_on": fitted_on,
+        "noise": int((labels < 0).sum()),
+        "real_only": sum(c["kind"] == "real-only" for c in table),
+        "synthetic_only": sum(c["kind"] == "synthetic-only" for c in table),
+        "table": table,
+    }
+
+
+NOTES = {
+    "records": "every metric is {value, ci95, n, ...}: n counts what the value was computed "
+    "over (images per domain for fd, subset size for kid, images for the rest)",
+    "standardised": "KID, PRDC, realism, mixing and the classifier use features standardised "
+    "with the real domain's per-dimension mean and std; FD uses raw features",
+    "fd": "Fréchet distance at equal N (the larger domain subsampled); biased by ~1/N, "
+    "so compare runs at equal N or use fd_inf. Its ci95 is a half-sampling interval for the "
+    "FD expected at this N (always contains the estimate); fd_inf has none",
+    "kid": "mean ± std over random subsets (no ci95: the subsets overlap)",
+    "proportions": "precision, recall and coverage intervals are Wilson score intervals",
+    "realism": "Kynkäänniemi et al. 2019 realism score, plain distance ratio (not squared); "
+    ">= 1 means inside the real manifold; value is the median over synthetic images",
+    "mixing": "share of k nearest neighbours from the other domain / share under perfect mixing",
+    "clusters": "HDBSCAN on the first principal components of both domains' standardised "
+    "features; a cluster with >= 90% of one domain is real-only or synthetic-only",
+}
+
+__all__ = [
+    "GapParams", "LevelGap", "NOTES", "PRDC", "classifier_test", "cluster_table",
+    "domain_clusters", "fd_infinity", "fd_interval", "frechet_distance", "frechet_from_stats",
+    "gaussian_stats", "kid", "kth_neighbour_radii", "level_gap", "mixing", "mmd2_unbiased",
+    "neighbourhoods", "prdc", "standardise",
+]  # fmt: skip
