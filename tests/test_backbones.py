@@ -10,7 +10,6 @@ import torch
 import torchvision
 
 from lib.backbones import available, create_backbone
-from lib.backbones.base import IMAGENET_MEAN, IMAGENET_STD
 from lib.errors import GapscopeError
 from tests.conftest import one_line
 
@@ -140,11 +139,17 @@ def test_preprocess_applies_mean_and_std(lite0):
     torch.testing.assert_close(x[0, :, 0, 0], torch.ones(3))
     torch.testing.assert_close(x[0, :, 1, 1], -torch.ones(3))
 
-    imagenet = dataclasses.replace(lite0, pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD)
+
+def test_resnet50_fpn_normalises_with_imagenets_statistics():
+    """torchvision's detection models' numbers, written out here (not read from gapscope)."""
+    fpn = create_backbone("resnet50-fpn", random_weights=True)
+    mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+    assert fpn.pixel_mean == pytest.approx(mean) and fpn.pixel_std == pytest.approx(std)
+    assert fpn.input_format == "RGB"
+    img = np.zeros((1, 2, 2, 3), dtype=np.uint8)
     img[0, 1, 1] = (100, 150, 200)
-    got = imagenet.preprocess(img)[0, :, 1, 1]
-    rgb = (100, 150, 200)
-    want = [(v - m) / s for v, m, s in zip(rgb, IMAGENET_MEAN, IMAGENET_STD, strict=True)]
+    got = fpn.preprocess(img)[0, :, 1, 1]
+    want = [(100 - 123.675) / 58.395, (150 - 116.28) / 57.12, (200 - 103.53) / 57.375]
     torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float32))
 
 
@@ -275,12 +280,31 @@ def test_random_weights_are_labelled():
 
 def test_unknown_backbone_lists_the_choices():
     with pytest.raises(GapscopeError) as exc:
-        create_backbone("vgg16")
+        create_backbone("resnet9000")
     text = one_line(exc)
-    assert "vgg16" in text
+    assert "resnet9000" in text and "any torchvision classifier" in text
     for name in available():
         assert name in text
     assert "efficientnet-lite0" in available() and "resnet50-fpn" in available()
+
+
+def test_a_classifier_without_levels_is_for_caricatures_only(tmp_path, example_dir):
+    """Any torchvision classifier loads by name (caricatures read its layers), but a run
+    needs feature levels and says so before any work."""
+    from lib.pipeline import RunConfig, run
+    from lib.store import RunStore
+
+    with pytest.raises(GapscopeError) as exc:
+        create_backbone("vgg11")
+    assert "vgg11 needs a checkpoint" in one_line(exc)
+    vgg = create_backbone("vgg11", random_weights=True)
+    assert vgg.levels == () and "features.0" in dict(vgg.module.named_modules())
+    config = RunConfig(example_dir / "real", example_dir / "synthetic", backbone="vgg11",
+                       random_weights=True)  # fmt: skip
+    with pytest.raises(GapscopeError) as exc:
+        run(config, RunStore(tmp_path))
+    assert "no feature levels" in one_line(exc)
+    assert not (tmp_path / "latest").exists() and not list((tmp_path / "runs").iterdir())
 
 
 # ---- resnet stages ----------------------------------------------------------------------

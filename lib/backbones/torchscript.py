@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lib.backbones.base import Backbone, file_sha256
+from lib.backbones.registry import register_backbone
 from lib.errors import GapscopeError
 
 # One entry of Node.getModuleHierarchy(): "name(Type)". SELF marks a method of the
@@ -50,6 +52,27 @@ def load_torchscript(path: Path) -> torch.jit.ScriptModule:
     if not isinstance(module, torch.jit.ScriptModule):
         raise GapscopeError(f"{path} holds a TorchScript function, not a module with layers")
     return module.eval()
+
+
+@register_backbone(
+    "torchscript",
+    "a TorchScript file (torchscript:model.pt): every module is a layer; caricatures only",
+    own_normalisation=False,
+)
+def torchscript_backbone(checkpoint=None, random_weights: bool = False) -> Backbone:
+    """A TorchScript archive as a model without feature levels: its layers are read from
+    the graph (ScriptLayerFn) by caricatures and listed by `batch layers`."""
+    if checkpoint is None:
+        raise GapscopeError("torchscript needs a file: torchscript:model.pt")
+    if random_weights:
+        raise GapscopeError("a TorchScript file is its own weights: drop --random-weights")
+    return Backbone(
+        name="torchscript",
+        module=load_torchscript(checkpoint),
+        levels=(),
+        weights=f"{checkpoint} (sha256 {file_sha256(checkpoint)[:12]})",
+        info={"architecture": "TorchScript"},
+    )
 
 
 def _first_line(exc: Exception) -> str:

@@ -6,6 +6,8 @@
   RPN and ROI heads are ignored).
 - `resnet50` (and 18/34/101): a classification network whose levels are its stages
   layer1..layer4; the classifier head may have any size (it is ignored).
+- any other torchvision classifier (`vgg16`, `convnext_tiny`, ...) with a checkpoint: no
+  feature levels, but every module is a layer for caricatures (`batch layers vgg16`).
 """
 
 from __future__ import annotations
@@ -16,18 +18,21 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops import FrozenBatchNorm2d
 
 from lib.backbones.base import Backbone, file_sha256, load_into, load_state_dict
+from lib.backbones.registry import Entry, register_backbone, register_family
 from lib.errors import GapscopeError
 
 FPN_LEVELS = ("p2", "p3", "p4", "p5", "p6")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 DETECTOR_HEADS = ("rpn.", "roi_heads.")
+CLASSIFIER_HEADS = ("fc.", "classifier.")  # a head of any size: users retrain it
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
 def _weights(checkpoint, random_weights: bool, name: str) -> tuple[dict | None, str]:
     if checkpoint is None and not random_weights:
         raise GapscopeError(
-            f"{name} needs --checkpoint PATH (a state dict), or --random-weights to use "
-            "untrained weights on purpose"
+            f"{name} needs a checkpoint (--checkpoint PATH, or {name}:PATH as a model spec), "
+            "or --random-weights to use untrained weights on purpose"
         )
     if checkpoint is None:
         return None, "RANDOM WEIGHTS (asked for with --random-weights)"
@@ -45,6 +50,11 @@ class FPNLevels(torch.nn.Module):
         return dict(zip(FPN_LEVELS, self.body(x).values(), strict=True))
 
 
+@register_backbone(
+    "resnet50-fpn",
+    "torchvision Faster R-CNN ResNet-50-FPN backbone (needs a checkpoint); levels p2..p6",
+    own_normalisation=False,
+)
 def resnet50_fpn(checkpoint=None, random_weights: bool = False) -> Backbone:
     state, weights = _weights(checkpoint, random_weights, "resnet50-fpn")
     fpn = resnet_fpn_backbone(
@@ -67,24 +77,62 @@ def resnet50_fpn(checkpoint=None, random_weights: bool = False) -> Backbone:
     )
 
 
+def _classifier(arch: str, checkpoint, random_weights: bool):
+    """(torchvision classifier with the checkpoint's weights, what they are, untrained?)."""
+    state, weights = _weights(checkpoint, random_weights, arch)
+    net = getattr(torchvision.models, arch)(weights=None)
+    if state is not None:
+        load_into(net, state, str(checkpoint), ignore_prefixes=CLASSIFIER_HEADS)
+    return net.eval(), weights, state is None
+
+
 def resnet_stages(arch: str):
     """A factory for a torchvision ResNet whose levels are its four stages."""
 
     def factory(checkpoint=None, random_weights: bool = False) -> Backbone:
         from torchvision.models.feature_extraction import create_feature_extractor
 
-        state, weights = _weights(checkpoint, random_weights, arch)
-        net = getattr(torchvision.models, arch)(weights=None)
-        if state is not None:
-            load_into(net, state, str(checkpoint), ignore_prefixes=("fc.",))
-        body = create_feature_extractor(net, return_nodes={s: s for s in STAGES})
+        net, weights, untrained = _classifier(arch, checkpoint, random_weights)
+        # the head runs too (it costs nothing), so every layer of the classifier is a layer
+        # of the backbone: caricatures and `batch layers` see the whole network
+        nodes = {**{s: s for s in STAGES}, "fc": "logits"}
         return Backbone(
             name=arch,
-            module=body.eval(),  # already returns {stage: map}
+            module=create_feature_extractor(net, return_nodes=nodes).eval(),
             levels=STAGES,
             weights=weights,
-            random_weights=state is None,
+            random_weights=untrained,
             info={"strides": [4, 8, 16, 32], "architecture": f"torchvision {arch}"},
         )
 
     return factory
+
+
+for _arch in RESNETS:
+    register_backbone(
+        _arch, f"torchvision {_arch} classifier; levels layer1..layer4", own_normalisation=False
+    )(resnet_stages(_arch))
+
+
+def classifier(arch: str):
+    """A factory for any torchvision classifier: no levels, every module a layer."""
+
+    def factory(checkpoint=None, random_weights: bool = False) -> Backbone:
+        net, weights, untrained = _classifier(arch, checkpoint, random_weights)
+        return Backbone(
+            name=arch, module=net, levels=(), weights=weights, random_weights=untrained,
+            info={"architecture": f"torchvision {arch}"},
+        )  # fmt: skip
+
+    return factory
+
+
+def _is_classifier(arch: str) -> bool:
+    return arch in torchvision.models.list_models(module=torchvision.models)
+
+
+register_family(
+    "any torchvision classifier with a checkpoint (vgg16:model.pth; caricatures only)",
+    _is_classifier,
+    lambda arch: Entry(arch, classifier(arch), f"torchvision {arch}", own_normalisation=False),
+)
