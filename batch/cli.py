@@ -12,7 +12,10 @@ from typing import Annotated
 
 import typer
 
+from batch.options import options_from
+from lib.caricature_job import CaricatureJob
 from lib.errors import GapscopeError
+from lib.pipeline import RunConfig
 
 app = typer.Typer(
     help="gapscope batch runner: compare how a model sees real and synthetic images.",
@@ -42,132 +45,21 @@ def _stderr():
     return Console(stderr=True)
 
 
-class RichProgress:
-    """lib.pipeline's Progress, drawn as rich progress bars."""
-
-    LABELS = {
-        "extract": "extracting features",
-        "project": "projections",
-        "gap": "gap metrics per level",
-    }
-
-    def __init__(self, bar):
-        self.bar = bar
-        self.tasks = {}
-
-    def start(self, name: str, total: int) -> None:
-        self.tasks[name] = self.bar.add_task(self.LABELS.get(name, name), total=total)
-
-    def advance(self, name: str, n: int = 1) -> None:
-        self.bar.advance(self.tasks[name], n)
-
-
 @app.command()
+@options_from(RunConfig)
 def run(
-    real: Annotated[Path, typer.Option(help="Folder of real images, or a .npy (N,H,W,3).")],
-    synthetic: Annotated[Path, typer.Option(help="Folder of synthetic images, or a .npy.")],
+    config: RunConfig,
     results: ResultsOpt = RESULTS,
-    backbone: Annotated[
-        str | None,
-        typer.Option(
-            help="Architecture (see `backbones`). Default: resnet50-fpn with "
-            "--checkpoint, else efficientnet-lite0 with its packaged ImageNet weights."
-        ),
-    ] = None,
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="State dict for the backbone (.pth, weights_only).")
-    ] = None,
-    detectron2_config: Annotated[
-        Path | None,
-        typer.Option(
-            help="A detectron2 config .yaml (with _BASE_ files beside it): use that detector's "
-            "FPN levels p2..p6, with --checkpoint model_final.pth or a model-zoo .pkl."
-        ),
-    ] = None,
-    random_weights: Annotated[
-        bool, typer.Option(help="Use untrained weights on purpose (said loudly everywhere).")
-    ] = False,
-    pooling: Annotated[str, typer.Option(help="gap | channel-sum | channel-mean")] = "gap",
-    crop: Annotated[
-        int | None, typer.Option(help="Centre crop N×N, padding smaller images.")
-    ] = None,
-    resize: Annotated[
-        int | None, typer.Option(help="Shorter side to N, then centre crop N×N.")
-    ] = None,
-    sample: Annotated[int | None, typer.Option(help="Use a random N images per domain.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for --sample.")] = 0,
-    projection: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--projection",
-            help="Repeatable: umap (default; fit on one domain, map the other), pca (the "
-            "same, linear), tsne (both domains together, 2D).",
-        ),
-    ] = None,
-    n_neighbors: Annotated[int, typer.Option(help="UMAP n_neighbors.")] = 15,
-    min_dist: Annotated[float, typer.Option(help="UMAP min_dist.")] = 0.1,
-    umap_metric: Annotated[str, typer.Option(help="UMAP metric.")] = "euclidean",
-    umap_seed: Annotated[int, typer.Option(help="UMAP random_state.")] = 42,
-    perplexity: Annotated[float, typer.Option(help="t-SNE perplexity.")] = 30.0,
-    k: Annotated[int, typer.Option("--k", help="Nearest neighbours per image.")] = 16,
-    metric: Annotated[str, typer.Option(help="Neighbour distance: cosine | euclidean.")] = "cosine",
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            help="Image-decoding processes (default: CPU half the cores, at most 4; "
-            "GPU all but two, at most 16)."
-        ),
-    ] = None,
-    precision: Annotated[
-        str, typer.Option(help="fp32 | bf16 (autocast) | auto: bf16 on a GPU, fp32 on the CPU.")
-    ] = "auto",
-    backend: Annotated[str, typer.Option(help="auto | cuml | cpu")] = "auto",
-    plots: Annotated[bool, typer.Option(help="Write the static 3D PNGs.")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every stage.")] = False,
 ) -> None:
-    """Compute features, projections and neighbours for two domains; publish a run."""
+    """Compute features, projections, neighbours and the gap for two domains; publish a run."""
     _setup_logging(verbose)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from lib.pipeline import RunConfig
+    from batch.progress import progress_for_terminal
     from lib.pipeline import run as run_pipeline
-    from lib.reduce import TSNEParams, UMAPParams
     from lib.store import RunStore
 
-    config = RunConfig(
-        real=real,
-        synthetic=synthetic,
-        backbone=backbone,
-        checkpoint=checkpoint,
-        detectron2_config=detectron2_config,
-        random_weights=random_weights,
-        pooling=pooling,
-        crop=crop,
-        resize=resize,
-        sample=sample,
-        seed=seed,
-        projections=tuple(dict.fromkeys(projection or ["umap"])),
-        umap=UMAPParams(
-            n_neighbors=n_neighbors, min_dist=min_dist, metric=umap_metric, random_state=umap_seed
-        ),
-        tsne=TSNEParams(perplexity=perplexity),
-        k=k,
-        metric=metric,
-        batch_size=batch_size,
-        workers=workers,
-        precision=precision,
-        backend=backend,
-        plots=plots,
-    )
-    columns = (
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=_stderr(), transient=False) as bar:
-        published = run_pipeline(config, RunStore(results), RichProgress(bar))
+    with progress_for_terminal(_stderr()) as progress:
+        published = run_pipeline(config, RunStore(results), progress)
     m = published.manifest
     typer.echo(f"published run {published.id} in {published.dir}")
     counts = ", ".join(f"{n} {d}" for d, n in m["counts"].items())
@@ -177,7 +69,7 @@ def run(
         for s in m["skipped"][:5]:
             typer.echo(f"    {s['path']}: {s['reason']}")
     if m["padded"]:
-        typer.echo(f"  {m['padded']} images were smaller than --crop {crop} and were padded")
+        typer.echo(f"  {m['padded']} images were smaller than --crop {config.crop} and were padded")
     typer.echo(f"  timings (s): {m['timings_s']}")
 
 
@@ -203,78 +95,20 @@ def example(
     )
 
 
-def _floats3(text: str | None, flag: str) -> tuple[float, float, float] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3:
-        raise GapscopeError(f"{flag} takes three comma-separated numbers, e.g. 0.5,0.5,0.5")
-    return values
-
-
 @app.command()
+@options_from(CaricatureJob)
 def caricature(
-    model: Annotated[
-        list[str],
-        typer.Option(
-            "--model",
-            help="NAME=ARCH[:CHECKPOINT], repeatable: a torchvision classifier with its state "
-            "dict (resnet50:syn.pth), a TorchScript file (torchscript:model.pt), a gapscope "
-            "backbone (efficientnet-lite0) or detectron2:model_final.pth@config.yaml.",
-        ),
-    ],
-    layer: Annotated[
-        list[str],
-        typer.Option(
-            "--layer",
-            help="Layer, repeatable: dotted (layer3.2.conv2), underscore "
-            "(layer3_2_conv2) or a level (p4, c3). See `layers`.",
-        ),
-    ],
-    image: Annotated[
-        list[Path] | None,
-        typer.Option("--image", help="Input image file, repeatable. Default: from the run."),
-    ] = None,
-    from_run: Annotated[
-        int, typer.Option(help="Without --image: this many of the run's images, half per domain.")
-    ] = 4,
+    job: CaricatureJob,
     results: ResultsOpt = RESULTS,
-    run_id: Annotated[str | None, typer.Option("--run", help="Base run (default: latest).")] = None,
-    size: Annotated[int, typer.Option(help="Caricature side in pixels.")] = 128,
-    input_size: Annotated[int, typer.Option(help="Model input side in pixels.")] = 224,
-    steps: Annotated[
-        int | None, typer.Option(help="Adam steps (default: 512; 1024 for layer4*).")
-    ] = None,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.05,
-    cossim_pow: Annotated[
-        float, typer.Option(help="Objective: dot × cosine**this (0: the original's dot only).")
-    ] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed (same seed, same caricatures on CPU).")] = 0,
-    mean: Annotated[
-        str | None,
-        typer.Option(
-            help="Normalisation mean for torchvision and TorchScript models, e.g. 0.5,0.5,0.5",
-        ),
-    ] = None,
-    std: Annotated[str | None, typer.Option(help="Normalisation std, e.g. 0.5,0.5,0.5")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Caricatures (feature visualisations) for every model × layer × image, in a new run."""
     _setup_logging(verbose)
     from rich.progress import Progress
 
-    from lib.caricature_job import CaricatureJob, run_caricatures
+    from lib.caricature_job import run_caricatures
     from lib.store import RunStore
 
-    job = CaricatureJob(
-        models=model, layers=layer, images=image or [], from_run=from_run, run_id=run_id,
-        size=size, input_size=input_size, steps=steps, lr=lr, cossim_pow=cossim_pow, seed=seed,
-        mean=_floats3(mean, "--mean"), std=_floats3(std, "--std"), device=device,
-    )  # fmt: skip
     with Progress(console=_stderr()) as bar:
         tasks = {}
 
@@ -297,7 +131,7 @@ def caricature(
 
 @app.command()
 def layers(
-    model: Annotated[str, typer.Argument(help="ARCH[:CHECKPOINT] or NAME=ARCH[:CHECKPOINT]")],
+    model: Annotated[str, typer.Argument(help="ARCH[:CHECKPOINT][@CONFIG], NAME= optional")],
 ) -> None:
     """List the layer names `caricature --layer` accepts for a model."""
     _setup_logging(False)
@@ -326,11 +160,16 @@ def runs(results: ResultsOpt = RESULTS) -> None:
 
 @app.command()
 def backbones() -> None:
-    """List the backbone architectures `run --backbone` accepts."""
-    from lib.backbones import DEFAULT, available
+    """List the architectures `run --backbone` and `caricature --model` accept."""
+    from lib.backbones import DEFAULT, available, lookup
+    from lib.backbones.registry import families
 
     for name in available():
-        typer.echo(f"{name}{'  (default)' if name == DEFAULT else ''}")
+        entry = lookup(name)
+        default = "  (default)" if name == DEFAULT else ""
+        typer.echo(f"{name:<20} {entry.description}{default}")
+    for family in families():
+        typer.echo(f"{'...':<20} {family}")
 
 
 def main() -> None:

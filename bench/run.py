@@ -54,20 +54,24 @@ def _levels(n: int, d: int, levels: int, seed: int = 0):
 
 
 def bench_gap(n: int = 10_000, d: int = 256, levels: int = 5) -> dict:
-    """All gap metrics for `levels` levels of n + n vectors (issue target: < 60 s on 2 cores)."""
+    """All gap metrics for `levels` levels of n + n vectors (issue target: < 60 s on 2 cores),
+    where a run of that size would compute them (lib.backend's choice)."""
+    from lib.backend import choose_backend
     from lib.gap import GapParams, level_gap
 
+    backend = choose_backend("auto", n_images=2 * n)
     per_level, parts = {}, {}
     t0 = time.perf_counter()
     for name, real, fake in _levels(n, d, levels):
         t = time.perf_counter()
-        result = level_gap(real, fake, GapParams())
+        result = level_gap(real, fake, GapParams(), backend)
         per_level[name] = round(time.perf_counter() - t, 2)
         for key, value in result.seconds.items():
             parts[key] = round(parts.get(key, 0.0) + value, 2)
     total = time.perf_counter() - t0
     return {
-        "what": f"all gap metrics, {levels} levels of {n} real + {n} synthetic × {d}",
+        "what": f"all gap metrics, {levels} levels of {n} real + {n} synthetic × {d}, "
+        f"torch on {backend.device}, kNN {backend.knn_engine}",
         "seconds": round(total, 2),
         "target_seconds": 60,
         "ratio_to_target": round(total / 60, 3),
@@ -199,14 +203,15 @@ def bench_extraction(n: int | None = None, side: int = 512) -> dict:
     import torch
 
     from lib.backbones import create_backbone
-    from lib.features import default_workers, extract, pool
+    from lib.backend import choose_backend
+    from lib.features import extract, pool
     from lib.images import Prepare, open_folder
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    backend = choose_backend("auto")  # what a run picks: device, precision, decoding workers
+    device, precision = backend.device, backend.precision
     gpu = device == "cuda"
     n = n or (4096 if gpu else 24)
     batch_size = 64 if gpu else 8
-    precision = "bf16" if gpu else "fp32"  # what a run's --precision auto picks
     with tempfile.TemporaryDirectory() as tmp:
         _write_photos(Path(tmp) / "images", n)
         prepare = Prepare(resize=side)
@@ -229,7 +234,7 @@ def bench_extraction(n: int | None = None, side: int = 512) -> dict:
             items = [(images, r) for r in recs]
             return extract(
                 backbone, items, prepare, batch_size=batch_size, device=device,
-                precision=precision,
+                precision=precision, workers=backend.workers,
             ).vectors  # fmt: skip
 
         plain(records[:batch_size])  # warm-up: kernels, allocator, cuDNN's algorithm search
@@ -257,7 +262,7 @@ def bench_extraction(n: int | None = None, side: int = 512) -> dict:
         f"{device}",
         "plain_fp32_images_per_s": round(n / plain_seconds, 1),
         "optimised_images_per_s": round(n / optimised_seconds, 1),
-        "optimised": f"{precision}, {default_workers(device)} decoding workers, "
+        "optimised": f"{precision}, {backend.workers} decoding workers, "
         "pooling on the device" + (", channels_last, pinned memory" if gpu else ""),
         "speedup": round(plain_seconds / optimised_seconds, 2),
         "target_images_per_s_h100": 1500,
@@ -292,16 +297,27 @@ def bench_caricature() -> dict:
     compute(model, layers[0], images[:1], half, half, params, device=device)  # warm-up
 
     def one_at_a_time():
-        for layer in layers:
-            for i in range(n_images):
-                compute(model, layer, images[i : i + 1], half, half, params, device=device)
+        results = [
+            compute(model, layer, images[i : i + 1], half, half, params, device=device)
+            for layer in layers
+            for i in range(n_images)
+        ]
+        return np.stack([r.images[0] for r in results]), np.r_[[r.cosine[0] for r in results]]
 
     def batched():
-        compute(model, layers, images, half, half, params, device=device)
+        result = compute(model, layers, images, half, half, params, device=device)
+        return result.images, result.cosine
 
-    loop_seconds = _timed(one_at_a_time)
-    batch_seconds = _timed(batched)
+    t = time.perf_counter()
+    looped = one_at_a_time()
+    loop_seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    together = batched()
+    batch_seconds = time.perf_counter() - t
     items = len(layers) * n_images
+    # the same caricatures either way (batch items are layer-major, like the loop), up to
+    # batched kernels' rounding, which Adam's normalised steps carry into the images
+    pixels = np.abs(looped[0] - together[0])
     return {
         "what": f"{arch} (random weights), {n_images} images × {len(layers)} layers, "
         f"{size}² → {input_size}², {steps} steps, {device}",
@@ -311,6 +327,11 @@ def bench_caricature() -> dict:
         "batched_per_minute": round(items / batch_seconds * 60, 1),
         "batched_per_minute_at_512_steps": round(items / batch_seconds * 60 * steps / 512, 2),
         "speedup": round(loop_seconds / batch_seconds, 2),
+        "batched_vs_one_at_a_time": {
+            "mean_abs_pixel_difference": float(pixels.mean()),
+            "max_abs_pixel_difference": float(pixels.max()),
+            "max_cosine_difference": float(np.abs(looped[1] - together[1]).max()),
+        },
     }
 
 

@@ -1,35 +1,28 @@
-"""One batch run, end to end: images → features → projections, neighbours, plots → run.
+"""One batch run, as stages: scan → extract → project → neighbours → gap → plots → publish.
 
-`run(config, store)` is what `python -m batch run` calls. It writes into a partial run
-directory and publishes only when every stage succeeded; on any error the partial
-directory is removed and the previously published run stays served.
+`run(config, store)` is what `python -m batch run` calls. Each stage is a function with
+typed inputs and outputs; `run` chains them inside `store.writing()`, which publishes the
+run when every stage succeeded and removes it on any error, so the previously published
+run stays served.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from lib.errors import GapscopeError
 from lib.gap import GapParams
-from lib.images import ImageSet, Prepare, check_common_size, open_images, thumb_name
-from lib.reduce import (
-    PROJECTORS,
-    TSNEParams,
-    UMAPParams,
-    check_enough_for_tsne,
-    check_enough_points,
-)
-from lib.store import Run, RunStore
+from lib.images import ImageRecord, ImageSet, Prepare, check_common_size, open_images, thumb_name
+from lib.params import REQUIRED, param
+from lib.progress import Progress, Silent, Stages
+from lib.reduce import TSNEParams, UMAPParams
+from lib.store import Run, RunStore, RunWriter
 
 log = logging.getLogger(__name__)
 
@@ -38,29 +31,41 @@ DOMAINS = ("real", "synthetic")
 
 @dataclass
 class RunConfig:
-    """Everything a run depends on; written to the manifest as given."""
+    """Everything a run depends on; written to the manifest as given. Fields made with
+    `param` are also `batch run`'s options (batch.options), with these defaults."""
 
-    real: Path
-    synthetic: Path
-    backbone: str | None = None  # None: resnet50-fpn with a checkpoint, else efficientnet-lite0
-    checkpoint: Path | None = None
-    detectron2_config: Path | None = None  # a detectron2 YAML: backbone detectron2
-    random_weights: bool = False
-    pooling: str = "gap"
-    crop: int | None = None
-    resize: int | None = None
-    sample: int | None = None  # per domain
-    seed: int = 0
-    projections: tuple[str, ...] = ("umap",)  # any of lib.reduce.PROJECTORS
+    real: Path = param(REQUIRED, "Folder of real images, or a .npy (N,H,W,3).")
+    synthetic: Path = param(REQUIRED, "Folder of synthetic images, or a .npy.")
+    backbone: str | None = param(
+        None, "ARCH[:CHECKPOINT][@CONFIG] (see `backbones`). Default: resnet50-fpn with "
+        "--checkpoint, detectron2 with --detectron2-config, else efficientnet-lite0 with its "
+        "packaged ImageNet weights.")  # fmt: skip
+    checkpoint: Path | None = param(None, "State dict for the backbone (.pth, weights_only).")
+    detectron2_config: Path | None = param(
+        None, "A detectron2 config .yaml (with _BASE_ files beside it): that detector's FPN "
+        "levels p2..p6, with --checkpoint model_final.pth or a model-zoo .pkl.")  # fmt: skip
+    random_weights: bool = param(
+        False, "Use untrained weights on purpose (said loudly everywhere).")  # fmt: skip
+    pooling: str = param("gap", "gap | channel-sum | channel-mean")
+    crop: int | None = param(None, "Centre crop N×N, padding smaller images.")
+    resize: int | None = param(None, "Shorter side to N, then centre crop N×N.")
+    sample: int | None = param(None, "Use a random N images per domain.")
+    seed: int = param(0, "Seed for --sample.")
+    projections: tuple[str, ...] = param(
+        ("umap",), "Repeatable: umap (fit on one domain, map the other), pca (the same, "
+        "linear), tsne (both domains together, 2D).", flag="--projection",
+        cli_type=list[str])  # fmt: skip
     umap: UMAPParams = field(default_factory=UMAPParams)
     tsne: TSNEParams = field(default_factory=TSNEParams)
-    k: int = 16
-    metric: str = "cosine"
-    batch_size: int = 32
-    workers: int | None = None  # image-decoding processes; None: lib.features.default_workers
-    precision: str = "auto"  # fp32 | bf16 (autocast) | auto: bf16 on a GPU, fp32 on the CPU
-    backend: str = "auto"
-    plots: bool = True
+    k: int = param(16, "Nearest neighbours per image.", flag="--k")
+    metric: str = param("cosine", "Neighbour distance: cosine | euclidean.")
+    batch_size: int = param(32, "Images per forward pass.")
+    workers: int | None = param(
+        None, "Image-decoding processes (default: CPU half the cores, at most 4; GPU all but "
+        "two, at most 16).")  # fmt: skip
+    precision: str = param("auto", "fp32 | bf16 (autocast) | auto: bf16 on a GPU, fp32 on the CPU.")
+    backend: str = param("auto", "auto | cuml | cpu")
+    plots: bool = param(True, "Write the static 3D PNGs.")
     gap: GapParams = field(default_factory=GapParams)
 
     def as_dict(self) -> dict:
@@ -71,219 +76,181 @@ class RunConfig:
         return d
 
 
-class Progress(Protocol):
-    def start(self, name: str, total: int) -> None: ...
-    def advance(self, name: str, n: int = 1) -> None: ...
+@dataclass
+class Scanned:
+    """The scan stage's output: each domain's images, in row order."""
 
+    sets: dict[str, ImageSet]
+    size: tuple[int, int]
 
-class _Silent:
-    def start(self, name: str, total: int) -> None:
-        pass
+    @property
+    def items(self) -> list[tuple[ImageSet, ImageRecord]]:
+        return [(s, r) for s in self.sets.values() for r in s.records]
 
-    def advance(self, name: str, n: int = 1) -> None:
-        pass
-
-
-class _Timings(dict):
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        yield
-        self[name] = round(time.perf_counter() - t0, 3)
-        log.info("stage %s: %.2f s", name, self[name])
+    @property
+    def rows(self) -> dict[str, np.ndarray]:
+        """Row indices of each domain in the run's tables."""
+        out, start = {}, 0
+        for domain, image_set in self.sets.items():
+            out[domain] = np.arange(start, start + len(image_set.records))
+            start += len(image_set.records)
+        return out
 
 
 def run(config: RunConfig, store: RunStore, progress: Progress | None = None) -> Run:
     """Compute and publish one run. Raises GapscopeError for anything the user can fix."""
-    progress = progress or _Silent()
-    writer = store.begin()
-    try:
-        manifest = _compute(config, store, writer, progress)
-        writer.write_json("manifest.json", manifest)
-        return store.publish(writer)
-    except BaseException:
-        writer.discard()
-        raise
+    from lib.backend import check_choices, choose_backend
+    from lib.features import pooling_fn
+
+    stages = Stages(progress or Silent())
+    projectors = _projectors(config)  # misspelt choices fail before any work
+    pooling_fn(config.pooling)
+    check_choices(config.backend, config.precision)
+    prepare = Prepare(crop=config.crop, resize=config.resize)
+    started = datetime.now(timezone.utc)
+    with store.writing() as writer:
+        with stages("scan", f"{config.real} and {config.synthetic}") as stage:
+            scanned = scan(config, prepare, projectors, writer)
+            stage.summary = ", ".join(f"{len(s.records)} {d}" for d, s in scanned.sets.items())
+        backend = choose_backend(
+            config.backend, config.precision, config.workers, n_images=len(scanned.items)
+        )
+        with stages("model"):
+            backbone = load_backbone(config)
+        with stages("extract", f"{len(scanned.items)} images") as stage:
+            vectors, cached = extract_features(
+                config, scanned, prepare, backbone, backend, store, writer, stages.progress
+            )
+            stage.summary = f"{len(scanned.items)} images, {cached} from the feature cache"
+        with stages("project", ", ".join(config.projections)):
+            frame = project(vectors, scanned.rows, projectors, writer, stages.progress)
+        with stages("neighbors", f"k={config.k}, {backend.knn_engine}"):
+            find_neighbours(vectors, config, backend, writer)
+        with stages("gap", f"{len(vectors)} levels"):
+            measure_gap(vectors, scanned.rows, config.gap, backend, writer, stages.progress)
+        if config.plots:
+            with stages("plots"):
+                save_plots(frame, scanned.rows, projectors, writer)
+        writer.images(images_frame(scanned.items))
+        writer.manifest(
+            manifest(
+                config, scanned, prepare, backbone, backend, vectors, cached, started, dict(stages)
+            )
+        )
+    return writer.published
 
 
-def _compute(config: RunConfig, store: RunStore, writer, progress: Progress) -> dict:
-    import pandas as pd
-
-    from lib.backbones import create_backbone
-    from lib.backend import choose_backend
-    from lib.features import FeatureCache, cache_key, extract, pooling_fn
-    from lib.neighbors import choose_engine, knn
-    from lib.plots import overlap_png_name, save_overlap_png
+def _projectors(config: RunConfig) -> list:
     from lib.reduce import create_projector
 
-    started = datetime.now(timezone.utc)
-    timings = _Timings()
-    pooling_fn(config.pooling)
-    for method in config.projections:  # an unknown name fails before any work
-        create_projector(method)
     if not config.projections:
         raise GapscopeError("name at least one projection (--projection umap)")
-    prepare = Prepare(crop=config.crop, resize=config.resize)
-    backend = choose_backend(config.backend)
+    params = {"umap": config.umap, "tsne": config.tsne}
+    return [create_projector(m, params.get(m)) for m in config.projections]
 
-    with timings.stage("scan"):
-        sets: dict[str, ImageSet] = {}
-        for domain in DOMAINS:
-            sets[domain] = open_images(
-                getattr(config, domain),
-                domain,
-                prepare,
-                thumbs=writer.path("thumbs"),
-                sample=config.sample,
-                seed=config.seed,
-            )
-        size = check_common_size(list(sets.values()), prepare)
-        if "umap" in config.projections:
-            for domain, image_set in sets.items():
-                check_enough_points(len(image_set.records), config.umap, domain)
-        if "tsne" in config.projections:
-            check_enough_for_tsne(sum(len(s.records) for s in sets.values()), config.tsne)
 
-    with timings.stage("model"):
-        backbone = create_backbone(
-            config.backbone, config.checkpoint, config.random_weights, config.detectron2_config
+# ---- stages ---------------------------------------------------------------------------
+
+
+def scan(config: RunConfig, prepare: Prepare, projectors: list, writer: RunWriter) -> Scanned:
+    """Find, hash and check every image (thumbnails written on the way); check there are
+    enough for every projection."""
+    sets = {
+        domain: open_images(getattr(config, domain), domain, prepare, thumbs=writer.thumbs_dir,
+                            sample=config.sample, seed=config.seed)
+        for domain in DOMAINS
+    }  # fmt: skip
+    scanned = Scanned(sets, check_common_size(list(sets.values()), prepare))
+    n_total = len(scanned.items)
+    for projector in projectors:
+        for domain, image_set in sets.items():
+            projector.check(len(image_set.records), n_total, domain)
+    return scanned
+
+
+def load_backbone(config: RunConfig):
+    from lib.backbones import create_backbone
+
+    backbone = create_backbone(
+        config.backbone, config.checkpoint, config.random_weights, config.detectron2_config
+    )
+    if not backbone.levels:
+        raise GapscopeError(
+            f"{backbone.name} has no feature levels to compare (it is for caricatures): "
+            "choose a backbone from `python -m batch backbones`"
         )
-        if backbone.random_weights:
-            log.warning(
-                "RANDOM WEIGHTS: %s features are untrained; neighbours mean little", backbone.name
-            )
-
-    items = [(s, r) for s in sets.values() for r in s.records]
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if backend.device.startswith("cuda") else "fp32"
-    with timings.stage("extract"):
-        cache = FeatureCache(
-            store.cache_dir, cache_key(backbone, config.pooling, prepare, precision)
-        )
-        progress.start("extract", len(items))
-        extraction = extract(
-            backbone,
-            items,
-            prepare,
-            pooling=config.pooling,
-            batch_size=config.batch_size,
-            cache=cache,
-            device=backend.device,
-            progress=lambda n: progress.advance("extract", n),
-            workers=config.workers,
-            precision=precision,
-        )
-        for level, vectors in extraction.vectors.items():
-            writer.write_array(f"features/{level}.npy", vectors)
-
-    domain_of = np.array([r.domain for _, r in items])
-    rows = {d: np.flatnonzero(domain_of == d) for d in DOMAINS}
-    with timings.stage("project"):
-        steps = sum(1 if PROJECTORS[m].joint else 2 for m in config.projections)
-        progress.start("project", steps * len(backbone.levels))
-        frames = []
-        params = {"umap": config.umap, "tsne": config.tsne}
-        for level in backbone.levels:
-            X = extraction.vectors[level]
-            for method in config.projections:
-                projector = create_projector(method, params.get(method), backend.name)
-                if projector.joint:  # both domains in one embedding
-                    both = np.concatenate([rows["real"], rows["synthetic"]])
-                    coords = projector.fit(X[both]).embedding_
-                    frames.append(_projection_frame(both, level, method, "both", coords))
-                    progress.advance("project")
-                    continue
-                for fit_on, other in (("real", "synthetic"), ("synthetic", "real")):
-                    projector.fit(X[rows[fit_on]])
-                    fitted, mapped = projector.embedding_, projector.transform(X[rows[other]])
-                    for domain, coords in ((fit_on, fitted), (other, mapped)):
-                        frames.append(
-                            _projection_frame(rows[domain], level, method, fit_on, coords)
-                        )
-                    if config.plots and method == "umap":  # the original tool's 10 PNGs
-                        save_overlap_png(
-                            {fit_on: fitted, other: mapped},
-                            level,
-                            fit_on,
-                            writer.path(f"plots/{overlap_png_name(level, fit_on)}"),
-                        )
-                    progress.advance("project")
-        writer.write_table("projections.parquet", pd.concat(frames, ignore_index=True))
-
-    with timings.stage("neighbors"):
-        for level in backbone.levels:
-            idx, dist = knn(extraction.vectors[level], config.k, config.metric, backend.device)
-            writer.write_array(f"neighbors/{level}.npy", idx)
-            writer.write_array(f"neighbors/{level}.distances.npy", dist)
-
-    with timings.stage("gap"):
-        progress.start("gap", len(backbone.levels))
-        metrics, scores = _gap(
-            extraction.vectors, rows, config.gap, backend.name, lambda: progress.advance("gap")
-        )
-        writer.write_json("metrics.json", metrics)
-        writer.write_table("scores.parquet", scores)
-
-    writer.write_table("images.parquet", _images_frame(items))
-    return {
-        "run_id": writer.id,
-        "status": "complete",
-        "created": started.isoformat(timespec="seconds"),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": config.as_dict(),
-        "prepare": prepare.describe(),
-        "image_size": list(size),
-        "backbone": backbone.describe(),
-        "backend": {
-            "name": backend.name,
-            "device": backend.device,
-            "reason": backend.reason,
-            "precision": precision,
-            "knn_engine": choose_engine(len(items), backend.device),
-        },
-        "inputs": [_input_summary(s) for s in sets.values()],
-        "skipped": [
-            {"domain": s.domain, "path": sk.path, "reason": sk.reason}
-            for s in sets.values()
-            for sk in s.skipped
-        ],
-        "padded": sum(r.padded for _, r in items),
-        "counts": {d: int(len(rows[d])) for d in DOMAINS},
-        "feature_dims": {lv: int(v.shape[1]) for lv, v in extraction.vectors.items()},
-        "cached_images": extraction.cached,
-        "timings_s": dict(timings),
-        "versions": _versions(),
-    }
+    if backbone.random_weights:
+        log.warning("RANDOM WEIGHTS: %s features are untrained; neighbours mean little",
+                    backbone.name)  # fmt: skip
+    return backbone
 
 
-def _gap(vectors: dict[str, np.ndarray], rows: dict[str, np.ndarray], params, backend, done):
-    """metrics.json's content and the per-image scores table, level by level."""
+def extract_features(
+    config: RunConfig,
+    scanned: Scanned,
+    prepare: Prepare,
+    backbone,
+    backend,
+    store: RunStore,
+    writer: RunWriter,
+    progress: Progress,
+) -> tuple[dict[str, np.ndarray], int]:
+    """Pooled vectors per level (the feature cache skips images already computed)."""
+    from lib.features import FeatureCache, cache_key, extract
+
+    items = scanned.items
+    key = cache_key(backbone, config.pooling, prepare, backend.precision)
+    progress.start("extract", len(items))
+    extraction = extract(
+        backbone, items, prepare, pooling=config.pooling, batch_size=config.batch_size,
+        cache=FeatureCache(store.cache_dir, key), device=backend.device,
+        progress=lambda n: progress.advance("extract", n), workers=backend.workers,
+        precision=backend.precision,
+    )  # fmt: skip
+    for level, vectors in extraction.vectors.items():
+        writer.features(level, vectors)
+    return extraction.vectors, extraction.cached
+
+
+def project(
+    vectors, rows: dict[str, np.ndarray], projectors: list, writer: RunWriter, progress: Progress
+):
+    """Every projector at every level: fitted on one domain with the other mapped in (both
+    ways), or both domains embedded together (a joint projector)."""
     import pandas as pd
 
-    from lib.gap import NOTES, level_gap
-
-    levels, frames = {}, []
-    n = len(rows["real"]) + len(rows["synthetic"])
+    fits = [(p, fit_on) for p in projectors for fit_on in _fit_domains(p)]
+    progress.start("project", len(fits) * len(vectors))
+    frames = []
     for level, X in vectors.items():
-        result = level_gap(X[rows["real"]], X[rows["synthetic"]], params, backend)
-        levels[level] = result.metrics
-        frame = pd.DataFrame({"id": np.arange(n, dtype=np.int32), "level": level})
-        frame["p_synthetic"] = np.nan
-        frame.loc[np.r_[rows["real"], rows["synthetic"]], "p_synthetic"] = result.p_synthetic
-        frame["realism"] = np.nan
-        frame.loc[rows["synthetic"], "realism"] = result.realism
-        frame["covered"] = pd.array([pd.NA] * n, dtype="boolean")
-        frame.loc[rows["real"], "covered"] = result.covered
-        frame["cluster"] = np.int32(-1)
-        frame.loc[np.r_[rows["real"], rows["synthetic"]], "cluster"] = result.clusters
-        frames.append(frame)
-        done()
-    metrics = {"params": params.as_dict(), "notes": NOTES, "levels": levels}
-    return metrics, pd.concat(frames, ignore_index=True)
+        for projector, fit_on in fits:
+            frames += _project_one(X, rows, projector, fit_on, level)
+            progress.advance("project")
+    frame = pd.concat(frames, ignore_index=True)
+    writer.projections(frame)
+    return frame
 
 
-def _projection_frame(rows: np.ndarray, level: str, method: str, fit_on: str, coords):
+def _fit_domains(projector) -> tuple[str, ...]:
+    return ("both",) if projector.joint else DOMAINS
+
+
+def _project_one(X: np.ndarray, rows, projector, fit_on: str, level: str) -> list:
+    if fit_on == "both":
+        both = np.concatenate([rows[d] for d in DOMAINS])
+        return [
+            _projection_frame(both, level, projector, "both", projector.fit(X[both]).embedding_)
+        ]
+    other = next(d for d in DOMAINS if d != fit_on)
+    fitted = projector.fit(X[rows[fit_on]]).embedding_
+    mapped = projector.transform(X[rows[other]])
+    return [
+        _projection_frame(rows[fit_on], level, projector, fit_on, fitted),
+        _projection_frame(rows[other], level, projector, fit_on, mapped),
+    ]
+
+
+def _projection_frame(rows: np.ndarray, level: str, projector, fit_on: str, coords):
     """projections.parquet rows; a 2D embedding (t-SNE) has z = NaN."""
     import pandas as pd
 
@@ -291,16 +258,82 @@ def _projection_frame(rows: np.ndarray, level: str, method: str, fit_on: str, co
         {
             "id": rows.astype(np.int32),
             "level": level,
-            "method": method,
+            "method": projector.name,
             "fit_on": fit_on,
             "x": coords[:, 0],
             "y": coords[:, 1],
-            "z": coords[:, 2] if coords.shape[1] > 2 else np.float32(np.nan),
+            "z": coords[:, 2] if projector.dimensions > 2 else np.float32(np.nan),
         }
     )
 
 
-def _images_frame(items):
+def find_neighbours(vectors, config: RunConfig, backend, writer: RunWriter) -> None:
+    from lib.neighbors import knn
+
+    for level, X in vectors.items():
+        writer.neighbors(
+            level, *knn(X, config.k, config.metric, backend.device, engine=backend.knn_engine)
+        )
+
+
+def measure_gap(
+    vectors, rows, params: GapParams, backend, writer: RunWriter, progress: Progress
+) -> None:
+    """metrics.json and the per-image scores table, level by level."""
+    import pandas as pd
+
+    from lib.gap import NOTES, level_gap
+    from lib.gap.records import SCHEMA
+
+    levels, frames = {}, []
+    progress.start("gap", len(vectors))
+    for level, X in vectors.items():
+        result = level_gap(X[rows["real"]], X[rows["synthetic"]], params, backend)
+        levels[level] = result.metrics
+        frames.append(_scores_frame(result, rows, level))
+        progress.advance("gap")
+    writer.metrics({"schema": SCHEMA, "params": params.as_dict(), "notes": NOTES, "levels": levels})
+    writer.scores(pd.concat(frames, ignore_index=True))
+
+
+def _scores_frame(result, rows, level: str):
+    """One row per image: out-of-fold p(synthetic), realism (synthetic images), covered
+    (real images) and cluster, in the order of images.parquet's ids."""
+    import pandas as pd
+
+    real, synthetic = rows["real"], rows["synthetic"]
+    n = len(real) + len(synthetic)
+    frame = pd.DataFrame({"id": np.arange(n, dtype=np.int32), "level": level})
+    frame["p_synthetic"] = np.nan
+    frame.loc[np.r_[real, synthetic], "p_synthetic"] = result.p_synthetic
+    frame["realism"] = np.nan
+    frame.loc[synthetic, "realism"] = result.realism
+    frame["covered"] = pd.array([pd.NA] * n, dtype="boolean")
+    frame.loc[real, "covered"] = result.covered
+    frame["cluster"] = np.int32(-1)
+    frame.loc[np.r_[real, synthetic], "cluster"] = result.clusters
+    return frame
+
+
+def save_plots(frame, rows: dict[str, np.ndarray], projectors: list, writer: RunWriter) -> None:
+    """The original tool's static overlap PNGs, for the projectors that have them."""
+    from lib.plots import overlap_png_name, save_overlap_png
+
+    for projector in projectors:
+        if not projector.plots:
+            continue
+        ours = frame[frame["method"] == projector.name]
+        for (level, fit_on), group in ours.groupby(["level", "fit_on"], sort=False):
+            xyz = group.set_index("id")[["x", "y", "z"]]
+            order = dict.fromkeys(d for d in (fit_on, *DOMAINS) if d in rows)  # fitted first
+            coords = {domain: xyz.loc[rows[domain]].to_numpy() for domain in order}
+            save_overlap_png(coords, level, fit_on, writer.plot(overlap_png_name(level, fit_on)))
+
+
+# ---- what the run records --------------------------------------------------------------
+
+
+def images_frame(items):
     import pandas as pd
 
     return pd.DataFrame(
@@ -321,6 +354,42 @@ def _images_frame(items):
             for i, (_, r) in enumerate(items)
         ]
     )
+
+
+def manifest(
+    config: RunConfig,
+    scanned: Scanned,
+    prepare: Prepare,
+    backbone,
+    backend,
+    vectors: dict[str, np.ndarray],
+    cached: int,
+    started: datetime,
+    timings: dict,
+) -> dict:
+    sets = scanned.sets.values()
+    return {
+        "status": "complete",
+        "created": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": config.as_dict(),
+        "prepare": prepare.describe(),
+        "image_size": list(scanned.size),
+        "backbone": backbone.describe(),
+        "backend": backend.describe(),
+        "inputs": [_input_summary(s) for s in sets],
+        "skipped": [
+            {"domain": s.domain, "path": sk.path, "reason": sk.reason}
+            for s in sets
+            for sk in s.skipped
+        ],
+        "padded": sum(r.padded for _, r in scanned.items),
+        "counts": {d: int(len(r)) for d, r in scanned.rows.items()},
+        "feature_dims": {level: int(v.shape[1]) for level, v in vectors.items()},
+        "cached_images": cached,
+        "timings_s": timings,
+        "versions": _versions(),
+    }
 
 
 def _input_summary(image_set: ImageSet) -> dict:

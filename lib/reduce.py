@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from lib.errors import GapscopeError
+from lib.params import param
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,10 @@ class UMAPParams:
     """Defaults are the original tool's: UMAP(n_components=3, random_state=42)."""
 
     n_components: int = 3
-    n_neighbors: int = 15
-    min_dist: float = 0.1
-    metric: str = "euclidean"
-    random_state: int | None = 42
+    n_neighbors: int = param(15, "UMAP n_neighbors.")
+    min_dist: float = param(0.1, "UMAP min_dist.")
+    metric: str = param("euclidean", "UMAP metric.", flag="--umap-metric")
+    random_state: int | None = param(42, "UMAP random_state.", flag="--umap-seed")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -111,19 +112,41 @@ def _umap_class():
 
 
 class _Projector:
-    """What every projector shares: its parameters (the `Params` defaults when none are
-    given), the backend it runs on, and whether it embeds both domains together."""
+    """What the pipeline knows of any projector: its parameters (the `Params` defaults
+    when none are given), the implementation it runs on ("cuml" or "cpu", lib.backend's
+    choice), and its interface:
 
+    - `check(n_fit, n_total, what)`: raise GapscopeError when there are too few points;
+    - `fit(X)` → self, with `embedding_` for X; `transform(X)` for the other domain;
+    - `joint`: both domains are embedded together (no transform; fit_on "both");
+    - `dimensions`: 3, or 2 (z is then NaN in projections.parquet);
+    - `plots`: the run saves static PNGs of it (the original tool's UMAP views).
+    """
+
+    name: str
     Params: type
     joint = False
+    plots = False
 
     def __init__(self, params=None, backend: str = "cpu"):
         self.params = params if params is not None else self.Params()
         self.backend = backend
 
+    @property
+    def dimensions(self) -> int:
+        return self.params.n_components
+
+    def check(self, n_fit: int, n_total: int, what: str = "the fitted domain") -> None:
+        """Enough points to fit? Projectors with a lower bound override this."""
+
 
 class UMAPProjector(_Projector):
+    name = "umap"
     Params = UMAPParams
+    plots = True
+
+    def check(self, n_fit: int, n_total: int, what: str = "the fitted domain") -> None:
+        check_enough_points(n_fit, self.params, what)
 
     def _estimator(self):
         kwargs = self.params.as_dict()
@@ -164,6 +187,7 @@ class PCAParams:
 class PCAProjector(_Projector):
     """Principal components of the fitted domain (sklearn; fast enough on any backend)."""
 
+    name = "pca"
     Params = PCAParams
 
     def fit(self, X: np.ndarray) -> PCAProjector:
@@ -189,7 +213,7 @@ class TSNEParams:
     early exaggeration), PCA initialisation, learning rate 'auto', seed 42."""
 
     n_components: int = 2
-    perplexity: float = 30.0
+    perplexity: float = param(30.0, "t-SNE perplexity.")
     n_iter: int = 1000
     random_state: int = 42
 
@@ -205,8 +229,12 @@ def check_enough_for_tsne(n: int, params: TSNEParams) -> None:
 class TSNEProjector(_Projector):
     """Both domains embedded together; `fit(X).embedding_` only (no `transform`)."""
 
+    name = "tsne"
     Params = TSNEParams
     joint = True
+
+    def check(self, n_fit: int, n_total: int, what: str = "both domains") -> None:
+        check_enough_for_tsne(n_total, self.params)
 
     def fit(self, X: np.ndarray) -> TSNEProjector:
         X = np.ascontiguousarray(X, dtype=np.float32)

@@ -29,9 +29,11 @@ def test_extraction_paths_give_the_same_vectors_on_the_cpu(bench):
     assert all(v < 1e-5 for v in out["median_relative_error_vs_fp32"].values())
 
 
-def test_caricature_section_reports_both_ways(bench):
+def test_caricature_section_compares_like_with_like(bench):
+    """Batching must not change the caricatures it times: the same images either way."""
     out = bench.bench_caricature()
     assert out["one_at_a_time_per_minute"] > 0 and out["batched_per_minute"] > 0
-    assert out["speedup"] == pytest.approx(
-        out["one_at_a_time_seconds"] / out["batched_seconds"], rel=0.05
-    )
+    same = out["batched_vs_one_at_a_time"]
+    # measured: mean 7e-4 and max 0.027 on the [0, 1] pixel scale, cosines within 1e-5
+    assert same["mean_abs_pixel_difference"] < 2e-3 and same["max_abs_pixel_difference"] < 0.06
+    assert same["max_cosine_difference"] < 1e-3

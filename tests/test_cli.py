@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,8 +78,49 @@ def test_messy_folders_publish_a_run_listing_skipped_files(messy, tmp_path):
     assert m["inputs"][0]["skipped"] == 2
 
 
+def test_under_cron_each_stage_says_when_it_starts_and_ends(messy, tmp_path):
+    """stdout is a pipe here, as under cron: plain lines, no progress bars."""
+    real, synthetic = messy
+    result = batch("run", "--real", real, "--synthetic", synthetic, "--results", tmp_path,
+                   "--k", 5, "--no-plots")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [line.split(" ", 2)[2] for line in result.stdout.splitlines() if line[:2] == "20"]
+    stages = ["scan", "model", "extract", "project", "neighbors", "gap"]
+    starts = [line.split(":")[0] for line in lines if ": started" in line]
+    ends = [line.split(":")[0] for line in lines if ": done in " in line]
+    assert starts == ends == stages
+    assert "extract: started (85 images)" in lines
+    assert any(re.fullmatch(r"extract: done in [\d.]+ s \(85 images, \d+ from the feature "
+                            r"cache\)", line) for line in lines), lines  # fmt: skip
+    assert next(line for line in lines if line.startswith("scan: done")).endswith(
+        "(45 real, 40 synthetic)"
+    )
+    assert "━" not in result.stdout + result.stderr  # no rich bars in a log
+
+
+def test_long_work_reports_progress_between_stage_lines():
+    import io
+
+    from batch.progress import LineProgress
+
+    now = [0.0]
+    out = io.StringIO()
+    progress = LineProgress(out, every=30, clock=lambda: now[0])
+    progress.start("extract", 1000)
+    for _ in range(10):
+        now[0] += 10
+        progress.advance("extract", 50)
+    lines = [line.split(" ", 2)[2] for line in out.getvalue().splitlines()]
+    # one line per 30 s of work, with counts and the rate
+    assert lines == [
+        "extracting features: 150/1000 (15 %), 5.0/s",
+        "extracting features: 300/1000 (30 %), 5.0/s",
+        "extracting features: 450/1000 (45 %), 5.0/s",
+    ]
+
+
 def test_arrays_with_sample_crop_and_random_weights(example_dir, tmp_path):
-    from demo.views import banner
+    from demo.runs import banner
     from lib.example import real_digits, to_rgb
     from lib.store import RunStore
 
@@ -133,6 +175,10 @@ def _nothing_published(results: Path, before: str) -> None:
         ("d2-retinanet", ["MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbone"]),
         ("projection", ["isomap", "umap, pca, tsne"]),
         ("perplexity", ["80 images", "--perplexity"]),
+        ("backend", ["unknown backend 'gpu'", "auto, cuml, cpu"]),
+        ("precision", ["unknown precision 'fp16'", "auto, fp32, bf16"]),
+        ("checkpoint-twice", ["give the checkpoint once"]),
+        ("unwritable-results", ["cannot create the run store", "--results"]),
     ],
 )
 def test_bad_input_is_one_line_and_publishes_nothing(
@@ -180,10 +226,18 @@ def test_bad_input_is_one_line_and_publishes_nothing(
         extra = ["--projection", "umap", "--projection", "isomap"]
     elif case == "perplexity":
         extra = ["--projection", "tsne", "--perplexity", 50]
+    elif case == "backend":
+        extra = ["--backend", "gpu"]
+    elif case == "precision":
+        extra = ["--precision", "fp16"]
+    elif case == "checkpoint-twice":
+        extra = ["--backbone", "resnet18:a.pth", "--checkpoint", "b.pth"]
+    results = store_with_run
+    if case == "unwritable-results":
+        (tmp_path / "a-file").write_text("")
+        results = tmp_path / "a-file" / "results"
     before = os.readlink(store_with_run / "latest")
-    result = batch(
-        "run", "--real", real, "--synthetic", synthetic, "--results", store_with_run, *extra
-    )
+    result = batch("run", "--real", real, "--synthetic", synthetic, "--results", results, *extra)
     assert_one_line_error(result, *words)
     _nothing_published(store_with_run, before)
 
@@ -197,7 +251,8 @@ def test_help_lists_commands():
 
 def test_a_detectron2_detector_runs_through_batch_and_demo(example_dir, tmp_path):
     """A detectron2 checkpoint + `_BASE_` config, no detectron2 installed: p2..p6 end to end."""
-    from demo import views
+    from demo import overlap as views
+    from demo.runs import banner
     from lib.store import RunStore
     from tests.test_detectron2 import Spec, d2_state, save_pth, write_configs
 
@@ -220,4 +275,4 @@ def test_a_detectron2_detector_runs_through_batch_and_demo(example_dir, tmp_path
     fig = views.overlap_figure(run, "p4", "synthetic", "domain")
     assert sum(len(t.customdata) for t in fig.data) == 80
     assert len(views.neighbour_gallery(run, "p6", 0)) == 4
-    assert "detectron2" in views.banner(run)
+    assert "detectron2" in banner(run)

@@ -25,8 +25,12 @@ def test_run_is_published_with_every_file(published_run, results_dir):
     assert m["backbone"]["random_weights"] is False
     assert "ImageNet" in m["backbone"]["weights"]
     assert m["counts"] == {"real": N_PER_DOMAIN, "synthetic": N_PER_DOMAIN}
-    assert set(m["timings_s"]) == {"scan", "model", "extract", "project", "neighbors", "gap"}
+    stages = {"scan", "model", "extract", "project", "neighbors", "gap", "plots"}
+    assert set(m["timings_s"]) == stages
     assert m["backend"]["name"] == "cpu" and m["backend"]["reason"]
+    assert m["backend"]["precision"] == "fp32" and m["backend"]["knn_engine"] == "torch"
+    assert m["backend"]["clustering"] == "sklearn" and m["backend"]["projection"] == "cpu"
+    assert m["schema"] == 2 and m["run_id"] == run.id
     assert run.levels == LEVELS
     for level in LEVELS:
         assert run.features(level).dtype == np.float32
@@ -96,13 +100,101 @@ def test_real_neighbours_of_digits_share_their_category(published_run):
     assert agree > 0.3  # chance is 0.1 for ten balanced digits
 
 
-def test_second_run_resumes_from_the_feature_cache(published_run, example_dir, results_dir):
+def test_second_run_resumes_from_the_feature_cache(
+    published_run, example_dir, results_dir, tmp_path
+):
+    """A store of its own with the session's feature cache: the shared store's `latest`
+    stays what the other tests expect, whatever order they run in."""
+    import shutil
+
     from lib.pipeline import run
     from lib.store import RunStore
 
-    second = run(example_config(example_dir), RunStore(results_dir))
+    shutil.copytree(results_dir / "cache", tmp_path / "cache")
+    second = run(example_config(example_dir), RunStore(tmp_path))
     assert second.manifest["cached_images"] == 2 * N_PER_DOMAIN
-    assert second.id != published_run.id
-    assert (results_dir / "latest").resolve() == second.dir.resolve()
+    assert (tmp_path / "latest").resolve() == second.dir.resolve()
     np.testing.assert_array_equal(second.features("c3"), published_run.features("c3"))
-    assert published_run.manifest["status"] == "complete"  # the older run stays intact
+
+
+def _rows(run, domain: str) -> np.ndarray:
+    return np.flatnonzero(run.images["domain"].to_numpy() == domain)
+
+
+def _stored(run, method: str, level: str, fit_on: str, rows: np.ndarray) -> np.ndarray:
+    proj = run.projections
+    part = proj[(proj.method == method) & (proj.level == level) & (proj.fit_on == fit_on)]
+    return part.set_index("id").loc[rows, ["x", "y", "z"]].to_numpy()
+
+
+@pytest.mark.parametrize("fit_on", ["real", "synthetic"])
+def test_stored_pca_is_fitted_on_the_named_domain_only(published_run, fit_on):
+    """Against numpy's SVD of that domain's features alone: swapping the domains or
+    fitting both together would change every stored coordinate."""
+    from tests.test_reduce import assert_same_up_to_sign, pca_reference
+
+    other = "synthetic" if fit_on == "real" else "real"
+    X = np.asarray(published_run.features("c3"), dtype=np.float64)
+    fitted, mapped = _rows(published_run, fit_on), _rows(published_run, other)
+    ref_fit, ref_mapped = pca_reference(X[fitted], X[mapped])
+    assert_same_up_to_sign(_stored(published_run, "pca", "c3", fit_on, fitted), ref_fit)
+    assert_same_up_to_sign(_stored(published_run, "pca", "c3", fit_on, mapped), ref_mapped)
+
+
+def test_stored_umap_of_the_fitted_domain_is_the_fits_own_embedding(published_run):
+    from lib.reduce import UMAPParams, UMAPProjector
+
+    real = _rows(published_run, "real")
+    X = np.asarray(published_run.features("c2"), dtype=np.float32)
+    fit = UMAPProjector(UMAPParams()).fit(X[real]).embedding_  # seeded: the same fit again
+    np.testing.assert_allclose(_stored(published_run, "umap", "c2", "real", real), fit, atol=1e-5)
+
+
+def test_stored_distances_are_the_distances_of_the_stored_neighbours(published_run):
+    for level in ("c1", "c4"):
+        X = np.asarray(published_run.features(level), dtype=np.float64)
+        Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+        idx, dist = published_run.neighbors(level)
+        recomputed = 1 - np.einsum("id,ikd->ik", Xn, Xn[np.asarray(idx)])
+        np.testing.assert_allclose(dist, recomputed, atol=1e-5)
+        assert (np.diff(dist, axis=1) >= -1e-6).all()  # nearest first
+
+
+def test_scores_line_up_with_the_images_table(published_run):
+    images, scores = published_run.images, published_run.scores
+    synthetic = images["domain"].to_numpy() == "synthetic"
+    for level, part in scores.groupby("level"):
+        part = part.set_index("id").loc[images["id"]]  # every image, exactly once
+        assert len(part) == len(images) and part.index.is_unique, level
+        np.testing.assert_array_equal(part["realism"].notna().to_numpy(), synthetic)
+        np.testing.assert_array_equal(part["covered"].notna().to_numpy(), ~synthetic)
+    assert set(scores["level"]) == set(LEVELS)
+
+
+def test_a_failure_after_extraction_publishes_nothing_and_the_rerun_uses_the_cache(
+    published_run, example_dir, results_dir, tmp_path, monkeypatch
+):
+    import shutil
+
+    import lib.pipeline
+    from lib.pipeline import run
+    from lib.store import RunStore
+
+    shutil.copytree(results_dir, tmp_path / "store", symlinks=True)
+    store = RunStore(tmp_path / "store")
+    before = store.latest_id()
+    shutil.rmtree(store.cache_dir)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the gap stage failed")
+
+    monkeypatch.setattr(lib.pipeline, "measure_gap", broken)
+    with pytest.raises(RuntimeError, match="gap stage failed"):
+        run(example_config(example_dir), store)
+    assert store.latest_id() == before and store.run_ids() == [before]
+    assert not [p for p in store.runs_dir.iterdir() if p.name.startswith(".")]
+    assert any(store.cache_dir.rglob("*.npz"))  # what was extracted is kept
+    monkeypatch.undo()
+    again = run(example_config(example_dir), store)
+    assert again.manifest["cached_images"] == 2 * N_PER_DOMAIN
+    assert store.latest_id() == again.id != before
