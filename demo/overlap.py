@@ -1,20 +1,37 @@
-"""What the demo shows, as plain functions of a published run: no Gradio in here.
+"""The overlap tab: a run's projections as an interactive scatter (3D; 2D for t-SNE), and
+the nearest neighbours of the image a user clicks.
 
-Runs are immutable once published, so opened runs are cached by directory.
+Clicking a point reaches Python through a hidden textbox that a small script fills (gr.Plot
+has no point-click event; see ../shared/notes/gradio-plotly-click.md). The script selects
+the point whose tooltip is showing when the button is pressed and released without a drag:
+plotly's own 3D click fires only within a few pixels of a point, while its hover picks
+from further away, so a click where a tooltip shows did not always select it. The same
+`select_point` serves the browser and the API (`/select_point`).
 """
 
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import partial
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 
+from demo.runs import (
+    METHOD_LABELS,
+    Tab,
+    caption,
+    cluster_names,
+    default_level,
+    open_id,
+    score_values,
+)
+from lib.images import THUMB_SIZE
 from lib.plots import STYLE, direction_title
 from lib.store import Run, RunStore
 
-DIRECTIONS = {  # label → the domain UMAP was fitted on
+DIRECTIONS = {  # label → the domain the projection was fitted on
     direction_title("real"): "real",
     direction_title("synthetic"): "synthetic",
 }
@@ -25,57 +42,41 @@ CATEGORY_COLORS = (
     "#393b79 #637939 #8c6d31 #843c39 #7b4173 #3182bd #e6550d #31a354 #756bb1 #636363"
 ).split()
 MARKERS = {"real": "x", "synthetic": "circle"}
-METHOD_LABELS = {"umap": "UMAP", "pca": "PCA", "tsne": "t-SNE"}
 
-
-@lru_cache(maxsize=8)
-def open_run(run_dir: str) -> Run:
-    return Run(Path(run_dir))
-
-
-def default_level(run: Run) -> str:
-    """The middle level: shallow levels see texture, deep ones semantics; start between."""
-    return run.levels[len(run.levels) // 2]
-
-
-def run_choices(store: RunStore) -> list[tuple[str, str]]:
-    """(label, run id) for every published run, newest first."""
-    latest = store.latest_id()
-    out = []
-    for run_id in store.run_ids():
-        m = open_run(str(store.runs_dir / run_id)).manifest
-        counts = " + ".join(f"{n} {d}" for d, n in m["counts"].items())
-        tag = " · latest" if run_id == latest else ""
-        weights = " · RANDOM WEIGHTS" if m["backbone"]["random_weights"] else ""
-        out.append((f"{run_id} · {m['backbone']['name']}{weights} · {counts}{tag}", run_id))
-    return out
-
-
-def banner(run: Run) -> str:
-    """Markdown saying which run is shown, from what, with which weights."""
-    m = run.manifest
-    b = m["backbone"]
-    lines = [f"**Run {run.id}** · computed {m['created'].replace('T', ' ')} UTC"]
-    for inp in m["inputs"]:
-        lines.append(
-            f"- {inp['domain']}: `{inp['source']}` ({inp['used']} images"
-            + (f", {inp['skipped']} skipped" if inp["skipped"] else "")
-            + ")"
-        )
-    lines.append(
-        f"- backbone **{b['name']}**, levels {', '.join(b['levels'])}; weights: {b['weights']}"
-    )
-    lines.append(
-        f"- pooling {m['config']['pooling']}, images {m['prepare']}, projections "
-        f"{', '.join(METHOD_LABELS.get(p, p) for p in m['config'].get('projections', ['umap']))}"
-        f" (UMAP {json.dumps(m['config']['umap'])}), neighbours k={m['config']['k']} "
-        f"({m['config']['metric']})"
-    )
-    if b["random_weights"]:
-        lines.insert(
-            0, "## ⚠️ RANDOM WEIGHTS: this backbone was never trained; neighbours mean little"
-        )
-    return "\n".join(lines)
+SELECT_ON_CLICK_JS = r"""
+() => {
+  const send = (id) => {
+    const box = document.querySelector('#click_box textarea, #click_box input');
+    // the timestamp makes a second click on the same point still count as a change
+    box.value = JSON.stringify({id: id, t: Date.now()});
+    box.dispatchEvent(new Event('input', {bubbles: true}));
+  };
+  const bind = () => {
+    const gd = document.querySelector('#overlap_plot .js-plotly-plot');
+    if (!gd || gd.__gapscopeBound || typeof gd.on !== 'function') return;
+    gd.__gapscopeBound = true;
+    let hovered = null, down = null;
+    gd.on('plotly_hover', (ev) => {
+      const pt = ev.points && ev.points[0];
+      const id = pt ? pt.customdata : undefined;  // row ids only: never a trace position
+      hovered = id === undefined ? null : (Array.isArray(id) ? id[0] : id);
+    });
+    gd.on('plotly_unhover', () => { hovered = null; });
+    gd.addEventListener('pointerdown', (e) => { down = [e.clientX, e.clientY, hovered]; }, true);
+    // on the window: a 2D plot covers the page while the button is down, so the release
+    // lands on plotly's drag cover, not on the plot
+    window.addEventListener('pointerup', (e) => {
+      if (!down) return;
+      const [x, y, id] = down;
+      down = null;
+      if (id === null || Math.hypot(e.clientX - x, e.clientY - y) > 4) return;  // a drag
+      send(id);
+    }, true);
+  };
+  new MutationObserver(bind).observe(document.body, {childList: true, subtree: true});
+  bind();
+}
+"""
 
 
 def methods(run: Run) -> list[tuple[str, str]]:
@@ -104,8 +105,6 @@ def overlap_figure(
     if color_by == "category" and merged["category"].nunique() > 1:
         groups = [(str(c), g) for c, g in merged.groupby("category", sort=True)]
     elif color_by == "cluster" and run.scores is not None:
-        from demo.report import cluster_names
-
         names = cluster_names(run, level, merged["id"].to_numpy())
         groups = [(n, merged[names == n]) for n in sorted(set(names), key=_cluster_order)]
     else:
@@ -159,9 +158,7 @@ def _marker(run: Run, level: str, name: str, g, color_by: str, i: int) -> dict:
     """Marker style for one trace: by domain, by category, or by a per-image score."""
     marker = {"size": 3, "opacity": 0.75, "symbol": MARKERS.get(name, "circle")}
     if color_by in SCORE_COLUMNS and run.scores is not None:
-        from demo.report import score_colors
-
-        values = score_colors(run, level, g["id"].to_numpy(), SCORE_COLUMNS[color_by])
+        values = score_values(run, level, g["id"].to_numpy(), SCORE_COLUMNS[color_by])
         if np.isnan(values).all():  # real images have no realism score
             return {**marker, "color": "lightgrey"}
         if color_by == "realism":  # ≥ 1 is inside the real manifold: centre the scale there
@@ -179,12 +176,6 @@ def _marker(run: Run, level: str, name: str, g, color_by: str, i: int) -> dict:
 
 def _cluster_order(name: str) -> tuple[int, str]:
     return (name == "noise", name)
-
-
-def caption(run: Run, row: int, distance: float | None = None) -> str:
-    r = run.images.iloc[row]
-    text = f"#{row} {r['domain']} · {r['category'] or '–'}"
-    return text if distance is None else f"{text} · d={distance:.3f}"
 
 
 def neighbour_gallery(run: Run, level: str, row: int) -> list[tuple[str, str]]:
@@ -212,3 +203,101 @@ def parse_click(payload: str) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def shown_image(run: Run, row: int, roots: list[str]) -> Path:
+    """The image to show large: the original when the demo may serve it and it is larger
+    than a thumbnail, else the (upscaled) thumbnail."""
+    image = run.image_file(row)
+    r = run.images.iloc[row]
+    if not _inside(image, roots) or max(r["width"], r["height"]) < THUMB_SIZE:
+        return run.thumb(row)
+    return image
+
+
+def _inside(path: Path, roots: list[str]) -> bool:
+    path = Path(path).resolve()
+    return any(path.is_relative_to(root) for root in roots)
+
+
+def pick_method(run: Run, method: str) -> str:
+    """`method` when the run has it, else its first projection."""
+    names = [name for _, name in methods(run)]
+    return method if method in names else names[0]
+
+
+# ---- the tab ----------------------------------------------------------------------------
+
+
+def show_plot(store: RunStore, run_id: str, level: str, direction: str, color_by: str, method: str):
+    run = open_id(store, run_id)
+    level = level if level in run.levels else default_level(run)
+    return overlap_figure(run, level, DIRECTIONS[direction], color_by, pick_method(run, method))
+
+
+def select_point(store: RunStore, roots: list[str], payload: str, run_id: str, level: str):
+    """The clicked image, large, and its nearest neighbours in feature space."""
+    run = open_id(store, run_id)
+    row = parse_click(payload)
+    if row is None or not 0 <= row < len(run.images) or level not in run.levels:
+        return gr.skip(), gr.skip(), gr.skip()
+    return (
+        gr.update(value=str(shown_image(run, row, roots)), label=caption(run, row)),
+        neighbour_gallery(run, level, row),
+        f"**Selected {caption(run, row)}** — `{run.images.iloc[row]['relpath']}`; "
+        f"its {run.manifest['config']['k']} nearest neighbours at level {level}:",
+    )
+
+
+def on_run(store: RunStore, run_id: str, direction: str, color_by: str, method: str):
+    """A run switched to: its levels and projections, the user's view kept where it can."""
+    run = open_id(store, run_id)
+    level = default_level(run)
+    method = pick_method(run, method)
+    return (
+        run.id,
+        gr.update(choices=run.levels, value=level),
+        gr.update(choices=methods(run), value=method),
+        overlap_figure(run, level, DIRECTIONS.get(direction, "real"), color_by, method),
+    )
+
+
+def level_dropdown(label: str, run: Run) -> gr.Dropdown:
+    # allow_custom_value: another run's levels (switched to later) are valid values too
+    return gr.Dropdown(
+        label=label, choices=run.levels, value=default_level(run), allow_custom_value=True
+    )
+
+
+def build(store: RunStore, roots: list[str], first: Run) -> Tab:
+    first_methods = methods(first)
+    with gr.Blocks() as blocks:
+        run_id = gr.Textbox(first.id, visible=False)
+        with gr.Row():
+            level = level_dropdown("Level", first)
+            method = gr.Radio(first_methods, value=first_methods[0][1], label="Projection",
+                              elem_id="projection")  # fmt: skip
+            direction = gr.Radio(list(DIRECTIONS), value=list(DIRECTIONS)[0], label="Direction",
+                                 scale=2)  # fmt: skip
+            color_by = gr.Radio(list(COLOR_BY), value="domain", label="Colour by", scale=2)
+        with gr.Row():
+            with gr.Column(scale=3):
+                figure = overlap_figure(first, default_level(first), "real",
+                                        method=first_methods[0][1])  # fmt: skip
+                plot = gr.Plot(figure, elem_id="overlap_plot", label="Overlap (click a point)")
+            with gr.Column(scale=2):
+                selected = gr.Image(label="Selected image", height=260, elem_id="selected_image")
+                info = gr.Markdown("Click a point in the plot to see its nearest neighbours.")
+                gallery = gr.Gallery(label="Nearest neighbours", columns=4, height=420,
+                                     elem_id="neighbours")  # fmt: skip
+        click_box = gr.Textbox(elem_id="click_box", visible="hidden")
+        gr.on(
+            [level.change, direction.change, color_by.change, method.change],
+            partial(show_plot, store), [run_id, level, direction, color_by, method], plot,
+        )  # fmt: skip
+        click_box.change(
+            partial(select_point, store, roots), [click_box, run_id, level],
+            [selected, gallery, info], api_name="select_point",
+        )  # fmt: skip
+        blocks.load(None, None, None, js=SELECT_ON_CLICK_JS)
+    return Tab(blocks, run_id, on_run, [direction, color_by, method], [run_id, level, method, plot])

@@ -1,49 +1,50 @@
-"""The gap report: metrics across levels, the images to blame, and history over runs.
+"""The gap report tab: metrics across levels, the images to blame, and history over runs.
 
-Plain functions of published runs, like demo.views; no Gradio in here.
+Every metric in metrics.json is one record shape ({value, ci95, n, ...}; lib.gap.records),
+so the table, the charts and the history read any metric the same way; runs published
+before the shape was unified are upgraded as they are read (lib.store.Run.metrics).
 """
 
 from __future__ import annotations
 
+from functools import partial
+
+import gradio as gr
 import numpy as np
 
-from demo.views import caption, open_run
+from demo.runs import Tab, caption, default_level, level_scores, open_id, open_run
+from lib.gap.records import interval
 from lib.store import Run, RunStore
 
-# (title, how to read one level's value, its interval or None, what "no gap" looks like)
+# name → (title, short table header)
 METRICS = {
-    "fd": ("Fréchet distance (equal N)", lambda m: m["fd"]["value"], lambda m: m["fd"]["ci95"]),
-    "fd_inf": ("FD∞ (extrapolated)", lambda m: m["fd_inf"]["value"], lambda m: None),
-    "kid": (
-        "KID (standardised)",
-        lambda m: m["kid"]["mean"],
-        lambda m: [m["kid"]["mean"] - m["kid"]["std"], m["kid"]["mean"] + m["kid"]["std"]],
-    ),
-    "auc": (
-        "Domain classifier AUC (0.5 = no gap)",
-        lambda m: m["classifier"]["auc"],
-        lambda m: m["classifier"]["ci95"],
-    ),
-    "coverage": (
-        "Coverage (≈0.97 = no gap)",
-        lambda m: m["coverage"]["value"],
-        lambda m: m["coverage"]["ci95"],
-    ),
-    "density": ("Density (≈1 = no gap)", lambda m: m["density"], lambda m: m["density_ci95"]),
-    "precision": ("Precision", lambda m: m["precision"], lambda m: m.get("precision_ci95")),
-    "recall": ("Recall", lambda m: m["recall"], lambda m: m.get("recall_ci95")),
-    "mixing": (
-        "Neighbour mixing (1 = mixed)",
-        lambda m: m["mixing"]["value"],
-        lambda m: m["mixing"]["ci95"],
-    ),
+    "fd": ("Fréchet distance (equal N)", "FD"),
+    "fd_inf": ("FD∞ (extrapolated)", "FD∞"),
+    "kid": ("KID (standardised; ± 1 std)", "KID"),
+    "auc": ("Domain classifier AUC (0.5 = no gap)", "AUC"),
+    "precision": ("Precision", "precision"),
+    "recall": ("Recall", "recall"),
+    "density": ("Density (≈1 = no gap)", "density"),
+    "coverage": ("Coverage (≈0.97 = no gap)", "coverage"),
+    "mixing": ("Neighbour mixing (1 = mixed)", "mixing"),
 }
 PANELS = ("fd", "kid", "auc", "coverage", "density", "mixing")
+SUMMARY_HEADERS = ["level", "N real + synthetic", "dim", *(short for _, short in METRICS.values())]
 
 
 def metric_value(level_metrics: dict, name: str) -> tuple[float, list[float] | None]:
-    _, value, interval = METRICS[name]
-    return float(value(level_metrics)), interval(level_metrics)
+    """A metric's value and interval at one level, whatever the metric."""
+    rec = level_metrics["metrics"][name]
+    return float(rec["value"]), interval(rec)
+
+
+def _error_bars(points: list[tuple[float, list[float] | None]]) -> dict:
+    return {
+        "type": "data",
+        "array": [ci[1] - v if ci else 0.0 for v, ci in points],
+        "arrayminus": [v - ci[0] if ci else 0.0 for v, ci in points],
+        "visible": True,
+    }
 
 
 def levels_figure(run: Run):
@@ -51,58 +52,39 @@ def levels_figure(run: Run):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    levels = list(run.metrics["levels"])
+    levels = run.metrics["levels"]
     fig = make_subplots(rows=2, cols=3, subplot_titles=[METRICS[p][0] for p in PANELS])
     for i, name in enumerate(PANELS):
-        values, lo, hi = [], [], []
-        for level in levels:
-            v, ci = metric_value(run.metrics["levels"][level], name)
-            values.append(v)
-            lo.append(v - ci[0] if ci else 0.0)
-            hi.append(ci[1] - v if ci else 0.0)
+        points = [metric_value(m, name) for m in levels.values()]
         fig.add_trace(
-            go.Scatter(
-                x=levels,
-                y=values,
-                mode="lines+markers",
-                name=METRICS[name][0],
-                error_y={"type": "data", "array": hi, "arrayminus": lo, "visible": True},
-                showlegend=False,
-            ),
-            row=i // 3 + 1,
-            col=i % 3 + 1,
-        )
-        if name == "fd":
-            fd_inf = [run.metrics["levels"][lv]["fd_inf"]["value"] for lv in levels]
-            fig.add_trace(
-                go.Scatter(x=levels, y=fd_inf, mode="lines", line={"dash": "dot"}, name="FD∞"),
-                row=1,
-                col=1,
-            )
+            go.Scatter(x=list(levels), y=[v for v, _ in points], mode="lines+markers",
+                       name=METRICS[name][0], error_y=_error_bars(points), showlegend=False),
+            row=i // 3 + 1, col=i % 3 + 1,
+        )  # fmt: skip
+    fd_inf = [metric_value(m, "fd_inf")[0] for m in levels.values()]
+    fig.add_trace(
+        go.Scatter(x=list(levels), y=fd_inf, mode="lines", line={"dash": "dot"}, name="FD∞"),
+        row=1, col=1,
+    )  # fmt: skip
     fig.update_layout(height=560, margin={"l": 40, "r": 10, "t": 40, "b": 30}, showlegend=False)
     return fig
 
 
 def summary_table(run: Run) -> list[list]:
-    """Rows for a table: level, N, then each metric with its interval as text."""
+    """Rows for a table: level, N, dim, then each metric with its interval as text."""
     rows = []
     for level, m in run.metrics["levels"].items():
         row = [level, f"{m['n']['real']} + {m['n']['synthetic']}", m["dim"]]
-        for name in ("fd", "fd_inf", "kid", "auc", "precision", "recall", "density", "coverage"):
+        for name in METRICS:
             v, ci = metric_value(m, name)
             row.append(f"{v:.3g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""))
-        row.append(f"{m['mixing']['value']:.3g}")
         rows.append(row)
     return rows
 
 
-SUMMARY_HEADERS = ["level", "N real + synthetic", "dim", "FD", "FD∞", "KID", "AUC", "precision",
-                   "recall", "density", "coverage", "mixing"]  # fmt: skip
-
-
 def blame_galleries(run: Run, level: str, n: int = 16) -> dict[str, list[tuple[str, str]]]:
     """Thumbnails of the images behind the gap at one level, worst first."""
-    scores = run.scores[run.scores["level"] == level].set_index("id")
+    scores = level_scores(run, level)
     images = run.images
     synth = scores.loc[images.index[images["domain"] == "synthetic"]]
     real = scores.loc[images.index[images["domain"] == "real"]]
@@ -133,7 +115,7 @@ def history_figure(store: RunStore, level: str, name: str = "auc"):
     """One metric at one level over every published run, oldest first."""
     import plotly.graph_objects as go
 
-    xs, ys, lo, hi, texts = [], [], [], [], []
+    xs, points, texts = [], [], []
     for run_id in reversed(store.run_ids()):
         run = open_run(str(store.runs_dir / run_id))
         if run.manifest.get("derived_from"):  # same metrics as the run it extends
@@ -141,22 +123,13 @@ def history_figure(store: RunStore, level: str, name: str = "auc"):
         levels = (run.metrics or {}).get("levels", {})
         if level not in levels:
             continue
-        v, ci = metric_value(levels[level], name)
         xs.append(run.manifest["created"])
-        ys.append(v)
-        lo.append(v - ci[0] if ci else 0.0)
-        hi.append(ci[1] - v if ci else 0.0)
+        points.append(metric_value(levels[level], name))
         texts.append(run_id)
     fig = go.Figure(
-        go.Scatter(
-            x=xs,
-            y=ys,
-            text=texts,
-            mode="lines+markers",
-            error_y={"type": "data", "array": hi, "arrayminus": lo, "visible": True},
-            hovertemplate="%{text}<br>%{y:.4g}<extra></extra>",
-        )
-    )
+        go.Scatter(x=xs, y=[v for v, _ in points], text=texts, mode="lines+markers",
+                   error_y=_error_bars(points), hovertemplate="%{text}<br>%{y:.4g}<extra></extra>")
+    )  # fmt: skip
     fig.update_layout(
         title=f"{METRICS[name][0]} at {level}, all published runs",
         height=360,
@@ -164,16 +137,6 @@ def history_figure(store: RunStore, level: str, name: str = "auc"):
         xaxis_title="run",
     )
     return fig
-
-
-def cluster_names(run: Run, level: str, ids: np.ndarray) -> np.ndarray:
-    """A legend name per point: 'cluster 3 · real-only', or 'noise'."""
-    scores = run.scores[run.scores["level"] == level].set_index("id")
-    kinds = {c["cluster"]: c["kind"] for c in run.metrics["levels"][level]["clusters"]["table"]}
-    labels = scores.loc[ids, "cluster"].to_numpy()
-    return np.array(
-        ["noise" if c < 0 else f"cluster {c:02d} · {kinds.get(c, 'mixed')}" for c in labels]
-    )
 
 
 def cluster_gallery(run: Run, level: str, per_cluster: int = 4) -> list[tuple[str, str]]:
@@ -190,26 +153,20 @@ def cluster_gallery(run: Run, level: str, per_cluster: int = 4) -> list[tuple[st
     return items
 
 
-def score_colors(run: Run, level: str, ids: np.ndarray, name: str) -> np.ndarray:
-    """Per-point values to colour the 3D plot by: realism or p(synthetic) at this level."""
-    scores = run.scores[run.scores["level"] == level].set_index("id")
-    return scores.loc[ids, name].to_numpy(dtype=float)
-
-
 def notes_markdown(run: Run) -> str:
     """Where the gap is largest, and how to read the numbers honestly."""
     levels = run.metrics["levels"]
-    worst = max(levels, key=lambda lv: levels[lv]["classifier"]["auc"])
-    best = min(levels, key=lambda lv: levels[lv]["classifier"]["auc"])
-    w, b = levels[worst], levels[best]
-    n = w["n"]
-    kid = w["kid"]
+    auc = {lv: metric_value(m, "auc")[0] for lv, m in levels.items()}
+    worst, best = max(auc, key=auc.get), min(auc, key=auc.get)
+    w = levels[worst]
+    kid = w["metrics"]["kid"]
+    cov = {lv: metric_value(levels[lv], "coverage")[0] for lv in (worst, best)}
     lines = [
-        f"**Largest gap at {worst}** (domain classifier AUC {w['classifier']['auc']:.3f}, "
-        f"coverage {w['coverage']['value']:.3f}); **smallest at {best}** "
-        f"(AUC {b['classifier']['auc']:.3f}, coverage {b['coverage']['value']:.3f}).",
-        f"- N = {n['real']} real, {n['synthetic']} synthetic; FD at equal N = {n['fd_equal_n']} "
-        "(FD shrinks like 1/N: compare runs at equal N, or FD∞).",
+        f"**Largest gap at {worst}** (domain classifier AUC {auc[worst]:.3f}, coverage "
+        f"{cov[worst]:.3f}); **smallest at {best}** (AUC {auc[best]:.3f}, coverage "
+        f"{cov[best]:.3f}).",
+        f"- N = {w['n']['real']} real, {w['n']['synthetic']} synthetic; FD at equal N = "
+        f"{w['metrics']['fd']['n']} (FD shrinks like 1/N: compare runs at equal N, or FD∞).",
         f"- KID over {kid['subsets']} subsets of {kid['subset_size']}"
         + (" (fewer images than the usual 1000 per subset)" if kid["reduced"] else "")
         + "; KID, PRDC, realism, mixing and the classifier use features standardised with the "
@@ -221,3 +178,70 @@ def notes_markdown(run: Run) -> str:
         f"{w['clusters']['synthetic_only']} synthetic-only (what it invents).",
     ]
     return "\n".join(lines)
+
+
+# ---- the tab ----------------------------------------------------------------------------
+
+NO_METRICS = "This run has no gap metrics (it predates them): rerun the batch job."
+
+
+def show_report(store: RunStore, run_id: str, level: str, metric: str):
+    """The gap report of a run: notes, table, chart, images to blame at `level`, history."""
+    run = open_id(store, run_id)
+    if not run.metrics:
+        return NO_METRICS, None, None, [], [], [], [], None
+    level = level if level in run.levels else default_level(run)
+    blame = blame_galleries(run, level)
+    return (
+        notes_markdown(run),
+        summary_table(run),
+        levels_figure(run),
+        blame["least_realistic"],
+        blame["most_synthetic"],
+        blame["uncovered_real"],
+        blame["one_domain_clusters"],
+        history_figure(store, level, metric),
+    )
+
+
+def on_run(store: RunStore, run_id: str, metric: str):
+    run = open_id(store, run_id)
+    level = default_level(run)
+    return (
+        run.id,
+        gr.update(choices=run.levels, value=level),
+        *show_report(store, run.id, level, metric),
+    )
+
+
+def _gallery(label: str, elem_id: str | None = None) -> gr.Gallery:
+    return gr.Gallery(label=label, columns=8, height=260, elem_id=elem_id)
+
+
+def build(store: RunStore, first: Run) -> Tab:
+    with gr.Blocks() as blocks:
+        run_id = gr.Textbox(first.id, visible=False)
+        notes = gr.Markdown(elem_id="report_notes")
+        table = gr.Dataframe(headers=SUMMARY_HEADERS, label="Gap per level", elem_id="gap_table")
+        chart = gr.Plot(label="Metrics across levels (95% intervals; KID ± 1 std)")
+        with gr.Row():
+            level = gr.Dropdown(label="Images to blame at level", choices=first.levels,
+                                value=default_level(first), allow_custom_value=True)  # fmt: skip
+            metric = gr.Dropdown(label="History of", value="auc",
+                                 choices=[(METRICS[m][0], m) for m in METRICS])  # fmt: skip
+        galleries = [
+            _gallery("Least realistic synthetic images (realism score; < 1 = outside the real "
+                     "manifold)", "least_realistic"),
+            _gallery("Most obviously synthetic (out-of-fold domain classifier)"),
+            _gallery("Real images no synthetic image covers (what the synthetic data misses)",
+                     "uncovered_real"),
+            _gallery("Samples from one-domain clusters (real-only: missed; synthetic-only: "
+                     "invented)", "one_domain_clusters"),
+        ]  # fmt: skip
+        history = gr.Plot(label="Over all published runs")
+        outputs = [notes, table, chart, *galleries, history]
+        gr.on([level.change, metric.change], partial(show_report, store),
+              [run_id, level, metric], outputs)  # fmt: skip
+        # filled on load too: the report is the slowest part of a run to draw
+        blocks.load(partial(show_report, store), [run_id, level, metric], outputs)
+    return Tab(blocks, run_id, on_run, [metric], [run_id, level, *outputs])

@@ -1,13 +1,14 @@
-"""A real browser: headless Debian Chromium clicks a point on the 3D plot.
+"""A real browser: headless Debian Chromium used as a person uses the demo.
 
-A plotly 3D click registers only when the pointer is within 5 px of a point while the
-button is down, so the test first moves the mouse until plotly's own picking reports a
-point that close (read from the scene's pick state), then presses and releases there.
+Points are found the way a person finds them: move the mouse over the plot until a
+tooltip shows, read the image's #id from it, press and release there, and check that the
+selected image is that one.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -15,16 +16,14 @@ import pytest
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-PICK_DISTANCE = """() => {
-  const gd = document.querySelector('#overlap_plot .js-plotly-plot');
-  const scene = gd && gd._fullLayout.scene && gd._fullLayout.scene._scene;
-  const sel = scene && scene.glplot.selection;
-  return sel ? sel.distance : null;
+TOOLTIP = """() => {
+  const t = document.querySelector('#overlap_plot .hovertext');
+  return t ? t.textContent : null;
 }"""
 
 
 @pytest.fixture(scope="module")
-def page(demo_url):
+def browser():
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             pytest.fail("Debian's chromium is missing: .ci/run installs it")
@@ -37,40 +36,59 @@ def page(demo_url):
             headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(demo_url)
-        page.wait_for_selector("#overlap_plot .js-plotly-plot canvas", timeout=60_000)
-        page.wait_for_timeout(1500)
-        yield page
+        yield browser
         browser.close()
 
 
-def find_point(page) -> tuple[float, float]:
-    """Screen coordinates within 5 px of some plotted point."""
+@pytest.fixture()
+def page(browser, demo_url):
+    """A fresh page for each test, as a new visitor sees the demo: no test depends on
+    what another clicked."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(demo_url)
+    page.wait_for_selector("#overlap_plot .js-plotly-plot canvas", timeout=60_000)
+    page.wait_for_timeout(1500)
+    yield page
+    page.close()
+
+
+def tooltip_id(page, x: float, y: float) -> int | None:
+    """The #id in the tooltip shown with the pointer at (x, y), if any."""
+    page.mouse.move(x, y)
+    page.wait_for_timeout(60)
+    match = re.match(r"#(\d+) ", page.evaluate(TOOLTIP) or "")
+    return int(match.group(1)) if match else None
+
+
+def points_with_tooltips(page, wanted: int = 1, skip: tuple = ()) -> list[tuple[float, float, int]]:
+    """Screen positions where a tooltip shows, with the id it names, scanning the plot."""
     box = page.query_selector("#overlap_plot .js-plotly-plot").bounding_box()
-    near = None
-    for fy in (0.5, 0.4, 0.6, 0.3, 0.7):
-        for fx in (i / 30 for i in range(5, 26)):
+    found = []
+    for fy in (0.5, 0.42, 0.58, 0.34, 0.66, 0.26, 0.74):
+        for fx in (i / 40 for i in range(6, 35)):
             x, y = box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
-            page.mouse.move(x, y)
-            page.wait_for_timeout(40)
-            d = page.evaluate(PICK_DISTANCE)
-            if d is not None and d < 30:
-                near = (d, x, y)
-                break
-        if near:
-            break
-    assert near, "no plotted point found under the pointer"
-    best = near
-    for dx in range(-12, 13, 2):
-        for dy in range(-12, 13, 2):
-            page.mouse.move(near[1] + dx, near[2] + dy)
-            page.wait_for_timeout(30)
-            d = page.evaluate(PICK_DISTANCE)
-            if d is not None and d < best[0]:
-                best = (d, near[1] + dx, near[2] + dy)
-    assert best[0] < 5, best
-    return best[1], best[2]
+            row = tooltip_id(page, x, y)
+            if row is not None and row not in skip and row not in [f[2] for f in found]:
+                found.append((x, y, row))
+                if len(found) == wanted:
+                    return found
+    assert found, "no tooltip anywhere over the plot"
+    return found
+
+
+def click_here(page, x: float, y: float) -> None:
+    """Press and release without moving, as a click by hand."""
+    page.mouse.move(x, y)
+    page.wait_for_timeout(80)
+    page.mouse.down()
+    page.wait_for_timeout(120)
+    page.mouse.up()
+
+
+def wait_selected(page, row: int) -> None:
+    page.wait_for_function(
+        "(row) => document.body.innerText.includes(`Selected #${row} `)", arg=row, timeout=20_000
+    )
 
 
 def gallery_captions(page) -> list[str]:
@@ -81,37 +99,40 @@ def gallery_captions(page) -> list[str]:
     ]
 
 
-def test_clicking_a_point_shows_its_neighbours(page):
+def test_clicking_where_a_tooltip_shows_selects_that_image(page):
     assert gallery_captions(page) == []
-    x, y = find_point(page)
-    page.mouse.move(x, y)
-    page.wait_for_timeout(100)
-    page.mouse.down()
-    page.wait_for_timeout(150)
-    page.mouse.up()
-    page.wait_for_function(
-        "() => document.querySelectorAll('#neighbours .caption-label').length >= 8",
-        timeout=20_000,
-    )
-    captions = gallery_captions(page)
-    assert len(captions) == 8 and all("d=" in c for c in captions)
-    selected = page.inner_text("#selected_image")
-    assert "#" in selected
-    # the Python callback received the clicked point: the info line names it
-    assert "Selected #" in page.inner_text("body")
+    points = points_with_tooltips(page, wanted=3)
+    assert len(points) == 3
+    for x, y, row in points:
+        assert tooltip_id(page, x, y) == row  # the tooltip is there before the click
+        click_here(page, x, y)
+        wait_selected(page, row)
+        page.wait_for_function(
+            "() => document.querySelectorAll('#neighbours .caption-label').length >= 8",
+            timeout=20_000,
+        )
+        captions = gallery_captions(page)
+        assert len(captions) == 8 and all("d=" in c for c in captions)
+        assert f"#{row} " in page.inner_text("#selected_image")
+
+
+def select_some_point(page) -> int:
+    ((x, y, row),) = points_with_tooltips(page)
+    click_here(page, x, y)
+    wait_selected(page, row)
+    return row
 
 
 def test_changing_level_keeps_clicking_working(page):
+    select_some_point(page)
     first = gallery_captions(page)
     page.click("#banner")  # somewhere neutral: a click on the plot could pick a point
     page.get_by_label("Level", exact=True).click()
     page.get_by_role("option", name="c5").click()
     page.wait_for_timeout(1500)
-    x, y = find_point(page)
-    page.mouse.move(x, y)
-    page.mouse.down()
-    page.wait_for_timeout(150)
-    page.mouse.up()
+    ((x, y, row),) = points_with_tooltips(page)
+    click_here(page, x, y)
+    wait_selected(page, row)
     page.wait_for_function(
         "(old) => { const c = [...document.querySelectorAll('#neighbours .caption-label')]"
         ".map(e => e.innerText.trim()).join('|'); return c && c !== old; }",
@@ -119,6 +140,17 @@ def test_changing_level_keeps_clicking_working(page):
         timeout=20_000,
     )
     assert "level c5" in page.inner_text("body")
+
+
+def test_a_drag_rotates_and_selects_nothing(page):
+    shown = select_some_point(page)
+    ((x, y, row),) = points_with_tooltips(page, skip=(shown,))
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 40, y + 25, steps=5)
+    page.mouse.up()
+    page.wait_for_timeout(1500)
+    assert f"Selected #{shown} " in page.inner_text("body")  # unchanged
 
 
 def test_gap_report_tab_shows_the_images_to_blame(page):
@@ -132,29 +164,15 @@ def test_gap_report_tab_shows_the_images_to_blame(page):
     assert "realism" in page.inner_text("#least_realistic")
 
 
-POINT_2D = """(skip) => {
-  const gd = document.querySelector('#overlap_plot .js-plotly-plot');
-  const fl = gd && gd._fullLayout;
-  if (!fl || !fl.xaxis || !gd._fullData.length || gd._fullData[0].type !== 'scattergl') return null;
-  const t = gd._fullData[0], r = gd.getBoundingClientRect();
-  const i = t.customdata.findIndex((id) => id !== skip);
-  return [r.left + fl._size.l + fl.xaxis.l2p(t.x[i]), r.top + fl._size.t + fl.yaxis.l2p(t.y[i]),
-          t.customdata[i]];
-}"""
-
-
 def test_the_tsne_projection_is_2d_and_clickable(page):
-    import re
-
     page.get_by_role("tab", name="Overlap").click()
     page.get_by_text("t-SNE", exact=True).click()
-    page.wait_for_function(f"() => ({POINT_2D})(-1) !== null", timeout=20_000)
-    page.wait_for_timeout(500)
-    assert "both domains together" in page.inner_text("#overlap_plot")
-    shown = re.search(r"Selected #(\d+)", page.inner_text("body"))
-    x, y, row = page.evaluate(POINT_2D, int(shown.group(1)) if shown else -1)
-    page.mouse.click(x, y)
     page.wait_for_function(
-        "(row) => document.body.innerText.includes(`Selected #${row} `)", arg=row, timeout=20_000
+        "() => document.querySelector('#overlap_plot').innerText.includes('both domains')",
+        timeout=20_000,
     )
+    page.wait_for_timeout(800)
+    ((x, y, row),) = points_with_tooltips(page)
+    click_here(page, x, y)
+    wait_selected(page, row)
     assert len(gallery_captions(page)) == 8

@@ -9,7 +9,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from demo import views
+from demo import overlap as views
+from demo import runs
 from lib.plots import direction_title
 
 pytestmark = pytest.mark.slow
@@ -61,14 +62,23 @@ def test_a_click_on_another_level_gives_other_neighbours(client, results_dir):
     assert [i["caption"] for i in g2] != [i["caption"] for i in g5]
 
 
-def test_files_outside_the_run_and_image_roots_are_refused(demo_url):
-    for path in ("/etc/passwd", "/root/.bashrc"):
-        try:
-            with urllib.request.urlopen(f"{demo_url}gradio_api/file={path}", timeout=10) as r:
-                status = r.status
-        except urllib.error.HTTPError as err:
-            status = err.code
-        assert status in (403, 404), path
+def served(demo_url: str, path) -> int:
+    try:
+        with urllib.request.urlopen(f"{demo_url}gradio_api/file={path}", timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_a_runs_thumbnails_are_served_and_the_rest_of_the_store_is_not(
+    demo_url, published_run, results_dir
+):
+    assert served(demo_url, published_run.thumb(0)) == 200  # the positive control
+    cache_entry = next((results_dir / "cache").rglob("*.npz"))
+    log = results_dir / "demo.log"
+    assert cache_entry.is_file() and log.is_file()  # they exist: refusals mean something
+    for path in ("/etc/passwd", "/root/.bashrc", cache_entry, log):
+        assert served(demo_url, path) in (403, 404), path
 
 
 def test_overlap_figure_points_carry_row_ids(published_run):
@@ -96,7 +106,7 @@ def test_every_projection_of_the_run_can_be_shown(published_run):
 
 
 def test_banner_says_which_run_and_which_weights(published_run):
-    text = views.banner(published_run)
+    text = runs.banner(published_run)
     assert published_run.id in text
     assert "efficientnet-lite0" in text and "ImageNet" in text
     assert "RANDOM WEIGHTS" not in text
@@ -123,8 +133,11 @@ def test_report_table_and_chart_cover_every_level(published_run):
     fig = report.levels_figure(published_run)
     auc = next(t for t in fig.data if t.name.startswith("Domain classifier"))
     assert list(auc.x) == published_run.levels
-    expected = [published_run.metrics["levels"][lv]["classifier"]["auc"] for lv in auc.x]
+    raw = json.loads((published_run.dir / "metrics.json").read_text())["levels"]
+    expected = [raw[lv]["metrics"]["auc"]["value"] for lv in auc.x]
     np.testing.assert_allclose(auc.y, expected)
+    lo = [raw[lv]["metrics"]["auc"]["ci95"][0] for lv in auc.x]
+    np.testing.assert_allclose(np.asarray(auc.y) - auc.error_y.arrayminus, lo)
     assert "Largest gap at" in report.notes_markdown(published_run)
 
 
@@ -143,23 +156,40 @@ def test_blame_galleries_put_the_worst_images_first(published_run):
     assert all(published_run.images.domain[i] == "real" for i in uncovered)
 
 
-def test_history_has_a_point_per_run_with_metrics(results_dir):
+def test_history_reads_each_runs_metrics_old_runs_included(published_run, tmp_path):
+    """A store with today's run and one written before metrics had one record shape
+    (tests/fixtures/schema1): one point per run, each y the run's own metrics.json."""
+    import shutil
+    from pathlib import Path
+
     from demo import report
     from lib.store import RunStore
 
-    store = RunStore(results_dir)
+    old = next((Path(__file__).parent / "fixtures" / "schema1" / "runs").iterdir())
+    for run_dir in (old, published_run.dir):
+        shutil.copytree(run_dir, tmp_path / "runs" / run_dir.name)
+    store = RunStore(tmp_path)
     fig = report.history_figure(store, "c3", "coverage")
-    with_metrics = [r for r in store.run_ids() if store.open(r).metrics]
-    assert len(fig.data[0].x) == len(with_metrics) >= 1
-    assert list(fig.data[0].text) == sorted(with_metrics)
+    assert list(fig.data[0].text) == [old.name, published_run.id]
+    old_raw = json.loads((old / "metrics.json").read_text())["levels"]["c3"]
+    new_raw = json.loads((published_run.dir / "metrics.json").read_text())["levels"]["c3"]
+    expected = [old_raw["coverage"]["value"], new_raw["metrics"]["coverage"]["value"]]
+    np.testing.assert_allclose(fig.data[0].y, expected)
+    precision = report.history_figure(store, "c3", "precision")  # a flat number in schema 1
+    assert precision.data[0].y[0] == pytest.approx(old_raw["precision"])
 
 
 def test_plot_can_be_coloured_by_realism(published_run):
+    import pandas as pd
+
     fig = views.overlap_figure(published_run, "c3", "real", "realism")
     real, synthetic = fig.data
     assert real.marker.color == "lightgrey"
     colors = np.asarray(synthetic.marker.color, dtype=float)
     assert np.isfinite(colors).all() and synthetic.marker.showscale
+    scores = pd.read_parquet(published_run.dir / "scores.parquet")
+    realism = scores[scores.level == "c3"].set_index("id")["realism"]
+    np.testing.assert_allclose(colors, realism.loc[np.asarray(synthetic.customdata)].to_numpy())
 
 
 def test_plot_can_be_coloured_by_cluster(published_run):

@@ -1,0 +1,113 @@
+"""What every tab reads of a published run: opened runs (cached), their listing, the
+banner, captions and per-image scores. Plain functions; no Gradio in here.
+
+Runs are immutable once published, so opened runs are cached by directory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from lib.store import Run, RunStore
+
+
+@dataclass
+class Tab:
+    """One tab of the app: its own gr.Blocks (rendered into the app), the hidden textbox
+    holding the run it shows, and what the app calls when the user switches runs:
+    `on_run(store, run_id, *inputs)` → values for `outputs`."""
+
+    blocks: object  # gr.Blocks
+    run_id: object  # gr.Textbox, hidden (an API parameter too)
+    on_run: Callable
+    inputs: list
+    outputs: list
+
+
+METHOD_LABELS = {"umap": "UMAP", "pca": "PCA", "tsne": "t-SNE"}
+
+
+@lru_cache(maxsize=8)
+def open_run(run_dir: str) -> Run:
+    return Run(Path(run_dir))
+
+
+def open_id(store: RunStore, run_id: str | None) -> Run:
+    """A published run by id (the latest for None), from the cache."""
+    return open_run(str(store.open(run_id or None).dir))
+
+
+def default_level(run: Run) -> str:
+    """The middle level: shallow levels see texture, deep ones semantics; start between."""
+    return run.levels[len(run.levels) // 2]
+
+
+def run_choices(store: RunStore) -> list[tuple[str, str]]:
+    """(label, run id) for every published run, newest first."""
+    latest = store.latest_id()
+    out = []
+    for run_id in store.run_ids():
+        m = open_run(str(store.runs_dir / run_id)).manifest
+        counts = " + ".join(f"{n} {d}" for d, n in m["counts"].items())
+        tag = " · latest" if run_id == latest else ""
+        weights = " · RANDOM WEIGHTS" if m["backbone"]["random_weights"] else ""
+        out.append((f"{run_id} · {m['backbone']['name']}{weights} · {counts}{tag}", run_id))
+    return out
+
+
+def banner(run: Run) -> str:
+    """Markdown saying which run is shown, from what, with which weights."""
+    m = run.manifest
+    b = m["backbone"]
+    lines = [f"**Run {run.id}** · computed {m['created'].replace('T', ' ')} UTC"]
+    for inp in m["inputs"]:
+        lines.append(
+            f"- {inp['domain']}: `{inp['source']}` ({inp['used']} images"
+            + (f", {inp['skipped']} skipped" if inp["skipped"] else "")
+            + ")"
+        )
+    lines.append(
+        f"- backbone **{b['name']}**, levels {', '.join(b['levels'])}; weights: {b['weights']}"
+    )
+    lines.append(
+        f"- pooling {m['config']['pooling']}, images {m['prepare']}, projections "
+        f"{', '.join(METHOD_LABELS.get(p, p) for p in m['config'].get('projections', ['umap']))}"
+        f" (UMAP {json.dumps(m['config']['umap'])}), neighbours k={m['config']['k']} "
+        f"({m['config']['metric']})"
+    )
+    if b["random_weights"]:
+        lines.insert(
+            0, "## ⚠️ RANDOM WEIGHTS: this backbone was never trained; neighbours mean little"
+        )
+    return "\n".join(lines)
+
+
+def caption(run: Run, row: int, distance: float | None = None) -> str:
+    r = run.images.iloc[row]
+    text = f"#{row} {r['domain']} · {r['category'] or '–'}"
+    return text if distance is None else f"{text} · d={distance:.3f}"
+
+
+def level_scores(run: Run, level: str):
+    """The run's per-image scores at one level, indexed by image id."""
+    return run.scores[run.scores["level"] == level].set_index("id")
+
+
+def score_values(run: Run, level: str, ids: np.ndarray, name: str) -> np.ndarray:
+    """Per-image values of one score (realism, p_synthetic) at this level, for `ids`."""
+    return level_scores(run, level).loc[ids, name].to_numpy(dtype=float)
+
+
+def cluster_names(run: Run, level: str, ids: np.ndarray) -> np.ndarray:
+    """A legend name per image: 'cluster 3 · real-only', or 'noise'."""
+    kinds = {c["cluster"]: c["kind"] for c in run.metrics["levels"][level]["clusters"]["table"]}
+    labels = level_scores(run, level).loc[ids, "cluster"].to_numpy()
+    return np.array(
+        ["noise" if c < 0 else f"cluster {c:02d} · {kinds.get(c, 'mixed')}" for c in labels]
+    )
