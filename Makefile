@@ -14,7 +14,7 @@ IMAGE ?= gapscope
 # umap-learn compiles with numba on first use: keep the compiled code between runs.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: help setup setup-dev example batch demo test bench lint format clean docker-build docker-run docker-gpu
+.PHONY: help setup setup-dev example batch demo test test-random bench lint format clean docker-build docker-run docker-gpu
 
 help:
 	@echo "make demo    build the bundled example if needed, run the batch job once, serve on $(HOST):$(PORT)"
@@ -51,6 +51,9 @@ demo: setup example
 
 test: setup-dev
 	$(BIN)/python -m pytest
+
+test-random: setup-dev
+	$(BIN)/python -m pytest -p randomly
 
 bench: setup-dev
 	$(BIN)/python bench/run.py --out $(RESULTS)/bench.json
