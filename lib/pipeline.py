@@ -251,7 +251,7 @@ def _project_one(X: np.ndarray, rows, projector, fit_on: str, level: str) -> lis
 
 
 def _projection_frame(rows: np.ndarray, level: str, projector, fit_on: str, coords):
-    """projections.parquet rows; a 2D embedding (t-SNE) has z = NaN."""
+    """Rows of the projections table; a 2D embedding (t-SNE) has z = NaN."""
     import pandas as pd
 
     return pd.DataFrame(
@@ -279,7 +279,7 @@ def find_neighbours(vectors, config: RunConfig, backend, writer: RunWriter) -> N
 def measure_gap(
     vectors, rows, params: GapParams, backend, writer: RunWriter, progress: Progress
 ) -> None:
-    """metrics.json and the per-image scores table, level by level."""
+    """The gap metrics and the per-image scores table, level by level."""
     import pandas as pd
 
     from lib.gap import NOTES, level_gap
@@ -298,7 +298,7 @@ def measure_gap(
 
 def _scores_frame(result, rows, level: str):
     """One row per image: out-of-fold p(synthetic), realism (synthetic images), covered
-    (real images) and cluster, in the order of images.parquet's ids."""
+    (real images) and cluster, in the order of the images table's ids."""
     import pandas as pd
 
     real, synthetic = rows["real"], rows["synthetic"]

@@ -119,7 +119,7 @@ class _Projector:
     - `check(n_fit, n_total, what)`: raise GapscopeError when there are too few points;
     - `fit(X)` → self, with `embedding_` for X; `transform(X)` for the other domain;
     - `joint`: both domains are embedded together (no transform; fit_on "both");
-    - `dimensions`: 3, or 2 (z is then NaN in projections.parquet);
+    - `dimensions`: 3, or 2 (z is then NaN in the stored projections);
     - `plots`: the run saves static PNGs of it (the original tool's UMAP views).
     """
 
