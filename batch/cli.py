@@ -104,22 +104,12 @@ def caricature(
 ) -> None:
     """Caricatures (feature visualisations) for every model × layer × image, in a new run."""
     _setup_logging(verbose)
-    from rich.progress import Progress
-
+    from batch.progress import Steps, progress_for_terminal
     from lib.caricature_job import run_caricatures
     from lib.store import RunStore
 
-    with Progress(console=_stderr()) as bar:
-        tasks = {}
-
-        def progress(name: str, step: int, total: int) -> None:
-            if name not in tasks:
-                tasks[name] = bar.add_task(f"caricatures of {name}", total=total)
-            bar.update(tasks[name], completed=step, total=total)
-            if step == total:  # the next batch of this model starts from zero
-                tasks.pop(name)
-
-        published = run_caricatures(job, RunStore(results), progress)
+    with progress_for_terminal(_stderr()) as progress:
+        published = run_caricatures(job, RunStore(results), Steps(progress))
     items = published.caricatures["items"]
     typer.echo(f"published run {published.id} with {len(items)} caricatures")
     for item in items:

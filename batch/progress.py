@@ -30,6 +30,9 @@ class RichProgress:
     def stage_done(self, stage: str, seconds: float, detail: str) -> None:
         pass
 
+    def stage_failed(self, stage: str, seconds: float, error: str) -> None:
+        pass
+
     def start(self, task: str, total: int) -> None:
         self.tasks[task] = self.bar.add_task(LABELS.get(task, task), total=total)
 
@@ -56,6 +59,9 @@ class LineProgress:
     def stage_done(self, stage: str, seconds: float, detail: str) -> None:
         self._line(f"{stage}: done in {seconds:.1f} s" + (f" ({detail})" if detail else ""))
 
+    def stage_failed(self, stage: str, seconds: float, error: str) -> None:
+        self._line(f"{stage}: failed after {seconds:.1f} s ({error.splitlines()[0][:200]})")
+
     def start(self, task: str, total: int) -> None:
         now = self.clock()
         self.counts[task] = [0, total, now, now]
@@ -72,6 +78,23 @@ class LineProgress:
                 f"{LABELS.get(task, task)}: {done}/{total} ({100 * done / total:.0f} %), "
                 f"{rate:.1f}/s"
             )
+
+
+class Steps:
+    """A caricature job's `progress(model, step, total)` as counted tasks of a Progress:
+    each batch of a model counts its optimisation steps from zero."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.done: dict[str, int] = {}
+
+    def __call__(self, name: str, step: int, total: int) -> None:
+        task = f"caricatures of {name}"
+        if step == 1 or task not in self.done:
+            self.progress.start(task, total)
+            self.done[task] = 0
+        self.progress.advance(task, step - self.done[task])
+        self.done[task] = step
 
 
 @contextmanager

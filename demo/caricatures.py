@@ -116,7 +116,7 @@ def build(store: RunStore, first: Run) -> Tab:
             ]
         grid = gr.Gallery(label="Model 1 at every layer", columns=6, height=300,
                           object_fit="contain", elem_id="caricature_grid")  # fmt: skip
-        gr.on([p.change for p in pickers], partial(show, store), [run_id, *pickers],
+        gr.on([p.input for p in pickers], partial(show, store), [run_id, *pickers],
               [*views, grid])  # fmt: skip
         outputs = [run_id, note, *pickers, *views, grid]
         blocks.load(partial(on_run, store), run_id, outputs)

@@ -45,34 +45,37 @@ MARKERS = {"real": "x", "synthetic": "circle"}
 
 SELECT_ON_CLICK_JS = r"""
 () => {
+  if (window.__gapscopeSelect) return;  // once per page: one set of listeners
+  const state = window.__gapscopeSelect = {hovered: null, down: null};
   const send = (id) => {
     const box = document.querySelector('#click_box textarea, #click_box input');
     // the timestamp makes a second click on the same point still count as a change
     box.value = JSON.stringify({id: id, t: Date.now()});
     box.dispatchEvent(new Event('input', {bubbles: true}));
   };
-  const bind = () => {
+  const bind = () => {  // each plot element Gradio mounts, once
     const gd = document.querySelector('#overlap_plot .js-plotly-plot');
     if (!gd || gd.__gapscopeBound || typeof gd.on !== 'function') return;
     gd.__gapscopeBound = true;
-    let hovered = null, down = null;
     gd.on('plotly_hover', (ev) => {
       const pt = ev.points && ev.points[0];
       const id = pt ? pt.customdata : undefined;  // row ids only: never a trace position
-      hovered = id === undefined ? null : (Array.isArray(id) ? id[0] : id);
+      state.hovered = id === undefined ? null : (Array.isArray(id) ? id[0] : id);
     });
-    gd.on('plotly_unhover', () => { hovered = null; });
-    gd.addEventListener('pointerdown', (e) => { down = [e.clientX, e.clientY, hovered]; }, true);
-    // on the window: a 2D plot covers the page while the button is down, so the release
-    // lands on plotly's drag cover, not on the plot
-    window.addEventListener('pointerup', (e) => {
-      if (!down) return;
-      const [x, y, id] = down;
-      down = null;
-      if (id === null || Math.hypot(e.clientX - x, e.clientY - y) > 4) return;  // a drag
-      send(id);
+    gd.on('plotly_unhover', () => { state.hovered = null; });
+    gd.addEventListener('pointerdown', (e) => {
+      state.down = [e.clientX, e.clientY, state.hovered];
     }, true);
   };
+  // on the window: a 2D plot covers the page while the button is down, so the release
+  // lands on plotly's drag cover, not on the plot
+  window.addEventListener('pointerup', (e) => {
+    if (!state.down) return;
+    const [x, y, id] = state.down;
+    state.down = null;
+    if (id === null || Math.hypot(e.clientX - x, e.clientY - y) > 4) return;  // a drag
+    send(id);
+  }, true);
   new MutationObserver(bind).observe(document.body, {childList: true, subtree: true});
   bind();
 }
@@ -291,8 +294,9 @@ def build(store: RunStore, roots: list[str], first: Run) -> Tab:
                 gallery = gr.Gallery(label="Nearest neighbours", columns=4, height=420,
                                      elem_id="neighbours")  # fmt: skip
         click_box = gr.Textbox(elem_id="click_box", visible="hidden")
+        # .input: the user's choices only; a run switch sets these and draws the plot itself
         gr.on(
-            [level.change, direction.change, color_by.change, method.change],
+            [level.input, direction.input, color_by.input, method.input],
             partial(show_plot, store), [run_id, level, direction, color_by, method], plot,
         )  # fmt: skip
         click_box.change(

@@ -240,7 +240,7 @@ def build(store: RunStore, first: Run) -> Tab:
         ]  # fmt: skip
         history = gr.Plot(label="Over all published runs")
         outputs = [notes, table, chart, *galleries, history]
-        gr.on([level.change, metric.change], partial(show_report, store),
+        gr.on([level.input, metric.input], partial(show_report, store),
               [run_id, level, metric], outputs)  # fmt: skip
         # filled on load too: the report is the slowest part of a run to draw
         blocks.load(partial(show_report, store), [run_id, level, metric], outputs)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from lib.errors import GapscopeError
-from lib.params import REQUIRED, comma_floats, param
+from lib.params import REQUIRED, check_minimums, comma_floats, param
 from lib.store import Run, RunStore, RunWriter
 
 log = logging.getLogger(__name__)
@@ -86,30 +86,49 @@ class CaricatureJob:
     """A caricature job's settings; every field is also a `batch caricature` option."""
 
     models: list[str] = param(
-        REQUIRED, "NAME=ARCH[:CHECKPOINT][@CONFIG], repeatable: a torchvision classifier with "
+        REQUIRED,
+        "NAME=ARCH[:CHECKPOINT][@CONFIG], repeatable: a torchvision classifier with "
         "its state dict (syn=resnet50:syn.pth), a TorchScript file (ts=torchscript:model.pt), "
         "a gapscope backbone (lite=efficientnet-lite0) or "
-        "det=detectron2:model_final.pth@config.yaml.", flag="--model")  # fmt: skip
+        "det=detectron2:model_final.pth@config.yaml.",
+        flag="--model",
+    )
     layers: list[str] = param(
-        REQUIRED, "Layer, repeatable: dotted (layer3.2.conv2), underscore (layer3_2_conv2) or "
-        "a level (p4, c3). See `layers`.", flag="--layer")  # fmt: skip
+        REQUIRED,
+        "Layer, repeatable: dotted (layer3.2.conv2), underscore (layer3_2_conv2) or "
+        "a level (p4, c3). See `layers`.",
+        flag="--layer",
+    )
     images: list[Path] = param(
-        [], "Input image file, repeatable. Default: from the run.", flag="--image")  # fmt: skip
-    from_run: int = param(4, "Without --image: this many of the run's images, half per domain.")
+        [], "Input image file, repeatable. Default: from the run.", flag="--image"
+    )
+    from_run: int = param(
+        4, "Without --image: this many of the run's images, half per domain.", minimum=1
+    )
     run_id: str | None = param(None, "Base run (default: latest).", flag="--run")
-    size: int = param(128, "Caricature side in pixels.")
-    input_size: int = param(224, "Model input side in pixels.")
-    steps: int | None = param(None, "Adam steps (default: 512; 1024 for layer4*).")
+    size: int = param(128, "Caricature side in pixels.", minimum=8)
+    input_size: int = param(224, "Model input side in pixels.", minimum=8)
+    steps: int | None = param(None, "Adam steps (default: 512; 1024 for layer4*).", minimum=1)
     lr: float = param(0.05, "Adam learning rate.")
     cossim_pow: float = param(0.0, "Objective: dot × cosine**this (0: the original's dot only).")
     seed: int = param(0, "Seed (same seed, same caricatures on CPU).")
     mean: tuple[float, float, float] | None = param(
-        None, "Normalisation mean for models without their own (torchvision, TorchScript), "
-        "e.g. 0.5,0.5,0.5", cli_type=str | None, parse=comma_floats("--mean"))  # fmt: skip
+        None,
+        "Normalisation mean for models without their own (torchvision, TorchScript), "
+        "e.g. 0.5,0.5,0.5",
+        cli_type=str | None,
+        parse=comma_floats("--mean"),
+    )
     std: tuple[float, float, float] | None = param(
-        None, "Normalisation std, e.g. 0.5,0.5,0.5", cli_type=str | None,
-        parse=comma_floats("--std"))  # fmt: skip
-    device: str = param("cpu", "cpu or cuda.")
+        None,
+        "Normalisation std, e.g. 0.5,0.5,0.5",
+        cli_type=str | None,
+        parse=comma_floats("--std"),
+    )
+    device: str = param("auto", "cpu, cuda, or auto: a GPU when there is one (lib.backend).")
+
+    def __post_init__(self):
+        check_minimums(self)
 
 
 def _pick_images(job: CaricatureJob, base: Run) -> list[tuple[str, np.ndarray, str]]:
@@ -142,6 +161,10 @@ def run_caricatures(job: CaricatureJob, store: RunStore, progress=None) -> Run:
     if len(set(names)) != len(names):
         raise GapscopeError("two input images share a file name: rename one")
     stack = np.stack([resize_crop(px, job.input_size) for _, px, _ in images])
+    if job.device == "auto":
+        from lib.backend import choose_backend
+
+        job = replace(job, device=choose_backend("auto").device)
     loaded = _load_and_check(job)  # every model and layer checked before any long work
     with store.writing(derive_from=base) as writer:
         out = writer.new_caricatures_dir()
@@ -158,7 +181,7 @@ def run_caricatures(job: CaricatureJob, store: RunStore, progress=None) -> Run:
                 "items": items,
             }
         )
-        writer.manifest({**base.manifest, "derived_from": base.id})
+        writer.manifest({**base.manifest, "derived_from": base.id}, schema=base.schema)
     return writer.published
 
 

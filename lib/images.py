@@ -12,6 +12,7 @@ import csv
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,13 +264,14 @@ def open_folder(
     folder: Path,
     domain: str,
     prepare: Prepare,
-    thumbs: Path | None = None,
+    thumbs: Callable[[ImageRecord], Path] | None = None,
     sample: int | None = None,
     seed: int = 0,
     workers: int | None = None,
 ) -> ImageSet:
     """Scan a folder: hash and decode every image (so broken files are found now, not
-    halfway through extraction), write thumbnails of what the model will see."""
+    halfway through extraction), write thumbnails of what the model will see (to
+    `thumbs(record)`, the run store's place for them)."""
     folder = Path(folder)
     if not folder.exists():
         raise GapscopeError(f"{domain} folder {folder} does not exist")
@@ -315,7 +317,7 @@ def open_array(
     path: Path,
     domain: str,
     prepare: Prepare,
-    thumbs: Path | None = None,
+    thumbs: Callable[[ImageRecord], Path] | None = None,
     sample: int | None = None,
     seed: int = 0,
 ) -> ImageSet:
@@ -364,8 +366,6 @@ def _finish(domain, source, items, scan, prepare, thumbs, workers) -> ImageSet:
     and write thumbnails; decoded pixels are not kept, so memory stays flat."""
     records: list[ImageRecord] = []
     skipped: list[Skipped] = []
-    if thumbs is not None:
-        thumbs.mkdir(parents=True, exist_ok=True)
 
     def work(item) -> ImageRecord | Skipped:
         result = scan(item)
@@ -373,7 +373,7 @@ def _finish(domain, source, items, scan, prepare, thumbs, workers) -> ImageSet:
             return result
         record, rgb = result
         if thumbs is not None:
-            thumbnail_png(prepare.apply(rgb), thumbs / thumb_name(record))
+            thumbnail_png(prepare.apply(rgb), thumbs(record))
         return record
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
@@ -398,10 +398,6 @@ def open_images(source: Path, domain: str, prepare: Prepare, **kwargs) -> ImageS
         kwargs.pop("workers", None)
         return open_array(source, domain, prepare, **kwargs)
     return open_folder(source, domain, prepare, **kwargs)
-
-
-def thumb_name(record: ImageRecord) -> str:
-    return f"{record.domain}_{record.hash[:16]}.png"
 
 
 def check_common_size(sets: list[ImageSet], prepare: Prepare) -> tuple[int, int]:

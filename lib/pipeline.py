@@ -18,11 +18,11 @@ import numpy as np
 
 from lib.errors import GapscopeError
 from lib.gap import GapParams
-from lib.images import ImageRecord, ImageSet, Prepare, check_common_size, open_images, thumb_name
-from lib.params import REQUIRED, param
+from lib.images import ImageRecord, ImageSet, Prepare, check_common_size, open_images
+from lib.params import REQUIRED, check_minimums, param
 from lib.progress import Progress, Silent, Stages
 from lib.reduce import TSNEParams, UMAPParams
-from lib.store import Run, RunStore, RunWriter
+from lib.store import Run, RunStore, RunWriter, thumb_name
 
 log = logging.getLogger(__name__)
 
@@ -37,36 +37,49 @@ class RunConfig:
     real: Path = param(REQUIRED, "Folder of real images, or a .npy (N,H,W,3).")
     synthetic: Path = param(REQUIRED, "Folder of synthetic images, or a .npy.")
     backbone: str | None = param(
-        None, "ARCH[:CHECKPOINT][@CONFIG] (see `backbones`). Default: resnet50-fpn with "
+        None,
+        "ARCH[:CHECKPOINT][@CONFIG] (see `backbones`). Default: resnet50-fpn with "
         "--checkpoint, detectron2 with --detectron2-config, else efficientnet-lite0 with its "
-        "packaged ImageNet weights.")  # fmt: skip
+        "packaged ImageNet weights.",
+    )
     checkpoint: Path | None = param(None, "State dict for the backbone (.pth, weights_only).")
     detectron2_config: Path | None = param(
-        None, "A detectron2 config .yaml (with _BASE_ files beside it): that detector's FPN "
-        "levels p2..p6, with --checkpoint model_final.pth or a model-zoo .pkl.")  # fmt: skip
+        None,
+        "A detectron2 config .yaml (with _BASE_ files beside it): that detector's FPN "
+        "levels p2..p6, with --checkpoint model_final.pth or a model-zoo .pkl.",
+    )
     random_weights: bool = param(
-        False, "Use untrained weights on purpose (said loudly everywhere).")  # fmt: skip
+        False, "Use untrained weights on purpose (said loudly everywhere)."
+    )
     pooling: str = param("gap", "gap | channel-sum | channel-mean")
     crop: int | None = param(None, "Centre crop N×N, padding smaller images.")
     resize: int | None = param(None, "Shorter side to N, then centre crop N×N.")
-    sample: int | None = param(None, "Use a random N images per domain.")
+    sample: int | None = param(None, "Use a random N images per domain.", minimum=1)
     seed: int = param(0, "Seed for --sample.")
     projections: tuple[str, ...] = param(
-        ("umap",), "Repeatable: umap (fit on one domain, map the other), pca (the same, "
-        "linear), tsne (both domains together, 2D).", flag="--projection",
-        cli_type=list[str])  # fmt: skip
+        ("umap",),
+        "Repeatable: umap (fit on one domain, map the other), pca (the same, "
+        "linear), tsne (both domains together, 2D).",
+        flag="--projection",
+        cli_type=list[str],
+    )
     umap: UMAPParams = field(default_factory=UMAPParams)
     tsne: TSNEParams = field(default_factory=TSNEParams)
-    k: int = param(16, "Nearest neighbours per image.", flag="--k")
+    k: int = param(16, "Nearest neighbours per image.", flag="--k", minimum=1)
     metric: str = param("cosine", "Neighbour distance: cosine | euclidean.")
-    batch_size: int = param(32, "Images per forward pass.")
+    batch_size: int = param(32, "Images per forward pass.", minimum=1)
     workers: int | None = param(
-        None, "Image-decoding processes (default: CPU half the cores, at most 4; GPU all but "
-        "two, at most 16).")  # fmt: skip
+        None,
+        "Image-decoding processes (default: CPU half the cores, at most 4; GPU all but "
+        "two, at most 16).",
+    )
     precision: str = param("auto", "fp32 | bf16 (autocast) | auto: bf16 on a GPU, fp32 on the CPU.")
     backend: str = param("auto", "auto | cuml | cpu")
     plots: bool = param(True, "Write the static 3D PNGs.")
     gap: GapParams = field(default_factory=GapParams)
+
+    def __post_init__(self):
+        check_minimums(self)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -115,6 +128,7 @@ def run(config: RunConfig, store: RunStore, progress: Progress | None = None) ->
         backend = choose_backend(
             config.backend, config.precision, config.workers, n_images=len(scanned.items)
         )
+        projectors = _projectors(config, backend.projection)
         with stages("model"):
             backbone = load_backbone(config)
         with stages("extract", f"{len(scanned.items)} images") as stage:
@@ -140,13 +154,14 @@ def run(config: RunConfig, store: RunStore, progress: Progress | None = None) ->
     return writer.published
 
 
-def _projectors(config: RunConfig) -> list:
+def _projectors(config: RunConfig, implementation: str = "cpu") -> list:
+    """The run's projectors, on cuML or the CPU (`Backend.projection`)."""
     from lib.reduce import create_projector
 
     if not config.projections:
         raise GapscopeError("name at least one projection (--projection umap)")
     params = {"umap": config.umap, "tsne": config.tsne}
-    return [create_projector(m, params.get(m)) for m in config.projections]
+    return [create_projector(m, params.get(m), implementation) for m in config.projections]
 
 
 # ---- stages ---------------------------------------------------------------------------
@@ -155,8 +170,12 @@ def _projectors(config: RunConfig) -> list:
 def scan(config: RunConfig, prepare: Prepare, projectors: list, writer: RunWriter) -> Scanned:
     """Find, hash and check every image (thumbnails written on the way); check there are
     enough for every projection."""
+
+    def thumb(record: ImageRecord):
+        return writer.thumb(record.domain, record.hash)
+
     sets = {
-        domain: open_images(getattr(config, domain), domain, prepare, thumbs=writer.thumbs_dir,
+        domain: open_images(getattr(config, domain), domain, prepare, thumbs=thumb,
                             sample=config.sample, seed=config.seed)
         for domain in DOMAINS
     }  # fmt: skip
@@ -317,7 +336,7 @@ def _scores_frame(result, rows, level: str):
 
 def save_plots(frame, rows: dict[str, np.ndarray], projectors: list, writer: RunWriter) -> None:
     """The original tool's static overlap PNGs, for the projectors that have them."""
-    from lib.plots import overlap_png_name, save_overlap_png
+    from lib.plots import save_overlap_png
 
     for projector in projectors:
         if not projector.plots:
@@ -327,7 +346,8 @@ def save_plots(frame, rows: dict[str, np.ndarray], projectors: list, writer: Run
             xyz = group.set_index("id")[["x", "y", "z"]]
             order = dict.fromkeys(d for d in (fit_on, *DOMAINS) if d in rows)  # fitted first
             coords = {domain: xyz.loc[rows[domain]].to_numpy() for domain in order}
-            save_overlap_png(coords, level, fit_on, writer.plot(overlap_png_name(level, fit_on)))
+            out = writer.overlap_plot(projector.name, level, fit_on)
+            save_overlap_png(coords, level, fit_on, out, projector.label)
 
 
 # ---- what the run records --------------------------------------------------------------
@@ -348,7 +368,7 @@ def images_frame(items):
                 "hash": r.hash,
                 "width": r.width,
                 "height": r.height,
-                "thumb": thumb_name(r),
+                "thumb": thumb_name(r.domain, r.hash),
                 "padded": r.padded,
             }
             for i, (_, r) in enumerate(items)

@@ -19,12 +19,10 @@ def direction_title(fit_on: str) -> str:
     return f"{mapped.capitalize()} mapped to {fit_on.capitalize()} latent space"
 
 
-def overlap_png_name(level: str, fit_on: str) -> str:
-    return f"3d_UMAP_{level} ({direction_title(fit_on)}).png"
-
-
-def save_overlap_png(coords: dict[str, np.ndarray], level: str, fit_on: str, out: Path) -> None:
-    """coords: domain → (n, 3) UMAP coordinates."""
+def save_overlap_png(
+    coords: dict[str, np.ndarray], level: str, fit_on: str, out: Path, method: str = "UMAP"
+) -> None:
+    """coords: domain → (n, 3) coordinates of one projection."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,9 +33,9 @@ def save_overlap_png(coords: dict[str, np.ndarray], level: str, fit_on: str, out
     for domain, xyz in coords.items():
         style = STYLE.get(domain, {"c": "grey", "marker": "."})
         ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], s=8, alpha=0.6, label=domain, **style)
-    ax.set_xlabel("UMAP 1")
-    ax.set_ylabel("UMAP 2")
-    ax.set_zlabel("UMAP 3")
+    ax.set_xlabel(f"{method} 1")
+    ax.set_ylabel(f"{method} 2")
+    ax.set_zlabel(f"{method} 3")
     ax.set_title(f"{level}: {direction_title(fit_on)}")
     ax.legend(loc="upper left")
     fig.tight_layout()

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 class Progress(Protocol):
     def stage_started(self, stage: str, detail: str) -> None: ...
     def stage_done(self, stage: str, seconds: float, detail: str) -> None: ...
+    def stage_failed(self, stage: str, seconds: float, error: str) -> None: ...
     def start(self, task: str, total: int) -> None: ...  # a counted task within a stage
     def advance(self, task: str, n: int = 1) -> None: ...
 
@@ -27,6 +28,9 @@ class Silent:
         pass
 
     def stage_done(self, stage: str, seconds: float, detail: str) -> None:
+        pass
+
+    def stage_failed(self, stage: str, seconds: float, error: str) -> None:
         pass
 
     def start(self, task: str, total: int) -> None:
@@ -56,7 +60,13 @@ class Stages(dict):
         self.progress.stage_started(name, detail)
         log.info("stage %s: started %s", name, detail)
         t0 = time.perf_counter()
-        yield stage
+        try:
+            yield stage
+        except BaseException as exc:  # a log read the next morning says where it stopped
+            seconds = time.perf_counter() - t0
+            self.progress.stage_failed(name, seconds, str(exc) or type(exc).__name__)
+            log.info("stage %s: failed after %.2f s", name, seconds)
+            raise
         self[name] = round(time.perf_counter() - t0, 3)
         self.progress.stage_done(name, self[name], stage.summary)
         log.info("stage %s: %.2f s %s", name, self[name], stage.summary)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from lib.errors import GapscopeError
-from lib.params import param
+from lib.params import check_minimums, param
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,13 @@ class UMAPParams:
     """Defaults are the original tool's: UMAP(n_components=3, random_state=42)."""
 
     n_components: int = 3
-    n_neighbors: int = param(15, "UMAP n_neighbors.")
-    min_dist: float = param(0.1, "UMAP min_dist.")
+    n_neighbors: int = param(15, "UMAP n_neighbors.", minimum=2)
+    min_dist: float = param(0.1, "UMAP min_dist.", minimum=0)
     metric: str = param("euclidean", "UMAP metric.", flag="--umap-metric")
     random_state: int | None = param(42, "UMAP random_state.", flag="--umap-seed")
+
+    def __post_init__(self):
+        check_minimums(self)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -123,7 +126,8 @@ class _Projector:
     - `plots`: the run saves static PNGs of it (the original tool's UMAP views).
     """
 
-    name: str
+    name: str  # in the projections table's `method` column
+    label: str  # for people
     Params: type
     joint = False
     plots = False
@@ -141,7 +145,7 @@ class _Projector:
 
 
 class UMAPProjector(_Projector):
-    name = "umap"
+    name, label = "umap", "UMAP"
     Params = UMAPParams
     plots = True
 
@@ -187,7 +191,7 @@ class PCAParams:
 class PCAProjector(_Projector):
     """Principal components of the fitted domain (sklearn; fast enough on any backend)."""
 
-    name = "pca"
+    name, label = "pca", "PCA"
     Params = PCAParams
 
     def fit(self, X: np.ndarray) -> PCAProjector:
@@ -213,9 +217,12 @@ class TSNEParams:
     early exaggeration), PCA initialisation, learning rate 'auto', seed 42."""
 
     n_components: int = 2
-    perplexity: float = param(30.0, "t-SNE perplexity.")
+    perplexity: float = param(30.0, "t-SNE perplexity.", minimum=1)
     n_iter: int = 1000
     random_state: int = 42
+
+    def __post_init__(self):
+        check_minimums(self)
 
 
 def check_enough_for_tsne(n: int, params: TSNEParams) -> None:
@@ -229,7 +236,7 @@ def check_enough_for_tsne(n: int, params: TSNEParams) -> None:
 class TSNEProjector(_Projector):
     """Both domains embedded together; `fit(X).embedding_` only (no `transform`)."""
 
-    name = "tsne"
+    name, label = "tsne", "t-SNE"
     Params = TSNEParams
     joint = True
 

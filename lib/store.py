@@ -16,8 +16,8 @@ go through typed methods per artefact (`RunWriter.features`, `Run.neighbors`, ..
     neighbors/<level>.distances.npy  float32 (N, k)
     scores.parquet                per image and level: p_synthetic, realism, covered, cluster
     metrics.json                  gap metrics per level, one record shape (lib.gap.records)
-    plots/<name>.png              static overlap plots
-    thumbs/<name>                 thumbnails (named in images.parquet's `thumb` column)
+    plots/3d_<METHOD>_<level> (<direction>).png   static overlap plots
+    thumbs/<domain>_<hash>.png    thumbnails (named in images.parquet's `thumb` column)
     caricatures/manifest.json, caricatures/inputs/<image>.png, caricatures/<item png/npy>
 
 `with store.writing() as writer:` writes a run under `runs/.partial-<run-id>/`, renames it
@@ -68,6 +68,21 @@ def new_run_id(now: datetime | None = None) -> str:
     return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
+def thumb_name(domain: str, image_hash: str) -> str:
+    return f"{domain}_{image_hash[:16]}.png"
+
+
+def overlap_plot_name(method: str, level: str, fit_on: str) -> str:
+    """The original tool's names: '3d_UMAP_c4 (Synthetic mapped to Real latent space).png'."""
+    from lib.plots import direction_title
+
+    return f"3d_{method.upper()}_{level} ({direction_title(fit_on)}).png"
+
+
+def _caricature_input_file(image: str) -> str:
+    return f"{CARICATURES}/inputs/{image}.png"
+
+
 def _features_file(level: str) -> str:
     return f"{FEATURES}/{level}.npy"
 
@@ -104,8 +119,10 @@ class RunWriter:
     def _table(self, rel: str, frame) -> None:
         frame.to_parquet(self._path(rel), index=False)
 
-    def manifest(self, manifest: dict) -> None:
-        self._json(MANIFEST, {**manifest, "run_id": self.id, "schema": SCHEMA})
+    def manifest(self, manifest: dict, schema: int = SCHEMA) -> None:
+        """The run's manifest; `schema`: a derived run keeps its base's, whose files it
+        holds."""
+        self._json(MANIFEST, {**manifest, "run_id": self.id, "schema": schema})
 
     def images(self, frame) -> None:
         self._table(IMAGES, frame)
@@ -127,15 +144,13 @@ class RunWriter:
     def metrics(self, metrics: dict) -> None:
         self._json(METRICS, metrics)
 
-    def plot(self, name: str) -> Path:
-        """Where to save the static plot `name` (a file name ending in .png)."""
-        return self._path(f"{PLOTS}/{name}")
+    def overlap_plot(self, method: str, level: str, fit_on: str) -> Path:
+        """Where the static overlap plot of one projection, level and direction goes."""
+        return self._path(f"{PLOTS}/{overlap_plot_name(method, level, fit_on)}")
 
-    @property
-    def thumbs_dir(self) -> Path:
-        path = self.dir / THUMBS
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    def thumb(self, domain: str, image_hash: str) -> Path:
+        """Where an image's thumbnail goes (named in the images table's `thumb` column)."""
+        return self._path(f"{THUMBS}/{thumb_name(domain, image_hash)}")
 
     def new_caricatures_dir(self) -> Path:
         """An empty folder for caricature images, each named in the caricature manifest.
@@ -148,7 +163,7 @@ class RunWriter:
         return path
 
     def caricature_input(self, image: str) -> Path:
-        return self._path(f"{CARICATURES}/inputs/{image}.png")
+        return self._path(_caricature_input_file(image))
 
     def caricature_manifest(self, manifest: dict) -> None:
         self._json(f"{CARICATURES}/{MANIFEST}", manifest)
@@ -198,14 +213,18 @@ class RunStore:
         """A new run that starts as a copy of `base` (hard links: no data is duplicated),
         for adding results such as caricatures without ever modifying a published run."""
         writer = self.begin()
-        for src in base.dir.rglob("*"):
-            if src.is_dir():
-                continue
-            dst = writer._path(str(src.relative_to(base.dir)))
-            try:
-                os.link(src, dst)
-            except OSError:  # another file system, or no hard links: copy
-                shutil.copy2(src, dst)
+        try:
+            for src in base.dir.rglob("*"):
+                if src.is_dir():
+                    continue
+                dst = writer._path(str(src.relative_to(base.dir)))
+                try:
+                    os.link(src, dst)
+                except OSError:  # another file system, or no hard links: copy
+                    shutil.copy2(src, dst)
+        except BaseException:  # a full disk while copying: leave nothing behind
+            writer.discard()
+            raise
         return writer
 
     def publish(self, writer: RunWriter) -> Run:
@@ -331,9 +350,6 @@ class Run:
             np.load(self.dir / dist_file, mmap_mode="r"),
         )
 
-    def plots(self) -> list[Path]:
-        return sorted((self.dir / PLOTS).glob("*.png"))
-
     def thumb(self, row: int) -> Path:
         return self.dir / THUMBS / self.images.iloc[row]["thumb"]
 
@@ -358,4 +374,4 @@ class Run:
         return self.dir / CARICATURES / name
 
     def caricature_input(self, image: str) -> Path:
-        return self.dir / CARICATURES / "inputs" / f"{image}.png"
+        return self.dir / _caricature_input_file(image)

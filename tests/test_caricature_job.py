@@ -74,6 +74,7 @@ def test_caricatures_for_models_layers_and_images_land_in_a_new_run(store, check
     assert gains.mean() > 0.008 and (gains > 0).sum() >= 10 and gains.min() > -0.01
     assert "synthetic_layer3_1_conv1_real_0.png" in {i["png"] for i in m["items"]}
     assert "cosine" in result.stdout and "→" in result.stdout
+    assert "━" not in result.stdout + result.stderr  # plain lines when not on a terminal
     # the demo's view of it, with no model loaded
     models, layers, images = view.choices(run)
     assert models == ["synthetic", "mixed"] and len(layers) == 2 and len(images) == 4

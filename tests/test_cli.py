@@ -276,3 +276,19 @@ def test_a_detectron2_detector_runs_through_batch_and_demo(example_dir, tmp_path
     assert sum(len(t.customdata) for t in fig.data) == 80
     assert len(views.neighbour_gallery(run, "p6", 0)) == 4
     assert "detectron2" in banner(run)
+
+
+def test_a_failing_stage_says_so_in_the_log():
+    import io
+
+    from batch.progress import LineProgress
+    from lib.progress import Stages
+
+    out = io.StringIO()
+    stages = Stages(LineProgress(out))
+    with pytest.raises(RuntimeError), stages("gap", "5 levels"):
+        raise RuntimeError("disk full\nmore")
+    lines = [line.split(" ", 2)[2] for line in out.getvalue().splitlines()]
+    assert lines[0] == "gap: started (5 levels)"
+    assert re.fullmatch(r"gap: failed after [\d.]+ s \(disk full\)", lines[1]), lines
+    assert "gap" not in stages  # no time recorded for a stage that did not finish

@@ -81,7 +81,7 @@ def test_a_runs_ball_metrics_match_the_package_on_standardised_features():
     rng = np.random.default_rng(9)
     scale = rng.uniform(0.1, 20, 12)  # unequal scales: standardising changes the answer
     real, fake = normal(300, 12, seed=7) * scale, normal(260, 12, shift=0.4, seed=8) * scale
-    m = gap.level_gap(real, fake, gap.GapParams(k=5, kid_subsets=2, resamples=4)).metrics
+    m = gap.level_gap(real, fake, gap.GapParams(k=5, kid_subsets=2, resamples=20)).metrics
     mu, sd = real.mean(axis=0), real.std(axis=0)
     zr, zf = (real - mu) / sd, (fake - mu) / sd
     with contextlib.redirect_stdout(io.StringIO()):
@@ -156,7 +156,7 @@ def test_fd_interval_covers_the_fd_at_this_n_and_always_holds_the_estimate():
         b = rng.normal(size=(n, d)) * np.sqrt(var2) + mu2
         fd = gap.frechet_distance(a, b)
         estimates.append(fd)
-        intervals.append(gap.fd_interval(a, b, fd, resamples=200, rng=rng))
+        intervals.append(gap.fd_interval(a, b, fd, resamples=200, rng=rng)[0])
     estimates, (lo, hi) = np.array(estimates), np.array(intervals).T
     assert ((lo <= estimates) & (estimates <= hi)).all()
     # as wide as the estimates' own spread says (measured: 0.98-1.0 of 2 × 1.96 sd)
@@ -172,8 +172,25 @@ def test_fd_interval_of_a_run_holds_its_estimate_where_the_bootstrap_did_not():
     real, fake = normal(150, 64, seed=40), normal(150, 64, shift=0.2, seed=41)
     fd = gap.level_gap(real, fake, gap.GapParams(kid_subsets=2)).metrics["metrics"]["fd"]
     lo, hi = fd["ci95"]
-    assert lo <= fd["value"] <= hi and fd["method"] == "half-sampling"
+    assert lo <= fd["value"] <= hi and fd["method"] == "half-sampling, basic percentile interval"
     assert fd["resamples"] == 200 and fd["n"] == 150
+
+
+def test_fd_interval_of_wide_features_and_few_images():
+    """Wide features cap the resamples (each costs ~d³: 200 at d ≤ 384, 20 from d ≈ 830) and
+    few resamples give a normal interval; fewer than 4 images give no interval at all."""
+    from lib.gap.frechet import affordable_resamples
+
+    assert [affordable_resamples(200, d) for d in (256, 384, 512, 1024, 2048)] == [
+        200, 200, 84, 20, 20,
+    ]  # fmt: skip
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(500, 16)), rng.normal(size=(500, 16)) + 0.3
+    fd = gap.frechet_distance(a, b)
+    (lo, hi), how = gap.fd_interval(a, b, fd, resamples=50, rng=rng)
+    assert how == {"method": "half-sampling, normal interval", "resamples": 50}
+    assert 0 <= lo < fd < hi and hi - lo < fd
+    assert gap.fd_interval(a[:3], b[:3], 1.0)[0] is None
 
 
 def test_fd_infinity_removes_the_sample_size_bias():

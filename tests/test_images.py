@@ -22,7 +22,6 @@ from lib.images import (
     open_images,
     resize_crop,
     sample_indices,
-    thumb_name,
 )
 from tests.conftest import one_line
 
@@ -358,6 +357,12 @@ def test_same_bytes_give_the_same_hash(tmp_path):
     assert records["three/other.png"] != records["one/a.png"]
 
 
+def thumbs_in(folder):
+    """Thumbnails into a folder, named by content hash (the run store names them in runs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return lambda record: folder / f"{record.hash}.png"
+
+
 def test_thumbnails_are_written_for_every_usable_image(tmp_path):
     folder = tmp_path / "real"
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
@@ -365,13 +370,12 @@ def test_thumbnails_are_written_for_every_usable_image(tmp_path):
         save_rgb(folder / f"{i}.png", np.full((32, 32, 3), colour, dtype=np.uint8))
     (folder / "broken.png").write_text("nope")
     thumbs = tmp_path / "thumbs"
-    image_set = open_folder(folder, "real", Prepare(), thumbs=thumbs)
+    image_set = open_folder(folder, "real", Prepare(), thumbs=thumbs_in(thumbs))
     assert len(image_set.records) == 3
     names = sorted(p.name for p in thumbs.iterdir())
-    assert names == sorted(thumb_name(r) for r in image_set.records)
-    assert all(name.startswith("real_") and name.endswith(".png") for name in names)
+    assert names == sorted(f"{r.hash}.png" for r in image_set.records)
     for record, colour in zip(image_set.records, colours, strict=True):
-        with Image.open(thumbs / thumb_name(record)) as thumb:
+        with Image.open(thumbs / f"{record.hash}.png") as thumb:
             pixels = np.asarray(thumb.convert("RGB"))
         assert tuple(pixels[pixels.shape[0] // 2, pixels.shape[1] // 2]) == colour
 
@@ -426,11 +430,13 @@ def test_float_array_in_unit_range_is_scaled(tmp_path):
 def test_array_sample_and_thumbnails(tmp_path):
     np.save(tmp_path / "x.npy", np.stack([noise(i, 8, 8) for i in range(6)]))
     thumbs = tmp_path / "thumbs"
-    image_set = open_array(tmp_path / "x.npy", "real", Prepare(), thumbs=thumbs, sample=4, seed=3)
+    image_set = open_array(
+        tmp_path / "x.npy", "real", Prepare(), thumbs=thumbs_in(thumbs), sample=4, seed=3
+    )
     rows = [r.row for r in image_set.records]
     assert rows == sorted(rows) and len(set(rows)) == 4
     assert sorted(p.name for p in thumbs.iterdir()) == sorted(
-        thumb_name(r) for r in image_set.records
+        f"{r.hash}.png" for r in image_set.records
     )
 
 

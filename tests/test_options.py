@@ -89,3 +89,21 @@ def test_caricature_options_build_the_job(seen, tmp_path):
     bad = invoke("caricature", "--model", "a=resnet18", "--layer", "x", "--std", "1,2")
     assert isinstance(bad.exception, GapscopeError)
     assert "--std takes 3 comma-separated numbers" in str(bad.exception)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--resamples", 0], "--resamples must be at least 20, got 0"),
+        (["--folds", 1], "--folds must be at least 2, got 1"),
+        (["--min-cluster-size", 1], "--min-cluster-size must be at least 2, got 1"),
+        (["--kid-subset-size", 1], "--kid-subset-size must be at least 2, got 1"),
+        (["--gap-k", 0], "--gap-k must be at least 1, got 0"),
+        (["--n-neighbors", 1], "--n-neighbors must be at least 2, got 1"),
+        (["--k", 0], "--k must be at least 1, got 0"),
+    ],
+)
+def test_values_that_would_fail_hours_later_fail_before_any_work(seen, tmp_path, args, message):
+    result = invoke("run", "--real", "r", "--synthetic", "s", "--results", tmp_path, *args)
+    assert isinstance(result.exception, GapscopeError) and not seen
+    assert str(result.exception) == message

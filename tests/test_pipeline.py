@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.plots import overlap_png_name
+from lib.store import overlap_plot_name
 from tests.conftest import N_PER_DOMAIN, example_config
 
 pytestmark = pytest.mark.slow
@@ -36,9 +36,15 @@ def test_run_is_published_with_every_file(published_run, results_dir):
         assert run.features(level).dtype == np.float32
         assert run.features(level).shape[0] == 2 * N_PER_DOMAIN
     assert {p.name for p in (run.dir / "plots").iterdir()} == {
-        overlap_png_name(level, fit_on) for level in LEVELS for fit_on in ("real", "synthetic")
+        overlap_plot_name("umap", level, fit_on)
+        for level in LEVELS
+        for fit_on in ("real", "synthetic")
     }
     assert len(list((run.dir / "thumbs").iterdir())) == 2 * N_PER_DOMAIN
+    # the original tool's file names
+    assert "3d_UMAP_c4 (Synthetic mapped to Real latent space).png" in {
+        p.name for p in (run.dir / "plots").iterdir()
+    }
 
 
 def test_images_table_is_sorted_and_labelled(published_run, example_dir):
@@ -198,3 +204,38 @@ def test_a_failure_after_extraction_publishes_nothing_and_the_rerun_uses_the_cac
     again = run(example_config(example_dir), store)
     assert again.manifest["cached_images"] == 2 * N_PER_DOMAIN
     assert store.latest_id() == again.id != before
+
+
+def test_projections_run_where_the_backend_says(
+    published_run, example_dir, results_dir, tmp_path, monkeypatch
+):
+    """The projectors a run uses are built for `Backend.projection` (cuML on a GPU), not
+    left on the CPU default: checked here with a marker backend on a CPU machine."""
+    import dataclasses
+    import shutil
+
+    import lib.backend
+    import lib.pipeline
+    from lib.pipeline import RunConfig, run
+    from lib.store import RunStore
+
+    real_choose, real_project = lib.backend.choose_backend, lib.pipeline.project
+    used = []
+
+    def marked(*args, **kwargs):
+        return dataclasses.replace(real_choose(*args, **kwargs), projection="marker")
+
+    def project(vectors, rows, projectors, writer, progress):
+        used.extend(p.backend for p in projectors)
+        for p in projectors:
+            p.backend = "cpu"  # computed on the CPU all the same
+        return real_project(vectors, rows, projectors, writer, progress)
+
+    monkeypatch.setattr(lib.backend, "choose_backend", marked)
+    monkeypatch.setattr(lib.pipeline, "project", project)
+    shutil.copytree(results_dir / "cache", tmp_path / "cache")
+    config = RunConfig(example_dir / "real", example_dir / "synthetic", k=4,
+                       projections=("pca", "umap"), plots=False)  # fmt: skip
+    published = run(config, RunStore(tmp_path))
+    assert used == ["marker", "marker"]
+    assert published.manifest["backend"]["projection"] == "marker"

@@ -11,6 +11,7 @@ a model; CONFIG is a detectron2 YAML (split off at the last '@' when what follow
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 from lib.errors import GapscopeError
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".py")
+_NAME = re.compile(r"[\w.-]+")  # a model's NAME: no ':' or '/', so no path
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,8 @@ def parse_model_spec(text: str, named: bool = False) -> ModelSpec:
     """'[NAME=]ARCH[:CHECKPOINT][@CONFIG]' → ModelSpec. `named`: NAME= is required."""
     example = "mixed=resnet50:mixed.pth" if named else "resnet50-fpn:model.pth"
     name, has_name, rest = text.partition("=")
-    if not has_name:
-        name, rest = "", text
+    if not has_name or not _NAME.fullmatch(name):  # '=' inside a path (epoch=10.ckpt)
+        name, has_name, rest = "", "", text
     if (named and not name) or (has_name and not name) or not rest:
         form = "NAME=ARCH[:CHECKPOINT][@CONFIG]" if named else "ARCH[:CHECKPOINT][@CONFIG]"
         raise GapscopeError(f"model {text!r}: write {form}, e.g. {example}")

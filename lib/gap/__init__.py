@@ -35,14 +35,12 @@ from lib.gap.frechet import (
     fd_infinity,
     fd_interval,
     frechet_distance,
-    frechet_from_stats,
-    gaussian_stats,
     sample,
 )
 from lib.gap.kid import kid, mmd2_unbiased
 from lib.gap.prdc import PRDC, kth_neighbour_radii, mixing, neighbourhoods, prdc
-from lib.gap.records import record, wilson
-from lib.params import param
+from lib.gap.records import auc_record, fd_inf_record, kid_record, record, wilson
+from lib.params import check_minimums, param
 
 if TYPE_CHECKING:
     from lib.backend import Backend
@@ -52,22 +50,28 @@ if TYPE_CHECKING:
 class GapParams:
     k: int = param(
         5,
-        "Neighbours for precision/recall/density/coverage, realism and "
-        "mixing (Naeem et al.'s default).",
+        "Neighbours for precision/recall/density/coverage, realism and mixing "
+        "(Naeem et al.'s default).",
         flag="--gap-k",
+        minimum=1,
     )
-    kid_subsets: int = param(100, "KID: random subsets (torchmetrics' default).")
-    kid_subset_size: int = param(1000, "KID: images per subset and domain.")
+    kid_subsets: int = param(100, "KID: random subsets (torchmetrics' default).", minimum=1)
+    kid_subset_size: int = param(1000, "KID: images per subset and domain.", minimum=2)
     fd_inf_sizes: int = 8  # subset sizes for the FD∞ fit, from N/4 to N
     resamples: int = param(
-        200, "Resamples for the FD half-sampling interval and the classifier AUC bootstrap."
+        200,
+        "Resamples for the FD half-sampling interval and the classifier AUC bootstrap.",
+        minimum=20,
     )
-    folds: int = param(5, "Cross-validation folds of the domain classifier.")
-    min_cluster_size: int = param(20, "HDBSCAN min_cluster_size (the atlas tool's).")
+    folds: int = param(5, "Cross-validation folds of the domain classifier.", minimum=2)
+    min_cluster_size: int = param(20, "HDBSCAN min_cluster_size (the atlas tool's).", minimum=2)
     cluster_dims: int = 10  # principal components HDBSCAN runs on
     cluster_max: int = 8000  # on the CPU, HDBSCAN fits a sample this large (see clusters)
     classifier_max: int = 5000  # per domain: larger domains are subsampled for the classifier
     seed: int = 0
+
+    def __post_init__(self):
+        check_minimums(self)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -109,23 +113,32 @@ def level_gap(
     from lib.backend import cpu_backend
 
     backend = backend or cpu_backend()
-    rng = np.random.default_rng(params.seed)
+    # one random stream per metric family: resampling one more or less (a new interval
+    # method, more resamples) never moves another metric's numbers
+    kid_rng, clf_rng, interval_rng, inf_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(params.seed).spawn(4)
+    )
+    equal_n_rng = np.random.default_rng(params.seed)  # FD's equal-N subsample as before
     real = np.asarray(real, dtype=np.float64)
     fake = np.asarray(fake, dtype=np.float64)
     if min(len(real), len(fake)) <= params.k + 1:
         raise GapscopeError(f"gap metrics need more than {params.k + 1} images per domain")
     seconds = _Seconds()
     with seconds("fd"):
-        records = _frechet_records(real, fake, params, rng)
+        records = _frechet_records(real, fake, params, (equal_n_rng, interval_rng, inf_rng))
     zr, zf = standardise(real, fake)
     with seconds("kid"):
-        records["kid"] = _kid_record(kid(zr, zf, params.kid_subsets, params.kid_subset_size, rng))
+        records["kid"] = kid_record(
+            kid(zr, zf, params.kid_subsets, params.kid_subset_size, kid_rng)
+        )
     with seconds("neighbours"):
         p, mix = _ball_metrics(zr, zf, params.k, backend)
     records.update(_ball_records(p, mix, params.k, len(real) + len(fake)))
     with seconds("classifier"):
-        clf = classifier_test(zr, zf, params.folds, params.classifier_max, rng, params.resamples)
-    records["auc"] = _auc_record(clf)
+        clf = classifier_test(
+            zr, zf, params.folds, params.classifier_max, clf_rng, params.resamples
+        )
+    records["auc"] = auc_record(clf)
     with seconds("clusters"):
         labels, table = domain_clusters(
             zr, zf, params.min_cluster_size, params.cluster_dims,
@@ -151,31 +164,18 @@ def level_gap(
     )
 
 
-def _frechet_records(real, fake, params: GapParams, rng) -> dict:
+def _frechet_records(real, fake, params: GapParams, rngs) -> dict:
     """FD at equal N (the larger domain subsampled) with its interval, and FD∞."""
+    rng, interval_rng, inf_rng = rngs
     n = min(len(real), len(fake))
     r_eq, f_eq = sample(real, n, rng), sample(fake, n, rng)
     fd = frechet_distance(r_eq, f_eq)
-    ci = fd_interval(r_eq, f_eq, fd, params.resamples, rng)
-    inf = fd_infinity(real, fake, params.fd_inf_sizes, rng)
+    ci, how = fd_interval(r_eq, f_eq, fd, params.resamples, interval_rng)
+    inf = fd_infinity(real, fake, params.fd_inf_sizes, inf_rng)
     return {
-        "fd": record(fd, ci, n, method="half-sampling", resamples=params.resamples),
-        "fd_inf": record(inf.pop("value"), None, max(inf["sizes"]), **inf),
+        "fd": record(fd, ci, n, **how),
+        "fd_inf": fd_inf_record(inf),
     }
-
-
-def _kid_record(k: dict) -> dict:
-    return record(
-        k["mean"], None, k["subset_size"], std=k["std"], subsets=k["subsets"],
-        subset_size=k["subset_size"], reduced=k["reduced"],
-    )  # fmt: skip
-
-
-def _auc_record(clf: dict) -> dict:
-    return record(
-        clf["auc"], clf["ci95"], sum(clf["n"]), accuracy=clf["accuracy"], folds=clf["folds"],
-        n_real=clf["n"][0], n_synthetic=clf["n"][1],
-    )  # fmt: skip
 
 
 def _ball_metrics(zr: np.ndarray, zf: np.ndarray, k: int, backend: Backend):
@@ -230,7 +230,7 @@ NOTES = {
 
 __all__ = [
     "GapParams", "LevelGap", "NOTES", "PRDC", "classifier_test", "cluster_table",
-    "domain_clusters", "fd_infinity", "fd_interval", "frechet_distance", "frechet_from_stats",
-    "gaussian_stats", "kid", "kth_neighbour_radii", "level_gap", "mixing", "mmd2_unbiased",
+    "domain_clusters", "fd_infinity", "fd_interval", "frechet_distance",
+    "kid", "kth_neighbour_radii", "level_gap", "mixing", "mmd2_unbiased",
     "neighbourhoods", "prdc", "standardise",
 ]  # fmt: skip

@@ -15,12 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def gaussian_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(x, dtype=np.float64)
-    return x.mean(axis=0), np.cov(x, rowvar=False, ddof=1).reshape(x.shape[1], x.shape[1])
-
-
 # FD is computed from a factor A of each covariance (Σ = AᵀA): then Tr Σ = ||A||²_F and
 # Tr((Σ1Σ2)^½) = ||A1A2ᵀ||_* (the eigenvalues of Σ1Σ2 are the squared singular values of
 # A1A2ᵀ). With more images than dimensions A is the Cholesky factor (d × d); with fewer,
@@ -64,37 +58,40 @@ def frechet_from_factors(mu1, a1, mu2, a2, fast: bool = False) -> float:
     return float(diff @ diff + (a1 * a1).sum() + (a2 * a2).sum() - 2.0 * cross)
 
 
-def frechet_from_stats(mu1, sigma1, mu2, sigma2) -> float:
-    """||μ1−μ2||² + Tr(Σ1 + Σ2 − 2(Σ1Σ2)^½)."""
-    return frechet_from_factors(mu1, covariance_factor(sigma1), mu2, covariance_factor(sigma2))
-
-
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return frechet_from_factors(*sample_factor(a), *sample_factor(b))
+
+
+GROUPS = 40  # even, so both halves hold as many groups
+MIN_GROUPS = 16
+GROUP_MEMORY = 2**29  # bytes for the groups' scatter matrices
+PERCENTILES_FROM = 100  # fewer resamples: a normal interval from their spread
+FULL_COST_DIM = 384  # above this many dimensions resamples are capped (see fd_interval)
 
 
 class _Halves:
     """(mean, covariance factor) of random halves of one sample.
 
-    With fewer images per half than dimensions each half's rows are its factor. With more,
-    the rows are dealt once into `groups` random groups whose sums and scatter matrices
-    are kept, and a half is a random half of the groups: its moments are sums of theirs,
-    so a resample costs no pass over the images (a pass over 10k × 256 per resample made
-    the interval 8× slower than the rest of FD). The groups' scatter matrices are held in
-    at most ~256 MB, so fewer, larger groups serve wide features.
+    With more images per half than dimensions the rows are dealt once into an even
+    number of random groups (40, fewer for wide features, at least 16) whose sums and
+    scatter matrices are kept, and a half is a random half of the groups: its moments are
+    sums of theirs, so a resample costs no pass over the images (a pass over 10k × 256 per
+    resample made the interval 8× slower than the rest of FD). Otherwise (few images,
+    or features too wide to keep 16 scatter matrices) each half's rows are its factor.
     """
 
-    def __init__(self, x: np.ndarray, rng: np.random.Generator, groups: int = 40):
+    def __init__(self, x: np.ndarray, rng: np.random.Generator):
         x = np.asarray(x, dtype=np.float64)
         n, d = x.shape
         self.mean = x.mean(axis=0)
         x = x - self.mean  # centred: the moment sums lose no precision
-        self.by_rows = n // 2 - 1 < d
+        groups = min(GROUPS, GROUP_MEMORY // (8 * d * d), n // 2)
+        groups -= groups % 2
+        self.by_rows = n // 2 - 1 < d or groups < MIN_GROUPS
         if self.by_rows:
             self.x = x
             return
-        groups = int(np.clip(2**28 // (8 * d * d), 8, groups))
-        parts = np.array_split(rng.permutation(n), min(groups, n // 2))
+        parts = np.array_split(rng.permutation(n), groups)
         self.sizes = np.array([len(p) for p in parts])
         self.sums = np.stack([x[p].sum(axis=0) for p in parts])
         self.scatters = np.stack([x[p].T @ x[p] for p in parts])
@@ -103,8 +100,8 @@ class _Halves:
         if self.by_rows:
             n = len(self.x)
             order = rng.permutation(n)
-            return [sample_factor(self.mean + self.x[part])
-                    for part in (order[: n // 2], order[n // 2 :])]  # fmt: skip
+            halves = (order[: n // 2], order[n // 2 :])
+            return [sample_factor(self.mean + self.x[part]) for part in halves]
         order = rng.permutation(len(self.sizes))
         out = []
         for part in (order[: len(order) // 2], order[len(order) // 2 :]):
@@ -114,29 +111,46 @@ class _Halves:
         return out
 
 
+def affordable_resamples(resamples: int, d: int) -> int:
+    """Resamples cost ~d³ each: above FULL_COST_DIM dimensions they are capped so the
+    interval costs about what FD itself does (200 → 20 at d = 1024), never below 20."""
+    if d <= FULL_COST_DIM:
+        return resamples
+    return max(min(resamples, 20), int(resamples * (FULL_COST_DIM / d) ** 3))
+
+
 def fd_interval(
     a: np.ndarray, b: np.ndarray, fd: float, resamples: int = 200, rng=None
-) -> list[float]:
-    """95 % interval for the FD expected at this N, around the estimate `fd` of two
-    equal-size samples (see the module's docstring). Always contains `fd`."""
-    rng = rng or np.random.default_rng(0)
-    n = min(len(a), len(b))
-    if resamples < 2 or n < 4:
-        return [fd, fd]
+) -> tuple[list[float] | None, dict]:
+    """95 % interval for the FD expected at this N around the estimate `fd` of two
+    equal-size samples (see the module's docstring), and how it was made. It always
+    contains `fd`; None with fewer than 4 images per domain."""
     from threadpoolctl import threadpool_limits
 
+    rng = rng or np.random.default_rng(0)
+    n, d = min(len(a), len(b)), a.shape[1]
+    resamples = affordable_resamples(resamples, d)
+    if n < 4 or resamples < 2:
+        return None, {"method": "none (too few images)", "resamples": 0}
     ha, hb = _Halves(a[:n], rng), _Halves(b[:n], rng)
     half_fds = []
-    # one BLAS thread: these d × d problems ran 3× slower with threads competing for 2 cores
-    with threadpool_limits(limits=1, user_api="blas"):
-        for _ in range((resamples + 1) // 2):
+    # one BLAS thread for small matrices: they ran 3× slower with threads competing
+    with threadpool_limits(limits=1 if d < 512 else None, user_api="blas"):
+        while len(half_fds) < resamples:
             for (mu1, a1), (mu2, a2) in zip(ha.split(rng), hb.split(rng), strict=True):
                 half_fds.append(frechet_from_factors(mu1, a1, mu2, a2, fast=True))
     half_fds = np.asarray(half_fds[:resamples])
-    rate = np.sqrt((n // 2) / (n - n // 2))  # 1 for even n; group halves are n/2 on average
+    rate = np.sqrt((n // 2) / (n - n // 2))  # 1 for even n
     deltas = rate * (half_fds - np.median(half_fds))
-    lo, hi = np.percentile(deltas, [2.5, 97.5])
-    return [float(fd - hi), float(fd - lo)]
+    if resamples >= PERCENTILES_FROM:
+        lo, hi = np.percentile(deltas, [2.5, 97.5])
+        method = "half-sampling, basic percentile interval"
+    else:  # too few for percentiles: the normal interval of their spread
+        hi = 1.96 * deltas.std(ddof=1)
+        lo = -hi
+        method = "half-sampling, normal interval"
+    interval = [max(0.0, float(fd - hi)), float(fd - lo)]  # FD is never negative
+    return interval, {"method": method, "resamples": int(resamples)}
 
 
 def fd_infinity(
