@@ -203,3 +203,30 @@ def test_plot_can_be_coloured_by_cluster(published_run):
         f"cluster {c['cluster']:02d} · {c['kind']}" for c in table
     }
     assert sum(len(t.customdata) for t in fig.data) == len(run.images)
+
+
+def test_a_run_from_before_the_record_shape_opens_in_every_tab():
+    """tests/fixtures/schema1: a run published by the code before metrics had one record
+    shape. Every tab's functions read it, with its own numbers."""
+    from pathlib import Path
+
+    from demo import caricatures, report
+    from lib.store import RunStore
+
+    store = RunStore(Path(__file__).parent / "fixtures" / "schema1")
+    run = store.open(store.run_ids()[0])
+    raw = json.loads((run.dir / "metrics.json").read_text())["levels"]
+    rows = {r[0]: r for r in report.summary_table(run)}
+    assert rows["c3"][report.SUMMARY_HEADERS.index("precision")].startswith(
+        f"{raw['c3']['precision']:.3g} ["
+    )
+    assert rows["c3"][report.SUMMARY_HEADERS.index("AUC")].startswith(
+        f"{raw['c3']['classifier']['auc']:.3g}"
+    )
+    assert "Largest gap at" in report.notes_markdown(run)
+    assert report.levels_figure(run).data and report.blame_galleries(run, "c3")
+    for color_by in views.COLOR_BY:
+        fig = views.overlap_figure(run, "c3", "real", color_by)
+        assert sum(len(t.customdata) for t in fig.data) == len(run.images)
+    assert runs.banner(run).startswith(f"**Run {run.id}**")
+    assert caricatures.choices(run) == ([], [], [])
