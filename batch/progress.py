@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from lib.progress import Silent
+
 LABELS = {
     "extract": "extracting features",
     "project": "projections",
@@ -17,21 +19,12 @@ LABELS = {
 }
 
 
-class RichProgress:
-    """Progress bars (rich), one per counted task."""
+class RichProgress(Silent):
+    """Progress bars (rich), one per counted task; stages show in the bars alone."""
 
     def __init__(self, bar):
         self.bar = bar
         self.tasks = {}
-
-    def stage_started(self, stage: str, detail: str) -> None:
-        pass
-
-    def stage_done(self, stage: str, seconds: float, detail: str) -> None:
-        pass
-
-    def stage_failed(self, stage: str, seconds: float, error: str) -> None:
-        pass
 
     def start(self, task: str, total: int) -> None:
         self.tasks[task] = self.bar.add_task(LABELS.get(task, task), total=total)
