@@ -24,6 +24,7 @@ from demo.runs import (
     caption,
     cluster_names,
     default_level,
+    level_dropdown,
     open_id,
     score_values,
 )
@@ -262,13 +263,6 @@ def on_run(store: RunStore, run_id: str, direction: str, color_by: str, method: 
         gr.update(choices=run.levels, value=level),
         gr.update(choices=methods(run), value=method),
         overlap_figure(run, level, DIRECTIONS.get(direction, "real"), color_by, method),
-    )
-
-
-def level_dropdown(label: str, run: Run) -> gr.Dropdown:
-    # allow_custom_value: another run's levels (switched to later) are valid values too
-    return gr.Dropdown(
-        label=label, choices=run.levels, value=default_level(run), allow_custom_value=True
     )
 
 

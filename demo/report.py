@@ -12,7 +12,15 @@ from functools import partial
 import gradio as gr
 import numpy as np
 
-from demo.runs import Tab, caption, default_level, level_scores, open_id, open_run
+from demo.runs import (
+    Tab,
+    caption,
+    default_level,
+    level_dropdown,
+    level_scores,
+    open_id,
+    open_run,
+)
 from lib.gap.records import interval
 from lib.store import Run, RunStore
 
@@ -225,8 +233,7 @@ def build(store: RunStore, first: Run) -> Tab:
         table = gr.Dataframe(headers=SUMMARY_HEADERS, label="Gap per level", elem_id="gap_table")
         chart = gr.Plot(label="Metrics across levels (95% intervals; KID ± 1 std)")
         with gr.Row():
-            level = gr.Dropdown(label="Images to blame at level", choices=first.levels,
-                                value=default_level(first), allow_custom_value=True)  # fmt: skip
+            level = level_dropdown("Images to blame at level", first)
             metric = gr.Dropdown(label="History of", value="auc",
                                  choices=[(METRICS[m][0], m) for m in METRICS])  # fmt: skip
         galleries = [

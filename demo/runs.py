@@ -1,5 +1,6 @@
 """What every tab reads of a published run: opened runs (cached), their listing, the
-banner, captions and per-image scores. Plain functions; no Gradio in here.
+banner, captions and per-image scores, and the pieces every tab is built from (`Tab`, the
+level picker). Plain functions; Gradio is imported only where a component is made.
 
 Runs are immutable once published, so opened runs are cached by directory.
 """
@@ -86,6 +87,16 @@ def banner(run: Run) -> str:
             0, "## ⚠️ RANDOM WEIGHTS: this backbone was never trained; neighbours mean little"
         )
     return "\n".join(lines)
+
+
+def level_dropdown(label: str, run: Run):
+    """A level picker starting at the run's middle level."""
+    import gradio as gr
+
+    # allow_custom_value: another run's levels (switched to later) are valid values too
+    return gr.Dropdown(
+        label=label, choices=run.levels, value=default_level(run), allow_custom_value=True
+    )
 
 
 def caption(run: Run, row: int, distance: float | None = None) -> str:

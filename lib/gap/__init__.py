@@ -39,7 +39,14 @@ from lib.gap.frechet import (
 )
 from lib.gap.kid import kid, mmd2_unbiased
 from lib.gap.prdc import PRDC, kth_neighbour_radii, mixing, neighbourhoods, prdc
-from lib.gap.records import auc_record, fd_inf_record, kid_record, record, wilson
+from lib.gap.records import (
+    auc_record,
+    fd_inf_record,
+    kid_record,
+    mean_ci,
+    record,
+    wilson,
+)
 from lib.params import check_minimums, param
 
 if TYPE_CHECKING:
@@ -186,8 +193,6 @@ def _ball_metrics(zr: np.ndarray, zf: np.ndarray, k: int, backend: Backend):
 
 
 def _ball_records(p: PRDC, mix: dict, k: int, n: int) -> dict:
-    from lib.gap.records import mean_ci
-
     n_real, n_fake = len(p.covered), len(p.realism)
     return {
         "precision": record(p.precision, wilson(int((p.fake_in_real > 0).sum()), n_fake), n_fake),

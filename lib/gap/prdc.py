@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lib.errors import GapscopeError
+from lib.gap.records import mean_ci
 from lib.neighbors import distance_blocks, knn
 
 
@@ -105,8 +106,6 @@ def prdc(
 def mixing(joint: np.ndarray, is_fake: np.ndarray) -> dict:
     """Observed share of other-domain neighbours over the share perfect mixing gives,
     per point (`joint`: each point's k nearest neighbours of both domains), averaged."""
-    from lib.gap.records import mean_ci
-
     n_fake = int(is_fake.sum())
     n_real = len(is_fake) - n_fake
     share = (is_fake[joint] != is_fake[:, None]).mean(axis=1)
