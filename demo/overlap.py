@@ -26,6 +26,7 @@ from demo.runs import (
     default_level,
     level_dropdown,
     open_id,
+    picture,
     score_values,
 )
 from lib.images import THUMB_SIZE
@@ -186,7 +187,7 @@ def neighbour_gallery(run: Run, level: str, row: int) -> list[tuple[str, str]]:
     """(thumbnail path, caption) of the row's nearest neighbours in feature space."""
     idx, dist = run.neighbors(level)
     return [
-        (str(run.thumb(int(j))), caption(run, int(j), float(d)))
+        (picture(run.thumb(int(j))), caption(run, int(j), float(d)))
         for j, d in zip(idx[row], dist[row], strict=True)
     ]
 
@@ -209,12 +210,12 @@ def parse_click(payload: str) -> int | None:
         return None
 
 
-def shown_image(run: Run, row: int, roots: list[str]) -> Path:
+def shown_image(run: Run, row: int, roots: list[str]) -> Path | None:
     """The image to show large: the original when the demo may serve it and it is larger
     than a thumbnail, else the (upscaled) thumbnail."""
     image = run.image_file(row)
     r = run.images.iloc[row]
-    if not _inside(image, roots) or max(r["width"], r["height"]) < THUMB_SIZE:
+    if image is None or not _inside(image, roots) or max(r["width"], r["height"]) < THUMB_SIZE:
         return run.thumb(row)
     return image
 
@@ -246,7 +247,7 @@ def select_point(store: RunStore, roots: list[str], payload: str, run_id: str, l
     if row is None or not 0 <= row < len(run.images) or level not in run.levels:
         return gr.skip(), gr.skip(), gr.skip()
     return (
-        gr.update(value=str(shown_image(run, row, roots)), label=caption(run, row)),
+        gr.update(value=picture(shown_image(run, row, roots)), label=caption(run, row)),
         neighbour_gallery(run, level, row),
         f"**Selected {caption(run, row)}** — `{run.images.iloc[row]['relpath']}`; "
         f"its {run.manifest['config']['k']} nearest neighbours at level {level}:",

@@ -20,6 +20,7 @@ from demo.runs import (
     level_scores,
     open_id,
     open_run,
+    picture,
 )
 from lib.gap.records import interval
 from lib.store import Run, RunStore
@@ -99,7 +100,7 @@ def blame_galleries(run: Run, level: str, n: int = 16) -> dict[str, list[tuple[s
 
     def items(frame, label):
         return [
-            (str(run.thumb(int(i))), f"{caption(run, int(i))} · {label(row)}")
+            (picture(run.thumb(int(i))), f"{caption(run, int(i))} · {label(row)}")
             for i, row in frame.head(n).iterrows()
         ]
 
@@ -157,7 +158,7 @@ def cluster_gallery(run: Run, level: str, per_cluster: int = 4) -> list[tuple[st
         ids = scores.loc[scores["cluster"] == c["cluster"], "id"].to_numpy()
         pick = np.random.default_rng(c["cluster"]).permutation(ids)[:per_cluster]
         label = f"cluster {c['cluster']} · {c['kind']} ({c['real']} real, {c['synthetic']} syn)"
-        items += [(str(run.thumb(int(i))), f"{caption(run, int(i))} · {label}") for i in pick]
+        items += [(picture(run.thumb(int(i))), f"{caption(run, int(i))} · {label}") for i in pick]
     return items
 
 

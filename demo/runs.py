@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.images import THUMB_SIZE
 from lib.store import Run, RunStore
 
 
@@ -103,6 +104,14 @@ def caption(run: Run, row: int, distance: float | None = None) -> str:
     r = run.images.iloc[row]
     text = f"#{row} {r['domain']} · {r['category'] or '–'}"
     return text if distance is None else f"{text} · d={distance:.3f}"
+
+
+def picture(thumb: Path | None):
+    """A thumbnail's path, or a blank tile for a given embedding without an image (its
+    caption says which row it is)."""
+    if thumb is not None:
+        return str(thumb)
+    return np.full((THUMB_SIZE, THUMB_SIZE, 3), 235, np.uint8)
 
 
 def level_scores(run: Run, level: str):

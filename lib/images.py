@@ -100,6 +100,18 @@ class ImageSet:
     array: np.ndarray | None = None  # memory-mapped .npy input
     array_scale: float = 1.0  # see array_scale()
 
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def table(self):
+        """The images-table rows of this domain (see lib.pipeline.images_frame)."""
+        import pandas as pd
+
+        columns = ("domain", "category", "path", "source", "relpath", "hash", "width",
+                   "height", "padded")  # fmt: skip
+        return pd.DataFrame([{c: getattr(r, c) for c in columns} for r in self.records],
+                            columns=list(columns))  # fmt: skip
+
     def load(self, record: ImageRecord, prepare: Prepare) -> np.ndarray:
         """The prepared (H, W, 3) uint8 image the model sees."""
         if record.row >= 0:

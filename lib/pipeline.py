@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.embeddings import EmbeddingSet, describe_embeddings, is_embeddings
 from lib.errors import GapscopeError
 from lib.gap import GapParams
 from lib.images import ImageRecord, ImageSet, Prepare, check_common_size, open_images
@@ -35,8 +36,12 @@ class RunConfig:
     """Everything a run depends on; written to the manifest as given. Fields made with
     `param` are also `batch run`'s options (batch.options), with these defaults."""
 
-    real: Path = param(REQUIRED, "Folder of real images, or a .npy (N,H,W,3).")
-    synthetic: Path = param(REQUIRED, "Folder of synthetic images, or a .npy.")
+    real: Path = param(
+        REQUIRED,
+        "Folder of real images, a .npy (N,H,W,3), or embeddings: a .parquet, a .npy (N,D) "
+        "with a CSV of paths, or a folder of them (see README, Large datasets).",
+    )
+    synthetic: Path = param(REQUIRED, "Synthetic images or embeddings, as for --real.")
     backbone: str | None = param(
         None,
         "ARCH[:CHECKPOINT][@CONFIG] (see `backbones`). Default: resnet50-fpn with "
@@ -69,6 +74,11 @@ class RunConfig:
     k: int = param(16, "Nearest neighbours per image.", flag="--k", minimum=1)
     metric: str = param("cosine", "Neighbour distance: cosine | euclidean.")
     batch_size: int = param(32, "Images per forward pass.", minimum=1)
+    shard: int = param(
+        4096,
+        "Images per feature-cache shard: a killed run resumes after the last complete one.",
+        minimum=1,
+    )
     workers: int | None = param(
         None,
         "Image-decoding processes (default: CPU half the cores, at most 4; GPU all but "
@@ -92,12 +102,19 @@ class RunConfig:
 
 @dataclass
 class Scanned:
-    """The scan stage's output: each domain's images, in row order."""
+    """The scan stage's output: each domain's images (or given embeddings), in row order."""
 
-    sets: dict[str, ImageSet]
-    size: tuple[int, int]
+    sets: dict[str, ImageSet | EmbeddingSet]
+    size: tuple[int, int] | None  # what every prepared image measures; None for embeddings
 
-    @cached_property  # read by most stages: built once (2M tuples at 1M + 1M images)
+    @property
+    def embeddings(self) -> bool:
+        return isinstance(next(iter(self.sets.values())), EmbeddingSet)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.sets.values())
+
+    @cached_property  # read by the extraction stages: built once
     def items(self) -> list[tuple[ImageSet, ImageRecord]]:
         return [(s, r) for s in self.sets.values() for r in s.records]
 
@@ -106,9 +123,22 @@ class Scanned:
         """Row indices of each domain in the run's tables."""
         out, start = {}, 0
         for domain, image_set in self.sets.items():
-            out[domain] = np.arange(start, start + len(image_set.records))
-            start += len(image_set.records)
+            out[domain] = np.arange(start, start + len(image_set))
+            start += len(image_set)
         return out
+
+    def table(self):
+        """The run's images table: one row per image, `id` = row index."""
+        import pandas as pd
+
+        frame = pd.concat([s.table() for s in self.sets.values()], ignore_index=True)
+        frame.insert(0, "id", np.arange(len(frame), dtype=np.int64))
+        has_thumb = frame["path"] != "" if self.embeddings else np.ones(len(frame), bool)
+        frame["thumb"] = [
+            thumb_name(d, h) if t else ""
+            for d, h, t in zip(frame["domain"], frame["hash"], has_thumb, strict=True)
+        ]
+        return frame
 
 
 def run(config: RunConfig, store: RunStore, progress: Progress | None = None) -> Run:
@@ -125,34 +155,56 @@ def run(config: RunConfig, store: RunStore, progress: Progress | None = None) ->
     with store.writing() as writer:
         with stages("scan", f"{config.real} and {config.synthetic}") as stage:
             scanned = scan(config, prepare, projectors, writer)
-            stage.summary = ", ".join(f"{len(s.records)} {d}" for d, s in scanned.sets.items())
+            stage.summary = ", ".join(f"{len(s)} {d}" for d, s in scanned.sets.items())
         backend = choose_backend(
-            config.backend, config.precision, config.workers, n_images=len(scanned.items)
+            config.backend, config.precision, config.workers, n_images=len(scanned)
         )
         projectors = _projectors(config, backend.projection)
-        with stages("model"):
-            backbone = load_backbone(config)
-        with stages("extract", f"{len(scanned.items)} images") as stage:
-            vectors, cached = extract_features(
-                config, scanned, prepare, backbone, backend, store, writer, stages.progress
-            )
-            stage.summary = f"{len(scanned.items)} images, {cached} from the feature cache"
+        if scanned.embeddings:
+            with stages("features", f"{len(scanned)} vectors given"):
+                vectors, cached = given_features(scanned, writer), 0
+            source = describe_embeddings(list(scanned.sets.values()))
+        else:
+            with stages("model"):
+                backbone = load_backbone(config)
+            with stages("extract", f"{len(scanned)} images") as stage:
+                vectors, cached = extract_features(
+                    config, scanned, prepare, backbone, backend, store, writer, stages.progress
+                )
+                stage.summary = f"{len(scanned)} images, {cached} from the feature cache"
+            source = backbone.describe()
         with stages("project", ", ".join(config.projections)):
-            frame = project(vectors, scanned.rows, projectors, writer, stages.progress)
-        with stages("neighbors", f"k={config.k}, {backend.knn_engine}"):
-            find_neighbours(vectors, config, backend, writer)
+            frame, projected = project(vectors, scanned.rows, projectors, writer, stages.progress)
+        with stages("neighbors", f"k={config.k}, {backend.knn_engine}") as stage:
+            searches = find_neighbours(vectors, config, backend, writer)
+            stage.summary = _recall_summary(searches)
         with stages("gap", f"{len(vectors)} levels"):
             measure_gap(vectors, scanned.rows, config.gap, backend, writer, stages.progress)
         if config.plots:
             with stages("plots"):
                 save_plots(frame, scanned.rows, projectors, writer)
-        writer.images(images_frame(scanned.items))
+        writer.images(scanned.table())
         writer.manifest(
             manifest(
-                config, scanned, prepare, backbone, backend, vectors, cached, started, dict(stages)
-            )
+                config,
+                scanned,
+                prepare,
+                source,
+                backend,
+                vectors,
+                cached,
+                started,
+                dict(stages),
+                searches,
+                projected,
+            )  # fmt: skip
         )
     return writer.published
+
+
+def _recall_summary(searches: dict) -> str | None:
+    recalls = [f"{lv} {r['recall_at_k']:.3f}" for lv, r in searches.items() if not r["exact"]]
+    return f"approximate; recall@k on the probe: {', '.join(recalls)}" if recalls else None
 
 
 def _projectors(config: RunConfig, implementation: str = "cpu") -> list:
@@ -169,23 +221,60 @@ def _projectors(config: RunConfig, implementation: str = "cpu") -> list:
 
 
 def scan(config: RunConfig, prepare: Prepare, projectors: list, writer: RunWriter) -> Scanned:
-    """Find, hash and check every image (thumbnails written on the way); check there are
-    enough for every projection."""
+    """Find, hash and check every image (thumbnails written on the way), or read the
+    given embeddings; check there are enough for every projection."""
+    kinds = {d: is_embeddings(getattr(config, d)) for d in DOMAINS}
+    if len(set(kinds.values())) > 1:
+        given = next(d for d, k in kinds.items() if k)
+        raise GapscopeError(
+            f"--{given} gives embeddings but the other domain gives images: give both "
+            "domains the same way"
+        )
+    if kinds["real"]:
+        scanned = _scan_embeddings(config, writer)
+    else:
 
-    def thumb(record: ImageRecord):
-        return writer.thumb(record.domain, record.hash)
+        def thumb(record: ImageRecord):
+            return writer.thumb(record.domain, record.hash)
+
+        sets = {
+            domain: open_images(getattr(config, domain), domain, prepare, thumbs=thumb,
+                                sample=config.sample, seed=config.seed)
+            for domain in DOMAINS
+        }  # fmt: skip
+        scanned = Scanned(sets, check_common_size(list(sets.values()), prepare))
+    for projector in projectors:
+        for domain, image_set in scanned.sets.items():
+            projector.check(len(image_set), len(scanned), domain)
+    return scanned
+
+
+def _scan_embeddings(config: RunConfig, writer: RunWriter) -> Scanned:
+    """Both domains' embeddings; thumbnails of the rows whose path names an image (a row
+    whose image cannot be decoded keeps its vector and loses its path)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lib.embeddings import check_same_levels, open_embeddings, row_hash
+    from lib.images import DecodeError, decode_rgb, thumbnail_png
 
     sets = {
-        domain: open_images(getattr(config, domain), domain, prepare, thumbs=thumb,
-                            sample=config.sample, seed=config.seed)
-        for domain in DOMAINS
-    }  # fmt: skip
-    scanned = Scanned(sets, check_common_size(list(sets.values()), prepare))
-    n_total = len(scanned.items)
-    for projector in projectors:
-        for domain, image_set in sets.items():
-            projector.check(len(image_set.records), n_total, domain)
-    return scanned
+        d: open_embeddings(getattr(config, d), d, sample=config.sample, seed=config.seed)
+        for d in DOMAINS
+    }
+    check_same_levels(list(sets.values()))
+
+    def thumb(s: EmbeddingSet, i: int) -> None:
+        try:
+            rgb = decode_rgb(Path(s.paths[i]))
+            thumbnail_png(rgb, writer.thumb(s.domain, row_hash(s.domain, s.ids[i])))
+        except (DecodeError, OSError) as exc:
+            log.info("no thumbnail for %s: %s", s.paths[i], exc)
+            s.paths[i] = ""
+
+    with ThreadPoolExecutor() as pool:
+        for s in sets.values():
+            list(pool.map(lambda i, s=s: thumb(s, i), [i for i in s.keep if s.paths[i]]))
+    return Scanned(sets, None)
 
 
 def load_backbone(config: RunConfig):
@@ -203,6 +292,22 @@ def load_backbone(config: RunConfig):
         log.warning("RANDOM WEIGHTS: %s features are untrained; neighbours mean little",
                     backbone.name)  # fmt: skip
     return backbone
+
+
+def given_features(scanned: Scanned, writer: RunWriter) -> dict[str, np.ndarray]:
+    """The given embeddings, both domains' kept rows, into the run's feature files (a
+    block at a time); returned memory-mapped."""
+    sets = list(scanned.sets.values())
+    out = {}
+    for level, d in sets[0].dims().items():
+        array = writer.features_array(level, (len(scanned), d))
+        start = 0
+        for s in sets:
+            s.copy_into(level, array, start)
+            start += len(s)
+        array.flush()
+        out[level] = writer.features_read(level)
+    return out
 
 
 def extract_features(
@@ -223,13 +328,13 @@ def extract_features(
     progress.start("extract", len(items))
     extraction = extract(
         backbone, items, prepare, pooling=config.pooling, batch_size=config.batch_size,
-        cache=FeatureCache(store.cache_dir, key), device=backend.device,
+        cache=FeatureCache(store.cache_dir, key, config.shard), device=backend.device,
         progress=lambda n: progress.advance("extract", n), workers=backend.workers,
-        precision=backend.precision,
+        precision=backend.precision, allocate=writer.features_array,
     )  # fmt: skip
-    for level, vectors in extraction.vectors.items():
-        writer.features(level, vectors)
-    return extraction.vectors, extraction.cached
+    for array in extraction.vectors.values():
+        array.flush()
+    return {lv: writer.features_read(lv) for lv in extraction.vectors}, extraction.cached
 
 
 def project(
@@ -241,14 +346,16 @@ def project(
 
     fits = [(p, fit_on) for p in projectors for fit_on in _fit_domains(p)]
     progress.start("project", len(fits) * len(vectors))
-    frames = []
+    frames, reports = [], {}
     for level, X in vectors.items():
         for projector, fit_on in fits:
             frames += _project_one(X, rows, projector, fit_on, level)
+            if hasattr(projector, "report_"):
+                reports[f"{projector.name} {level} fit on {fit_on}"] = projector.report_
             progress.advance("project")
     frame = pd.concat(frames, ignore_index=True)
     writer.projections(frame)
-    return frame
+    return frame, reports
 
 
 def _fit_domains(projector) -> tuple[str, ...]:
@@ -262,12 +369,18 @@ def _project_one(X: np.ndarray, rows, projector, fit_on: str, level: str) -> lis
             _projection_frame(both, level, projector, "both", projector.fit(X[both]).embedding_)
         ]
     other = next(d for d in DOMAINS if d != fit_on)
-    fitted = projector.fit(X[rows[fit_on]]).embedding_
-    mapped = projector.transform(X[rows[other]])
+    fitted = projector.fit(X[_span(rows[fit_on])]).embedding_
+    mapped = projector.transform(X[_span(rows[other])])
     return [
         _projection_frame(rows[fit_on], level, projector, fit_on, fitted),
         _projection_frame(rows[other], level, projector, fit_on, mapped),
     ]
+
+
+def _span(rows: np.ndarray) -> slice:
+    """A domain's rows (consecutive) as a slice: a view of memory-mapped features, not a
+    copy."""
+    return slice(int(rows[0]), int(rows[-1]) + 1)
 
 
 def _projection_frame(rows: np.ndarray, level: str, projector, fit_on: str, coords):
@@ -287,13 +400,19 @@ def _projection_frame(rows: np.ndarray, level: str, projector, fit_on: str, coor
     )
 
 
-def find_neighbours(vectors, config: RunConfig, backend, writer: RunWriter) -> None:
-    from lib.neighbors import knn
+def find_neighbours(vectors, config: RunConfig, backend, writer: RunWriter) -> dict:
+    """Each level's neighbour table; returns what was done per level (engine, and the
+    measured recall@k of an approximate search)."""
+    from lib.neighbors import knn_report
 
+    reports = {}
     for level, X in vectors.items():
-        writer.neighbors(
-            level, *knn(X, config.k, config.metric, backend.device, engine=backend.knn_engine)
-        )
+        idx, dist, reports[level] = knn_report(
+            X, config.k, config.metric, backend.device, engine=backend.knn_engine,
+            seed=config.seed,
+        )  # fmt: skip
+        writer.neighbors(level, idx, dist)
+    return reports
 
 
 def measure_gap(
@@ -308,7 +427,7 @@ def measure_gap(
     levels, frames = {}, []
     progress.start("gap", len(vectors))
     for level, X in vectors.items():
-        result = level_gap(X[rows["real"]], X[rows["synthetic"]], params, backend)
+        result = level_gap(X[_span(rows["real"])], X[_span(rows["synthetic"])], params, backend)
         levels[level] = result.metrics
         frames.append(_scores_frame(result, rows, level))
         progress.advance("gap")
@@ -354,39 +473,18 @@ def save_plots(frame, rows: dict[str, np.ndarray], projectors: list, writer: Run
 # ---- what the run records --------------------------------------------------------------
 
 
-def images_frame(items):
-    import pandas as pd
-
-    return pd.DataFrame(
-        [
-            {
-                "id": i,
-                "domain": r.domain,
-                "category": r.category,
-                "path": r.path,
-                "source": r.source,
-                "relpath": r.relpath,
-                "hash": r.hash,
-                "width": r.width,
-                "height": r.height,
-                "thumb": thumb_name(r.domain, r.hash),
-                "padded": r.padded,
-            }
-            for i, (_, r) in enumerate(items)
-        ]
-    )
-
-
 def manifest(
     config: RunConfig,
     scanned: Scanned,
     prepare: Prepare,
-    backbone,
+    source: dict,
     backend,
     vectors: dict[str, np.ndarray],
     cached: int,
     started: datetime,
     timings: dict,
+    searches: dict,
+    projected: dict,
 ) -> dict:
     sets = scanned.sets.values()
     return {
@@ -394,9 +492,9 @@ def manifest(
         "created": started.isoformat(timespec="seconds"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": config.as_dict(),
-        "prepare": prepare.describe(),
-        "image_size": list(scanned.size),
-        "backbone": backbone.describe(),
+        "prepare": "embeddings given as features" if scanned.embeddings else prepare.describe(),
+        "image_size": list(scanned.size) if scanned.size else None,
+        "backbone": source,
         "backend": backend.describe(),
         "inputs": [_input_summary(s) for s in sets],
         "skipped": [
@@ -404,22 +502,29 @@ def manifest(
             for s in sets
             for sk in s.skipped
         ],
-        "padded": sum(r.padded for _, r in scanned.items),
+        "padded": 0 if scanned.embeddings else sum(r.padded for _, r in scanned.items),
         "counts": {d: int(len(r)) for d, r in scanned.rows.items()},
         "feature_dims": {level: int(v.shape[1]) for level, v in vectors.items()},
         "cached_images": cached,
+        "neighbors": searches,
+        "projections": projected,
         "timings_s": timings,
         "versions": _versions(),
     }
 
 
-def _input_summary(image_set: ImageSet) -> dict:
+def _input_summary(image_set: ImageSet | EmbeddingSet) -> dict:
+    if isinstance(image_set, EmbeddingSet):
+        kind, skipped = "embeddings", image_set.skipped_total
+    else:
+        kind = "array" if image_set.array is not None else "folder"
+        skipped = len(image_set.skipped)
     return {
         "domain": image_set.domain,
-        "kind": "array" if image_set.array is not None else "folder",
+        "kind": kind,
         "source": str(image_set.source.resolve()),
-        "used": len(image_set.records),
-        "skipped": len(image_set.skipped),
+        "used": len(image_set),
+        "skipped": skipped,
     }
 
 

@@ -130,6 +130,16 @@ class RunWriter:
     def features(self, level: str, vectors: np.ndarray) -> None:
         self._array(_features_file(level), np.asarray(vectors, dtype=np.float32))
 
+    def features_array(self, level: str, shape: tuple[int, int]) -> np.ndarray:
+        """A writable memory-mapped float32 feature file, to fill a block at a time."""
+        return np.lib.format.open_memmap(
+            self._path(_features_file(level)), mode="w+", dtype=np.float32, shape=shape
+        )
+
+    def features_read(self, level: str) -> np.ndarray:
+        """A level's features as written so far, memory-mapped read-only."""
+        return np.load(self.dir / _features_file(level), mmap_mode="r")
+
     def projections(self, frame) -> None:
         self._table(PROJECTIONS, frame)
 
@@ -350,10 +360,12 @@ class Run:
             np.load(self.dir / dist_file, mmap_mode="r"),
         )
 
-    def thumb(self, row: int) -> Path:
-        return self.dir / THUMBS / self.images.iloc[row]["thumb"]
+    def thumb(self, row: int) -> Path | None:
+        """The row's thumbnail; None for given embeddings without an image."""
+        name = self.images.iloc[row]["thumb"]
+        return self.dir / THUMBS / name if name else None
 
-    def image_file(self, row: int) -> Path:
+    def image_file(self, row: int) -> Path | None:
         """The original file when the image came from a folder, else its thumbnail."""
         path = self.images.iloc[row]["path"]
         return Path(path) if path else self.thumb(row)
