@@ -6,9 +6,9 @@ Poolings (`--pooling`):
   the original tool's vectors (p2 of a 512×512 input gives 128² = 16,384 values).
 - channel-mean: like channel-sum, divided by C.
 
-Pooled vectors are cached per image content hash under a key naming the backbone's
-weights, the pooling and the preprocessing, so an interrupted run resumes where it stopped
-and a nightly run only computes new images.
+Pooled vectors are cached by image content hash, in shards of 4,096 images, under a key
+naming the backbone's weights, the pooling and the preprocessing, so an interrupted run
+resumes after the last complete shard and a nightly run only computes new images.
 """
 
 from __future__ import annotations
@@ -67,37 +67,93 @@ def pool(fmap: torch.Tensor, pooling: str) -> torch.Tensor:
 
 
 class FeatureCache:
-    """Pooled vectors on disk, one small .npz per image hash, under a key directory.
+    """Pooled vectors on disk in shards: each a folder of `hashes.npy` (the images' content
+    hashes) and one `<level>.npy` (n, D) per level, under a key directory.
 
-    Writes go to a temporary name and are renamed, so a killed run never leaves a
-    half-written entry behind.
+    A shard is written under a temporary name and renamed into place whole, so a run
+    killed mid-extraction loses at most the shard it was filling and the next run resumes
+    after the last complete one. A shard that cannot be read back whole (a truncated or
+    damaged file) is reported, removed and its images computed again; it is never used.
     """
 
-    def __init__(self, root: Path, key: str):
+    def __init__(self, root: Path, key: str, shard: int = 4096):
+        self.shard = shard  # images per shard: ~250 shards at 1M images
         self.dir = Path(root) / key
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._index: dict[str, tuple[Path, int]] | None = None
 
-    def _path(self, image_hash: str) -> Path:
-        return self.dir / image_hash[:2] / f"{image_hash}.npz"
+    def shards(self) -> list[Path]:
+        return sorted(p for p in self.dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    def get(self, image_hash: str, levels: Sequence[str]) -> dict[str, np.ndarray] | None:
-        path = self._path(image_hash)
-        if not path.exists():
-            return None
+    def index(self) -> dict[str, tuple[Path, int]]:
+        """hash → (shard, row) over every complete shard."""
+        if self._index is None:
+            self._index = {}
+            for shard in self.shards():
+                try:
+                    hashes = np.load(shard / "hashes.npy", allow_pickle=False)
+                except (OSError, ValueError, EOFError):
+                    self._drop(shard, "unreadable hash list")
+                    continue
+                for row, h in enumerate(hashes.tolist()):
+                    self._index[h] = (shard, row)
+        return self._index
+
+    def read(self, hashes: Sequence[str], levels: Sequence[str]):
+        """Yield (position in `hashes`, {level: vector}) for every cached hash, a shard at a
+        time (memory-mapped); positions of damaged shards are simply not yielded."""
+        index = self.index()
+        by_shard: dict[Path, list[tuple[int, int]]] = {}
+        for i, h in enumerate(hashes):
+            if h in index:
+                shard, row = index[h]
+                by_shard.setdefault(shard, []).append((i, row))
+        for shard, pairs in by_shard.items():
+            arrays = self._open(shard, levels)
+            if arrays is None:
+                continue
+            for i, row in pairs:
+                yield i, {lv: np.asarray(arrays[lv][row]) for lv in levels}
+
+    def _open(self, shard: Path, levels: Sequence[str]) -> dict[str, np.ndarray] | None:
         try:
-            with np.load(path) as data:
-                if all(lv in data for lv in levels):
-                    return {lv: data[lv] for lv in levels}
-        except Exception:  # a truncated entry raises BadZipFile, KeyError, ...: recompute
-            log.warning("ignoring unreadable cache entry %s", path)
-        return None
+            n = len(np.load(shard / "hashes.npy", mmap_mode="r", allow_pickle=False))
+            arrays = {lv: np.load(shard / f"{lv}.npy", mmap_mode="r", allow_pickle=False)
+                      for lv in levels}  # fmt: skip
+            if any(a.ndim != 2 or len(a) != n or a.dtype != np.float32 for a in arrays.values()):
+                raise ValueError("levels disagree with the hash list")
+        except (OSError, ValueError, EOFError) as exc:
+            self._drop(shard, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return None
+        return arrays
 
-    def put(self, image_hash: str, vectors: dict[str, np.ndarray]) -> None:
-        path = self._path(image_hash)
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **vectors)
-        tmp.replace(path)
+    def _drop(self, shard: Path, why: str) -> None:
+        import shutil
+
+        log.warning("feature cache: ignoring and removing damaged shard %s (%s)", shard, why)
+        shutil.rmtree(shard, ignore_errors=True)
+        if self._index is not None:
+            self._index = {h: v for h, v in self._index.items() if v[0] != shard}
+
+    def put(self, hashes: Sequence[str], vectors: dict[str, np.ndarray]) -> None:
+        """One complete shard: the images' hashes and their vectors per level."""
+        import os
+        import secrets
+        import shutil
+
+        name = f"{len(self.shards()):06d}-{secrets.token_hex(4)}"
+        tmp = self.dir / f".tmp-{name}"
+        tmp.mkdir()
+        try:
+            np.save(tmp / "hashes.npy", np.array(hashes, dtype="U64"))
+            for lv, v in vectors.items():
+                np.save(tmp / f"{lv}.npy", np.ascontiguousarray(v, dtype=np.float32))
+            os.replace(tmp, self.dir / name)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if self._index is not None:
+            self._index.update((h, (self.dir / name, row)) for row, h in enumerate(hashes))
 
 
 def cache_key(backbone: Backbone, pooling: str, prepare: Prepare, precision: str = "fp32") -> str:
@@ -144,25 +200,27 @@ def extract(
     progress: Callable[[int], None] | None = None,
     workers: int = 0,
     precision: str = "fp32",
+    allocate: Callable[[str, tuple[int, int]], np.ndarray] | None = None,
 ) -> Extraction:
     """Pooled vectors for every (image set, record), in order, per level.
 
     Images are decoded by `workers` DataLoader processes (pinned memory on a GPU; how many
     is lib.backend's choice) while the model runs; pooling happens on the device, so only
-    pooled vectors cross to the host.
+    pooled vectors cross to the host. Vectors are written into the arrays `allocate(level,
+    (N, D))` returns (the run's memory-mapped feature files; in memory by default), and
+    into the cache a shard at a time, so memory does not grow with N.
     """
     from torch.utils.data import DataLoader
 
     pooling_fn(pooling)  # an unknown pooling fails before any work
     levels = backbone.levels
-    rows: list[dict[str, np.ndarray] | None] = [None] * len(items)
-    todo: list[int] = []
-    for i, (_, record) in enumerate(items):
-        hit = cache.get(record.hash, levels) if cache else None
-        if hit is None:
-            todo.append(i)
-        else:
-            rows[i] = hit
+    out = _Output(len(items), allocate)
+    hashes = [record.hash for _, record in items]
+    done = np.zeros(len(items), dtype=bool)
+    for i, vectors in cache.read(hashes, levels) if cache else ():
+        out.put(i, vectors)
+        done[i] = True
+    todo = np.flatnonzero(~done).tolist()
     cached = len(items) - len(todo)
     if progress and cached:
         progress(cached)
@@ -180,18 +238,55 @@ def extract(
         pin_memory=device.startswith("cuda"),
         collate_fn=_stack,
     )
+    shard = _Shard(cache)
     for start, pixels in zip(range(0, len(todo), batch_size), loader, strict=True):
         batch = todo[start : start + batch_size]
         maps = backbone(pixels, device=device, precision=precision)
         pooled = {lv: pool(maps[lv], pooling).cpu().numpy() for lv in levels}
         for j, i in enumerate(batch):
-            rows[i] = {lv: pooled[lv][j] for lv in levels}
-            if cache:
-                cache.put(items[i][1].hash, rows[i])
+            out.put(i, {lv: pooled[lv][j] for lv in levels})
+        shard.add([hashes[i] for i in batch], pooled)
         if progress:
             progress(len(batch))
-    vectors = {
-        lv: np.ascontiguousarray(np.stack([r[lv] for r in rows]).astype(np.float32))
-        for lv in levels
-    }
-    return Extraction(vectors=vectors, cached=cached)
+    shard.flush()
+    return Extraction(vectors=out.arrays, cached=cached)
+
+
+class _Output:
+    """The (N, D) arrays extraction fills, allocated when a level's D is first known."""
+
+    def __init__(self, n: int, allocate=None):
+        self.n = n
+        self.allocate = allocate or (lambda level, shape: np.empty(shape, np.float32))
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def put(self, i: int, vectors: dict[str, np.ndarray]) -> None:
+        for lv, v in vectors.items():
+            if lv not in self.arrays:
+                self.arrays[lv] = self.allocate(lv, (self.n, len(v)))
+            self.arrays[lv][i] = v
+
+
+class _Shard:
+    """Computed vectors gathered until a cache shard is full, then written whole."""
+
+    def __init__(self, cache: FeatureCache | None):
+        self.cache = cache
+        self.hashes: list[str] = []
+        self.parts: list[dict[str, np.ndarray]] = []
+
+    def add(self, hashes: list[str], pooled: dict[str, np.ndarray]) -> None:
+        if self.cache is None:
+            return
+        self.hashes += hashes
+        self.parts.append(pooled)
+        if len(self.hashes) >= self.cache.shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.cache is None or not self.hashes:
+            return
+        levels = self.parts[0]
+        self.cache.put(self.hashes, {lv: np.concatenate([p[lv] for p in self.parts])
+                                     for lv in levels})  # fmt: skip
+        self.hashes, self.parts = [], []

@@ -352,3 +352,18 @@ def test_fingerprint_follows_the_weights(lite0):
     assert backbone.fingerprint() != before
     other = create_backbone("resnet18", random_weights=True)
     assert other.fingerprint() != before
+
+
+def test_a_classifier_checkpoint_loads_the_same_way_every_time(tmp_path):
+    """The feature cache is keyed by a fingerprint of every weight: a head the checkpoint
+    cannot fill (another number of classes) must not be random, and one it can fill is
+    the checkpoint's own."""
+    torch.manual_seed(5)
+    seven = tmp_path / "seven.pth"
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=7).state_dict(), seven)
+    first, second = create_backbone(f"resnet18:{seven}"), create_backbone(f"resnet18:{seven}")
+    assert first.fingerprint() == second.fingerprint()
+    full = torchvision.models.resnet18(weights=None)
+    torch.save(full.state_dict(), tmp_path / "full.pth")
+    loaded = create_backbone(f"resnet18:{tmp_path / 'full.pth'}")
+    torch.testing.assert_close(loaded.module.state_dict()["fc.weight"], full.fc.weight)

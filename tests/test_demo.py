@@ -74,7 +74,7 @@ def test_a_runs_thumbnails_are_served_and_the_rest_of_the_store_is_not(
     demo_url, published_run, results_dir
 ):
     assert served(demo_url, published_run.thumb(0)) == 200  # the positive control
-    cache_entry = next((results_dir / "cache").rglob("*.npz"))
+    cache_entry = next((results_dir / "cache").rglob("hashes.npy"))
     log = results_dir / "demo.log"
     assert cache_entry.is_file() and log.is_file()  # they exist: refusals mean something
     for path in ("/etc/passwd", "/root/.bashrc", cache_entry, log):

@@ -178,40 +178,67 @@ def test_cache_key_names_backbone_pooling_and_preparation(backbone):
     assert key.startswith("resnet18-gap-")
 
 
-def _cached_entry(backbone, images, tmp_path):
+def _cached_shard(backbone, images, tmp_path):
+    """Five images cached in shards of two; returns the shard holding image 2."""
     real, _ = images
     items = items_of(real)
-    cache = FeatureCache(tmp_path / "cache", "key")
-    first = extract(backbone, items, Prepare(), batch_size=5, cache=cache)
-    return items, cache, first, cache._path(real.records[2].hash)
+    cache = FeatureCache(tmp_path / "cache", "key", shard=2)
+    first = extract(backbone, items, Prepare(), batch_size=2, cache=cache)
+    assert len(cache.shards()) == 3
+    return items, first, cache.index()[real.records[2].hash][0]
 
 
-def test_a_corrupt_cache_entry_is_recomputed(backbone, images, tmp_path):
-    items, cache, first, entry = _cached_entry(backbone, images, tmp_path)
-    assert entry.is_file()
-    entry.write_bytes(b"this is not an npz archive at all")
-    again = extract(backbone, items, Prepare(), batch_size=5, cache=cache)
-    assert again.cached == N_IMAGES - 1
+def _recomputed(backbone, items, first, tmp_path, damaged_images: int = 2):
+    cache = FeatureCache(tmp_path / "cache", "key", shard=2)  # a new run: reads from disk
+    again = extract(backbone, items, Prepare(), batch_size=2, cache=cache)
+    assert again.cached == N_IMAGES - damaged_images
     for lv in backbone.levels:
         np.testing.assert_allclose(again.vectors[lv], first.vectors[lv], atol=1e-5)
-    assert extract(backbone, items, Prepare(), cache=cache).cached == N_IMAGES  # rewritten
+    fresh = FeatureCache(tmp_path / "cache", "key", shard=2)
+    assert extract(backbone, items, Prepare(), cache=fresh).cached == N_IMAGES  # rewritten
 
 
-def test_an_empty_cache_entry_is_recomputed(backbone, images, tmp_path):
-    items, cache, first, entry = _cached_entry(backbone, images, tmp_path)
-    entry.write_bytes(b"")
-    again = extract(backbone, items, Prepare(), batch_size=5, cache=cache)
-    assert again.cached == N_IMAGES - 1
+def test_a_corrupt_cache_shard_is_recomputed(backbone, images, tmp_path):
+    items, first, shard = _cached_shard(backbone, images, tmp_path)
+    (shard / "layer3.npy").write_bytes(b"this is not an npy file at all")
+    _recomputed(backbone, items, first, tmp_path)
+    assert not shard.exists()  # removed, never used again
 
 
-def test_a_truncated_cache_entry_is_recomputed(backbone, images, tmp_path):
-    items, cache, first, entry = _cached_entry(backbone, images, tmp_path)
-    data = entry.read_bytes()
-    entry.write_bytes(data[: len(data) // 2])
-    again = extract(backbone, items, Prepare(), batch_size=5, cache=cache)
-    assert again.cached == N_IMAGES - 1
+def test_an_empty_hash_list_is_recomputed(backbone, images, tmp_path):
+    items, first, shard = _cached_shard(backbone, images, tmp_path)
+    (shard / "hashes.npy").write_bytes(b"")
+    _recomputed(backbone, items, first, tmp_path)
+
+
+def test_a_truncated_cache_shard_is_recomputed(backbone, images, tmp_path):
+    items, first, shard = _cached_shard(backbone, images, tmp_path)
+    data = (shard / "layer1.npy").read_bytes()
+    (shard / "layer1.npy").write_bytes(data[: len(data) // 2])
+    _recomputed(backbone, items, first, tmp_path)
+
+
+def test_a_shard_left_half_written_is_never_read(backbone, images, tmp_path):
+    """What a kill mid-shard leaves: a temporary folder, ignored and never indexed."""
+    items, first, shard = _cached_shard(backbone, images, tmp_path)
+    shard.rename(shard.parent / f".tmp-{shard.name}")
+    _recomputed(backbone, items, first, tmp_path)
+
+
+def test_extraction_fills_the_arrays_it_is_given(backbone, images, tmp_path):
+    real, _ = images
+    made = {}
+
+    def allocate(level, shape):
+        made[level] = np.lib.format.open_memmap(tmp_path / f"{level}.npy", "w+", np.float32, shape)
+        return made[level]
+
+    out = extract(backbone, items_of(real), Prepare(), batch_size=2, allocate=allocate)
+    assert set(made) == set(backbone.levels)
     for lv in backbone.levels:
-        np.testing.assert_allclose(again.vectors[lv], first.vectors[lv], atol=1e-5)
+        assert out.vectors[lv] is made[lv]
+        alone = extract(backbone, items_of(real), Prepare(), batch_size=5)
+        np.testing.assert_allclose(np.load(tmp_path / f"{lv}.npy"), alone.vectors[lv], atol=1e-5)
 
 
 def test_decoding_workers_and_bf16_autocast(tmp_path):

@@ -79,11 +79,23 @@ def resnet50_fpn(checkpoint=None, random_weights: bool = False) -> Backbone:
 
 def _classifier(arch: str, checkpoint, random_weights: bool):
     """(torchvision classifier with the checkpoint's weights, what they are, untrained?)."""
+    import torch
+
     state, weights = _weights(checkpoint, random_weights, arch)
-    net = getattr(torchvision.models, arch)(weights=None)
-    if state is not None:
-        load_into(net, state, str(checkpoint), ignore_prefixes=CLASSIFIER_HEADS)
-    return net.eval(), weights, state is None
+    build = getattr(torchvision.models, arch)
+    if state is None:
+        return build(weights=None).eval(), weights, True
+    with torch.random.fork_rng():  # a head the checkpoint does not fill is the same every
+        torch.manual_seed(0)  # time: the feature cache's fingerprint covers it
+        net = build(weights=None)
+    own = net.state_dict()
+    head_fits = all(
+        k in own and tuple(v.shape) == tuple(own[k].shape)
+        for k, v in state.items() if k.startswith(CLASSIFIER_HEADS)
+    )  # fmt: skip
+    ignore = () if head_fits else CLASSIFIER_HEADS  # a head of another size: retrained
+    load_into(net, state, str(checkpoint), ignore_prefixes=ignore)
+    return net.eval(), weights, False
 
 
 def resnet_stages(arch: str):
