@@ -30,7 +30,7 @@ import numpy as np
 
 from lib.errors import GapscopeError
 from lib.gap.classifier import classifier_test
-from lib.gap.clusters import cluster_table, domain_clusters
+from lib.gap.clusters import DomainClusters, cluster_table, domain_clusters
 from lib.gap.frechet import (
     fd_infinity,
     fd_interval,
@@ -75,6 +75,13 @@ class GapParams:
     cluster_dims: int = 10  # principal components HDBSCAN runs on
     cluster_max: int = 8000  # on the CPU, HDBSCAN fits a sample this large (see clusters)
     classifier_max: int = 5000  # per domain: larger domains are subsampled for the classifier
+    sample: int = param(
+        20_000,
+        "Gap metrics run on a seeded sample of at most this many images per domain (their "
+        "intervals are for that sample); per-image scores still cover every image.",
+        flag="--gap-sample",
+        minimum=50,
+    )
     seed: int = 0
 
     def __post_init__(self):
@@ -92,14 +99,91 @@ class LevelGap:
     covered: np.ndarray  # per real image
     clusters: np.ndarray  # per image (real rows, then synthetic), −1 = noise
     seconds: dict = field(default_factory=dict)
+    sample_rows: tuple[np.ndarray, np.ndarray] | None = None  # (real, synthetic) measured
 
 
 def standardise(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both domains scaled with the real domain's mean and std per dimension."""
-    mu = real.mean(axis=0)
-    sd = real.std(axis=0)
-    sd[sd < 1e-12] = 1.0
-    return (real - mu) / sd, (fake - mu) / sd
+    scale = _Standardiser.of(real)
+    return scale(real), scale(fake)
+
+
+@dataclass
+class _Standardiser:
+    mu: np.ndarray
+    sd: np.ndarray
+
+    @classmethod
+    def of(cls, real: np.ndarray) -> _Standardiser:
+        sd = real.std(axis=0)
+        sd[sd < 1e-12] = 1.0
+        return cls(real.mean(axis=0), sd)
+
+    def __call__(self, x: np.ndarray, dtype=np.float64) -> np.ndarray:
+        return ((np.asarray(x, dtype=np.float64) - self.mu) / self.sd).astype(dtype)
+
+
+def _sample_rows(n: int, size: int, rng) -> np.ndarray:
+    return np.arange(n) if n <= size else np.sort(rng.choice(n, size, replace=False))
+
+
+BLOCK = 65_536  # rows of a full domain standardised at a time for the per-image scores
+
+
+def _every_image(scores, full, rows, scale, hoods, classifier, clusters, k, device) -> dict:
+    """The sample's per-image scores, extended to every image of both domains (memory-
+    mapped, read a block at a time): realism against the sample's real k-NN balls,
+    coverage against the sample's synthetic images with k-NN radii among the sample's real
+    images, p(synthetic) from the classifier fitted on its sample, and the cluster of the
+    nearest clustered image. Images in the sample keep their own scores."""
+    import torch
+
+    from lib.neighbors import distance_blocks, distances_to_nearest
+
+    (real, fake), (rows_r, rows_f) = full, rows
+    n_r, n_f = len(real), len(fake)
+    zr_s, zf_s = scale(real[rows_r], np.float32), scale(fake[rows_f], np.float32)
+    radii = np.asarray(hoods.real_radii, dtype=np.float32)
+    kept = radii <= np.median(radii)  # realism's half of the real balls, as in prdc
+    kept_radii = torch.as_tensor(radii[kept], device=device)
+    out = {
+        "realism": _spread(scores["realism"], rows_f, n_f, np.nan),
+        "covered": _spread(scores["covered"], rows_r, n_r, False),
+        "p_synthetic": np.r_[_spread(scores["p_synthetic"][: len(rows_r)], rows_r, n_r, np.nan),
+                             _spread(scores["p_synthetic"][len(rows_r):], rows_f, n_f, np.nan)],
+        "clusters": np.r_[_spread(scores["clusters"][: len(rows_r)], rows_r, n_r, -1),
+                          _spread(scores["clusters"][len(rows_r):], rows_f, n_f, -1)],
+    }  # fmt: skip
+    for domain, x, offset in (("real", real, 0), ("synthetic", fake, n_r)):
+        sampled = np.zeros(len(x), bool)
+        sampled[rows_r if domain == "real" else rows_f] = True
+        for s in range(0, len(x), BLOCK):
+            todo = np.flatnonzero(~sampled[s : s + BLOCK]) + s
+            if len(todo) == 0:
+                continue
+            z = scale(x[todo], np.float32)
+            out["p_synthetic"][offset + todo] = classifier.predict_proba(z)[:, 1]
+            out["clusters"][offset + todo] = clusters.predict(z)
+            if domain == "synthetic":
+                realism = np.empty(len(z), np.float32)
+                for b, d in distance_blocks(z, zr_s[kept], device):
+                    ratio = (kept_radii[None, :] / d.clamp_min(1e-12)).max(1).values
+                    realism[b : b + len(d)] = ratio.cpu().numpy()
+                out["realism"][todo] = realism
+            else:
+                own = distances_to_nearest(z, zr_s, k, device)[:, -1]
+                nearest = distances_to_nearest(z, zf_s, 1, device)[:, 0]
+                out["covered"][todo] = nearest < own
+    return out
+
+
+def _spread(values: np.ndarray, rows: np.ndarray, n: int, fill) -> np.ndarray:
+    """Values of the sampled rows placed at their rows of a full-length array."""
+    values = np.asarray(values)
+    dtype = np.float64 if isinstance(fill, float) else values.dtype
+    out = np.full(n, fill, dtype=dtype)
+    out[rows] = values
+    return out
 
 
 class _Seconds(dict):
@@ -122,14 +206,16 @@ def level_gap(
     backend = backend or cpu_backend()
     # one random stream per metric family: resampling one more or less (a new interval
     # method, more resamples) never moves another metric's numbers
-    kid_rng, clf_rng, interval_rng, inf_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(params.seed).spawn(4)
+    kid_rng, clf_rng, interval_rng, inf_rng, sample_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(params.seed).spawn(5)
     )
     equal_n_rng = np.random.default_rng(params.seed)  # FD's equal-N subsample as before
-    real = np.asarray(real, dtype=np.float64)
-    fake = np.asarray(fake, dtype=np.float64)
     if min(len(real), len(fake)) <= params.k + 1:
         raise GapscopeError(f"gap metrics need more than {params.k + 1} images per domain")
+    full = real, fake
+    rows_r, rows_f = (_sample_rows(len(x), params.sample, sample_rng) for x in full)
+    real = np.asarray(real[rows_r], dtype=np.float64)  # memory-mapped input: rows read here
+    fake = np.asarray(fake[rows_f], dtype=np.float64)
     seconds = _Seconds()
     with seconds("fd"):
         records = _frechet_records(real, fake, params, (equal_n_rng, interval_rng, inf_rng))
@@ -139,7 +225,7 @@ def level_gap(
             kid(zr, zf, params.kid_subsets, params.kid_subset_size, kid_rng)
         )
     with seconds("neighbours"):
-        p, mix = _ball_metrics(zr, zf, params.k, backend)
+        p, mix, hoods = _ball_metrics(zr, zf, params.k, backend)
     records.update(_ball_records(p, mix, params.k, len(real) + len(fake)))
     with seconds("classifier"):
         clf = classifier_test(
@@ -147,28 +233,34 @@ def level_gap(
         )
     records["auc"] = auc_record(clf)
     with seconds("clusters"):
-        labels, table = domain_clusters(
-            zr, zf, params.min_cluster_size, params.cluster_dims,
+        clusters = DomainClusters(
+            params.min_cluster_size, params.cluster_dims,
             implementation=backend.clustering, seed=params.seed, max_points=params.cluster_max,
-        )  # fmt: skip
+        ).fit(zr, zf)  # fmt: skip
+    labels, table = clusters.labels_, clusters.table_
     fitted_on = (
         len(labels) if backend.clustering == "cuml" else min(len(labels), params.cluster_max)
     )
+    p_synthetic = np.r_[clf["p_synthetic_real"], clf["p_synthetic_fake"]]
+    per_image = {"realism": p.realism, "p_synthetic": p_synthetic, "covered": p.covered,
+                 "clusters": labels}  # fmt: skip
+    sampled = len(rows_r) < len(full[0]) or len(rows_f) < len(full[1])
+    with seconds("per-image"):
+        scale = _Standardiser.of(real)
+        per_image = _every_image(
+            per_image, full, (rows_r, rows_f), scale, hoods, clf["model"], clusters,
+            params.k, backend.device,
+        )  # fmt: skip
     metrics = {
         "n": {"real": len(real), "synthetic": len(fake)},
+        **({"sampled_from": {"real": len(full[0]), "synthetic": len(full[1])}} if sampled else {}),
         "dim": int(real.shape[1]),
         "metrics": records,
         "clusters": _cluster_summary(labels, table, fitted_on),
         "seconds": {name: round(s, 3) for name, s in seconds.items()},
     }
-    return LevelGap(
-        metrics=metrics,
-        realism=p.realism,
-        p_synthetic=np.r_[clf["p_synthetic_real"], clf["p_synthetic_fake"]],
-        covered=p.covered,
-        clusters=labels,
-        seconds=dict(seconds),
-    )
+    return LevelGap(metrics=metrics, seconds=dict(seconds), sample_rows=(rows_r, rows_f),
+                    **per_image)  # fmt: skip
 
 
 def _frechet_records(real, fake, params: GapParams, rngs) -> dict:
@@ -186,10 +278,12 @@ def _frechet_records(real, fake, params: GapParams, rngs) -> dict:
 
 
 def _ball_metrics(zr: np.ndarray, zf: np.ndarray, k: int, backend: Backend):
-    hoods = neighbourhoods(zr, zf, k, backend.device, backend.knn_engine)
+    from lib.neighbors import exact_engine
+
+    hoods = neighbourhoods(zr, zf, k, backend.device, exact_engine(backend.knn_engine))
     p = prdc(zr, zf, k, radii=(hoods.real_radii, hoods.fake_radii), device=backend.device)
     is_fake = np.r_[np.zeros(len(zr), bool), np.ones(len(zf), bool)]
-    return p, mixing(hoods.joint, is_fake)
+    return p, mixing(hoods.joint, is_fake), hoods
 
 
 def _ball_records(p: PRDC, mix: dict, k: int, n: int) -> dict:

@@ -19,7 +19,8 @@ def classifier_test(
     resamples: int = 200,
 ) -> dict:
     """Cross-validated ROC AUC of a logistic-regression domain classifier and each image's
-    out-of-fold probability of being synthetic (NaN for images left out by subsampling)."""
+    out-of-fold probability of being synthetic (NaN for images left out by subsampling;
+    `model`, fitted on all sampled images, scores those)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
@@ -41,6 +42,7 @@ def classifier_test(
         s = rng.integers(0, len(y), len(y))
         if 0 < y[s].sum() < len(s):
             boot.append(roc_auc_score(y[s], oof[s]))
+    final = LogisticRegression(max_iter=500, class_weight="balanced").fit(x, y)
     p_real = np.full(len(real), np.nan)
     p_fake = np.full(len(fake), np.nan)
     p_real[idx_r] = oof[: len(idx_r)]
@@ -53,6 +55,7 @@ def classifier_test(
         "n": [len(idx_r), len(idx_f)],
         "p_synthetic_real": p_real,
         "p_synthetic_fake": p_fake,
+        "model": final,  # fitted on every sampled image: for images outside the sample
     }
 
 

@@ -32,11 +32,42 @@ def domain_clusters(
     linearly, and 20k points took 4 s a level.
     Returns one label per row (real rows, then synthetic; −1 = noise) and the table.
     """
-    from sklearn.decomposition import PCA
+    model = DomainClusters(min_cluster_size, dims, one_domain, implementation, seed, max_points)
+    model.fit(real, fake)
+    return model.labels_, model.table_
 
-    x = np.concatenate([real, fake]).astype(np.float32)
-    is_fake = np.r_[np.zeros(len(real), bool), np.ones(len(fake), bool)]
-    z = PCA(n_components=min(dims, x.shape[1], len(x) - 1), random_state=seed).fit_transform(x)
+
+class DomainClusters:
+    """`domain_clusters` as an estimator: `fit(real, fake)` → `labels_`, `table_`;
+    `predict(x)` labels more images (standardised like the fitted ones) with the label of
+    their nearest fitted image in the principal components."""
+
+    def __init__(self, min_cluster_size=20, dims=10, one_domain=0.9, implementation="sklearn",
+                 seed=0, max_points=None):  # fmt: skip
+        self.min_cluster_size, self.dims, self.one_domain = min_cluster_size, dims, one_domain
+        self.implementation, self.seed, self.max_points = implementation, seed, max_points
+
+    def fit(self, real: np.ndarray, fake: np.ndarray) -> DomainClusters:
+        from sklearn.decomposition import PCA
+
+        x = np.concatenate([real, fake]).astype(np.float32)
+        is_fake = np.r_[np.zeros(len(real), bool), np.ones(len(fake), bool)]
+        n_components = min(self.dims, x.shape[1], len(x) - 1)
+        self.pca_ = PCA(n_components=n_components, random_state=self.seed).fit(x)
+        self.z_ = self.pca_.transform(x).astype(np.float32)
+        self.labels_ = _cluster(self.z_, is_fake, self.min_cluster_size, self.implementation,
+                                self.seed, self.max_points)  # fmt: skip
+        self.table_ = cluster_table(self.labels_, is_fake, self.one_domain)
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        from lib.neighbors import nearest_in
+
+        z = self.pca_.transform(np.asarray(x, dtype=np.float32)).astype(np.float32)
+        return self.labels_[nearest_in(z, self.z_)]
+
+
+def _cluster(z, is_fake, min_cluster_size, implementation, seed, max_points) -> np.ndarray:
     if implementation == "cuml":
         from cuml.cluster import HDBSCAN
 
@@ -46,10 +77,8 @@ def domain_clusters(
 
         model = HDBSCAN(min_cluster_size=min_cluster_size, copy=True)
     if implementation != "cuml" and max_points and len(z) > max_points:
-        labels = _fit_sample_assign_rest(model, z, is_fake, max_points, seed)
-    else:
-        labels = np.asarray(model.fit_predict(z), dtype=np.int32)
-    return labels, cluster_table(labels, is_fake, one_domain)
+        return _fit_sample_assign_rest(model, z, is_fake, max_points, seed)
+    return np.asarray(model.fit_predict(z), dtype=np.int32)
 
 
 def cluster_table(labels: np.ndarray, is_fake: np.ndarray, one_domain: float = 0.9) -> list:
