@@ -34,12 +34,30 @@ class UMAPParams:
     min_dist: float = param(0.1, "UMAP min_dist.", minimum=0)
     metric: str = param("euclidean", "UMAP metric.", flag="--umap-metric")
     random_state: int | None = param(42, "UMAP random_state.", flag="--umap-seed")
+    fit_sample: int = param(
+        20_000,
+        "On the CPU, UMAP fits a seeded sample of at most this many points of the fitted "
+        "domain (20k: 90 s on 2 cores) and places the rest (0: fit every point).",
+        minimum=0,
+    )
+    transform_up_to: int = param(
+        20_000,
+        "Map at most this many points with umap-learn's transform (its refinement epochs "
+        "cost ~1.4 ms a point on 2 cores); more are placed at the weighted mean of their "
+        "nearest fitted points, as transform starts.",
+        minimum=0,
+    )
 
     def __post_init__(self):
         check_minimums(self)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def estimator_kwargs(self) -> dict:
+        """What UMAP itself takes (the sampling settings are gapscope's)."""
+        return {k: v for k, v in self.as_dict().items()
+                if k not in ("fit_sample", "transform_up_to")}  # fmt: skip
 
 
 def check_enough_points(n: int, params: UMAPParams, what: str = "the fitted domain") -> None:
@@ -153,7 +171,7 @@ class UMAPProjector(_Projector):
         check_enough_points(n_fit, self.params, what)
 
     def _estimator(self):
-        kwargs = self.params.as_dict()
+        kwargs = self.params.estimator_kwargs()
         if self.backend == "cuml":
             from cuml.manifold import UMAP
         else:
@@ -165,14 +183,128 @@ class UMAPProjector(_Projector):
         return UMAP(**kwargs)
 
     def fit(self, X: np.ndarray) -> UMAPProjector:
-        check_enough_points(len(X), self.params)
-        self.model_ = self._estimator().fit(np.ascontiguousarray(X, dtype=np.float32))
-        self.embedding_ = np.asarray(self.model_.embedding_, dtype=np.float32)
+        """Fit on X (cuML: all of it; CPU: a seeded sample of `fit_sample` points, the
+        others placed); `report_` says how, with trustworthiness on a probe."""
+        p = self.params
+        check_enough_points(len(X), p)
+        n = len(X)
+        sampled = self.backend != "cuml" and 0 < p.fit_sample < n
+        fit_rows = _sample_rows(n, p.fit_sample, p.random_state) if sampled else slice(None)
+        fitted = np.ascontiguousarray(X[fit_rows], dtype=np.float32)
+        self.model_ = self._estimator().fit(fitted)
+        self.report_ = {"fitted": n, "fit_sample": len(fitted) if sampled else n}
+        if not sampled:
+            self.embedding_ = np.asarray(self.model_.embedding_, dtype=np.float32)
+            return self
+        self._placer = KnnPlacement(fitted, self.model_, p)
+        self.embedding_ = self._place_all(X, fit_rows)
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        out = self.model_.transform(np.ascontiguousarray(X, dtype=np.float32))
-        return np.asarray(out, dtype=np.float32)
+        """The other domain in the fitted layout: umap-learn's (or cuML's) transform up to
+        `transform_up_to` points, the k-nearest placement above (the fitted domain's
+        unsampled points get the same)."""
+        if self.backend == "cuml" or len(X) <= self.params.transform_up_to:
+            out = self.model_.transform(np.ascontiguousarray(X, dtype=np.float32))
+            self.report_["mapped_by"] = "transform"
+            return np.asarray(out, dtype=np.float32)
+        placer = getattr(self, "_placer", None) or KnnPlacement(
+            np.asarray(self.model_._raw_data, np.float32), self.model_, self.params
+        )
+        self.report_.update(
+            mapped_by="knn placement", probe=placer.probe(X, self.params.random_state)
+        )
+        return placer.place(X)
+
+    def _place_all(self, X: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
+        """The fit's own coordinates for the sample, placements for every other row."""
+        out = np.empty((len(X), self.dimensions), dtype=np.float32)
+        out[fit_rows] = self.model_.embedding_
+        rest = np.setdiff1d(np.arange(len(X)), fit_rows)
+        out[rest] = self._placer.place(X, rest)
+        return out
+
+
+def _sample_rows(n: int, size: int, seed: int | None) -> np.ndarray:
+    """Sorted seeded sample of `size` of n rows."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=size, replace=False))
+
+
+class KnnPlacement:
+    """Points placed in a fitted UMAP layout at the weighted mean of their n_neighbors
+    nearest fitted points, with UMAP's own membership weights: where umap-learn's
+    `transform` starts, without its refinement epochs (whose cost made 1M points take
+    hours on 2 cores). Neighbours come from a FAISS HNSW graph over the fitted points.
+    `probe` measures what the epochs would have changed."""
+
+    PROBE = 1000
+    BLOCK = 65_536
+
+    def __init__(self, fitted: np.ndarray, model, params: UMAPParams):
+        import faiss
+
+        if params.metric not in ("euclidean", "l2", "cosine"):
+            raise GapscopeError(
+                f"placing points without umap's transform supports the euclidean and cosine "
+                f"metrics, not {params.metric!r}: raise --transform-up-to or --fit-sample"
+            )
+        self.cosine = params.metric == "cosine"
+        self.k = params.n_neighbors
+        self.model = model
+        self.embedding = np.asarray(model.embedding_, dtype=np.float32)
+        self.index = faiss.IndexHNSWFlat(fitted.shape[1], 16)
+        self.index.hnsw.efSearch = 64
+        self.index.add(self._prepared(fitted))
+
+    def _prepared(self, X: np.ndarray) -> np.ndarray:
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if self.cosine:
+            X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        return X
+
+    def place(self, X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Coordinates of X's `rows` (all rows when None), a block at a time."""
+        from umap.umap_ import smooth_knn_dist
+
+        rows = np.arange(len(X)) if rows is None else rows
+        out = np.empty((len(rows), self.embedding.shape[1]), dtype=np.float32)
+        for s in range(0, len(rows), self.BLOCK):
+            block = rows[s : s + self.BLOCK]
+            d2, idx = self.index.search(self._prepared(X[block]), self.k)
+            d2 = np.maximum(d2, 0)
+            dist = (d2 / 2 if self.cosine else np.sqrt(d2)).astype(np.float32)
+            # umap-learn's transform: local_connectivity − 1, then memberships
+            lc = max(0.0, self.model.local_connectivity - 1.0)
+            sigmas, rhos = smooth_knn_dist(dist, float(self.k), local_connectivity=lc)
+            w = np.exp(-np.maximum(dist - rhos[:, None], 0) / sigmas[:, None])
+            w /= w.sum(axis=1, keepdims=True)
+            out[s : s + len(block)] = np.einsum("nk,nkc->nc", w, self.embedding[idx])
+        return out
+
+    def probe(self, X: np.ndarray, seed: int | None) -> dict:
+        """Trustworthiness (sklearn, n_neighbors 15) of a seeded probe of X placed this
+        way and mapped by umap-learn's full transform: what skipping the epochs costs."""
+        import time
+
+        from sklearn.manifold import trustworthiness
+
+        rows = _sample_rows(len(X), min(self.PROBE, len(X)), seed)
+        points = np.ascontiguousarray(X[rows], dtype=np.float32)
+        k = min(15, len(rows) // 2 - 1)
+        t = time.perf_counter()
+        full = np.asarray(self.model.transform(points), dtype=np.float32)
+        seconds = time.perf_counter() - t
+        return {
+            "n": len(rows),
+            "trustworthiness_placement": round(
+                float(trustworthiness(points, self.place(points), n_neighbors=k)), 4
+            ),
+            "trustworthiness_transform": round(
+                float(trustworthiness(points, full, n_neighbors=k)), 4
+            ),
+            "transform_seconds_per_point": round(seconds / len(rows), 5),
+        }
 
 
 def fit_and_map(
@@ -225,6 +357,9 @@ class TSNEParams:
         check_minimums(self)
 
 
+TSNE_CPU_MAX = 200_000  # both domains together; see README, Large datasets
+
+
 def check_enough_for_tsne(n: int, params: TSNEParams) -> None:
     if n <= 3 * params.perplexity:
         raise GapscopeError(
@@ -242,6 +377,12 @@ class TSNEProjector(_Projector):
 
     def check(self, n_fit: int, n_total: int, what: str = "both domains") -> None:
         check_enough_for_tsne(n_total, self.params)
+        if self.backend != "cuml" and n_total > TSNE_CPU_MAX:
+            raise GapscopeError(
+                f"t-SNE of {n_total:,} points on the CPU would take hours (openTSNE, "
+                f"refused above {TSNE_CPU_MAX:,}): use --projection umap or pca, --sample, "
+                "or a GPU (cuML)"
+            )
 
     def fit(self, X: np.ndarray) -> TSNEProjector:
         X = np.ascontiguousarray(X, dtype=np.float32)
