@@ -3,7 +3,7 @@
 Not tests: nothing here asserts a time. Each section reports what it measured, on which
 machine, and the ratio between the two ways of doing the same work.
 
-    python bench/run.py [--sections gap,prdc,pipeline,umap,knn,extraction,caricature]
+    python bench/run.py [--sections gap,prdc,pipeline,umap,knn,extraction,caricature,scale]
                         [--out results/bench.json]
 """
 
@@ -335,6 +335,73 @@ def bench_caricature() -> dict:
     }
 
 
+def bench_scale(sizes=(100_000, 1_000_000), d: int = 256) -> dict:
+    """n + n given embeddings (a Gaussian mixture with a known shift, lib.mixture) through
+    the whole batch job in a fresh process, as a user runs it: seconds per stage, peak
+    resident memory, the approximate-kNN recall and UMAP probe the run measured, and
+    click → gallery server time on the published run. Sizes ascending: peak RSS is read
+    from the finished child processes, so each figure is that size's own."""
+    import resource
+    import statistics
+    import subprocess
+
+    from lib.mixture import write_pair
+
+    out = {}
+    for n in sizes:
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+            t = time.perf_counter()
+            real, fake = write_pair(Path(tmp) / "vectors", n, n, dim=d)
+            generated = time.perf_counter() - t
+            cmd = [sys.executable, "-m", "batch", "run", "--real", str(real),
+                   "--synthetic", str(fake), "--results", str(Path(tmp) / "results")]  # fmt: skip
+            t = time.perf_counter()
+            subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+            wall = time.perf_counter() - t
+            peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+            from lib.store import RunStore
+
+            run = RunStore(Path(tmp) / "results").open()
+            m = run.manifest
+            clicks = _click_times(run)
+            gap = run.metrics["levels"]["embedding"]
+            out[f"{n}+{n}"] = {
+                "dims": d,
+                "generate_s": round(generated, 1),
+                "end_to_end_s": round(wall, 1),
+                "stages_s": {k: round(v, 1) for k, v in m["timings_s"].items()},
+                "gap_parts_s": gap["seconds"],
+                "peak_rss_gib": round(peak_gib, 2),
+                "neighbors": m["neighbors"]["embedding"],
+                "projections": m["projections"],
+                "gap_sample": gap["n"],
+                "click_to_gallery_ms": {
+                    "first": round(clicks[0], 1),
+                    "median_of_next_20": round(statistics.median(clicks[1:]), 2),
+                },
+            }
+            print(f"bench: scale {n}+{n}: {wall:.0f} s, {peak_gib:.2f} GiB", file=sys.stderr)
+    return out
+
+
+def _click_times(run, clicks: int = 21) -> list[float]:
+    """Server time (ms) of the click → gallery event's work, the neighbour gallery and the
+    selected image's caption, for seeded rows; the first click also reads the images
+    table, as the first click on a run the demo has not opened does."""
+    from demo.overlap import neighbour_gallery
+    from demo.runs import caption
+
+    rng = np.random.default_rng(0)
+    times = []
+    for _ in range(clicks):
+        t = time.perf_counter()
+        row = int(rng.integers(len(run.images)))
+        neighbour_gallery(run, "embedding", row)
+        caption(run, row)
+        times.append((time.perf_counter() - t) * 1000)
+    return times
+
+
 SECTIONS = {
     "gap": bench_gap,
     "prdc": bench_prdc,
@@ -343,6 +410,7 @@ SECTIONS = {
     "knn": bench_knn,
     "extraction": bench_extraction,
     "caricature": bench_caricature,
+    "scale": bench_scale,
 }
 
 

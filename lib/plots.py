@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 STYLE = {"real": {"c": "red", "marker": "x"}, "synthetic": {"c": "green", "marker": "o"}}
+MAX_DRAWN = 20_000  # points per domain in a static PNG: more only hide each other, slowly
 
 
 def direction_title(fit_on: str) -> str:
@@ -32,7 +33,11 @@ def save_overlap_png(
     ax = fig.add_subplot(projection="3d")
     for domain, xyz in coords.items():
         style = STYLE.get(domain, {"c": "grey", "marker": "."})
-        ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], s=8, alpha=0.6, label=domain, **style)
+        label = domain
+        if len(xyz) > MAX_DRAWN:  # a seeded sample, said in the legend
+            label = f"{domain} ({MAX_DRAWN:,} of {len(xyz):,} drawn)"
+            xyz = xyz[np.random.default_rng(0).choice(len(xyz), MAX_DRAWN, replace=False)]
+        ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], s=8, alpha=0.6, label=label, **style)
     ax.set_xlabel(f"{method} 1")
     ax.set_ylabel(f"{method} 2")
     ax.set_zlabel(f"{method} 3")
