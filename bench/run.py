@@ -364,6 +364,7 @@ def bench_scale(sizes=(100_000, 1_000_000), d: int = 256) -> dict:
             run = RunStore(Path(tmp) / "results").open()
             m = run.manifest
             clicks = _click_times(run)
+            served = _first_render(Path(tmp) / "results")
             gap = run.metrics["levels"]["embedding"]
             out[f"{n}+{n}"] = {
                 "dims": d,
@@ -379,9 +380,59 @@ def bench_scale(sizes=(100_000, 1_000_000), d: int = 256) -> dict:
                     "first": round(clicks[0], 1),
                     "median_of_next_20": round(statistics.median(clicks[1:]), 2),
                 },
+                "overlap_plot": _plot_payload(run),
+                "demo": served,
             }
             print(f"bench: scale {n}+{n}: {wall:.0f} s, {peak_gib:.2f} GiB", file=sys.stderr)
     return out
+
+
+def _plot_payload(run) -> dict:
+    """The overlap figure the demo sends for the default view, 3D and 2D: bytes of JSON,
+    points shipped and server seconds to build it (the first build reads the tables)."""
+    from demo.overlap import overlap_figure
+
+    out = {}
+    for view in ("3D", "2D"):
+        t = time.perf_counter()
+        fig = overlap_figure(run, "embedding", "real", view=view)
+        text = fig.to_json()
+        seconds = time.perf_counter() - t
+        points = sum(len(tr.customdata) for tr in fig.data if tr.customdata is not None)
+        out[view] = {"bytes": len(text), "points": points, "server_s": round(seconds, 2)}
+    return out
+
+
+def _first_render(results: Path) -> dict:
+    """Serve the run with `python -m demo`; in headless Chromium, seconds from navigation
+    to the overlap plot drawn (its WebGL canvas present and the legend written). Skipped
+    without Debian's chromium."""
+    import shutil
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        return {"skipped": "no chromium"}
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import serve_demo
+    from playwright.sync_api import sync_playwright
+
+    t = time.perf_counter()
+    with serve_demo(results, timeout=1200) as url, sync_playwright() as pw:
+        start = time.perf_counter() - t
+        browser = pw.chromium.launch(
+            executable_path=chromium, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )  # fmt: skip
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        t = time.perf_counter()
+        page.goto(url)
+        page.wait_for_selector("#overlap_plot .js-plotly-plot canvas", timeout=300_000)
+        page.wait_for_function(
+            "() => document.querySelector('#overlap_plot .legendtext')", timeout=300_000
+        )
+        first_render = time.perf_counter() - t
+        browser.close()
+    return {"server_start_s": round(start, 1), "first_render_s": round(first_render, 2)}
 
 
 def _click_times(run, clicks: int = 21) -> list[float]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 
 from demo import caricatures, overlap, report
-from demo.runs import banner, open_id, open_run, run_choices
+from demo.runs import ASSETS, banner, open_id, open_run, run_choices
 from lib.store import RunStore
 
 CSS = """
@@ -26,7 +26,7 @@ TITLE = "# gapscope — does your model see synthetic images like real ones?"
 def allowed_paths(store: RunStore) -> list[str]:
     """The folders the demo may serve files from: the runs, and the folders their images
     came from."""
-    paths = {str(store.runs_dir.resolve())}
+    paths = {str(store.runs_dir.resolve()), str(ASSETS)}
     for run_id in store.run_ids():
         run = open_run(str(store.runs_dir / run_id))
         paths.update(str(p) for p in run.image_roots())

@@ -24,11 +24,14 @@ from demo.runs import (
     caption,
     cluster_names,
     default_level,
+    image_column,
     level_dropdown,
     open_id,
     picture,
+    projection_view,
     score_values,
 )
+from demo.thinning import GRID, MAX_POINTS, budgets, opacity, thin
 from lib.images import THUMB_SIZE
 from lib.plots import STYLE, direction_title
 from lib.store import Run, RunStore
@@ -65,6 +68,19 @@ SELECT_ON_CLICK_JS = r"""
       state.hovered = id === undefined ? null : (Array.isArray(id) ? id[0] : id);
     });
     gd.on('plotly_unhover', () => { state.hovered = null; });
+    // a 2D zoom asks the server for every point of the region (a large run is thinned)
+    gd.on('plotly_relayout', (ev) => {
+      let box = null;
+      if (ev['xaxis.range[0]'] !== undefined && ev['yaxis.range[0]'] !== undefined) {
+        box = [ev['xaxis.range[0]'], ev['xaxis.range[1]'],
+               ev['yaxis.range[0]'], ev['yaxis.range[1]']];
+      } else if (!ev['xaxis.autorange'] && !ev['yaxis.autorange']) {
+        return;  // a 3D camera move, a resize: nothing to refetch
+      }
+      const zoom = document.querySelector('#zoom_box textarea, #zoom_box input');
+      zoom.value = JSON.stringify({key: gd.layout.uirevision, box: box, t: Date.now()});
+      zoom.dispatchEvent(new Event('input', {bubbles: true}));
+    });
     gd.addEventListener('pointerdown', (e) => {
       state.down = [e.clientX, e.clientY, state.hovered];
     }, true);
@@ -92,66 +108,78 @@ def methods(run: Run) -> list[tuple[str, str]]:
 
 
 def overlap_figure(
-    run: Run, level: str, fit_on: str, color_by: str = "domain", method: str = "umap"
+    run: Run,
+    level: str,
+    fit_on: str,
+    color_by: str = "domain",
+    method: str = "umap",
+    view: str = "3D",
+    box: list[float] | None = None,
+    contours: bool = False,
 ):
-    """Interactive scatter of one level, projection and direction (3D; 2D for t-SNE);
-    customdata holds row ids. A joint projection (t-SNE) has one view, whatever `fit_on`."""
+    """Interactive scatter of one level, projection and direction; customdata holds row
+    ids. A joint projection (t-SNE) has one view, whatever `fit_on`, and is 2D; `view` "2D"
+    shows a 3D projection's first two axes. Large runs are thinned (demo.thinning): each
+    domain's count and how many are shown are in the legend. `box` [x0, x1, y0, y1] (2D):
+    the region zoomed into, shown with every point the budget allows. `contours` (2D):
+    each domain's density as contour lines, from all its points."""
     import plotly.graph_objects as go
 
-    images = run.images
-    proj = run.projections
-    proj = proj[(proj["level"] == level) & (proj["method"] == method)]
-    if (proj["fit_on"] == "both").any():
-        fit_on = "both"
-    proj = proj[proj["fit_on"] == fit_on]
-    flat = bool(proj["z"].isna().all())
+    proj, fit_on = projection_view(run, level, method, fit_on)
+    flat = view == "2D" or bool(np.isnan(proj["z"]).all())
+    axes_used = ("x", "y") if flat else ("x", "y", "z")
+    coords = np.column_stack([proj[a] for a in axes_used])
+    domains = image_column(run, "domain")[proj["id"]]
+    inside = _in_box(coords, box) if flat and box else np.ones(len(coords), bool)
+    order = _draw_order(domains, fit_on)
+    rows = {d: np.flatnonzero((domains == d) & inside) for d in order}
+    kind = "2D" if flat else "3D"
+    budget = budgets({d: len(r) for d, r in rows.items()}, MAX_POINTS[kind])
+    shown = {d: r[thin(coords[r], budget[d], GRID[kind])] for d, r in rows.items()}
     label = METHOD_LABELS.get(method, method)
-    merged = proj.merge(images, left_on="id", right_on="id", how="left")
-    if color_by == "category" and merged["category"].nunique() > 1:
-        groups = [(str(c), g) for c, g in merged.groupby("category", sort=True)]
-    elif color_by == "cluster" and run.scores is not None:
-        names = cluster_names(run, level, merged["id"].to_numpy())
-        groups = [(n, merged[names == n]) for n in sorted(set(names), key=_cluster_order)]
-    else:
-        first = fit_on if fit_on != "both" else "real"
-        order = [first] + [d for d in merged["domain"].unique() if d != first]
-        groups = [(d, merged[merged["domain"] == d]) for d in order]
     fig = go.Figure()
+    if flat and contours:
+        for d in order:
+            fig.add_trace(_density_contour(coords[domains == d], d))
+    n_shown = sum(len(r) for r in shown.values())
+    detailed = n_shown <= DETAILED_UP_TO  # per-point tooltips cost ~50 bytes a point
     scale_shown = False
-    for i, (name, g) in enumerate(groups):
-        marker = _marker(run, level, name, g, color_by, i)
+    for i, (name, r) in enumerate(_groups(run, level, color_by, proj, domains, shown, rows)):
+        ids = proj["id"][r]
+        marker = _marker(run, level, name, ids, domains[r], color_by, i, len(r))
         if "colorscale" in marker:
             marker["showscale"] = not scale_shown  # one colour bar for all traces
             scale_shown = True
         if flat:
             marker["size"] = marker["size"] + 3
-        trace, coords = (go.Scattergl, {}) if flat else (go.Scatter3d, {"z": g["z"]})
+        trace = go.Scattergl if flat else go.Scatter3d
+        xyz = dict(zip(axes_used, coords[r].T, strict=True))
         fig.add_trace(
             trace(
-                x=g["x"],
-                y=g["y"],
-                **coords,
+                **xyz,
                 mode="markers",
                 name=name,
-                customdata=g["id"].to_numpy(),
-                text=[
-                    f"#{j} {d} · {c or '–'} · {p}"
-                    for j, d, c, p in zip(
-                        g["id"], g["domain"], g["category"], g["relpath"], strict=True
-                    )
-                ],
-                hovertemplate="%{text}<extra></extra>",
+                customdata=ids,
+                text=_hover_text(run, ids, domains[r]) if detailed else None,
+                hovertemplate=("%{text}" if detailed else f"#%{{customdata}} {name}")
+                + "<extra></extra>",
                 marker=marker,
             )
         )
     where = "both domains together" if fit_on == "both" else direction_title(fit_on)
-    axes = {f"{axis}axis_title": f"{label} {i}" for i, axis in enumerate("xyz", start=1)}
+    total = sum(len(r) for r in rows.values())
+    thinned = f" · {n_shown:,} of {total:,} points shown" if n_shown < total else ""
+    names = {axis: f"{label} {i}" for i, axis in enumerate("xyz", start=1)}
     if flat:
-        axes.pop("zaxis_title")
+        layout = {"xaxis_title": names["x"], "yaxis_title": names["y"]}
+        if box:
+            layout.update(xaxis_range=box[:2], yaxis_range=box[2:])
+    else:
+        layout = {"scene": {f"{a}axis_title": names[a] for a in axes_used}}
     fig.update_layout(
-        title=f"{level} · {label}: {where}",
-        **(axes if flat else {"scene": axes}),
-        uirevision=f"{run.id}-{level}-{method}-{fit_on}",  # keep the camera while recolouring
+        title=f"{level} · {label}: {where}{thinned}",
+        **layout,
+        uirevision=view_key(run, level, method, fit_on, kind),  # keep the camera and zoom
         margin={"l": 0, "r": 0, "t": 40, "b": 0},
         height=620,
         legend={"itemsizing": "constant"},
@@ -159,11 +187,81 @@ def overlap_figure(
     return fig
 
 
-def _marker(run: Run, level: str, name: str, g, color_by: str, i: int) -> dict:
-    """Marker style for one trace: by domain, by category, or by a per-image score."""
-    marker = {"size": 3, "opacity": 0.75, "symbol": MARKERS.get(name, "circle")}
+DETAILED_UP_TO = 20_000  # points shown with a full tooltip (domain · category · path)
+
+
+def view_key(run: Run, level: str, method: str, fit_on: str, kind: str) -> str:
+    """Names one view; the browser sends it back with a zoom, so a zoom into another view
+    (before a level switch, say) is never applied to this one."""
+    return f"{run.id}-{level}-{method}-{fit_on}-{kind}"
+
+
+def _in_box(coords: np.ndarray, box: list[float]) -> np.ndarray:
+    x0, x1, y0, y1 = box
+    x, y = coords[:, 0], coords[:, 1]
+    return (x >= min(x0, x1)) & (x <= max(x0, x1)) & (y >= min(y0, y1)) & (y <= max(y0, y1))
+
+
+def _draw_order(domains: np.ndarray, fit_on: str) -> list[str]:
+    """Domains from the largest to the smallest: the smaller one is drawn last, on top,
+    so 30,000 synthetic points cannot hide 1,797 real ones (ties: the fitted one first)."""
+    present = list(dict.fromkeys([fit_on, *DOMAIN_ORDER, *np.unique(domains)]))
+    counts = {d: int((domains == d).sum()) for d in present}
+    return sorted((d for d in present if counts[d]), key=lambda d: -counts[d])
+
+
+DOMAIN_ORDER = ("real", "synthetic")
+
+
+def _groups(run, level, color_by, proj, domains, shown, rows):
+    """(trace name, row positions in `proj`) per trace: by domain (named with its count
+    and how many are shown), by category or by cluster."""
+    every = np.concatenate(list(shown.values())) if shown else np.array([], int)
+    if color_by == "category":
+        categories = image_column(run, "category")[proj["id"][every]]
+        if len(set(categories)) > 1:
+            return [(str(c) or "–", every[categories == c]) for c in sorted(set(categories))]
+    if color_by == "cluster" and run.scores is not None:
+        names = cluster_names(run, level, proj["id"][every])
+        return [(n, every[names == n]) for n in sorted(set(names), key=_cluster_order)]
+    out = []
+    for d, r in shown.items():
+        n = len(rows[d])
+        name = f"{d} · {n:,}" + (f" ({len(r):,} shown)" if len(r) < n else "")
+        out.append((name, r))
+    return out
+
+
+def _hover_text(run: Run, ids: np.ndarray, domains: np.ndarray) -> list[str]:
+    categories = image_column(run, "category")[ids]
+    paths = image_column(run, "relpath")[ids]
+    return [
+        f"#{j} {d} · {c or '–'} · {p}"
+        for j, d, c, p in zip(ids, domains, categories, paths, strict=True)
+    ]
+
+
+def _density_contour(coords: np.ndarray, domain: str):
+    """A domain's density as contour lines in its colour, binned here from all its
+    points (only the 80 × 80 grid goes to the browser)."""
+    import plotly.graph_objects as go
+
+    h, xe, ye = np.histogram2d(coords[:, 0], coords[:, 1], bins=80)
+    return go.Contour(
+        z=h.T, x=(xe[:-1] + xe[1:]) / 2, y=(ye[:-1] + ye[1:]) / 2,
+        contours_coloring="lines", ncontours=8, showscale=False, hoverinfo="skip",
+        line={"color": STYLE.get(domain, {"c": "grey"})["c"], "width": 1},
+        name=f"{domain} density", showlegend=True,
+    )  # fmt: skip
+
+
+def _marker(run: Run, level: str, name: str, ids, domains, color_by: str, i: int, n: int):
+    """Marker style for one trace of `n` points: by domain, by category, or by a
+    per-image score; denser traces fainter (demo.thinning.opacity)."""
+    domain = name.split(" · ")[0]
+    marker = {"size": 3, "opacity": opacity(n), "symbol": MARKERS.get(domain, "circle")}
     if color_by in SCORE_COLUMNS and run.scores is not None:
-        values = score_values(run, level, g["id"].to_numpy(), SCORE_COLUMNS[color_by])
+        values = score_values(run, level, ids, SCORE_COLUMNS[color_by])
         if np.isnan(values).all():  # real images have no realism score
             return {**marker, "color": "lightgrey"}
         if color_by == "realism":  # ≥ 1 is inside the real manifold: centre the scale there
@@ -172,11 +270,11 @@ def _marker(run: Run, level: str, name: str, g, color_by: str, i: int) -> dict:
             style = {"colorscale": "RdBu_r", "cmin": 0.0, "cmax": 1.0}
         return {**marker, **style, "color": values, "colorbar": {"title": color_by}}
     if color_by in ("category", "cluster"):
-        symbols = [MARKERS.get(d, "circle") for d in g["domain"]]
+        symbols = [MARKERS.get(d, "circle") for d in domains]
         if name == "noise":
             return {**marker, "symbol": symbols, "color": "lightgrey"}
         return {**marker, "symbol": symbols, "color": CATEGORY_COLORS[i % len(CATEGORY_COLORS)]}
-    return {**marker, "color": STYLE.get(name, {"c": "grey"})["c"]}
+    return {**marker, "color": STYLE.get(domain, {"c": "grey"})["c"]}
 
 
 def _cluster_order(name: str) -> tuple[int, str]:
@@ -233,37 +331,81 @@ def pick_method(run: Run, method: str) -> str:
 
 # ---- the tab ----------------------------------------------------------------------------
 
+VIEWS = ("3D", "2D")
 
-def show_plot(store: RunStore, run_id: str, level: str, direction: str, color_by: str, method: str):
+
+def show_plot(store: RunStore, run_id: str, level: str, direction: str, color_by: str,
+              method: str, view: str, contours: bool, zoom: str = ""):  # fmt: skip
+    """The plot for the user's choices; `zoom`: the browser's last 2D zoom ({"key", "box"}),
+    applied when it was made in this same view."""
     run = open_id(store, run_id)
     level = level if level in run.levels else default_level(run)
-    return overlap_figure(run, level, DIRECTIONS[direction], color_by, pick_method(run, method))
+    method, fit_on = pick_method(run, method), DIRECTIONS.get(direction, "real")
+    box = parse_zoom(zoom, run, level, method, fit_on)
+    return overlap_figure(run, level, fit_on, color_by, method, view, box, contours)
+
+
+def parse_zoom(payload: str, run: Run, level: str, method: str, fit_on: str):
+    """[x0, x1, y0, y1] from the browser's zoom payload when it belongs to this 2D view,
+    else None (a reset, another view, or anything malformed)."""
+    try:
+        value = json.loads(payload) if payload else None
+        _, fit_on = projection_view(run, level, method, fit_on)
+        if value["key"] != view_key(run, level, method, fit_on, "2D"):
+            return None
+        box = [float(v) for v in value["box"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    return box if len(box) == 4 and np.isfinite(box).all() else None
 
 
 def select_point(store: RunStore, roots: list[str], payload: str, run_id: str, level: str):
     """The clicked image, large, and its nearest neighbours in feature space."""
     run = open_id(store, run_id)
-    row = parse_click(payload)
+    return _selection(run, roots, parse_click(payload), level)
+
+
+def find_image(store: RunStore, roots: list[str], query: str, run_id: str, level: str):
+    """Select an image without the mouse: by row id (`#12` or `12`) or by a part of its
+    file name (the first match in row order; how many matched is said)."""
+    run = open_id(store, run_id)
+    query = (query or "").strip()
+    if not query:
+        return gr.skip(), gr.skip(), gr.skip()
+    if query.lstrip("#").isdigit() and int(query.lstrip("#")) < len(run.images):
+        return _selection(run, roots, int(query.lstrip("#")), level)
+    paths = image_column(run, "relpath")
+    hits = np.flatnonzero(np.char.find(paths.astype(str), query) >= 0)
+    if len(hits) == 0:
+        return gr.skip(), gr.skip(), f"No image of this run has {query!r} in its name or id."
+    image, gallery, info = _selection(run, roots, int(hits[0]), level)
+    more = f" ({len(hits):,} match {query!r}; the first is shown.)" if len(hits) > 1 else ""
+    return image, gallery, info + more
+
+
+def _selection(run: Run, roots: list[str], row: int | None, level: str):
     if row is None or not 0 <= row < len(run.images) or level not in run.levels:
         return gr.skip(), gr.skip(), gr.skip()
     return (
         gr.update(value=picture(shown_image(run, row, roots)), label=caption(run, row)),
         neighbour_gallery(run, level, row),
-        f"**Selected {caption(run, row)}** — `{run.images.iloc[row]['relpath']}`; "
+        f"**Selected {caption(run, row)}** — `{image_column(run, 'relpath')[row]}`; "
         f"its {run.manifest['config']['k']} nearest neighbours at level {level}:",
     )
 
 
-def on_run(store: RunStore, run_id: str, direction: str, color_by: str, method: str):
+def on_run(store: RunStore, run_id: str, direction: str, color_by: str, method: str,
+           view: str, contours: bool):  # fmt: skip
     """A run switched to: its levels and projections, the user's view kept where it can."""
     run = open_id(store, run_id)
     level = default_level(run)
     method = pick_method(run, method)
+    fit_on = DIRECTIONS.get(direction, "real")
     return (
         run.id,
         gr.update(choices=run.levels, value=level),
         gr.update(choices=methods(run), value=method),
-        overlap_figure(run, level, DIRECTIONS.get(direction, "real"), color_by, method),
+        overlap_figure(run, level, fit_on, color_by, method, view, None, contours),
     )
 
 
@@ -279,6 +421,12 @@ def build(store: RunStore, roots: list[str], first: Run) -> Tab:
                                  scale=2)  # fmt: skip
             color_by = gr.Radio(list(COLOR_BY), value="domain", label="Colour by", scale=2)
         with gr.Row():
+            view = gr.Radio(list(VIEWS), value="3D", label="View", elem_id="view",
+                            info="2D: the first two axes; a zoom shows all its points")  # fmt: skip
+            contours = gr.Checkbox(False, label="Density contours (2D)", elem_id="contours")
+            search = gr.Textbox(label="Find an image", placeholder="row id or part of a file name",
+                                elem_id="find_image", scale=2)  # fmt: skip
+        with gr.Row():
             with gr.Column(scale=3):
                 figure = overlap_figure(first, default_level(first), "real",
                                         method=first_methods[0][1])  # fmt: skip
@@ -289,14 +437,22 @@ def build(store: RunStore, roots: list[str], first: Run) -> Tab:
                 gallery = gr.Gallery(label="Nearest neighbours", columns=4, height=420,
                                      elem_id="neighbours")  # fmt: skip
         click_box = gr.Textbox(elem_id="click_box", visible="hidden")
+        zoom_box = gr.Textbox(elem_id="zoom_box", visible="hidden")
+        choices = [run_id, level, direction, color_by, method, view, contours]
         # .input: the user's choices only; a run switch sets these and draws the plot itself
         gr.on(
-            [level.input, direction.input, color_by.input, method.input],
-            partial(show_plot, store), [run_id, level, direction, color_by, method], plot,
+            [level.input, direction.input, color_by.input, method.input, view.input,
+             contours.input, zoom_box.change],  # the zoom box is only ever set by the browser
+            partial(show_plot, store), [*choices, zoom_box], plot,
         )  # fmt: skip
         click_box.change(
             partial(select_point, store, roots), [click_box, run_id, level],
             [selected, gallery, info], api_name="select_point",
         )  # fmt: skip
+        search.submit(
+            partial(find_image, store, roots), [search, run_id, level],
+            [selected, gallery, info], api_name="find_image",
+        )  # fmt: skip
         blocks.load(None, None, None, js=SELECT_ON_CLICK_JS)
-    return Tab(blocks, run_id, on_run, [direction, color_by, method], [run_id, level, method, plot])
+    return Tab(blocks, run_id, on_run, [direction, color_by, method, view, contours],
+               [run_id, level, method, plot])  # fmt: skip

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.images import THUMB_SIZE
 from lib.store import Run, RunStore
 
 
@@ -106,17 +105,55 @@ def caption(run: Run, row: int, distance: float | None = None) -> str:
     return text if distance is None else f"{text} · d={distance:.3f}"
 
 
-def picture(thumb: Path | None):
-    """A thumbnail's path, or a blank tile for a given embedding without an image (its
-    caption says which row it is)."""
-    if thumb is not None:
-        return str(thumb)
-    return np.full((THUMB_SIZE, THUMB_SIZE, 3), 235, np.uint8)
+ASSETS = Path(__file__).resolve().parent / "assets"  # served beside the runs (demo.app)
+NO_IMAGE = ASSETS / "no_image.png"
+
+
+def picture(thumb: Path | None) -> str:
+    """A thumbnail's path, or a "no image" tile for a given embedding without an image
+    (its caption says which row it is): one file, not an image encoded per click."""
+    return str(thumb if thumb is not None else NO_IMAGE)
 
 
 def level_scores(run: Run, level: str):
-    """The run's per-image scores at one level, indexed by image id."""
-    return run.scores[run.scores["level"] == level].set_index("id")
+    """The run's per-image scores at one level, indexed by image id (cached)."""
+    return _level_scores(str(run.dir), level)
+
+
+@lru_cache(maxsize=32)
+def _level_scores(run_dir: str, level: str):
+    scores = open_run(run_dir).scores
+    return scores[scores["level"] == level].set_index("id")
+
+
+def image_column(run: Run, name: str) -> np.ndarray:
+    """One column of the images table as an array indexed by row id (cached): what the
+    plot reads for the points it draws, without a join over the whole table."""
+    return _image_column(str(run.dir), name)
+
+
+@lru_cache(maxsize=32)
+def _image_column(run_dir: str, name: str) -> np.ndarray:
+    values = open_run(run_dir).images[name]
+    return values.to_numpy(dtype=object if values.dtype == object else None)
+
+
+def projection_view(run: Run, level: str, method: str, fit_on: str):
+    """The projection rows of one level, method and direction as arrays (id, x, y, z),
+    and the direction really shown (a joint projection has only "both"); cached."""
+    return _projection_view(str(run.dir), level, method, fit_on)
+
+
+@lru_cache(maxsize=32)
+def _projection_view(run_dir: str, level: str, method: str, fit_on: str):
+    proj = open_run(run_dir).projections
+    proj = proj[(proj["level"] == level) & (proj["method"] == method)]
+    if (proj["fit_on"] == "both").any():
+        fit_on = "both"
+    proj = proj[proj["fit_on"] == fit_on]
+    view = {c: proj[c].to_numpy() for c in ("id", "x", "y", "z")}
+    view["id"] = view["id"].astype(np.int64)
+    return view, fit_on
 
 
 def score_values(run: Run, level: str, ids: np.ndarray, name: str) -> np.ndarray:

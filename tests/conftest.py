@@ -6,6 +6,7 @@ import are paid once, and the compiled code is cached in .cache/numba between se
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -77,6 +78,14 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def demo_url(published_run, results_dir):
     """`python -m demo` serving the published run, on a free port."""
+    with serve_demo(results_dir) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_demo(results_dir: Path, timeout: float = 90):
+    """`python -m demo` over a results folder, on a free port; yields its URL once it
+    answers (within `timeout` seconds)."""
     port = free_port()
     log = open(results_dir / "demo.log", "w")
     proc = subprocess.Popen(
@@ -87,7 +96,7 @@ def demo_url(published_run, results_dir):
         env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
     )
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 90
+    deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"demo exited: {(results_dir / 'demo.log').read_text()[-2000:]}")
@@ -98,11 +107,13 @@ def demo_url(published_run, results_dir):
             time.sleep(0.5)
     else:
         proc.kill()
-        raise RuntimeError("demo did not start within 90 s")
-    yield url
-    proc.terminate()
+        raise RuntimeError(f"demo did not start within {timeout:.0f} s")
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

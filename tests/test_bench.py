@@ -37,3 +37,14 @@ def test_caricature_section_compares_like_with_like(bench):
     # measured: mean 7e-4 and max 0.027 on the [0, 1] pixel scale, cosines within 1e-5
     assert same["mean_abs_pixel_difference"] < 2e-3 and same["max_abs_pixel_difference"] < 0.06
     assert same["max_cosine_difference"] < 1e-3
+
+
+def test_scale_section_runs_the_whole_job_and_reports_each_figure(bench):
+    out = bench.bench_scale(sizes=(3000,), d=16)["3000+3000"]
+    assert set(out["stages_s"]) >= {"scan", "features", "project", "neighbors", "gap"}
+    assert out["peak_rss_gib"] > 0 and out["end_to_end_s"] > 0
+    assert out["neighbors"]["engine"] in ("torch", "faiss")  # exact below 200k rows
+    assert out["gap_sample"] == {"real": 3000, "synthetic": 3000}
+    assert out["overlap_plot"]["3D"]["points"] == 6000  # under the budget: every point
+    assert out["click_to_gallery_ms"]["median_of_next_20"] > 0
+    assert "first_render_s" in out["demo"] or out["demo"] == {"skipped": "no chromium"}

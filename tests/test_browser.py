@@ -7,6 +7,7 @@ selected image is that one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -40,16 +41,22 @@ def browser():
         browser.close()
 
 
-@pytest.fixture()
-def page(browser, demo_url):
-    """A fresh page for each test, as a new visitor sees the demo: no test depends on
-    what another clicked."""
+@contextlib.contextmanager
+def visit(browser, url: str):
+    """A fresh page, as a new visitor sees the demo: no test depends on what another
+    clicked."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(demo_url)
+    page.goto(url)
     page.wait_for_selector("#overlap_plot .js-plotly-plot canvas", timeout=60_000)
     page.wait_for_timeout(1500)
     yield page
     page.close()
+
+
+@pytest.fixture()
+def page(browser, demo_url):
+    with visit(browser, demo_url) as page:
+        yield page
 
 
 def tooltip_id(page, x: float, y: float) -> int | None:
@@ -176,3 +183,99 @@ def test_the_tsne_projection_is_2d_and_clickable(page):
     click_here(page, x, y)
     wait_selected(page, row)
     assert len(gallery_captions(page)) == 8
+
+
+# ---- a 200,000-point run -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def large_url(tmp_path_factory):
+    """100,000 + 100,000 generated 16-d embeddings through the batch job (PCA, so the run
+    takes seconds), served by the demo."""
+    from conftest import serve_demo
+
+    from lib.gap import GapParams
+    from lib.mixture import write_pair
+    from lib.pipeline import RunConfig, run
+    from lib.store import RunStore
+
+    root = tmp_path_factory.mktemp("large")
+    real, fake = write_pair(root / "vectors", 100_000, 100_000, dim=16)
+    config = RunConfig(real=real, synthetic=fake, k=8, projections=("pca",), plots=False,
+                       gap=GapParams(sample=2000, resamples=20))  # fmt: skip
+    run(config, RunStore(root / "results"))
+    with serve_demo(root / "results") as url:
+        yield url
+
+
+@pytest.fixture()
+def large_page(browser, large_url):
+    with visit(browser, large_url) as page:
+        yield page
+
+
+def test_on_200k_points_a_click_where_the_tooltip_shows_selects_it_9_times_in_10(large_page):
+    page = large_page
+    title = page.inner_text("#overlap_plot")
+    assert "of 200,000 points shown" in title  # the overview is thinned, and says so
+    points = points_with_tooltips(page, wanted=10)
+    assert len(points) == 10
+    selected = 0
+    for x, y, row in points:
+        click_here(page, x, y)
+        try:
+            wait_selected(page, row)
+            selected += 1
+        except Exception:  # noqa: BLE001 - a miss is counted, not fatal
+            continue
+    assert selected >= 9
+    page.wait_for_function(
+        "() => document.querySelectorAll('#neighbours .caption-label').length >= 8",
+        timeout=20_000,
+    )
+    assert all("d=" in c for c in gallery_captions(page))
+
+
+def test_an_image_is_found_by_name_without_the_mouse(large_page):
+    page = large_page
+    page.fill("#find_image textarea, #find_image input", "synthetic/0004242")
+    page.keyboard.press("Enter")
+    wait_selected(page, 104_242)  # the synthetic rows follow the 100,000 real ones
+    assert len(gallery_captions(page)) == 8
+
+
+def test_zooming_the_2d_view_brings_every_point_of_the_region(large_page):
+    page = large_page
+    page.get_by_text("2D", exact=True).click()
+    page.wait_for_function(
+        "() => document.querySelector('#overlap_plot').innerText.includes('points shown')",
+        timeout=20_000,
+    )
+    page.wait_for_timeout(800)
+    shown = _points_drawn(page)
+    area = page.query_selector("#overlap_plot .nsewdrag")
+    area.scroll_into_view_if_needed()
+    box = area.bounding_box()
+    cx, cy = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5
+    page.mouse.move(cx - 12, cy - 12)
+    page.mouse.down()
+    page.mouse.move(cx + 12, cy + 12, steps=5)
+    page.mouse.up()
+    # the server answers with the region alone: every one of its points, none thinned
+    page.wait_for_function(
+        "() => !document.querySelector('#overlap_plot').innerText.includes('points shown')",
+        timeout=30_000,
+    )
+    page.wait_for_timeout(500)
+    zoomed = _points_drawn(page)
+    assert 0 < zoomed < shown
+    ((x, y, row),) = points_with_tooltips(page)
+    click_here(page, x, y)
+    wait_selected(page, row)
+
+
+def _points_drawn(page) -> int:
+    return page.evaluate(  # plotly's own count of each trace's points
+        "() => document.querySelector('#overlap_plot .js-plotly-plot')._fullData"
+        ".filter(t => t.type === 'scattergl').reduce((n, t) => n + t._length, 0)"
+    )

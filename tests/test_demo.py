@@ -83,7 +83,7 @@ def test_a_runs_thumbnails_are_served_and_the_rest_of_the_store_is_not(
 
 def test_overlap_figure_points_carry_row_ids(published_run):
     fig = views.overlap_figure(published_run, "c3", "real", "domain")
-    assert [t.name for t in fig.data] == ["real", "synthetic"]
+    assert [t.name for t in fig.data] == ["real · 40", "synthetic · 40"]  # legend counts
     ids = np.concatenate([np.asarray(t.customdata) for t in fig.data])
     assert sorted(ids) == list(range(len(published_run.images)))
     assert fig.layout.scene.zaxis.title.text == "UMAP 3"
