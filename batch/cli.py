@@ -26,6 +26,14 @@ app = typer.Typer(
 
 RESULTS = Path("results")
 ResultsOpt = Annotated[Path, typer.Option("--results", help="Run store directory.")]
+KeepOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--keep",
+        help="After publishing, delete all but the newest N runs (never latest, nor a run "
+        "a demo is showing). For nightly runs.",
+    ),
+]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -51,6 +59,7 @@ def run(
     config: RunConfig,
     results: ResultsOpt = RESULTS,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every stage.")] = False,
+    keep: KeepOpt = None,
 ) -> None:
     """Compute features, projections, neighbours and the gap for two domains; publish a run."""
     _setup_logging(verbose)
@@ -58,8 +67,11 @@ def run(
     from lib.pipeline import run as run_pipeline
     from lib.store import RunStore
 
+    store = RunStore(results)
     with progress_for_terminal(_stderr()) as progress:
-        published = run_pipeline(config, RunStore(results), progress)
+        published = run_pipeline(config, store, progress)
+    if keep is not None:
+        _report_pruned(store.prune(keep), keep)
     m = published.manifest
     typer.echo(f"published run {published.id} in {published.dir}")
     counts = ", ".join(f"{n} {d}" for d, n in m["counts"].items())
@@ -146,6 +158,28 @@ def runs(results: ResultsOpt = RESULTS) -> None:
         mark = "*" if run_id == latest else " "
         counts = "+".join(str(n) for n in m["counts"].values())
         typer.echo(f"{mark} {run_id}  {m['backbone']['name']}  {counts} images  {m['created']}")
+
+
+@app.command()
+def prune(
+    keep: Annotated[int, typer.Option("--keep", help="Published runs to keep, newest first.")],
+    results: ResultsOpt = RESULTS,
+) -> None:
+    """Delete old runs (never latest, nor a run a demo is showing) and the partial runs
+    of killed batch jobs."""
+    from lib.store import RunStore
+
+    store = RunStore(results)
+    abandoned = store.remove_abandoned()
+    if abandoned:
+        typer.echo(f"removed {len(abandoned)} partial runs of batch jobs that are gone")
+    _report_pruned(store.prune(keep), keep)
+
+
+def _report_pruned(deleted: list[str], keep: int) -> None:
+    if deleted:
+        typer.echo(f"deleted {len(deleted)} old runs (keeping the newest {keep}): "
+                   + ", ".join(deleted))  # fmt: skip
 
 
 @app.command()

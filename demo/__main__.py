@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls home
     try:
+        _check_port(args.host, args.port)
         from demo.app import CSS, allowed_paths, build_app
         from lib.store import RunStore
 
@@ -37,6 +38,22 @@ def main(argv: list[str] | None = None) -> None:
     except GapscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+def _check_port(host: str, port: int) -> None:
+    """A port already taken is a one-line error before minutes of loading, not Gradio's
+    traceback after it."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise GapscopeError(
+                f"cannot serve on {host}:{port} ({exc.strerror or exc}): pass another "
+                "--port, or stop what is using it"
+            ) from None
 
 
 if __name__ == "__main__":

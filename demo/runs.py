@@ -40,8 +40,38 @@ def open_run(run_dir: str) -> Run:
 
 
 def open_id(store: RunStore, run_id: str | None) -> Run:
-    """A published run by id (the latest for None), from the cache."""
-    return open_run(str(store.open(run_id or None).dir))
+    """A published run by id (the latest for None), from the cache. A run deleted since
+    the page loaded (`batch prune`) is a message in the page, not a traceback."""
+    from lib.errors import GapscopeError
+
+    try:
+        run = open_run(str(store.open(run_id or None).dir))
+    except GapscopeError as exc:
+        if not run_id:
+            raise
+        import gradio as gr
+
+        raise gr.Error(
+            f"{exc}: it was removed; reload the page for the runs there are now"
+        ) from None
+    _announce(store, run.id)
+    return run
+
+
+_SHOWN: dict[str, list[str]] = {}  # store → the runs this process showed last, newest last
+
+
+def _announce(store: RunStore, run_id: str, remember: int = 8) -> None:
+    """Tell the store which runs this demo shows (at most `remember`, as many as
+    `open_run` caches), so `batch prune` never deletes them; written when the set changes."""
+    shown = _SHOWN.setdefault(str(store.root), [])
+    if shown and shown[-1] == run_id:
+        return
+    if run_id in shown:
+        shown.remove(run_id)
+    shown.append(run_id)
+    del shown[:-remember]
+    store.announce_serving(shown)
 
 
 def default_level(run: Run) -> str:

@@ -51,6 +51,8 @@ PARTIAL = ".partial-"
 # metric (lib.gap.records, which reads schema 1 by upgrading it). Runs without one are 1.
 SCHEMA = 2
 
+OWNER = ".owner.json"  # in a partial run: the pid and host writing it
+SERVING = ".serving"  # in the store: one file per demo process, naming the runs it shows
 MANIFEST = "manifest.json"
 IMAGES = "images.parquet"
 PROJECTIONS = "projections.parquet"
@@ -99,6 +101,8 @@ class RunWriter:
         self.id = run_id
         self.dir = store.runs_dir / f"{PARTIAL}{run_id}"
         self.dir.mkdir(parents=True)
+        # who writes it: the next run (or `batch prune`) removes it once that process is gone
+        (self.dir / OWNER).write_text(json.dumps(_this_process()) + "\n")
         self.published: Run | None = None  # set by RunStore.publish
 
     def _path(self, rel: str) -> Path:
@@ -217,7 +221,64 @@ class RunStore:
                 f"cannot create the run store {self.root} ({exc.strerror}): pass --results "
                 "a folder you can write to"
             ) from None
+        self.remove_abandoned()
         return RunWriter(self, new_run_id())
+
+    def remove_abandoned(self) -> list[str]:
+        """Remove partial runs whose writer is gone (a killed run: at a million images,
+        gigabytes each). A partial of a live process, or of another host, is left alone.
+        Returns the run ids removed."""
+        removed = []
+        for path in self.runs_dir.glob(f"{PARTIAL}*") if self.runs_dir.is_dir() else ():
+            if _owner_alive(path / OWNER):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name[len(PARTIAL) :])
+            log.info("removed the partial run %s: its writer is gone", path.name)
+        return removed
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete published runs beyond the newest `keep`, never `latest` nor a run a live
+        demo process shows; also remove abandoned partial runs. Returns the ids deleted."""
+        if keep < 1:
+            raise GapscopeError(f"--keep {keep}: keep at least 1 run")
+        protected = {self.latest_id(), *self.serving()}
+        deleted = []
+        for run_id in self.run_ids()[keep:]:
+            if run_id in protected:
+                continue
+            # renamed away first: readers never see a half-deleted run listed
+            doomed = self.runs_dir / f"{PARTIAL}deleting-{run_id}"
+            os.replace(self.runs_dir / run_id, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            deleted.append(run_id)
+        self.remove_abandoned()
+        return deleted
+
+    def serving(self) -> set[str]:
+        """Run ids that live demo processes have open (they say so in `.serving/`)."""
+        out: set[str] = set()
+        folder = self.root / SERVING
+        for path in folder.glob("*.json") if folder.is_dir() else ():
+            try:
+                info = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if _owner_alive(path):
+                out.update(info.get("runs", []))
+            else:
+                path.unlink(missing_ok=True)
+        return out
+
+    def announce_serving(self, run_ids: list[str]) -> None:
+        """Say which runs this (demo) process shows, so `prune` keeps them."""
+        folder = self.root / SERVING
+        folder.mkdir(parents=True, exist_ok=True)
+        me = _this_process()
+        path = folder / f"{me['host']}-{me['pid']}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**me, "runs": sorted(set(run_ids))}) + "\n")
+        os.replace(tmp, path)
 
     def derive(self, base: Run) -> RunWriter:
         """A new run that starts as a copy of `base` (hard links: no data is duplicated),
@@ -242,6 +303,7 @@ class RunStore:
         switch fails the run is taken out again: `latest` names the previous run, which
         stays whole, and nothing half-published is listed."""
         final = self.runs_dir / writer.id
+        (writer.dir / OWNER).unlink(missing_ok=True)  # published: nobody's partial any more
         os.replace(writer.dir, final)
         tmp_link = self.root / f".latest-{writer.id}"
         try:
@@ -283,6 +345,33 @@ class RunStore:
         if run_id not in self.run_ids():
             raise GapscopeError(f"no published run {run_id!r} in {self.runs_dir}")
         return Run(self.runs_dir / run_id)
+
+
+def _this_process() -> dict:
+    import socket
+
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _owner_alive(owner_file: Path) -> bool:
+    """Whether the process named in `owner_file` (pid, host) still runs. Another host's
+    process cannot be checked: counted alive. No readable owner: gone."""
+    try:
+        owner = json.loads(owner_file.read_text())
+        pid, host = int(owner["pid"]), str(owner["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if host != _this_process()["host"]:
+        return True
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

@@ -141,3 +141,16 @@ def test_projection_errors_are_one_line():
         create_projector("isomap")
     with pytest.raises(GapscopeError, match="perplexity 30 needs more than 90"):
         create_projector("tsne").fit(two_blobs(50)[0])
+
+
+def test_tsne_of_too_many_points_for_the_cpu_is_refused_before_any_work():
+    from conftest import one_line
+
+    from lib.errors import GapscopeError
+    from lib.reduce import TSNE_CPU_MAX, TSNEProjector
+
+    TSNEProjector().check(1000, TSNE_CPU_MAX)  # at the limit: fine
+    with pytest.raises(GapscopeError) as exc:
+        TSNEProjector().check(1000, TSNE_CPU_MAX + 1)
+    assert "--projection umap or pca" in one_line(exc)
+    TSNEProjector(backend="cuml").check(1000, 10 * TSNE_CPU_MAX)  # a GPU has no such limit

@@ -61,11 +61,13 @@ def test_a_run_killed_during_extraction_resumes_with_identical_features(tmp_path
     proc.wait()
     store = RunStore(tmp_path / "store")
     assert store.run_ids() == []  # nothing half-published
+    (partial,) = store.runs_dir.glob(".partial-*")  # left by the kill, with its owner
     done = len(list(cache.glob("*/0*-*")))
     assert 2 <= done < 12
 
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
     resumed = store.open()
+    assert not partial.exists()  # the rerun removed what the killed run left
     assert resumed.manifest["cached_images"] >= 8 * done
     clean = _batch(tmp_path, tmp_path / "clean")
     subprocess.run(clean, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
