@@ -19,14 +19,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
     )
+    parser.add_argument(
+        "--serve-originals",
+        action="store_true",
+        help="Show the original image files, not the runs' web copies (serves every file "
+        "in the input folders: refused with a public --host unless --force)",
+    )
+    parser.add_argument("--force", action="store_true", help="Allow --serve-originals publicly.")
     args = parser.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls home
     try:
+        _check_originals(args.serve_originals, args.host, args.force)
         _check_port(args.host, args.port)
         from demo.app import CSS, allowed_paths, build_app
         from lib.store import RunStore
 
-        roots = allowed_paths(RunStore(args.results))  # once: every run's manifest is read
+        # once: every run's manifest is read
+        roots = allowed_paths(RunStore(args.results), originals=args.serve_originals)
         app = build_app(args.results, roots)
         app.launch(
             server_name=args.host,
@@ -38,6 +47,17 @@ def main(argv: list[str] | None = None) -> None:
     except GapscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _check_originals(serve_originals: bool, host: str, force: bool) -> None:
+    if serve_originals and host not in LOCAL_HOSTS and not force:
+        raise GapscopeError(
+            f"--serve-originals on --host {host} would serve every file in the input "
+            "folders to anyone who can reach it: serve on 127.0.0.1, or add --force"
+        )
 
 
 def _check_port(host: str, port: int) -> None:

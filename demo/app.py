@@ -23,13 +23,15 @@ CSS = """
 TITLE = "# gapscope — does your model see synthetic images like real ones?"
 
 
-def allowed_paths(store: RunStore) -> list[str]:
-    """The folders the demo may serve files from: the runs, and the folders their images
-    came from."""
+def allowed_paths(store: RunStore, originals: bool = False) -> list[str]:
+    """The folders the demo may serve files from: the runs (thumbnails, web copies,
+    plots, caricatures: what the batch job published) and the demo's own assets; with
+    `originals`, also the folders the runs' images came from."""
     paths = {str(store.runs_dir.resolve()), str(ASSETS)}
-    for run_id in store.run_ids():
-        run = open_run(str(store.runs_dir / run_id))
-        paths.update(str(p) for p in run.image_roots())
+    if originals:
+        for run_id in store.run_ids():
+            run = open_run(str(store.runs_dir / run_id))
+            paths.update(str(p) for p in run.image_roots())
     return sorted(paths)
 
 

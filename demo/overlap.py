@@ -32,7 +32,6 @@ from demo.runs import (
     score_values,
 )
 from demo.thinning import GRID, MAX_POINTS, budgets, opacity, thin
-from lib.images import THUMB_SIZE
 from lib.plots import STYLE, direction_title
 from lib.store import Run, RunStore
 
@@ -309,13 +308,13 @@ def parse_click(payload: str) -> int | None:
 
 
 def shown_image(run: Run, row: int, roots: list[str]) -> Path | None:
-    """The image to show large: the original when the demo may serve it and it is larger
-    than a thumbnail, else the (upscaled) thumbnail."""
-    image = run.image_file(row)
-    r = run.images.iloc[row]
-    if image is None or not _inside(image, roots) or max(r["width"], r["height"]) < THUMB_SIZE:
-        return run.thumb(row)
-    return image
+    """The image to show large: the original only when the demo serves originals
+    (`--serve-originals`: its folder is among `roots`), else the run's web copy, else the
+    thumbnail (the whole image when it is no larger)."""
+    original = run.image_file(row)
+    if original is not None and run.web(row) is not None and _inside(original, roots):
+        return original
+    return run.web(row) or run.thumb(row)
 
 
 def _inside(path: Path, roots: list[str]) -> bool:

@@ -98,8 +98,8 @@ def banner(run: Run) -> str:
     b = m["backbone"]
     lines = [f"**Run {run.id}** · computed {m['created'].replace('T', ' ')} UTC"]
     for inp in m["inputs"]:
-        lines.append(
-            f"- {inp['domain']}: `{inp['source']}` ({inp['used']} images"
+        lines.append(  # the folder's name only: a hosted demo never shows server paths
+            f"- {inp['domain']}: `{Path(inp['source']).name}` ({inp['used']} images"
             + (f", {inp['skipped']} skipped" if inp["skipped"] else "")
             + ")"
         )

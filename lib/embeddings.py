@@ -83,6 +83,11 @@ class EmbeddingSet:
     keep: np.ndarray  # int64 row indices used, sorted
     skipped: list[Skipped] = field(default_factory=list)
     skipped_total: int = 0
+    sizes: np.ndarray | None = None  # (N, 2) height, width of the images decoded; 0 if none
+
+    def __post_init__(self):
+        if self.sizes is None:
+            self.sizes = np.zeros((len(self.ids), 2), dtype=np.int32)
 
     def __len__(self) -> int:
         return len(self.keep)
@@ -103,8 +108,8 @@ class EmbeddingSet:
                 "source": str(self.source.resolve()),
                 "relpath": ids,
                 "hash": [row_hash(self.domain, i) for i in ids],
-                "width": np.int32(0),
-                "height": np.int32(0),
+                "width": self.sizes[self.keep, 1],
+                "height": self.sizes[self.keep, 0],
                 "padded": False,
             }
         )  # fmt: skip

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 METADATA_FILE = "metadata.csv"
 THUMB_SIZE = 160
+WEB_SIZE = 1024  # longest side of the copy the demo shows large
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,23 @@ def thumbnail_png(rgb: np.ndarray, out: Path, size: int = THUMB_SIZE) -> None:
     img.save(out, optimize=False)
 
 
+def needs_web_copy(height, width):
+    """Images larger than a thumbnail get a web copy; smaller ones are shown by their
+    thumbnail, which is the whole image. Element-wise for arrays."""
+    return np.maximum(height, width) > THUMB_SIZE
+
+
+def web_copy_jpeg(rgb: np.ndarray, out: Path, size: int = WEB_SIZE) -> None:
+    """What the demo shows large instead of the original: longest side at most `size`,
+    upright (decode_rgb applied the EXIF orientation), no metadata (saved from pixels)."""
+    from PIL import Image
+
+    img = Image.fromarray(rgb)
+    if max(img.size) > size:
+        img.thumbnail((size, size), Image.LANCZOS)
+    img.save(out, format="JPEG", quality=90)
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -280,10 +298,13 @@ def open_folder(
     sample: int | None = None,
     seed: int = 0,
     workers: int | None = None,
+    web: Callable[[ImageRecord], Path] | None = None,
+    web_size: int = WEB_SIZE,
 ) -> ImageSet:
     """Scan a folder: hash and decode every image (so broken files are found now, not
     halfway through extraction), write thumbnails of what the model will see (to
-    `thumbs(record)`, the run store's place for them)."""
+    `thumbs(record)`, the run store's place for them) and, for images larger than a
+    thumbnail, a web copy (to `web(record)`): the demo serves those, never the folder."""
     folder = Path(folder)
     if not folder.exists():
         raise GapscopeError(f"{domain} folder {folder} does not exist")
@@ -322,7 +343,8 @@ def open_folder(
             padded=prepare.pads(h, w),
         ), rgb
 
-    return _finish(domain, folder, files, scan, prepare, thumbs, workers)
+    copies = _Copies(prepare, thumbs, web, web_size)
+    return _finish(domain, folder, files, scan, copies, workers)
 
 
 def open_array(
@@ -367,15 +389,34 @@ def open_array(
             padded=prepare.pads(h, w),
         ), rgb
 
-    image_set = _finish(domain, path, [int(r) for r in rows], scan, prepare, thumbs, None)
+    copies = _Copies(prepare, thumbs)
+    image_set = _finish(domain, path, [int(r) for r in rows], scan, copies, None)
     image_set.array = array
     image_set.array_scale = scale
     return image_set
 
 
-def _finish(domain, source, items, scan, prepare, thumbs, workers) -> ImageSet:
+@dataclass
+class _Copies:
+    """What the scan writes of each decoded image: its thumbnail (of what the model
+    sees) and, when it is larger than that, a web copy (of the original)."""
+
+    prepare: Prepare
+    thumbs: Callable[[ImageRecord], Path] | None = None
+    web: Callable[[ImageRecord], Path] | None = None
+    web_size: int = WEB_SIZE
+
+    def write(self, record: ImageRecord, rgb: np.ndarray) -> None:
+        if self.thumbs is not None:
+            thumbnail_png(self.prepare.apply(rgb), self.thumbs(record))
+        if self.web is not None and needs_web_copy(*rgb.shape[:2]):
+            web_copy_jpeg(rgb, self.web(record), self.web_size)
+
+
+def _finish(domain, source, items, scan, copies: _Copies, workers) -> ImageSet:
     """Run `scan` over items in a thread pool (decoding releases the GIL), keep order,
-    and write thumbnails; decoded pixels are not kept, so memory stays flat."""
+    and write thumbnails and web copies; decoded pixels are not kept, so memory stays
+    flat."""
     records: list[ImageRecord] = []
     skipped: list[Skipped] = []
 
@@ -384,8 +425,7 @@ def _finish(domain, source, items, scan, prepare, thumbs, workers) -> ImageSet:
         if isinstance(result, Skipped):
             return result
         record, rgb = result
-        if thumbs is not None:
-            thumbnail_png(prepare.apply(rgb), thumbs(record))
+        copies.write(record, rgb)
         return record
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
@@ -407,7 +447,8 @@ def open_images(source: Path, domain: str, prepare: Prepare, **kwargs) -> ImageS
     """A folder or a `.npy` array, whichever `source` is."""
     source = Path(source)
     if source.suffix.lower() == ".npy":
-        kwargs.pop("workers", None)
+        for folder_only in ("workers", "web", "web_size"):  # array rows have no file to copy
+            kwargs.pop(folder_only, None)
         return open_array(source, domain, prepare, **kwargs)
     return open_folder(source, domain, prepare, **kwargs)
 

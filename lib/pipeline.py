@@ -20,11 +20,19 @@ import numpy as np
 from lib.embeddings import EmbeddingSet, describe_embeddings, is_embeddings
 from lib.errors import GapscopeError
 from lib.gap import GapParams
-from lib.images import ImageRecord, ImageSet, Prepare, check_common_size, open_images
+from lib.images import (
+    WEB_SIZE,
+    ImageRecord,
+    ImageSet,
+    Prepare,
+    check_common_size,
+    needs_web_copy,
+    open_images,
+)
 from lib.params import REQUIRED, check_minimums, param
 from lib.progress import Progress, Silent, Stages
 from lib.reduce import TSNEParams, UMAPParams
-from lib.store import Run, RunStore, RunWriter, thumb_name
+from lib.store import Run, RunStore, RunWriter, thumb_name, web_name
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +93,12 @@ class RunConfig:
         "two, at most 16).",
     )
     precision: str = param("auto", "fp32 | bf16 (autocast) | auto: bf16 on a GPU, fp32 on the CPU.")
+    web_size: int = param(
+        WEB_SIZE,
+        "Longest side of the web copy of each image larger than a thumbnail: what the demo "
+        "shows large (it never serves the input folders).",
+        minimum=160,
+    )
     backend: str = param("auto", "auto | cuml | cpu")
     plots: bool = param(True, "Write the static 3D PNGs.")
     gap: GapParams = field(default_factory=GapParams)
@@ -134,9 +148,14 @@ class Scanned:
         frame = pd.concat([s.table() for s in self.sets.values()], ignore_index=True)
         frame.insert(0, "id", np.arange(len(frame), dtype=np.int64))
         has_thumb = frame["path"] != "" if self.embeddings else np.ones(len(frame), bool)
+        has_web = (frame["path"] != "") & needs_web_copy(frame["height"], frame["width"])
         frame["thumb"] = [
             thumb_name(d, h) if t else ""
             for d, h, t in zip(frame["domain"], frame["hash"], has_thumb, strict=True)
+        ]
+        frame["web"] = [
+            web_name(d, h) if w else ""
+            for d, h, w in zip(frame["domain"], frame["hash"], has_web, strict=True)
         ]
         return frame
 
@@ -237,9 +256,13 @@ def scan(config: RunConfig, prepare: Prepare, projectors: list, writer: RunWrite
         def thumb(record: ImageRecord):
             return writer.thumb(record.domain, record.hash)
 
+        def web(record: ImageRecord):
+            return writer.web(record.domain, record.hash)
+
         sets = {
             domain: open_images(getattr(config, domain), domain, prepare, thumbs=thumb,
-                                sample=config.sample, seed=config.seed)
+                                web=web, web_size=config.web_size, sample=config.sample,
+                                seed=config.seed)
             for domain in DOMAINS
         }  # fmt: skip
         scanned = Scanned(sets, check_common_size(list(sets.values()), prepare))
@@ -255,7 +278,7 @@ def _scan_embeddings(config: RunConfig, writer: RunWriter) -> Scanned:
     from concurrent.futures import ThreadPoolExecutor
 
     from lib.embeddings import check_same_levels, open_embeddings, row_hash
-    from lib.images import DecodeError, decode_rgb, thumbnail_png
+    from lib.images import DecodeError, decode_rgb, thumbnail_png, web_copy_jpeg
 
     sets = {
         d: open_embeddings(getattr(config, d), d, sample=config.sample, seed=config.seed)
@@ -266,7 +289,11 @@ def _scan_embeddings(config: RunConfig, writer: RunWriter) -> Scanned:
     def thumb(s: EmbeddingSet, i: int) -> None:
         try:
             rgb = decode_rgb(Path(s.paths[i]))
-            thumbnail_png(rgb, writer.thumb(s.domain, row_hash(s.domain, s.ids[i])))
+            image_hash = row_hash(s.domain, s.ids[i])
+            thumbnail_png(rgb, writer.thumb(s.domain, image_hash))
+            if needs_web_copy(*rgb.shape[:2]):
+                web_copy_jpeg(rgb, writer.web(s.domain, image_hash), config.web_size)
+            s.sizes[i] = rgb.shape[:2]
         except (DecodeError, OSError) as exc:
             log.info("no thumbnail for %s: %s", s.paths[i], exc)
             s.paths[i] = ""

@@ -18,6 +18,7 @@ go through typed methods per artefact (`RunWriter.features`, `Run.neighbors`, ..
     metrics.json                  gap metrics per level, one record shape (lib.gap.records)
     plots/3d_<METHOD>_<level> (<direction>).png   static overlap plots
     thumbs/<domain>_<hash>.png    thumbnails (named in images.parquet's `thumb` column)
+    web/<domain>_<hash>.jpg       web copies of images larger than a thumbnail (`web`)
     caricatures/manifest.json, caricatures/inputs/<image>.png, caricatures/<item png/npy>
 
 `with store.writing() as writer:` writes a run under `runs/.partial-<run-id>/`, renames it
@@ -62,6 +63,7 @@ FEATURES = "features"
 NEIGHBORS = "neighbors"
 PLOTS = "plots"
 THUMBS = "thumbs"
+WEB = "web"
 CARICATURES = "caricatures"
 
 
@@ -72,6 +74,10 @@ def new_run_id(now: datetime | None = None) -> str:
 
 def thumb_name(domain: str, image_hash: str) -> str:
     return f"{domain}_{image_hash[:16]}.png"
+
+
+def web_name(domain: str, image_hash: str) -> str:
+    return f"{domain}_{image_hash[:16]}.jpg"
 
 
 def overlap_plot_name(method: str, level: str, fit_on: str) -> str:
@@ -165,6 +171,10 @@ class RunWriter:
     def thumb(self, domain: str, image_hash: str) -> Path:
         """Where an image's thumbnail goes (named in the images table's `thumb` column)."""
         return self._path(f"{THUMBS}/{thumb_name(domain, image_hash)}")
+
+    def web(self, domain: str, image_hash: str) -> Path:
+        """Where an image's web copy goes (named in the images table's `web` column)."""
+        return self._path(f"{WEB}/{web_name(domain, image_hash)}")
 
     def new_caricatures_dir(self) -> Path:
         """An empty folder for caricature images, each named in the caricature manifest.
@@ -453,6 +463,13 @@ class Run:
         """The row's thumbnail; None for given embeddings without an image."""
         name = self.images.iloc[row]["thumb"]
         return self.dir / THUMBS / name if name else None
+
+    def web(self, row: int) -> Path | None:
+        """The row's web copy (longest side ≤ 1,024 px), for images larger than a
+        thumbnail; None otherwise, and for runs from before web copies."""
+        images = self.images
+        name = images["web"].iloc[row] if "web" in images.columns else ""
+        return self.dir / WEB / name if name else None
 
     def image_file(self, row: int) -> Path | None:
         """The original file when the image came from a folder, else its thumbnail."""

@@ -1,0 +1,118 @@
+"""A demo you can put on the internet serves what a run published and nothing else: the
+file-serving probe, web copies instead of originals, no server paths on the page."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from conftest import ROOT, serve_demo
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+def _photo(path, width: int, height: int, seed: int, orientation: int | None = None) -> None:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(height // 16, 1), max(width // 16, 1), 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((width, height))
+    exif = Image.Exif()
+    exif[0x010F] = "SecretCam"  # Make: metadata that must not travel
+    if orientation:
+        exif[0x0112] = orientation
+    img.save(path, quality=92, exif=exif.tobytes())
+
+
+@pytest.fixture(scope="module")
+def hosted(tmp_path_factory):
+    """A run of large photos (one stored sideways with an EXIF orientation), with a
+    notes.txt and a .env beside them, served by the demo on its defaults."""
+    from lib.gap import GapParams
+    from lib.pipeline import RunConfig, run
+    from lib.store import RunStore
+
+    root = tmp_path_factory.mktemp("hosted")
+    for domain, seed in (("real", 0), ("synthetic", 100)):
+        folder = root / domain
+        folder.mkdir()
+        for i in range(12):
+            _photo(folder / f"{i:02d}.jpg", 480, 320, seed + i)
+        (folder / "notes.txt").write_text("private notes")
+        (folder / ".env").write_text("TOKEN=secret")
+    # sideways on disk, upright by its tag: 1500 wide stored, shown 900 × 1500
+    _photo(root / "real" / "12_tall.jpg", 1500, 900, 7, orientation=6)
+    config = RunConfig(real=root / "real", synthetic=root / "synthetic", resize=64, k=4,
+                       projections=("pca",), plots=False,
+                       gap=GapParams(k=3, resamples=20, min_cluster_size=3))  # fmt: skip
+    published = run(config, RunStore(root / "results"))
+    with serve_demo(root / "results") as url:
+        yield root, published, url
+
+
+def _status(url: str, path) -> int:
+    try:
+        with urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_only_what_the_run_published_is_served(hosted):
+    root, published, url = hosted
+    images = published.images
+    tall = int(np.flatnonzero(images["relpath"] == "12_tall.jpg")[0])
+    assert _status(url, published.web(tall)) == 200  # the positive controls
+    assert _status(url, published.thumb(tall)) == 200
+    refused = [
+        root / "real" / "notes.txt",
+        root / "real" / ".env",
+        root / "real" / "12_tall.jpg",  # an original: the web copy stands in for it
+        root / "synthetic" / "00.jpg",
+        next((root / "results" / "cache").rglob("hashes.npy")),
+        root / "results" / "demo.log",
+        "/etc/passwd",
+    ]
+    for path in refused:
+        assert _status(url, path) in (403, 404), path
+
+
+def test_web_copies_are_upright_bounded_and_carry_no_metadata(hosted):
+    _, published, _ = hosted
+    images = published.images
+    tall = int(np.flatnonzero(images["relpath"] == "12_tall.jpg")[0])
+    with Image.open(published.web(tall)) as web:
+        assert web.size == (614, 1024)  # upright (900 × 1500), longest side 1,024
+        assert not web.getexif()  # no camera make, no orientation left to apply
+    small = int(np.flatnonzero(images["relpath"] == "00.jpg")[0])
+    with Image.open(published.web(small)) as web:
+        assert web.size == (480, 320)  # never enlarged
+
+
+def test_the_page_shows_no_server_paths_and_a_click_shows_the_web_copy(hosted):
+    from gradio_client import Client
+
+    root, published, url = hosted
+    page = urllib.request.urlopen(url, timeout=10).read().decode()
+    assert str(root) not in page
+    client = Client(url, verbose=False)
+    tall = int(np.flatnonzero(published.images["relpath"] == "12_tall.jpg")[0])
+    image, gallery, info = client.predict(
+        f'{{"id": {tall}}}', published.id, "c3", api_name="/select_point"
+    )
+    with Image.open(image["value"]) as shown:  # an update: the image and its label
+        assert shown.size == (614, 1024)  # the web copy, not the 1500-px original
+    assert "12_tall.jpg" in info
+
+
+def test_serving_originals_publicly_is_refused_unless_forced(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "demo", "--results", str(tmp_path), "--serve-originals",
+         "--host", "0.0.0.0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: --serve-originals on --host 0.0.0.0 would serve")
