@@ -3,7 +3,7 @@
 Not tests: nothing here asserts a time. Each section reports what it measured, on which
 machine, and the ratio between the two ways of doing the same work.
 
-    python bench/run.py [--sections gap,prdc,pipeline,umap,knn,extraction,caricature,scale]
+    python bench/run.py [--sections gap,prdc,pipeline,umap,knn,extraction,caricature,scale,demo]
                         [--out results/bench.json]
 """
 
@@ -453,6 +453,84 @@ def _click_times(run, clicks: int = 21) -> list[float]:
     return times
 
 
+def bench_demo(clients=(1, 16, 64), seconds: float = 30.0, n_per_domain: int = 150) -> dict:
+    """The demo under load: a run of the bundled example (`n_per_domain` images a domain)
+    served by `python -m demo`; for each number of `gradio_client` clients, every client
+    clicks random points (`/select_point`, files not downloaded) for `seconds`: clicks/s,
+    latency percentiles, errors, and the server's CPU (cores busy on average). The
+    clients run on the same machine, so they compete with the server for its cores."""
+    import threading
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import serve_demo
+
+    from lib.example import build_example
+    from lib.pipeline import RunConfig, run
+    from lib.store import RunStore
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        example = build_example(Path(tmp) / "example", n_per_domain, n_per_domain, seed=0).root
+        published = run(
+            RunConfig(real=example / "real", synthetic=example / "synthetic", plots=False),
+            RunStore(Path(tmp) / "results"),
+        )
+        target = (published.id, published.levels[len(published.levels) // 2],
+                  len(published.images))  # fmt: skip
+        with serve_demo(Path(tmp) / "results", timeout=300, process=True) as (url, server):
+            for count in clients:
+                stop = time.perf_counter() + seconds
+                results: list = []
+                cpu = _cpu_seconds(server.pid)
+                threads = [
+                    threading.Thread(target=_clicker, args=(url, target, stop, i, results))
+                    for i in range(count)
+                ]
+                t0 = time.perf_counter()
+                for th in threads:
+                    th.start()
+                for th in threads:
+                    th.join()
+                wall = time.perf_counter() - t0
+                ms = np.array([r for r in results if isinstance(r, float)]) * 1000
+                errors = [r for r in results if isinstance(r, str)]
+                pct = {q: round(float(np.percentile(ms, q)), 1) if len(ms) else None
+                       for q in (50, 95, 99)}  # fmt: skip
+                out[f"{count}_clients"] = {
+                    "clicks_per_s": round(len(ms) / wall, 1),
+                    "p50_ms": pct[50], "p95_ms": pct[95], "p99_ms": pct[99],
+                    "errors": len(errors),
+                    "error_kinds": sorted(set(errors)),
+                    "server_cores_busy": round((_cpu_seconds(server.pid) - cpu) / wall, 2),
+                }  # fmt: skip
+                print(f"bench: demo {count} clients: {out[f'{count}_clients']}", file=sys.stderr)
+    return {"images": target[2], "seconds_each": seconds, **out}
+
+
+def _clicker(url: str, target: tuple, stop: float, seed: int, results: list) -> None:
+    """One client clicking random points until `stop`: appends each click's seconds, or
+    the name of the error it met (list.append is atomic)."""
+    from gradio_client import Client
+
+    run_id, level, n = target
+    client = Client(url, verbose=False, download_files=False)
+    rng = np.random.default_rng(seed)
+    while time.perf_counter() < stop:
+        payload = json.dumps({"id": int(rng.integers(n)), "t": time.time()})
+        t = time.perf_counter()
+        try:
+            client.predict(payload, run_id, level, api_name="/select_point")
+            results.append(time.perf_counter() - t)
+        except Exception as exc:  # noqa: BLE001 - counted and reported
+            results.append(type(exc).__name__)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 SECTIONS = {
     "gap": bench_gap,
     "prdc": bench_prdc,
@@ -462,6 +540,7 @@ SECTIONS = {
     "extraction": bench_extraction,
     "caricature": bench_caricature,
     "scale": bench_scale,
+    "demo": bench_demo,
 }
 
 

@@ -20,6 +20,8 @@ CSS = """
 #banner {border-left: 4px solid #2ca02c; padding-left: 12px;}
 #neighbours .caption-label {font-size: 11px;}
 """
+CONCURRENT_EVENTS = 8  # see README, Security and reliability: the load measured
+QUEUE_SIZE = 256
 TITLE = "# gapscope — does your model see synthetic images like real ones?"
 
 
@@ -78,4 +80,7 @@ def build_app(results: Path, roots: list[str] | None = None) -> gr.Blocks:
         for tab in tabs.values():
             run_dd.change(partial(tab.on_run, store), [run_dd, *tab.inputs], tab.outputs)
         app.load(partial(refresh, store), run_dd, run_dd)
+    # every event only reads published runs: run them side by side rather than one at a
+    # time, and answer "queue full" rather than let a crowd wait without end
+    app.queue(default_concurrency_limit=CONCURRENT_EVENTS, max_size=QUEUE_SIZE)
     return app

@@ -80,16 +80,33 @@ def default_level(run: Run) -> str:
 
 
 def run_choices(store: RunStore) -> list[tuple[str, str]]:
-    """(label, run id) for every published run, newest first."""
-    latest = store.latest_id()
+    """(label, run id) for every published run, newest first. Listed again only when
+    the runs folder changed (a run published or deleted renames an entry in it) or
+    `latest` moved: a page load costs the same with one run or a thousand."""
+    try:
+        changed = store.runs_dir.stat().st_mtime_ns
+    except FileNotFoundError:
+        return []
+    return list(_run_choices(str(store.root), changed, store.latest_id()))
+
+
+@lru_cache(maxsize=4)
+def _run_choices(root: str, changed: int, latest: str | None) -> tuple:
+    store = RunStore(Path(root))
     out = []
     for run_id in store.run_ids():
-        m = open_run(str(store.runs_dir / run_id)).manifest
+        m = _manifest(str(store.runs_dir / run_id))
         counts = " + ".join(f"{n} {d}" for d, n in m["counts"].items())
         tag = " · latest" if run_id == latest else ""
         weights = " · RANDOM WEIGHTS" if m["backbone"]["random_weights"] else ""
         out.append((f"{run_id} · {m['backbone']['name']}{weights} · {counts}{tag}", run_id))
-    return out
+    return tuple(out)
+
+
+@lru_cache(maxsize=1024)
+def _manifest(run_dir: str) -> dict:
+    """A run's manifest alone (runs never change once published)."""
+    return Run(Path(run_dir)).manifest
 
 
 def banner(run: Run) -> str:

@@ -83,9 +83,9 @@ def demo_url(published_run, results_dir):
 
 
 @contextlib.contextmanager
-def serve_demo(results_dir: Path, timeout: float = 90):
+def serve_demo(results_dir: Path, timeout: float = 90, process: bool = False):
     """`python -m demo` over a results folder, on a free port; yields its URL once it
-    answers (within `timeout` seconds)."""
+    answers (within `timeout` seconds), with its process when `process`."""
     port = free_port()
     log = open(results_dir / "demo.log", "w")
     proc = subprocess.Popen(
@@ -109,7 +109,7 @@ def serve_demo(results_dir: Path, timeout: float = 90):
         proc.kill()
         raise RuntimeError(f"demo did not start within {timeout:.0f} s")
     try:
-        yield url
+        yield (url, proc) if process else url
     finally:
         proc.terminate()
         try:

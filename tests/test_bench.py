@@ -48,3 +48,11 @@ def test_scale_section_runs_the_whole_job_and_reports_each_figure(bench):
     assert out["overlap_plot"]["3D"]["points"] == 6000  # under the budget: every point
     assert out["click_to_gallery_ms"]["median_of_next_20"] > 0
     assert "first_render_s" in out["demo"] or out["demo"] == {"skipped": "no chromium"}
+
+
+def test_demo_section_loads_the_server_with_clients_and_counts_errors(bench):
+    out = bench.bench_demo(clients=(2,), seconds=3, n_per_domain=30)
+    load = out["2_clients"]
+    assert load["clicks_per_s"] > 0 and load["errors"] == 0
+    assert load["p50_ms"] <= load["p95_ms"] <= load["p99_ms"]
+    assert load["server_cores_busy"] > 0
