@@ -29,6 +29,7 @@ nothing.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -215,13 +216,28 @@ class RunStore:
     def writing(self, derive_from: Run | None = None) -> Iterator[RunWriter]:
         """A new run (a copy of `derive_from` when given), published when the block ends
         without error and discarded otherwise; `writer.published` is the published Run."""
-        writer = self.derive(derive_from) if derive_from is not None else self.begin()
+        try:
+            writer = self.derive(derive_from) if derive_from is not None else self.begin()
+        except OSError as exc:
+            raise self._disk_full(exc) from None
         try:
             yield writer
             self.publish(writer)
+        except OSError as exc:
+            raise self._disk_full(exc) from None
         finally:
             if writer.published is None:
                 writer.discard()
+
+    def _disk_full(self, exc: OSError) -> Exception:
+        """A full disk as the one line a user can act on; any other OSError as it was."""
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        return GapscopeError(
+            f"the disk under {self.root} is full ({exc.strerror}): nothing was published "
+            "and the previous run is still served; free some space or pass --results "
+            "another folder"
+        )
 
     def begin(self) -> RunWriter:
         try:
