@@ -295,15 +295,17 @@ def parse_click(payload: str) -> int | None:
         return None
     try:
         value = json.loads(payload)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return None
     if isinstance(value, dict):
         value = value.get("id")
     if isinstance(value, list):
         value = value[0] if value else None
+    if isinstance(value, bool):
+        return None
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: "Infinity" (the fuzz)
         return None
 
 

@@ -139,16 +139,28 @@ def decode_rgb(path: Path) -> np.ndarray:
     Grayscale, palette, RGBA (composited on white), CMYK and 16-bit images are converted;
     a truncated, oversized or non-image file raises DecodeError naming the file.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img.load()
-            return to_rgb_array(ImageOps.exif_transpose(img))
+            img.load()  # the first frame of an animated GIF or a multi-page TIFF
+            return to_rgb_array(_upright(img))
     except Image.DecompressionBombError as exc:
         raise DecodeError(path, f"image too large to decode safely ({_short(exc)})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DecodeError(path, f"cannot decode image ({_short(exc)})") from None
+
+
+def _upright(img):
+    """The image turned as its EXIF orientation says; as stored when the EXIF block is
+    unreadable (a broken tag must not cost the image)."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:  # noqa: BLE001 - any damage inside EXIF: keep the pixels
+        log.info("ignoring unreadable EXIF (%s)", _short(exc))
+        return img
 
 
 def to_rgb_array(img) -> np.ndarray:
@@ -247,14 +259,55 @@ def _short(exc: BaseException) -> str:
 # ---- discovery ------------------------------------------------------------------------
 
 
-def discover(folder: Path) -> list[Path]:
-    """Image files under `folder`, recursively, sorted by relative path."""
-    files = [
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not _hidden(p, folder)
-    ]
+def discover(
+    folder: Path, follow_symlinks: bool = False, skipped: list[Skipped] | None = None
+) -> list[Path]:
+    """Image files under `folder`, recursively, sorted by relative path; hidden files and
+    folders are left out. A symlink whose target lies outside `folder` (a file, or a
+    folder: loops included) is not followed unless `follow_symlinks`; each one refused is
+    added to `skipped` with its reason. Followed folders are entered once each, so a
+    symlink loop ends."""
+    root = folder.resolve()
+    files: list[Path] = []
+    seen = {root}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        here = Path(dirpath)
+        kept = []
+        for name in sorted(dirnames):
+            sub = here / name
+            if name.startswith("."):
+                continue
+            target = sub.resolve()
+            if target in seen:  # a loop, or a folder reached twice
+                _refuse(skipped, sub, "symlinked folder already scanned (a loop?)")
+            elif not follow_symlinks and not target.is_relative_to(root):
+                _refuse(skipped, sub, "symlink to a folder outside the input folder "
+                                      "(pass --follow-symlinks to use it)")  # fmt: skip
+            else:
+                seen.add(target)
+                kept.append(name)
+        dirnames[:] = kept
+        for name in filenames:
+            path = here / name
+            if name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_file():
+                    _refuse(skipped, path, "broken symlink")
+                    continue
+                if not follow_symlinks and not target.is_relative_to(root):
+                    _refuse(skipped, path, "symlink to a file outside the input folder "
+                                           "(pass --follow-symlinks to use it)")  # fmt: skip
+                    continue
+            files.append(path)
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _refuse(skipped: list[Skipped] | None, path: Path, reason: str) -> None:
+    log.info("not scanned: %s: %s", path, reason)
+    if skipped is not None:
+        skipped.append(Skipped(str(path), reason))
 
 
 def _hidden(path: Path, root: Path) -> bool:
@@ -300,6 +353,7 @@ def open_folder(
     workers: int | None = None,
     web: Callable[[ImageRecord], Path] | None = None,
     web_size: int = WEB_SIZE,
+    follow_symlinks: bool = False,
 ) -> ImageSet:
     """Scan a folder: hash and decode every image (so broken files are found now, not
     halfway through extraction), write thumbnails of what the model will see (to
@@ -310,7 +364,8 @@ def open_folder(
         raise GapscopeError(f"{domain} folder {folder} does not exist")
     if not folder.is_dir():
         raise GapscopeError(f"{domain} input {folder} is neither a folder nor a .npy array")
-    files = discover(folder)
+    refused: list[Skipped] = []
+    files = discover(folder, follow_symlinks, refused)
     if not files:
         raise GapscopeError(
             f"{domain} folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
@@ -344,7 +399,9 @@ def open_folder(
         ), rgb
 
     copies = _Copies(prepare, thumbs, web, web_size)
-    return _finish(domain, folder, files, scan, copies, workers)
+    image_set = _finish(domain, folder, files, scan, copies, workers)
+    image_set.skipped[:0] = refused
+    return image_set
 
 
 def open_array(
@@ -447,7 +504,7 @@ def open_images(source: Path, domain: str, prepare: Prepare, **kwargs) -> ImageS
     """A folder or a `.npy` array, whichever `source` is."""
     source = Path(source)
     if source.suffix.lower() == ".npy":
-        for folder_only in ("workers", "web", "web_size"):  # array rows have no file to copy
+        for folder_only in ("workers", "web", "web_size", "follow_symlinks"):
             kwargs.pop(folder_only, None)
         return open_array(source, domain, prepare, **kwargs)
     return open_folder(source, domain, prepare, **kwargs)

@@ -69,6 +69,9 @@ class RunConfig:
     crop: int | None = param(None, "Centre crop N×N, padding smaller images.")
     resize: int | None = param(None, "Shorter side to N, then centre crop N×N.")
     sample: int | None = param(None, "Use a random N images per domain.", minimum=1)
+    follow_symlinks: bool = param(
+        False, "Follow symlinks that lead outside the input folders (skipped and listed otherwise)."
+    )
     seed: int = param(0, "Seed for --sample.")
     projections: tuple[str, ...] = param(
         ("umap",),
@@ -262,7 +265,7 @@ def scan(config: RunConfig, prepare: Prepare, projectors: list, writer: RunWrite
         sets = {
             domain: open_images(getattr(config, domain), domain, prepare, thumbs=thumb,
                                 web=web, web_size=config.web_size, sample=config.sample,
-                                seed=config.seed)
+                                seed=config.seed, follow_symlinks=config.follow_symlinks)
             for domain in DOMAINS
         }  # fmt: skip
         scanned = Scanned(sets, check_common_size(list(sets.values()), prepare))
