@@ -60,6 +60,6 @@ STOPSIGNAL SIGINT
 # start-period covers the first start's example build and batch run; python exits 1 when
 # the demo does not answer.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=15m --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('GRADIO_SERVER_PORT', '7860') + '/', timeout=8)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('GRADIO_SERVER_PORT', '7860') + '/healthz', timeout=8)"]
 
 ENTRYPOINT ["/app/docker/entrypoint.sh"]

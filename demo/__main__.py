@@ -26,24 +26,29 @@ def main(argv: list[str] | None = None) -> None:
         "in the input folders: refused with a public --host unless --force)",
     )
     parser.add_argument("--force", action="store_true", help="Allow --serve-originals publicly.")
+    parser.add_argument(
+        "--building",
+        action="store_true",
+        help="Serve the 'building the example run' page (what docker/entrypoint.sh starts "
+        "beside the first batch run) until a run is published, then exit.",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls home
     try:
         _check_originals(args.serve_originals, args.host, args.force)
         _check_port(args.host, args.port)
         from demo.app import CSS, allowed_paths, build_app
+        from demo.serve import building_app, serve
         from lib.store import RunStore
 
-        # once: every run's manifest is read
-        roots = allowed_paths(RunStore(args.results), originals=args.serve_originals)
-        app = build_app(args.results, roots)
-        app.launch(
-            server_name=args.host,
-            server_port=args.port,
-            allowed_paths=roots,
-            show_error=True,
-            css=CSS,
-        )
+        store = RunStore(args.results)
+        if args.building:
+            page = building_app(args.results)
+            serve(page, store, args.host, args.port, [], status="building",
+                  stop_when=lambda: store.latest_id() is not None)  # fmt: skip
+            return
+        roots = allowed_paths(store, originals=args.serve_originals)  # every manifest, once
+        serve(build_app(args.results, roots), store, args.host, args.port, roots, css=CSS)
     except GapscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -258,6 +258,10 @@ def test_ports_agree_with_the_demo_default(monkeypatch):
         assert env["NUMBA_CACHE_DIR"].startswith(f"{APP}/")
         health = [rest for word, rest in words if word == "HEALTHCHECK"]
         assert len(health) == 1 and "GRADIO_SERVER_PORT" in health[0] and port in health[0]
+    # the README's front matter makes the repository a Hugging Face Docker Space
+    front = (ROOT / "README.md").read_text().split("---\n")[1]
+    space = yaml.safe_load(front)
+    assert space["sdk"] == "docker" and str(space["app_port"]) == port
     for name, service in compose()["services"].items():
         if name == "demo":
             container_ports = [str(p).rsplit(":", 1)[-1].split("/")[0] for p in service["ports"]]
@@ -282,7 +286,11 @@ def test_healthcheck_answers_healthy_only_while_the_port_serves(dockerfile):
     assert command[0] == "python"
     command = [sys.executable, *command[1:]]
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # the demo's /healthz; any other path is not health
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+
         def log_message(self, *args):
             pass
 
@@ -414,22 +422,30 @@ def fake_python(tmp_path):
 def test_entrypoint_builds_the_example_run_once_then_serves(fake_python):
     run, tmp = fake_python
     results, example = tmp / "results", tmp / "example"
-    first = [
-        f"-m batch runs --results {results}",
-        f"-m batch example --out {example}",
-        f"-m batch run --real {example}/real --synthetic {example}/synthetic --results {results}",
-        f"-m demo --results {results}",
-    ]
-    assert run(runs="no published runs in results\n") == first
-    assert run(runs="", example_built=True) == [first[0], first[2], first[3]]
+    runs = f"-m batch runs --results {results}"
+    building = f"-m demo --results {results} --building"
+    build = f"-m batch example --out {example}"
+    batch = (
+        f"-m batch run --real {example}/real --synthetic {example}/synthetic --results {results}"
+    )
+    serve = f"-m demo --results {results}"
+
+    def first_start(calls: list[str], *foreground: str) -> None:
+        """runs, then the building page (in the background, so in any order) beside the
+        foreground steps in their order, then the demo."""
+        assert calls[0] == runs and calls[-1] == serve
+        assert sorted(calls[1:-1]) == sorted([building, *foreground])
+        assert [c for c in calls[1:-1] if c != building] == list(foreground)
+
+    first_start(run(runs="no published runs in results\n"), build, batch)
+    first_start(run(runs="", example_built=True), batch)
+    assert (results / "building.log").is_file()  # what the building page shows
     published = "* 20260101-000000  efficientnet-lite0  1797+1000 images  2026-01-01\n"
-    assert run("--port", "8080", runs=published) == [
-        first[0],
-        f"-m demo --results {results} --port 8080",
-    ]
+    assert run("--port", "8080", runs=published) == [runs, f"{serve} --port 8080"]
     assert run("python", "-m", "batch", "runs") == ["-m batch runs"]
-    # set -e: a failed batch run stops the container rather than serving nothing
-    assert run(runs="", example_built=True, status=1) == [first[0], first[2]]
+    # a failed batch run stops the container rather than serving nothing
+    failed = run(runs="", example_built=True, status=1)
+    assert failed[0] == runs and serve not in failed and batch in failed
 
 
 def test_demo_parses_what_the_entrypoint_passes(monkeypatch):

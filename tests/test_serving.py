@@ -116,3 +116,49 @@ def test_serving_originals_publicly_is_refused_unless_forced(tmp_path):
     )  # fmt: skip
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith("error: --serve-originals on --host 0.0.0.0 would serve")
+
+
+def test_a_first_start_serves_a_building_page_that_hands_over_to_the_demo(tmp_path):
+    """What docker/entrypoint.sh runs beside the first batch job: a page at once, with
+    the job's progress, /healthz saying "building", and an exit once a run is published
+    (the entrypoint then starts the demo)."""
+    import json
+    import time
+
+    from conftest import free_port
+    from test_store import write_run
+
+    from lib.store import RunStore
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "building.log").write_text("2026-11-29 13:02:56 extract: started (2797 images)\n")
+    port = free_port()
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "demo", "--results", str(results), "--port", str(port),
+         "--building"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            try:
+                page = urllib.request.urlopen(url, timeout=2).read().decode()
+                break
+            except OSError:
+                assert time.monotonic() - started < 60 and proc.poll() is None
+                time.sleep(0.2)
+        answered = time.monotonic() - started
+        assert "building the example run" in page
+        health = json.loads(urllib.request.urlopen(f"{url}healthz", timeout=5).read())
+        assert health == {"status": "building", "runs": 0, "latest": None}
+        from demo.serve import build_log_tail
+
+        assert "extract: started (2797 images)" in build_log_tail(results)
+        with RunStore(results).writing() as writer:  # the batch job publishes
+            write_run(writer)
+        assert proc.wait(timeout=30) == 0  # the page steps aside for the demo
+    finally:
+        proc.kill()
+    print(f"building page answered after {answered:.1f} s")
