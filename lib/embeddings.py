@@ -117,10 +117,14 @@ class EmbeddingSet:
     def copy_into(self, level: str, out: np.ndarray, start: int) -> None:
         """Write this domain's kept vectors of `level` into out[start:start + len(self)],
         a block at a time."""
+        from lib.memmap import release
+
         x = self.levels[level]
         for s in range(0, len(self.keep), BLOCK):
             rows = self.keep[s : s + BLOCK]
             out[start + s : start + s + len(rows)] = x[rows]
+            release(x)
+            release(out)
 
 
 def row_hash(domain: str, row_id: str) -> str:
@@ -309,12 +313,15 @@ def _numbered_columns(path: Path, table, names: list[str]) -> np.ndarray:
 
 def _finite_rows(levels: dict[str, np.ndarray], ids: np.ndarray):
     """Rows finite at every level; the others as Skipped (the first 1,000) and a count."""
+    from lib.memmap import release
+
     n = len(ids)
     bad = np.zeros(n, dtype=bool)
     why = np.full(n, "", dtype=object)
     for level, x in levels.items():
         for s in range(0, n, BLOCK):
             block_bad = ~np.isfinite(x[s : s + BLOCK]).all(axis=1)
+            release(x)
             fresh = block_bad & ~bad[s : s + BLOCK]
             why[s : s + BLOCK][fresh] = f"NaN or inf in level {level}"
             bad[s : s + BLOCK] |= block_bad

@@ -21,6 +21,7 @@ import importlib.util
 import numpy as np
 
 from lib.errors import GapscopeError
+from lib.memmap import release
 
 METRICS = ("cosine", "euclidean")
 ENGINES = ("auto", "torch", "faiss", "hnsw")
@@ -169,6 +170,7 @@ def _prepared(block: np.ndarray, metric: str) -> np.ndarray:
 def _add_blocks(index, X: np.ndarray, metric: str) -> None:
     for s in range(0, len(X), BLOCK):
         index.add(_prepared(X[s : s + BLOCK], metric))
+        release(X)
 
 
 def _search_blocks(index, X, k: int, metric: str, rows: np.ndarray):
@@ -185,6 +187,7 @@ def _search_blocks(index, X, k: int, metric: str, rows: np.ndarray):
         d2 = np.maximum(np.take_along_axis(d2, order, axis=1), 0)
         indices[s : s + len(block)] = found
         distances[s : s + len(block)] = d2 / 2 if metric == "cosine" else np.sqrt(d2)
+        release(X)
     return indices, distances
 
 
@@ -235,6 +238,7 @@ def _exact_for(X: np.ndarray, rows: np.ndarray, k: int, metric: str) -> np.ndarr
         dist, idx = torch.topk(d, min(k, len(block)), dim=1, largest=False)
         best_d, order = torch.topk(torch.cat([best_d, dist], 1), k, dim=1, largest=False)
         best_i = torch.gather(torch.cat([best_i, idx + s], 1), 1, order)
+        release(X)
     return best_i.numpy().astype(np.int32)
 
 

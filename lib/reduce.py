@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from lib.errors import GapscopeError
+from lib.memmap import release
 from lib.params import check_minimums, param
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,7 @@ class UMAPProjector(_Projector):
         sampled = self.backend != "cuml" and 0 < p.fit_sample < n
         fit_rows = _sample_rows(n, p.fit_sample, p.random_state) if sampled else slice(None)
         fitted = np.ascontiguousarray(X[fit_rows], dtype=np.float32)
+        release(X)
         self.model_ = self._estimator().fit(fitted)
         self.report_ = {"fitted": n, "fit_sample": len(fitted) if sampled else n}
         if not sampled:
@@ -280,6 +282,7 @@ class KnnPlacement:
             w = np.exp(-np.maximum(dist - rhos[:, None], 0) / sigmas[:, None])
             w /= w.sum(axis=1, keepdims=True)
             out[s : s + len(block)] = np.einsum("nk,nkc->nc", w, self.embedding[idx])
+            release(X)
         return out
 
     def probe(self, X: np.ndarray, seed: int | None) -> dict:

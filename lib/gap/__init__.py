@@ -47,6 +47,7 @@ from lib.gap.records import (
     record,
     wilson,
 )
+from lib.memmap import release
 from lib.params import check_minimums, param
 
 if TYPE_CHECKING:
@@ -162,6 +163,7 @@ def _every_image(scores, full, rows, scale, hoods, classifier, clusters, k, devi
             if len(todo) == 0:
                 continue
             z = scale(x[todo], np.float32)
+            release(x)
             out["p_synthetic"][offset + todo] = classifier.predict_proba(z)[:, 1]
             out["clusters"][offset + todo] = clusters.predict(z)
             if domain == "synthetic":
@@ -216,6 +218,8 @@ def level_gap(
     rows_r, rows_f = (_sample_rows(len(x), params.sample, sample_rng) for x in full)
     real = np.asarray(real[rows_r], dtype=np.float64)  # memory-mapped input: rows read here
     fake = np.asarray(fake[rows_f], dtype=np.float64)
+    for x in full:
+        release(x)
     seconds = _Seconds()
     with seconds("fd"):
         records = _frechet_records(real, fake, params, (equal_n_rng, interval_rng, inf_rng))
