@@ -176,6 +176,7 @@ def notes_markdown(run: Run) -> str:
         f"{cov[best]:.3f}).",
         f"- N = {w['n']['real']} real, {w['n']['synthetic']} synthetic; FD at equal N = "
         f"{w['metrics']['fd']['n']} (FD shrinks like 1/N: compare runs at equal N, or FD∞).",
+        *_sampled_note(w),
         f"- KID over {kid['subsets']} subsets of {kid['subset_size']}"
         + (" (fewer images than the usual 1000 per subset)" if kid["reduced"] else "")
         + "; KID, PRDC, realism, mixing and the classifier use features standardised with the "
@@ -187,6 +188,18 @@ def notes_markdown(run: Run) -> str:
         f"{w['clusters']['synthetic_only']} synthetic-only (what it invents).",
     ]
     return "\n".join(lines)
+
+
+def _sampled_note(level: dict) -> list[str]:
+    """A large run's metrics are a seeded sample's: say of how many (--gap-sample)."""
+    full = level.get("sampled_from")
+    if not full:
+        return []
+    return [
+        f"- Metrics and their intervals are those of a seeded sample of {level['n']['real']:,} "
+        f"of {full['real']:,} real and {level['n']['synthetic']:,} of {full['synthetic']:,} "
+        "synthetic images; the per-image scores cover every image."
+    ]
 
 
 # ---- the tab ----------------------------------------------------------------------------

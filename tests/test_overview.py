@@ -110,3 +110,10 @@ def test_an_image_is_found_by_id_or_by_name(lopsided, tmp_path):
     assert "(100 match 'real/00001'; the first is shown.)" in info
     _, _, info = views.find_image(store, [], "no-such-file", lopsided.id, "embedding")
     assert info == "No image of this run has 'no-such-file' in its name or id."
+
+
+def test_the_report_says_when_metrics_come_from_a_sample(lopsided):
+    from demo.report import notes_markdown
+
+    notes = notes_markdown(lopsided)
+    assert "a seeded sample of 1,000 of 2,000 real and 1,000 of 80,000 synthetic" in notes
