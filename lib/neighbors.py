@@ -128,7 +128,15 @@ def distance_blocks(x: np.ndarray, y: np.ndarray, device: str = "cpu", chunk: in
 
 
 def nearest_in(queries: np.ndarray, base: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """Index of each query's nearest row of `base` (euclidean), in bounded memory."""
+    """Index of each query's nearest row of `base` (euclidean), in bounded memory: FAISS's
+    flat index on the CPU (torch's blocks wrote a 2,048 × len(base) matrix per step: at
+    2M queries into 40k points, 12 minutes of a 1M + 1M run), torch's blocks on a GPU."""
+    if device.startswith("cpu") and importlib.util.find_spec("faiss") is not None:
+        import faiss
+
+        index = faiss.IndexFlatL2(base.shape[1])
+        index.add(np.ascontiguousarray(base, dtype=np.float32))
+        return index.search(np.ascontiguousarray(queries, dtype=np.float32), 1)[1][:, 0]
     out = np.empty(len(queries), dtype=np.int64)
     for s, d in distance_blocks(queries, base, device):
         out[s : s + len(d)] = d.argmin(dim=1).cpu().numpy()
