@@ -232,7 +232,7 @@ def test_a_failure_while_publishing_leaves_the_previous_run_served(tmp_path, mon
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", failing)
-    with pytest.raises(OSError):
+    with pytest.raises(GapscopeError, match="is full"):  # a full disk is one line
         with store.writing() as writer:
             write_run(writer, seed=1)
     assert store.latest_id() == first and store.open().id == first
@@ -254,7 +254,7 @@ def test_latest_is_never_missing_while_it_is_switched(tmp_path, monkeypatch):
         return real_symlink(self, target, *args, **kwargs)
 
     monkeypatch.setattr(Path, "symlink_to", failing)
-    with pytest.raises(OSError):
+    with pytest.raises(GapscopeError, match="is full"):
         with store.writing() as writer:
             write_run(writer, seed=1)
     assert store.latest_link.is_symlink() and store.latest_id() == first
