@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.errors import GapscopeError
+from lib.errors import GapscopeError, first_line
 from lib.images import Skipped, sample_indices
 
 ID_COLUMNS = ("id", "path", "filename")
@@ -65,7 +65,7 @@ def _npy_ndim(path: Path) -> int:
     try:  # memory-mapping reads the header only
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:  # object arrays too: never unpickled
-        raise GapscopeError(f"{path}: not a readable .npy array ({_first_line(exc)})") from None
+        raise GapscopeError(f"{path}: not a readable .npy array ({first_line(exc)})") from None
     return array.ndim if isinstance(array, np.ndarray) else -1
 
 
@@ -190,7 +190,7 @@ def _read_npy(path: Path) -> tuple[dict[str, np.ndarray], tuple]:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise GapscopeError(f"{path}: not a readable .npy array ({_first_line(exc)})") from None
+        raise GapscopeError(f"{path}: not a readable .npy array ({first_line(exc)})") from None
     if not isinstance(array, np.ndarray) or array.ndim != 2:
         raise GapscopeError(f"{path}: expected embeddings shaped (N, D), got {array.shape}")
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
@@ -234,7 +234,7 @@ def _read_parquet(path: Path) -> tuple[dict[str, np.ndarray], tuple]:
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
-        raise GapscopeError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+        raise GapscopeError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
     names = table.column_names
     column = next((c for c in ID_COLUMNS if c in names), None)
     if column is None:
@@ -343,11 +343,6 @@ def _existing_paths(ids: np.ndarray, base: Path) -> np.ndarray:
         if os.path.isfile(path):
             out[i] = os.path.realpath(path)
     return out
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def describe_embeddings(sets: list[EmbeddingSet]) -> dict:

@@ -3,3 +3,9 @@
 
 class GapscopeError(Exception):
     """An error the user can fix: the message says what to do."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message for a one-line error: its first line, or its type."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

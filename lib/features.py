@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lib.errors import GapscopeError
+from lib.errors import GapscopeError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -123,7 +123,7 @@ class FeatureCache:
             if any(a.ndim != 2 or len(a) != n or a.dtype != np.float32 for a in arrays.values()):
                 raise ValueError("levels disagree with the hash list")
         except (OSError, ValueError, EOFError) as exc:
-            self._drop(shard, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            self._drop(shard, first_line(exc))
             return None
         return arrays
 

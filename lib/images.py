@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.errors import GapscopeError
+from lib.errors import GapscopeError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +146,9 @@ def decode_rgb(path: Path) -> np.ndarray:
             img.load()  # the first frame of an animated GIF or a multi-page TIFF
             return to_rgb_array(_upright(img))
     except Image.DecompressionBombError as exc:
-        raise DecodeError(path, f"image too large to decode safely ({_short(exc)})") from None
+        raise DecodeError(path, f"image too large to decode safely ({first_line(exc)})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DecodeError(path, f"cannot decode image ({_short(exc)})") from None
+        raise DecodeError(path, f"cannot decode image ({first_line(exc)})") from None
 
 
 def _upright(img):
@@ -159,7 +159,7 @@ def _upright(img):
     try:
         return ImageOps.exif_transpose(img)
     except Exception as exc:  # noqa: BLE001 - any damage inside EXIF: keep the pixels
-        log.info("ignoring unreadable EXIF (%s)", _short(exc))
+        log.info("ignoring unreadable EXIF (%s)", first_line(exc))
         return img
 
 
@@ -249,11 +249,6 @@ def web_copy_jpeg(rgb: np.ndarray, out: Path, size: int = WEB_SIZE) -> None:
     if max(img.size) > size:
         img.thumbnail((size, size), Image.LANCZOS)
     img.save(out, format="JPEG", quality=90)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 # ---- discovery ------------------------------------------------------------------------
@@ -381,7 +376,7 @@ def open_folder(
         except DecodeError as exc:
             return Skipped(str(path), exc.reason)
         except OSError as exc:
-            return Skipped(str(path), f"cannot read file ({_short(exc)})")
+            return Skipped(str(path), f"cannot read file ({first_line(exc)})")
         category = categories.get(path.resolve())
         if category is None:
             category = rel.split("/", 1)[0] if "/" in rel else ""
@@ -419,7 +414,7 @@ def open_array(
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise GapscopeError(f"{path}: not a readable .npy array ({_short(exc)})") from None
+        raise GapscopeError(f"{path}: not a readable .npy array ({first_line(exc)})") from None
     if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
         array.close()
         raise GapscopeError(f"{path}: an .npz archive, not a .npy array: save one array")

@@ -21,6 +21,7 @@ import importlib.util
 import numpy as np
 
 from lib.errors import GapscopeError
+from lib.images import sample_indices
 from lib.memmap import release
 
 METRICS = ("cosine", "euclidean")
@@ -210,7 +211,7 @@ def _knn_hnsw(X: np.ndarray, k: int, metric: str, seed: int):
     n = len(X)
     index = faiss.IndexHNSWFlat(X.shape[1], HNSW_M)
     _add_blocks(index, X, metric)
-    probe = np.sort(np.random.default_rng(seed).choice(n, size=min(PROBE, n), replace=False))
+    probe = sample_indices(n, PROBE, seed)
     truth = _exact_for(X, probe, k, metric)
     for ef in EF_SEARCH:
         index.hnsw.efSearch = max(ef, k + 1)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from lib.errors import GapscopeError
+from lib.images import sample_indices
 from lib.memmap import release
 from lib.params import check_minimums, param
 
@@ -190,7 +191,7 @@ class UMAPProjector(_Projector):
         check_enough_points(len(X), p)
         n = len(X)
         sampled = self.backend != "cuml" and 0 < p.fit_sample < n
-        fit_rows = _sample_rows(n, p.fit_sample, p.random_state) if sampled else slice(None)
+        fit_rows = sample_indices(n, p.fit_sample, p.random_state) if sampled else slice(None)
         fitted = np.ascontiguousarray(X[fit_rows], dtype=np.float32)
         release(X)
         self.model_ = self._estimator().fit(fitted)
@@ -225,12 +226,6 @@ class UMAPProjector(_Projector):
         rest = np.setdiff1d(np.arange(len(X)), fit_rows)
         out[rest] = self._placer.place(X, rest)
         return out
-
-
-def _sample_rows(n: int, size: int, seed: int | None) -> np.ndarray:
-    """Sorted seeded sample of `size` of n rows."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(n, size=size, replace=False))
 
 
 class KnnPlacement:
@@ -292,7 +287,7 @@ class KnnPlacement:
 
         from sklearn.manifold import trustworthiness
 
-        rows = _sample_rows(len(X), min(self.PROBE, len(X)), seed)
+        rows = sample_indices(len(X), min(self.PROBE, len(X)), seed)
         points = np.ascontiguousarray(X[rows], dtype=np.float32)
         k = min(15, len(rows) // 2 - 1)
         t = time.perf_counter()

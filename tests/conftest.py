@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -117,3 +118,12 @@ def serve_demo(results_dir: Path, timeout: float = 90, process: bool = False):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def served(url: str, path) -> int:
+    """The HTTP status the demo at `url` answers for a file path."""
+    try:
+        with urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code

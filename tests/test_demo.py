@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
+from conftest import served
 
 from demo import overlap as views
 from demo import runs
@@ -60,14 +59,6 @@ def test_a_click_on_another_level_gives_other_neighbours(client, results_dir):
     expected = [int(j) for j in run.neighbors("c5")[0][3]]
     assert [_row_of(i["caption"]) for i in g5] == expected
     assert [i["caption"] for i in g2] != [i["caption"] for i in g5]
-
-
-def served(demo_url: str, path) -> int:
-    try:
-        with urllib.request.urlopen(f"{demo_url}gradio_api/file={path}", timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as err:
-        return err.code
 
 
 def test_a_runs_thumbnails_are_served_and_the_rest_of_the_store_is_not(

@@ -10,7 +10,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import ROOT, serve_demo
+from conftest import ROOT, serve_demo, served
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -53,20 +53,12 @@ def hosted(tmp_path_factory):
         yield root, published, url
 
 
-def _status(url: str, path) -> int:
-    try:
-        with urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as err:
-        return err.code
-
-
 def test_only_what_the_run_published_is_served(hosted):
     root, published, url = hosted
     images = published.images
     tall = int(np.flatnonzero(images["relpath"] == "12_tall.jpg")[0])
-    assert _status(url, published.web(tall)) == 200  # the positive controls
-    assert _status(url, published.thumb(tall)) == 200
+    assert served(url, published.web(tall)) == 200  # the positive controls
+    assert served(url, published.thumb(tall)) == 200
     refused = [
         root / "real" / "notes.txt",
         root / "real" / ".env",
@@ -77,7 +69,7 @@ def test_only_what_the_run_published_is_served(hosted):
         "/etc/passwd",
     ]
     for path in refused:
-        assert _status(url, path) in (403, 404), path
+        assert served(url, path) in (403, 404), path
 
 
 def test_web_copies_are_upright_bounded_and_carry_no_metadata(hosted):
