@@ -185,6 +185,18 @@ def _add_blocks(index, X: np.ndarray, metric: str) -> None:
         release(X)
 
 
+def _prepared_whole(X: np.ndarray, metric: str) -> np.ndarray:
+    """All of X prepared in one array, read a block at a time: an HNSW graph must be built
+    by a single `add`. faiss 1.15 builds a poor graph from several adds (recall@16 at ef
+    32–128 fell to 0.57 at 2M in 31 adds and 0.75 at 200k in 4, against 0.99 and 0.998 in
+    one add, on the same vectors). Costs a second copy of X while FAISS copies it in."""
+    out = np.empty(X.shape, dtype=np.float32)
+    for s in range(0, len(X), BLOCK):
+        out[s : s + BLOCK] = _prepared(X[s : s + BLOCK], metric)
+        release(X)
+    return out
+
+
 def _search_blocks(index, X, k: int, metric: str, rows: np.ndarray):
     """Each of `rows`' k nearest other rows: k + 1 are searched and the row itself dropped
     (a row whose duplicates crowded itself out simply loses its last candidate)."""
@@ -210,7 +222,7 @@ def _knn_hnsw(X: np.ndarray, k: int, metric: str, seed: int):
 
     n = len(X)
     index = faiss.IndexHNSWFlat(X.shape[1], HNSW_M)
-    _add_blocks(index, X, metric)
+    index.add(_prepared_whole(X, metric))  # one call: see _prepared_whole
     probe = sample_indices(n, PROBE, seed)
     truth = _exact_for(X, probe, k, metric)
     for ef in EF_SEARCH:
