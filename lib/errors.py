@@ -5,7 +5,8 @@ class GapscopeError(Exception):
     """An error the user can fix: the message says what to do."""
 
 
-def first_line(exc: BaseException) -> str:
-    """An exception's message for a one-line error: its first line, or its type."""
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message for a one-line error: its first line (at most `limit`
+    characters), or its type."""
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return (text[0] if text else type(exc).__name__)[:limit]

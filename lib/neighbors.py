@@ -129,38 +129,37 @@ def distance_blocks(x: np.ndarray, y: np.ndarray, device: str = "cpu", chunk: in
 
 
 def nearest_in(queries: np.ndarray, base: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """Index of each query's nearest row of `base` (euclidean), in bounded memory: FAISS's
-    flat index on the CPU (torch's blocks wrote a 2,048 × len(base) matrix per step: at
-    2M queries into 40k points, 12 minutes of a 1M + 1M run), torch's blocks on a GPU."""
-    if device.startswith("cpu") and importlib.util.find_spec("faiss") is not None:
-        import faiss
-
-        index = faiss.IndexFlatL2(base.shape[1])
-        index.add(np.ascontiguousarray(base, dtype=np.float32))
-        return index.search(np.ascontiguousarray(queries, dtype=np.float32), 1)[1][:, 0]
-    out = np.empty(len(queries), dtype=np.int64)
-    for s, d in distance_blocks(queries, base, device):
-        out[s : s + len(d)] = d.argmin(dim=1).cpu().numpy()
-    return out
+    """Index of each query's nearest row of `base` (euclidean), in bounded memory (torch's
+    blocks wrote a 2,048 × len(base) matrix per step: at 2M queries into 40k points, 12
+    minutes of a 1M + 1M run; FAISS's flat index takes seconds)."""
+    return _nearest_rows(queries, base, 1, device)[1][:, 0]
 
 
 def distances_to_nearest(
     queries: np.ndarray, base: np.ndarray, k: int, device: str = "cpu"
 ) -> np.ndarray:
     """(n, k) euclidean distances from each query to its k nearest rows of `base`,
-    nearest first (queries are not in base): FAISS's flat index on the CPU (2.5× torch's
-    blocks there), torch's blocks on a GPU."""
+    nearest first (queries are not in base)."""
+    return _nearest_rows(queries, base, k, device)[0]
+
+
+def _nearest_rows(queries, base, k: int, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """(distances, indices) of each query's k nearest rows of `base`, euclidean: FAISS's
+    flat index on the CPU (2.5× torch's blocks there), torch's blocks on a GPU."""
     if device.startswith("cpu") and importlib.util.find_spec("faiss") is not None:
         import faiss
 
         index = faiss.IndexFlatL2(base.shape[1])
         index.add(np.ascontiguousarray(base, dtype=np.float32))
-        d2 = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[0]
-        return np.sqrt(np.maximum(d2, 0))
-    out = np.empty((len(queries), k), dtype=np.float32)
+        d2, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return distances_from_d2(d2, "euclidean"), found
+    distances = np.empty((len(queries), k), dtype=np.float32)
+    found = np.empty((len(queries), k), dtype=np.int64)
     for s, d in distance_blocks(queries, base, device):
-        out[s : s + len(d)] = d.topk(k, dim=1, largest=False).values.cpu().numpy()
-    return out
+        top = d.topk(k, dim=1, largest=False)
+        distances[s : s + len(d)] = top.values.cpu().numpy()
+        found[s : s + len(d)] = top.indices.cpu().numpy()
+    return distances, found
 
 
 def _knn_faiss(X: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -171,17 +170,25 @@ def _knn_faiss(X: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarr
     return _search_blocks(index, X, k, metric, np.arange(len(X)))
 
 
-def _prepared(block: np.ndarray, metric: str) -> np.ndarray:
-    """float32 rows, unit length for cosine (whose distance is then ‖a − b‖² / 2)."""
+def prepared(block: np.ndarray, metric: str) -> np.ndarray:
+    """float32 rows as FAISS's L2 indexes take them: unit length for cosine (whose
+    distance is then ‖a − b‖² / 2, see `distances_from_d2`)."""
     data = np.ascontiguousarray(block, dtype=np.float32)
     if metric == "cosine":
         data = data / np.maximum(np.linalg.norm(data, axis=1, keepdims=True), 1e-12)
     return data
 
 
+def distances_from_d2(d2: np.ndarray, metric: str) -> np.ndarray:
+    """The metric's distances from the squared L2 distances FAISS returns for `prepared`
+    rows (clipped at 0: float error makes a point's distance to itself −1e-7)."""
+    d2 = np.maximum(d2, 0)
+    return (d2 / 2 if metric == "cosine" else np.sqrt(d2)).astype(np.float32, copy=False)
+
+
 def _add_blocks(index, X: np.ndarray, metric: str) -> None:
     for s in range(0, len(X), BLOCK):
-        index.add(_prepared(X[s : s + BLOCK], metric))
+        index.add(prepared(X[s : s + BLOCK], metric))
         release(X)
 
 
@@ -192,7 +199,7 @@ def _prepared_whole(X: np.ndarray, metric: str) -> np.ndarray:
     one add, on the same vectors). Costs a second copy of X while FAISS copies it in."""
     out = np.empty(X.shape, dtype=np.float32)
     for s in range(0, len(X), BLOCK):
-        out[s : s + BLOCK] = _prepared(X[s : s + BLOCK], metric)
+        out[s : s + BLOCK] = prepared(X[s : s + BLOCK], metric)
         release(X)
     return out
 
@@ -204,13 +211,13 @@ def _search_blocks(index, X, k: int, metric: str, rows: np.ndarray):
     distances = np.empty((len(rows), k), dtype=np.float32)
     for s in range(0, len(rows), BLOCK):
         block = rows[s : s + BLOCK]
-        d2, found = index.search(_prepared(X[block], metric), k + 1)
+        d2, found = index.search(prepared(X[block], metric), k + 1)
         # move each row's own index to the end (stable, so the rest keep their order)
         order = np.argsort(found == block[:, None], axis=1, kind="stable")[:, :k]
-        found = np.take_along_axis(found, order, axis=1)
-        d2 = np.maximum(np.take_along_axis(d2, order, axis=1), 0)
-        indices[s : s + len(block)] = found
-        distances[s : s + len(block)] = d2 / 2 if metric == "cosine" else np.sqrt(d2)
+        indices[s : s + len(block)] = np.take_along_axis(found, order, axis=1)
+        distances[s : s + len(block)] = distances_from_d2(
+            np.take_along_axis(d2, order, axis=1), metric
+        )
         release(X)
     return indices, distances
 
@@ -251,11 +258,11 @@ def _exact_for(X: np.ndarray, rows: np.ndarray, k: int, metric: str) -> np.ndarr
     second copy of X, unlike a flat index)."""
     import torch
 
-    queries = torch.as_tensor(_prepared(X[rows], metric))
+    queries = torch.as_tensor(prepared(X[rows], metric))
     best_d = torch.full((len(rows), 0), float("inf"))
     best_i = torch.empty((len(rows), 0), dtype=torch.long)
     for s in range(0, len(X), BLOCK):
-        block = torch.as_tensor(_prepared(X[s : s + BLOCK], metric))
+        block = torch.as_tensor(prepared(X[s : s + BLOCK], metric))
         d = torch.cdist(queries, block)
         own = (torch.as_tensor(rows) >= s) & (torch.as_tensor(rows) < s + len(block))
         d[own.nonzero().squeeze(1), torch.as_tensor(rows)[own] - s] = float("inf")

@@ -22,6 +22,7 @@ import numpy as np
 from lib.errors import GapscopeError
 from lib.images import sample_indices
 from lib.memmap import release
+from lib.neighbors import distances_from_d2, prepared
 from lib.params import check_minimums, param
 
 log = logging.getLogger(__name__)
@@ -246,19 +247,13 @@ class KnnPlacement:
                 f"placing points without umap's transform supports the euclidean and cosine "
                 f"metrics, not {params.metric!r}: raise --transform-up-to or --fit-sample"
             )
-        self.cosine = params.metric == "cosine"
+        self.metric = "cosine" if params.metric == "cosine" else "euclidean"
         self.k = params.n_neighbors
         self.model = model
         self.embedding = np.asarray(model.embedding_, dtype=np.float32)
         self.index = faiss.IndexHNSWFlat(fitted.shape[1], 16)
         self.index.hnsw.efSearch = 64
-        self.index.add(self._prepared(fitted))
-
-    def _prepared(self, X: np.ndarray) -> np.ndarray:
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        if self.cosine:
-            X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-        return X
+        self.index.add(prepared(fitted, self.metric))
 
     def place(self, X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """Coordinates of X's `rows` (all rows when None), a block at a time."""
@@ -268,9 +263,8 @@ class KnnPlacement:
         out = np.empty((len(rows), self.embedding.shape[1]), dtype=np.float32)
         for s in range(0, len(rows), self.BLOCK):
             block = rows[s : s + self.BLOCK]
-            d2, idx = self.index.search(self._prepared(X[block]), self.k)
-            d2 = np.maximum(d2, 0)
-            dist = (d2 / 2 if self.cosine else np.sqrt(d2)).astype(np.float32)
+            d2, idx = self.index.search(prepared(X[block], self.metric), self.k)
+            dist = distances_from_d2(d2, self.metric)
             # umap-learn's transform: local_connectivity − 1, then memberships
             lc = max(0.0, self.model.local_connectivity - 1.0)
             sigmas, rhos = smooth_knn_dist(dist, float(self.k), local_connectivity=lc)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from lib.backbones.base import Backbone, file_sha256
 from lib.backbones.registry import register_backbone
-from lib.errors import GapscopeError
+from lib.errors import GapscopeError, first_line
 
 # One entry of Node.getModuleHierarchy(): "name(Type)". SELF marks a method of the
 # current module, UNKNOWN_INSTANCE a free function: neither names a submodule.
@@ -46,7 +46,7 @@ def load_torchscript(path: Path) -> torch.jit.ScriptModule:
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError, ValueError, zipfile errors...
         raise GapscopeError(
-            f"{path} is not a TorchScript file saved with torch.jit.save ({_first_line(exc)}); "
+            f"{path} is not a TorchScript file saved with torch.jit.save ({first_line(exc)}); "
             "for a state dict write NAME=ARCH:CHECKPOINT"
         ) from None
     if not isinstance(module, torch.jit.ScriptModule):
@@ -73,12 +73,6 @@ def torchscript_backbone(checkpoint=None, random_weights: bool = False) -> Backb
         weights=f"{checkpoint} (sha256 {file_sha256(checkpoint)[:12]})",
         info={"architecture": "TorchScript"},
     )
-
-
-def _first_line(exc: Exception) -> str:
-    """An exception's first line, short enough for a one-line error."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:120] if text else type(exc).__name__
 
 
 def module_path(node: torch._C.Node) -> str:
@@ -177,7 +171,7 @@ class ScriptLayerFn:
         try:
             frozen = torch._C._freeze_module(model._c)
         except RuntimeError as exc:  # e.g. a submodule picked from a ModuleList at run time
-            reason = _first_line(exc)
+            reason = first_line(exc)
             raise GapscopeError(
                 f"cannot freeze the TorchScript model to read its layers ({reason}): save it "
                 "with torch.jit.trace, or script a forward that calls fixed submodules"

@@ -20,7 +20,7 @@ import torch
 from lib.backbones.base import load_into
 from lib.backbones.detectron2.config import Arch
 from lib.backbones.detectron2.modules import Detectron2FPN
-from lib.errors import GapscopeError
+from lib.errors import GapscopeError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +69,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("refused persistent id (not a model-zoo pickle)")
 
 
-def _first_line(exc: BaseException) -> str:
-    return ((str(exc).strip().splitlines() or [""])[0] or type(exc).__name__)[:200]
-
-
 def _read_pkl(path: Path) -> Any:
     try:
         with open(path, "rb") as fh:
             return _RestrictedUnpickler(fh, encoding="latin1").load()
     except pickle.UnpicklingError as exc:
-        msg = _first_line(exc)
+        msg = first_line(exc)
         if msg.startswith("refused"):
             raise GapscopeError(
                 f"checkpoint {path} is not a plain model-zoo pickle ({msg}); nothing in it "
@@ -87,7 +83,7 @@ def _read_pkl(path: Path) -> Any:
         raise GapscopeError(f"checkpoint {path} is truncated or corrupt ({msg})") from None
     except Exception as exc:  # noqa: BLE001 - any failure of a user's file is a user error
         raise GapscopeError(
-            f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {_first_line(exc)})"
+            f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {first_line(exc)})"
         ) from None
 
 
