@@ -135,6 +135,51 @@ def bench_pipeline() -> dict:
         }
 
 
+def bench_resume(n_per_domain: int | None = None) -> dict:
+    """What a kill costs: the bundled example's batch job cold (`python -m batch run`,
+    empty feature cache); into another store, the same job SIGKILLed as projection
+    starts (every feature extracted and cached, nothing published), then its rerun, which
+    resumes from the cache. Each in a fresh process, as cron runs them."""
+    import subprocess
+
+    from lib.example import build_example
+    from lib.store import RunStore
+
+    killed_at_projection = (
+        "import os, signal, sys; import lib.pipeline; from batch.cli import main; "
+        "lib.pipeline.project = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
+        "sys.argv = ['batch', *sys.argv[1:]]; main()"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        sizes = {} if n_per_domain is None else {"n_real": n_per_domain,
+                                                 "n_synthetic": n_per_domain}  # fmt: skip
+        example = build_example(Path(tmp) / "example", **sizes).root
+
+        def batch(results: str, *python: str) -> tuple[float, int]:
+            args = ["run", "--real", str(example / "real"), "--synthetic",
+                    str(example / "synthetic"), "--results", str(Path(tmp) / results)]  # fmt: skip
+            t = time.perf_counter()
+            done = subprocess.run([sys.executable, *python, *args], cwd=ROOT,
+                                  capture_output=True, text=True)  # fmt: skip
+            return time.perf_counter() - t, done.returncode
+
+        cold, _ = batch("cold", "-m", "batch")
+        killed, code = batch("killed", "-c", killed_at_projection)
+        if code != -9:
+            raise RuntimeError(f"the kill did not happen (exit {code})")
+        rerun, _ = batch("killed", "-m", "batch")
+        published = RunStore(Path(tmp) / "killed").open()
+        assert published.manifest["cached_images"] == len(published.images)
+        return {
+            "images": len(published.images),
+            "cold_s": round(cold, 1),
+            "killed_at_projection_after_s": round(killed, 1),
+            "rerun_after_kill_s": round(rerun, 1),
+            "rerun_vs_cold": round(rerun / cold, 2),
+            "rerun_stages_s": published.manifest["timings_s"],
+        }
+
+
 def _timed(fn, *args, repeat: int = 1, **kwargs) -> float:
     """Seconds of the fastest of `repeat` calls (the first call of a backend warms it up)."""
     best = float("inf")
@@ -455,15 +500,14 @@ def _click_times(run, clicks: int = 21) -> list[float]:
 
 def bench_demo(clients=(1, 16, 64), seconds: float = 30.0, n_per_domain: int = 150) -> dict:
     """The demo under load: a run of the bundled example (`n_per_domain` images a domain)
-    served by `python -m demo`; for each number of `gradio_client` clients, every client
-    clicks random points (`/select_point`, files not downloaded) for `seconds`: clicks/s,
-    latency percentiles, errors, and the server's CPU (cores busy on average). The
-    clients run on the same machine, so they compete with the server for its cores."""
-    import threading
-
+    served by `python -m demo`; for each number of clients, every client clicks random
+    points (`select_point`, as a browser does: bench/demo_load.py) for `seconds`:
+    clicks/s, latency percentiles, errors, and the server's CPU (cores busy on average).
+    The clients run on the same machine, so they share its cores with the server."""
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import serve_demo
 
+    from bench.demo_load import load
     from lib.example import build_example
     from lib.pipeline import RunConfig, run
     from lib.store import RunStore
@@ -475,54 +519,21 @@ def bench_demo(clients=(1, 16, 64), seconds: float = 30.0, n_per_domain: int = 1
             RunConfig(real=example / "real", synthetic=example / "synthetic", plots=False),
             RunStore(Path(tmp) / "results"),
         )
-        target = (published.id, published.levels[len(published.levels) // 2],
-                  len(published.images))  # fmt: skip
+        level, n = published.levels[len(published.levels) // 2], len(published.images)
+
+        def a_click(rng) -> list:
+            return [json.dumps({"id": int(rng.integers(n)), "t": time.time()}), published.id,
+                    level]  # fmt: skip
+
         with serve_demo(Path(tmp) / "results", timeout=300, process=True) as (url, server):
             for count in clients:
-                stop = time.perf_counter() + seconds
-                results: list = []
-                cpu = _cpu_seconds(server.pid)
-                threads = [
-                    threading.Thread(target=_clicker, args=(url, target, stop, i, results))
-                    for i in range(count)
-                ]
-                t0 = time.perf_counter()
-                for th in threads:
-                    th.start()
-                for th in threads:
-                    th.join()
+                cpu, t0 = _cpu_seconds(server.pid), time.perf_counter()
+                row = load(url, "select_point", a_click, count, seconds)
                 wall = time.perf_counter() - t0
-                ms = np.array([r for r in results if isinstance(r, float)]) * 1000
-                errors = [r for r in results if isinstance(r, str)]
-                pct = {q: round(float(np.percentile(ms, q)), 1) if len(ms) else None
-                       for q in (50, 95, 99)}  # fmt: skip
-                out[f"{count}_clients"] = {
-                    "clicks_per_s": round(len(ms) / wall, 1),
-                    "p50_ms": pct[50], "p95_ms": pct[95], "p99_ms": pct[99],
-                    "errors": len(errors),
-                    "error_kinds": sorted(set(errors)),
-                    "server_cores_busy": round((_cpu_seconds(server.pid) - cpu) / wall, 2),
-                }  # fmt: skip
-                print(f"bench: demo {count} clients: {out[f'{count}_clients']}", file=sys.stderr)
-    return {"images": target[2], "seconds_each": seconds, **out}
-
-
-def _clicker(url: str, target: tuple, stop: float, seed: int, results: list) -> None:
-    """One client clicking random points until `stop`: appends each click's seconds, or
-    the name of the error it met (list.append is atomic)."""
-    from gradio_client import Client
-
-    run_id, level, n = target
-    client = Client(url, verbose=False, download_files=False)
-    rng = np.random.default_rng(seed)
-    while time.perf_counter() < stop:
-        payload = json.dumps({"id": int(rng.integers(n)), "t": time.time()})
-        t = time.perf_counter()
-        try:
-            client.predict(payload, run_id, level, api_name="/select_point")
-            results.append(time.perf_counter() - t)
-        except Exception as exc:  # noqa: BLE001 - counted and reported
-            results.append(type(exc).__name__)
+                row["server_cores_busy"] = round((_cpu_seconds(server.pid) - cpu) / wall, 2)
+                out[f"{count}_clients"] = row
+                print(f"bench: demo {count} clients: {row}", file=sys.stderr)
+    return {"images": n, "seconds_each": seconds, **out}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -541,6 +552,7 @@ SECTIONS = {
     "caricature": bench_caricature,
     "scale": bench_scale,
     "demo": bench_demo,
+    "resume": bench_resume,
 }
 
 

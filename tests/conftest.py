@@ -84,13 +84,14 @@ def demo_url(published_run, results_dir):
 
 
 @contextlib.contextmanager
-def serve_demo(results_dir: Path, timeout: float = 90, process: bool = False):
-    """`python -m demo` over a results folder, on a free port; yields its URL once it
-    answers (within `timeout` seconds), with its process when `process`."""
+def serve_demo(results_dir: Path, timeout: float = 90, process: bool = False, args=()):
+    """`python -m demo` over a results folder (and `args`), on a free port; yields its URL
+    once it answers (within `timeout` seconds), with its process when `process`."""
     port = free_port()
     log = open(results_dir / "demo.log", "w")
+    command = [sys.executable, "-m", "demo", "--results", str(results_dir), "--port", str(port)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "demo", "--results", str(results_dir), "--port", str(port)],
+        [*command, *args],
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -56,3 +56,10 @@ def test_demo_section_loads_the_server_with_clients_and_counts_errors(bench):
     assert load["clicks_per_s"] > 0 and load["errors"] == 0
     assert load["p50_ms"] <= load["p95_ms"] <= load["p99_ms"]
     assert load["server_cores_busy"] > 0
+
+
+def test_resume_section_times_a_cold_run_and_the_rerun_after_a_kill(bench):
+    out = bench.bench_resume(n_per_domain=20)
+    assert out["images"] == 40
+    assert out["cold_s"] > 0 and out["rerun_after_kill_s"] > 0
+    assert "extract" in str(out["rerun_stages_s"])
