@@ -13,6 +13,7 @@ import gradio as gr
 import numpy as np
 
 from demo.runs import (
+    PathGallery,
     Tab,
     caption,
     default_level,
@@ -237,7 +238,7 @@ def on_run(store: RunStore, run_id: str, metric: str):
 
 
 def _gallery(label: str, elem_id: str | None = None) -> gr.Gallery:
-    return gr.Gallery(label=label, columns=8, height=260, elem_id=elem_id)
+    return PathGallery(label=label, columns=8, height=260, elem_id=elem_id)
 
 
 def build(store: RunStore, first: Run) -> Tab:
