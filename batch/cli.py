@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from batch import annotations
 from batch.options import options_from
 from lib.caricature_job import CaricatureJob
 from lib.errors import GapscopeError
@@ -23,6 +24,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+app.add_typer(annotations.app, name="annotations")
 
 RESULTS = Path("results")
 ResultsOpt = Annotated[Path, typer.Option("--results", help="Run store directory.")]

@@ -32,12 +32,33 @@ def main(argv: list[str] | None = None) -> None:
         help="Serve the 'building the example run' page (what docker/entrypoint.sh starts "
         "beside the first batch run) until a run is published, then exit.",
     )
+    parser.add_argument(
+        "--queue-size",
+        type=int,
+        default=256,
+        help="Events that may wait for the server; beyond them a visitor is told the queue "
+        "is full (HTTP 503) at once rather than left waiting (default: 256)",
+    )
+    parser.add_argument(
+        "--write-token",
+        default=os.environ.get("GAPSCOPE_WRITE_TOKEN"),
+        help="Let visitors who give this token tag images and fix labels (env "
+        "GAPSCOPE_WRITE_TOKEN). Without it a demo on 127.0.0.1 writes freely and any other "
+        "is read-only.",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls home
+    # Gradio's queue rebuilds a pandas summary of its last 10,000 events after every event
+    # (for its monitoring page, unused here): a cost per click that grew with the uptime
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(10**9))
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
     try:
         _check_originals(args.serve_originals, args.host, args.force)
         _check_port(args.host, args.port)
+        if args.queue_size < 1:
+            raise GapscopeError(f"--queue-size must be at least 1, got {args.queue_size}")
         from demo.app import CSS, allowed_paths, build_app
+        from demo.curation import Editing
         from demo.serve import building_app, serve
         from lib.store import RunStore
 
@@ -48,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
                   stop_when=lambda: store.latest_id() is not None)  # fmt: skip
             return
         roots = allowed_paths(store, originals=args.serve_originals)  # every manifest, once
-        serve(build_app(args.results, roots), store, args.host, args.port, roots, css=CSS)
+        editing = Editing.decide(args.host, args.write_token, LOCAL_HOSTS)
+        app = build_app(args.results, roots, queue_size=args.queue_size, editing=editing)
+        serve(app, store, args.host, args.port, roots, css=CSS)
     except GapscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -13,7 +13,9 @@ from pathlib import Path
 import gradio as gr
 
 from demo import caricatures, overlap, report
+from demo.curation import Editing
 from demo.runs import ASSETS, banner, open_id, open_run, run_choices
+from demo.static_paths import set_static_paths
 from lib.store import RunStore
 
 CSS = """
@@ -21,7 +23,10 @@ CSS = """
 #neighbours .caption-label {font-size: 11px;}
 """
 CONCURRENT_EVENTS = 8  # see README, Security and reliability: the load measured
-QUEUE_SIZE = 256
+QUEUE_SIZE = 256  # events waiting beyond this are answered "queue full" (HTTP 503) at once
+# seconds between queue-position messages to waiting browsers; "auto" (Gradio's default)
+# sends every waiting event a message whenever one finishes: 64 waiting clicks, 64² a round
+STATUS_EVERY_S = 2.0
 TITLE = "# gapscope — does your model see synthetic images like real ones?"
 
 
@@ -47,12 +52,18 @@ def show_banner(store: RunStore, run_id: str) -> str:
     return banner(open_id(store, run_id))
 
 
-def build_app(results: Path, roots: list[str] | None = None) -> gr.Blocks:
+def build_app(
+    results: Path,
+    roots: list[str] | None = None,
+    queue_size: int = QUEUE_SIZE,
+    editing: Editing | None = None,
+) -> gr.Blocks:
     """The app over the run store at `results`; `roots`: the folders it may serve files
-    from (default: `allowed_paths`, computed here)."""
+    from (default: `allowed_paths`, computed here); `queue_size`: events that may wait;
+    `editing`: whether users may write annotations (default: read-only)."""
     store = RunStore(results)
     roots = roots if roots is not None else allowed_paths(store)
-    gr.set_static_paths(roots)
+    set_static_paths(roots)
     choices = run_choices(store)
     if not choices:
         with gr.Blocks(title="gapscope") as app:
@@ -64,7 +75,7 @@ def build_app(results: Path, roots: list[str] | None = None) -> gr.Blocks:
         return app
     first = open_id(store, store.latest_id() or choices[0][1])
     tabs = {
-        "Overlap": overlap.build(store, roots, first),
+        "Overlap": overlap.build(store, roots, first, editing),
         "Gap report": report.build(store, first),
         "Caricatures": caricatures.build(store, first),
     }
@@ -82,5 +93,6 @@ def build_app(results: Path, roots: list[str] | None = None) -> gr.Blocks:
         app.load(partial(refresh, store), run_dd, run_dd)
     # every event only reads published runs: run them side by side rather than one at a
     # time, and answer "queue full" rather than let a crowd wait without end
-    app.queue(default_concurrency_limit=CONCURRENT_EVENTS, max_size=QUEUE_SIZE)
+    app.queue(default_concurrency_limit=CONCURRENT_EVENTS, max_size=queue_size,
+              status_update_rate=STATUS_EVERY_S)  # fmt: skip
     return app

@@ -18,8 +18,11 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from demo import curation
+from demo.curation import Editing
 from demo.runs import (
     METHOD_LABELS,
+    PathGallery,
     Tab,
     caption,
     cluster_names,
@@ -372,26 +375,31 @@ def find_image(store: RunStore, roots: list[str], query: str, run_id: str, level
     run = open_id(store, run_id)
     query = (query or "").strip()
     if not query:
-        return gr.skip(), gr.skip(), gr.skip()
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     if query.lstrip("#").isdigit() and int(query.lstrip("#")) < len(run.images):
         return _selection(run, roots, int(query.lstrip("#")), level)
     paths = image_column(run, "relpath")
     hits = np.flatnonzero(np.char.find(paths.astype(str), query) >= 0)
     if len(hits) == 0:
-        return gr.skip(), gr.skip(), f"No image of this run has {query!r} in its name or id."
-    image, gallery, info = _selection(run, roots, int(hits[0]), level)
+        message = f"No image of this run has {query!r} in its name or id."
+        return gr.skip(), gr.skip(), message, gr.skip()
+    image, gallery, info, row = _selection(run, roots, int(hits[0]), level)
     more = f" ({len(hits):,} match {query!r}; the first is shown.)" if len(hits) > 1 else ""
-    return image, gallery, info + more
+    return image, gallery, info + more, row
 
 
 def _selection(run: Run, roots: list[str], row: int | None, level: str):
+    """(image, neighbours, what was selected, its row). The image's caption is in the text, not its
+    label: a label update makes Gradio rebuild the component's JSON schema on every click
+    (a fifth of a click's server time)."""
     if row is None or not 0 <= row < len(run.images) or level not in run.levels:
-        return gr.skip(), gr.skip(), gr.skip()
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     return (
-        gr.update(value=picture(shown_image(run, row, roots)), label=caption(run, row)),
+        picture(shown_image(run, row, roots)),  # a value, not an update: see the docstring
         neighbour_gallery(run, level, row),
         f"**Selected {caption(run, row)}** — `{image_column(run, 'relpath')[row]}`; "
         f"its {run.manifest['config']['k']} nearest neighbours at level {level}:",
+        row,
     )
 
 
@@ -410,7 +418,7 @@ def on_run(store: RunStore, run_id: str, direction: str, color_by: str, method: 
     )
 
 
-def build(store: RunStore, roots: list[str], first: Run) -> Tab:
+def build(store: RunStore, roots: list[str], first: Run, editing: Editing | None = None) -> Tab:
     first_methods = methods(first)
     with gr.Blocks() as blocks:
         run_id = gr.Textbox(first.id, visible=False)
@@ -435,8 +443,10 @@ def build(store: RunStore, roots: list[str], first: Run) -> Tab:
             with gr.Column(scale=2):
                 selected = gr.Image(label="Selected image", height=260, elem_id="selected_image")
                 info = gr.Markdown("Click a point in the plot to see its nearest neighbours.")
-                gallery = gr.Gallery(label="Nearest neighbours", columns=4, height=420,
+                gallery = PathGallery(label="Nearest neighbours", columns=4, height=420,
                                      elem_id="neighbours")  # fmt: skip
+                selected_row = gr.Number(-1, visible=False, precision=0)
+                curation.panel(store, editing or Editing(False), run_id, level, selected_row)
         click_box = gr.Textbox(elem_id="click_box", visible="hidden")
         zoom_box = gr.Textbox(elem_id="zoom_box", visible="hidden")
         choices = [run_id, level, direction, color_by, method, view, contours]
@@ -448,11 +458,11 @@ def build(store: RunStore, roots: list[str], first: Run) -> Tab:
         )  # fmt: skip
         click_box.change(
             partial(select_point, store, roots), [click_box, run_id, level],
-            [selected, gallery, info], api_name="select_point",
+            [selected, gallery, info, selected_row], api_name="select_point",
         )  # fmt: skip
         search.submit(
             partial(find_image, store, roots), [search, run_id, level],
-            [selected, gallery, info], api_name="find_image",
+            [selected, gallery, info, selected_row], api_name="find_image",
         )  # fmt: skip
         blocks.load(None, None, None, js=SELECT_ON_CLICK_JS)
     return Tab(blocks, run_id, on_run, [direction, color_by, method, view, contours],

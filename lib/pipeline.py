@@ -102,6 +102,16 @@ class RunConfig:
         "shows large (it never serves the input folders).",
         minimum=160,
     )
+    exclude_tags: tuple[str, ...] = param(
+        (),
+        "Repeatable: leave out the images users gave this tag in the demo (or `batch "
+        "annotations`), e.g. --exclude-tag remove.",
+        flag="--exclude-tag",
+        cli_type=list[str],
+    )
+    labels_from_annotations: bool = param(
+        False, "Use the labels users corrected (results/annotations.sqlite) as categories."
+    )
     backend: str = param("auto", "auto | cuml | cpu")
     plots: bool = param(True, "Write the static 3D PNGs.")
     gap: GapParams = field(default_factory=GapParams)
@@ -112,6 +122,7 @@ class RunConfig:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["projections"] = list(self.projections)
+        d["exclude_tags"] = list(self.exclude_tags)
         for key in ("real", "synthetic", "checkpoint", "detectron2_config"):
             d[key] = str(d[key]) if d[key] is not None else None
         return d
@@ -123,6 +134,7 @@ class Scanned:
 
     sets: dict[str, ImageSet | EmbeddingSet]
     size: tuple[int, int] | None  # what every prepared image measures; None for embeddings
+    annotations: dict | None = None  # what applying the users' annotations did
 
     @property
     def embeddings(self) -> bool:
@@ -176,7 +188,7 @@ def run(config: RunConfig, store: RunStore, progress: Progress | None = None) ->
     started = datetime.now(timezone.utc)
     with store.writing() as writer:
         with stages("scan", f"{config.real} and {config.synthetic}") as stage:
-            scanned = scan(config, prepare, projectors, writer)
+            scanned = scan(config, prepare, projectors, writer, store.root)
             stage.summary = ", ".join(f"{len(s)} {d}" for d, s in scanned.sets.items())
         backend = choose_backend(
             config.backend, config.precision, config.workers, n_images=len(scanned)
@@ -242,9 +254,12 @@ def _projectors(config: RunConfig, implementation: str = "cpu") -> list:
 # ---- stages ---------------------------------------------------------------------------
 
 
-def scan(config: RunConfig, prepare: Prepare, projectors: list, writer: RunWriter) -> Scanned:
+def scan(
+    config: RunConfig, prepare: Prepare, projectors: list, writer: RunWriter, results: Path
+) -> Scanned:
     """Find, hash and check every image (thumbnails written on the way), or read the
-    given embeddings; check there are enough for every projection."""
+    given embeddings; apply the users' annotations kept in `results` when asked; check
+    there are enough images for every projection."""
     kinds = {d: is_embeddings(getattr(config, d)) for d in DOMAINS}
     if len(set(kinds.values())) > 1:
         given = next(d for d, k in kinds.items() if k)
@@ -269,10 +284,35 @@ def scan(config: RunConfig, prepare: Prepare, projectors: list, writer: RunWrite
             for domain in DOMAINS
         }  # fmt: skip
         scanned = Scanned(sets, check_common_size(list(sets.values()), prepare))
+    if config.exclude_tags or config.labels_from_annotations:
+        scanned = _annotated(scanned, config, results)
     for projector in projectors:
         for domain, image_set in scanned.sets.items():
             projector.check(len(image_set), len(scanned), domain)
     return scanned
+
+
+def _annotated(scanned: Scanned, config: RunConfig, results: Path) -> Scanned:
+    """The scan without the images tagged `config.exclude_tags`, with corrected labels
+    when `config.labels_from_annotations`; records what was applied."""
+    from lib.annotations import Annotations
+    from lib.curation import apply
+
+    if scanned.embeddings:
+        raise GapscopeError(
+            "--exclude-tag and --labels-from-annotations apply to images (folders or "
+            "arrays), not to given embeddings: filter the embeddings file instead"
+        )
+    notes = Annotations.of(results)
+    sets, applied = {}, {}
+    for domain, image_set in scanned.sets.items():
+        sets[domain], applied[domain] = apply(
+            image_set, notes, config.exclude_tags, config.labels_from_annotations
+        )
+    record = {"database": str(notes.path.resolve()), "audit_seq": notes.last_seq(),
+              "exclude_tags": list(config.exclude_tags),
+              "labels_from_annotations": config.labels_from_annotations, **applied}  # fmt: skip
+    return Scanned(sets, scanned.size, record)
 
 
 def _scan_embeddings(config: RunConfig, writer: RunWriter) -> Scanned:
@@ -534,6 +574,7 @@ def manifest(
         ],
         "padded": 0 if scanned.embeddings else sum(r.padded for _, r in scanned.items),
         "counts": {d: int(len(r)) for d, r in scanned.rows.items()},
+        "annotations": scanned.annotations,
         "feature_dims": {level: int(v.shape[1]) for level, v in vectors.items()},
         "cached_images": cached,
         "neighbors": searches,

@@ -106,7 +106,10 @@ def gallery_captions(page) -> list[str]:
     ]
 
 
-def test_clicking_where_a_tooltip_shows_selects_that_image(page):
+def test_clicking_where_a_tooltip_shows_selects_that_image(page, results_dir):
+    from lib.store import RunStore
+
+    run = RunStore(results_dir).open()
     assert gallery_captions(page) == []
     points = points_with_tooltips(page, wanted=3)
     assert len(points) == 3
@@ -120,7 +123,8 @@ def test_clicking_where_a_tooltip_shows_selects_that_image(page):
         )
         captions = gallery_captions(page)
         assert len(captions) == 8 and all("d=" in c for c in captions)
-        assert f"#{row} " in page.inner_text("#selected_image")
+        shown = run.web(row) or run.thumb(row)  # that image, large
+        assert page.get_attribute("#selected_image img", "src").endswith(shown.name)
 
 
 def select_some_point(page) -> int:
@@ -279,3 +283,96 @@ def _points_drawn(page) -> int:
         "() => document.querySelector('#overlap_plot .js-plotly-plot')._fullData"
         ".filter(t => t.type === 'scattergl').reduce((n, t) => n + t._length, 0)"
     )
+
+
+# ---- curating: tag, relabel, reload, download ---------------------------------------------
+
+
+def find(page, row: int) -> None:
+    """Select an image by its #id with the "Find an image" box, as after a reload; wait
+    until the curating panel shows it."""
+    page.fill("#find_image textarea, #find_image input", f"#{row}")
+    page.keyboard.press("Enter")
+    wait_selected(page, row)
+    notes_say(page, f"#{row}:")
+
+
+def notes_say(page, text: str) -> None:
+    page.wait_for_function(
+        "(t) => document.querySelector('#image_notes').innerText.includes(t)", arg=text,
+        timeout=20_000,
+    )  # fmt: skip
+
+
+def download(page, kind: str) -> str:
+    """Choose an export, prepare it, click the file link as a person does; its text."""
+    page.locator("#export_kind").get_by_text(kind, exact=True).click()
+    page.click("#export_button")
+    link = page.wait_for_selector("#export_file a", timeout=20_000)
+    with page.expect_download() as got:
+        link.click()
+    with open(got.value.path(), encoding="utf-8") as fh:
+        return fh.read()
+
+
+def test_a_tag_survives_a_reload_and_the_download_holds_it(page, demo_url, browser):
+    import csv
+    import io
+
+    row = select_some_point(page)
+    page.fill("#tag_name textarea, #tag_name input", "odd lighting")
+    page.click("#tag_button")
+    notes_say(page, "odd lighting")
+    with visit(browser, demo_url) as again:  # another visit: nothing kept in the browser
+        find(again, row)
+        notes_say(again, f"#{row}: tags: odd lighting")
+        rows = list(csv.DictReader(io.StringIO(download(again, "CSV"))))
+        tagged = [int(r["id"]) for r in rows if "odd lighting" in r["tags"].split(";")]
+        assert tagged == [row]
+
+
+def test_a_relabel_and_a_removal_reach_the_corrected_metadata(page, results_dir, example_dir):
+    import csv
+    import io
+
+    from lib.store import RunStore
+
+    run = RunStore(results_dir).open()
+    synthetic = [int(i) for i in run.images.index[run.images["domain"] == "synthetic"]]
+    fixed, removed = synthetic[2], synthetic[3]
+    find(page, fixed)
+    page.fill("#label_box textarea, #label_box input", "seven")
+    page.click("#label_button")
+    notes_say(page, "→ seven")
+    find(page, removed)
+    page.click("#remove_button")
+    notes_say(page, "remove")
+    got = list(csv.DictReader(io.StringIO(download(page, "corrected metadata.csv"))))
+    path = {i: str(run.images.at[i, "path"]) for i in (fixed, removed)}
+    original = list(csv.DictReader((example_dir / "metadata.csv").open(encoding="utf-8-sig")))
+    expected = []
+    for r in original:
+        where = str((example_dir / r["filename"]).resolve())
+        if where == path[removed]:
+            continue
+        expected.append({**r, "category": "seven"} if where == path[fixed] else r)
+    assert got == expected
+
+
+def test_two_browsers_tagging_at_once_both_keep_their_edits(browser, demo_url, results_dir):
+    from lib.annotations import Annotations
+    from lib.store import RunStore
+
+    run = RunStore(results_dir).open()
+    with visit(browser, demo_url) as one, visit(browser, demo_url) as two:
+        for page, row in ((one, 11), (two, 12)):
+            find(page, row)
+            page.fill("#tag_name textarea, #tag_name input", f"from tab {row}")
+        one.click("#tag_button")
+        two.click("#tag_button")  # without waiting for the first
+        notes_say(one, "from tab 11")
+        notes_say(two, "from tab 12")
+    notes = Annotations.of(results_dir)
+    for row in (11, 12):
+        key = (run.images.at[row, "hash"], run.images.at[row, "relpath"])
+        assert notes.tagged(f"from tab {row}") == {key}

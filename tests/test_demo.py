@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def test_click_returns_the_exact_neighbours(client, results_dir):
     d[row, row] = np.inf
     nearest = np.sort(d[row])[:8]
 
-    image, gallery, info = client.predict(
+    image, gallery, info, selected = client.predict(
         json.dumps({"id": row, "t": 1}), run.id, "c4", api_name="/select_point"
     )
     rows = [_row_of(item["caption"]) for item in gallery]
@@ -45,8 +46,8 @@ def test_click_returns_the_exact_neighbours(client, results_dir):
     shown = [float(item["caption"].rsplit("d=", 1)[1]) for item in gallery]
     np.testing.assert_allclose(shown, nearest, atol=2e-3)  # captions round to 3 decimals
     np.testing.assert_allclose(d[row, rows], nearest, atol=1e-5)  # truly the nearest
-    assert image["label"].startswith(f"#{row} synthetic")
-    assert f"#{row} synthetic" in info
+    assert Path(image).name == (run.web(row) or run.thumb(row)).name  # shown large
+    assert f"#{row} synthetic" in info and selected == row
 
 
 def test_a_click_on_another_level_gives_other_neighbours(client, results_dir):
@@ -54,8 +55,8 @@ def test_a_click_on_another_level_gives_other_neighbours(client, results_dir):
 
     run = RunStore(results_dir).open()
     payload = json.dumps({"id": 3, "t": 2})
-    _, g2, _ = client.predict(payload, run.id, "c2", api_name="/select_point")
-    _, g5, _ = client.predict(payload, run.id, "c5", api_name="/select_point")
+    _, g2, _, _ = client.predict(payload, run.id, "c2", api_name="/select_point")
+    _, g5, _, _ = client.predict(payload, run.id, "c5", api_name="/select_point")
     expected = [int(j) for j in run.neighbors("c5")[0][3]]
     assert [_row_of(i["caption"]) for i in g5] == expected
     assert [i["caption"] for i in g2] != [i["caption"] for i in g5]
@@ -151,7 +152,6 @@ def test_history_reads_each_runs_metrics_old_runs_included(published_run, tmp_pa
     """A store with today's run and one written before metrics had one record shape
     (tests/fixtures/schema1): one point per run, each y the run's own metrics.json."""
     import shutil
-    from pathlib import Path
 
     from demo import report
     from lib.store import RunStore
@@ -199,7 +199,6 @@ def test_plot_can_be_coloured_by_cluster(published_run):
 def test_a_run_from_before_the_record_shape_opens_in_every_tab():
     """tests/fixtures/schema1: a run published by the code before metrics had one record
     shape. Every tab's functions read it, with its own numbers."""
-    from pathlib import Path
 
     from demo import caricatures, report
     from lib.store import RunStore

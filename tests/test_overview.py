@@ -102,13 +102,13 @@ def test_an_image_is_found_by_id_or_by_name(lopsided, tmp_path):
     from lib.store import RunStore
 
     store = RunStore(lopsided.dir.parent.parent)
-    _, gallery, info = views.find_image(store, [], "#17", lopsided.id, "embedding")
-    assert info.startswith("**Selected #17 real") and len(gallery) == 8
-    _, _, info = views.find_image(store, [], "synthetic/0000042", lopsided.id, "embedding")
+    _, gallery, info, row = views.find_image(store, [], "#17", lopsided.id, "embedding")
+    assert info.startswith("**Selected #17 real") and len(gallery) == 8 and row == 17
+    _, _, info, _ = views.find_image(store, [], "synthetic/0000042", lopsided.id, "embedding")
     assert info.startswith("**Selected #2042 synthetic")
-    _, _, info = views.find_image(store, [], "real/00001", lopsided.id, "embedding")
+    _, _, info, _ = views.find_image(store, [], "real/00001", lopsided.id, "embedding")
     assert "(100 match 'real/00001'; the first is shown.)" in info
-    _, _, info = views.find_image(store, [], "no-such-file", lopsided.id, "embedding")
+    _, _, info, _ = views.find_image(store, [], "no-such-file", lopsided.id, "embedding")
     assert info == "No image of this run has 'no-such-file' in its name or id."
 
 

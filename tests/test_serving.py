@@ -3,6 +3,7 @@ file-serving probe, web copies instead of originals, no server paths on the page
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import urllib.error
@@ -92,10 +93,11 @@ def test_the_page_shows_no_server_paths_and_a_click_shows_the_web_copy(hosted):
     assert str(root) not in page
     client = Client(url, verbose=False)
     tall = int(np.flatnonzero(published.images["relpath"] == "12_tall.jpg")[0])
-    image, gallery, info = client.predict(
+    image, gallery, info, row = client.predict(
         f'{{"id": {tall}}}', published.id, "c3", api_name="/select_point"
     )
-    with Image.open(image["value"]) as shown:  # an update: the image and its label
+    assert row == tall
+    with Image.open(image) as shown:  # the file the demo shows large, downloaded
         assert shown.size == (614, 1024)  # the web copy, not the 1500-px original
     assert "12_tall.jpg" in info
 
@@ -154,3 +156,114 @@ def test_a_first_start_serves_a_building_page_that_hands_over_to_the_demo(tmp_pa
     finally:
         proc.kill()
     print(f"building page answered after {answered:.1f} s")
+
+
+def test_the_cached_static_check_answers_as_gradio_does(tmp_path):
+    """The demo answers Gradio's per-file check from a cache (demo/static_paths.py); it
+    must give Gradio's own answer: files under the served folders in place, others not."""
+    import gradio.utils
+    from gradio.data_classes import FileData
+
+    from demo import static_paths
+
+    served_dir, other = tmp_path / "runs", tmp_path / "data"
+    for folder in (served_dir, other):
+        folder.mkdir()
+        (folder / "a.png").write_bytes(b"x")
+    static_paths.set_static_paths([str(served_dir)])
+    assert gradio.utils.is_static_file is static_paths.is_static_file
+    inside, outside = served_dir / "a.png", other / "a.png"
+    for _ in range(2):  # computed, then cached
+        assert static_paths.is_static_file(str(inside))
+        assert static_paths.is_static_file(FileData(path=str(inside)))
+        assert not static_paths.is_static_file(str(outside))
+        assert not static_paths.is_static_file(str(served_dir / ".." / "data" / "a.png"))
+    assert not static_paths.is_static_file(None)
+    static_paths.set_static_paths([str(other)])  # a new app's folders: the cache starts over
+    assert static_paths.is_static_file(str(outside))
+
+
+def test_a_crowd_beyond_the_queue_is_told_so_at_once(published_run, results_dir):
+    """More clicks than the queue holds: the surplus is answered "queue full" (HTTP 503)
+    straight away, the rest are answered, and nothing hangs (bench/demo_load.py is the
+    crowd: sessions clicking as browsers do)."""
+    from bench.demo_load import load
+
+    def a_click(rng) -> list:
+        return [json.dumps({"id": int(rng.integers(40)), "t": 1}), published_run.id, "c3"]
+
+    with serve_demo(results_dir, args=("--queue-size", "1")) as url:
+        crowd = load(url, "select_point", a_click, clients=24, seconds=4)
+    assert crowd["clicks_per_s"] > 0  # answered ones
+    assert crowd["error_kinds"] == ["HTTP 503"] and crowd["errors"] > 0
+
+
+def test_a_public_demo_is_read_only_unless_given_a_write_token(published_run, results_dir):
+    """On a public host: no editing controls and no editing API without a token; with
+    one, a change carrying a wrong token is refused and the right one is written."""
+    import httpx
+    from gradio_client import Client
+
+    from lib.annotations import Annotations
+
+    def elem_ids(url) -> set:
+        config = httpx.get(f"{url}config", timeout=30).json()
+        return {c.get("props", {}).get("elem_id") for c in config["components"]}
+
+    with serve_demo(results_dir, args=("--host", "0.0.0.0")) as url:
+        assert "image_notes" in elem_ids(url)  # what others decided is shown
+        assert not {"curate", "tag_button", "remove_button"} & elem_ids(url)
+        api = Client(url, verbose=False).view_api(print_info=False, return_format="dict")
+        assert "/select_point" in api["named_endpoints"]
+        assert not {"/tag", "/save_label", "/flag_removal"} & set(api["named_endpoints"])
+    with serve_demo(results_dir, args=("--host", "0.0.0.0", "--write-token", "s3cret")) as url:
+        assert {"curate", "write_token"} <= elem_ids(url)
+        client = Client(url, verbose=False)
+        args = (published_run.id, "c3", 5, "public", "this image", "eve")
+        with pytest.raises(Exception, match="Wrong write token"):
+            client.predict(*args, "guess", api_name="/tag")
+        client.predict(*args, "s3cret", api_name="/tag")
+    key = (published_run.images.at[5, "hash"], published_run.images.at[5, "relpath"])
+    assert Annotations.of(results_dir).tagged("public") == {key}
+    assert Annotations.of(results_dir).audit()[-1]["who"] == "eve"
+
+
+def test_the_demo_killed_in_a_burst_of_edits_loses_no_committed_one(published_run, tmp_path):
+    import shutil
+    import signal
+    import sqlite3
+    import threading
+
+    from gradio_client import Client
+
+    from lib.annotations import Annotations
+
+    results = tmp_path / "results"
+    shutil.copytree(published_run.dir.parent.parent, results, symlinks=True,
+                    ignore=shutil.ignore_patterns("annotations.sqlite*", "cache"))  # fmt: skip
+    done: list[int] = []
+    with serve_demo(results, process=True) as (url, server):
+        client = Client(url, verbose=False)
+
+        def burst() -> None:
+            for row in range(len(published_run.images)):
+                try:
+                    client.predict(published_run.id, "c3", row, "burst", "this image", "",
+                                   "", api_name="/tag")  # fmt: skip
+                except Exception:  # noqa: BLE001 - the server is gone
+                    return
+                done.append(row)
+
+        writer = threading.Thread(target=burst)
+        writer.start()
+        while len(done) < 15:
+            threading.Event().wait(0.05)
+        server.send_signal(signal.SIGKILL)
+        writer.join(timeout=60)
+    db = sqlite3.connect(results / "annotations.sqlite")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+    kept = Annotations.of(results).tagged("burst")
+    answered = {(published_run.images.at[r, "hash"], published_run.images.at[r, "relpath"])
+                for r in done}  # fmt: skip
+    assert answered <= kept and len(kept) >= 15

@@ -1,0 +1,200 @@
+"""Curating in the demo: the selected image's tags and label, and — when the demo may
+write — tag it (or it and its neighbours), flag it for removal, correct its label, undo,
+and download the annotations. Everything goes through lib.annotations (SQLite beside
+the runs), so the command line (`batch annotations`) and the demo see the same edits.
+
+Who may write (`Editing`): a demo on this machine only (127.0.0.1) writes freely; a
+demo others can reach is read-only unless started with a write token (`--write-token`
+or GAPSCOPE_WRITE_TOKEN), which each change must then carry; a read-only demo shows no
+editing controls.
+"""
+
+from __future__ import annotations
+
+import hmac
+import tempfile
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import gradio as gr
+
+from demo.runs import open_id
+from lib.annotations import REMOVE, Annotations, keys_of
+from lib.errors import GapscopeError
+from lib.store import RunStore
+
+SCOPES = ("this image", "it and its neighbours")
+EXPORTS = {"CSV": "csv", "JSON": "json", "corrected metadata.csv": "metadata"}
+
+
+@dataclass(frozen=True)
+class Editing:
+    """Whether the demo writes annotations, and the token a change must carry (None:
+    none needed)."""
+
+    enabled: bool
+    token: str | None = None
+
+    @classmethod
+    def decide(cls, host: str, token: str | None, local_hosts: tuple[str, ...]) -> Editing:
+        if token:
+            return cls(True, token)
+        return cls(host in local_hosts)
+
+    def check(self, given: str | None) -> None:
+        if not self.enabled:
+            raise gr.Error("This demo is read-only.")
+        if self.token and not hmac.compare_digest((given or "").encode(), self.token.encode()):
+            raise gr.Error("Wrong write token: nothing was changed.")
+
+
+def image_notes(store: RunStore, run_id: str, row: int | None) -> str:
+    """What users decided about an image: its tags and a corrected label."""
+    if row is None or row < 0:
+        return ""
+    run = open_id(store, run_id)
+    if row >= len(run.images):
+        return ""
+    (key,) = keys_of(run.images, [row])
+    notes = Annotations.of(store.root)
+    tags = sorted(notes.tags().get(key, ()))
+    label = notes.labels().get(key)
+    parts = [f"tags: {', '.join(tags)}" if tags else "no tags"]
+    if label:
+        parts.append(f"label corrected: {label[0] or '–'} → **{label[1]}**")
+    return f"#{row}: " + "; ".join(parts)
+
+
+def selection_notes(store: RunStore, run_id: str, row: int | None) -> tuple[str, str]:
+    """The notes on the selected image and its label, for the label box."""
+    return image_notes(store, run_id, row), current_label(store, run_id, row)
+
+
+def current_label(store: RunStore, run_id: str, row: int | None) -> str:
+    if row is None or row < 0:
+        return ""
+    run = open_id(store, run_id)
+    (key,) = keys_of(run.images, [row])
+    fixed = Annotations.of(store.root).labels().get(key)
+    return fixed[1] if fixed else str(run.images.at[row, "category"])
+
+
+def tag_selected(store: RunStore, editing: Editing, run_id: str, level: str, row, tag: str,
+                 scope: str, who: str, token: str, untag: bool = False) -> str:  # fmt: skip
+    """Tag (or untag) the selected image, or it and its nearest neighbours at `level`."""
+    editing.check(token)
+    run, rows = open_id(store, run_id), _selected(row)
+    if scope == SCOPES[1]:
+        rows += [int(j) for j in run.neighbors(level)[0][rows[0]]]
+    notes = Annotations.of(store.root)
+    try:
+        change = notes.untag if untag else notes.tag
+        n = change(keys_of(run.images, rows), tag, who or "anonymous")
+    except GapscopeError as exc:
+        raise gr.Error(str(exc)) from None
+    verb = "untagged" if untag else "tagged"
+    return f"{verb} {n} of {len(rows)} images {tag.strip()!r}. " + image_notes(
+        store, run_id, rows[0]
+    )
+
+
+def flag_removal(store, editing, run_id, level, row, scope, who, token) -> str:
+    return tag_selected(store, editing, run_id, level, row, REMOVE, scope, who, token)
+
+
+def save_label(store: RunStore, editing: Editing, run_id: str, row, label: str, who: str,
+               token: str) -> str:  # fmt: skip
+    editing.check(token)
+    run, (r,) = open_id(store, run_id), _selected(row)
+    (key,) = keys_of(run.images, [r])
+    try:
+        changed = Annotations.of(store.root).set_label(
+            key, str(run.images.at[r, "category"]), label, who or "anonymous"
+        )
+    except GapscopeError as exc:
+        raise gr.Error(str(exc)) from None
+    return ("label saved. " if changed else "label unchanged. ") + image_notes(store, run_id, r)
+
+
+def undo(store: RunStore, editing: Editing, run_id: str, row, who: str, token: str) -> str:
+    editing.check(token)
+    done = Annotations.of(store.root).undo(who or "anonymous")
+    shown = image_notes(store, run_id, row if row is not None else -1)
+    return f"{done}. {shown}"
+
+
+def export_file(store: RunStore, run_id: str, kind: str, domain: str = "synthetic") -> str:
+    """A file to download: the run's annotations as CSV or JSON, or the domain's
+    corrected metadata.csv (removed images dropped)."""
+    from lib import curation
+
+    run, notes = open_id(store, run_id), Annotations.of(store.root)
+    fmt = EXPORTS[kind]
+    try:
+        if fmt == "metadata":
+            text, name = curation.corrected_metadata(run, notes, domain), "metadata.csv"
+        elif fmt == "csv":
+            text, name = curation.to_csv(curation.annotated(run, notes)), "annotations.csv"
+        else:
+            text = curation.to_json(curation.annotated(run, notes), run.id, notes.last_seq())
+            name = "annotations.json"
+    except GapscopeError as exc:
+        raise gr.Error(str(exc)) from None
+    folder = Path(tempfile.mkdtemp(prefix="gapscope-export-"))  # Gradio copies it to its cache
+    path = folder / f"{run.id}_{name}"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _selected(row) -> list[int]:
+    if row is None or int(row) < 0:
+        raise gr.Error("Select an image first: click a point or find it by name.")
+    return [int(row)]
+
+
+def panel(store: RunStore, editing: Editing, run_id, level, selected_row) -> None:
+    """The selected image's tags and label (always), the editing controls (when the demo
+    may write) and the downloads, inside the caller's layout; `selected_row` is the
+    hidden number the selection events set."""
+    notes = gr.Markdown(elem_id="image_notes")
+    if not editing.enabled:
+        selected_row.change(partial(image_notes, store), [run_id, selected_row], notes)
+    if editing.enabled:
+        with gr.Accordion("Curate the selected image", open=True, elem_id="curate"):
+            with gr.Row():
+                who = gr.Textbox(label="Your name", placeholder="anonymous", elem_id="who")
+                token = gr.Textbox(label="Write token", type="password", elem_id="write_token",
+                                   visible=editing.token is not None)  # fmt: skip
+            with gr.Row():
+                tag = gr.Textbox(label="Tag", placeholder="e.g. odd lighting", elem_id="tag_name")
+                scope = gr.Radio(list(SCOPES), value=SCOPES[0], label="Apply to",
+                                 elem_id="tag_scope")  # fmt: skip
+            with gr.Row():
+                tag_button = gr.Button("Tag", elem_id="tag_button")
+                untag_button = gr.Button("Untag", elem_id="untag_button")
+                remove_button = gr.Button("Flag for removal", variant="stop",
+                                          elem_id="remove_button")  # fmt: skip
+            with gr.Row():
+                label = gr.Textbox(label="Label", elem_id="label_box", scale=3)
+                label_button = gr.Button("Save label", elem_id="label_button")
+            undo_button = gr.Button("Undo my last change", elem_id="undo_button")
+        # one event for both: the label box never lags behind the notes it belongs to
+        selected_row.change(partial(selection_notes, store), [run_id, selected_row],
+                            [notes, label])  # fmt: skip
+        where, mine = [run_id, level, selected_row], [who, token]
+        events = {  # api name: (button, function, inputs)
+            "tag": (tag_button, tag_selected, [*where, tag, scope]),
+            "untag": (untag_button, partial(tag_selected, untag=True), [*where, tag, scope]),
+            "flag_removal": (remove_button, flag_removal, [*where, scope]),
+            "save_label": (label_button, save_label, [run_id, selected_row, label]),
+            "undo": (undo_button, undo, [run_id, selected_row]),
+        }
+        for name, (button, fn, inputs) in events.items():
+            button.click(partial(fn, store, editing), [*inputs, *mine], notes, api_name=name)
+    with gr.Row():
+        kind = gr.Radio(list(EXPORTS), value="CSV", label="Download the annotations",
+                        elem_id="export_kind", scale=2)  # fmt: skip
+        prepare = gr.Button("Prepare download", elem_id="export_button")
+    exported = gr.File(label="Annotations", elem_id="export_file", interactive=False)
+    prepare.click(partial(export_file, store), [run_id, kind], exported, api_name="export")
