@@ -176,6 +176,7 @@ def bench_resume(n_per_domain: int | None = None) -> dict:
             "killed_at_projection_after_s": round(killed, 1),
             "rerun_after_kill_s": round(rerun, 1),
             "rerun_vs_cold": round(rerun / cold, 2),
+            "cold_stages_s": RunStore(Path(tmp) / "cold").open().manifest["timings_s"],
             "rerun_stages_s": published.manifest["timings_s"],
         }
 

@@ -177,7 +177,10 @@ def overlap_figure(
         if box:
             layout.update(xaxis_range=box[:2], yaxis_range=box[2:])
     else:
-        layout = {"scene": {f"{a}axis_title": names[a] for a in axes_used}}
+        # no tick labels: a UMAP axis's values mean nothing, and plotly draws each 3D
+        # label as triangles on the CPU (first render 4.85 → 4.5 s with 60k points)
+        scene = {f"{a}axis": {"title": names[a], "showticklabels": False} for a in axes_used}
+        layout = {"scene": scene}
     fig.update_layout(
         title=f"{level} · {label}: {where}{thinned}",
         **layout,
