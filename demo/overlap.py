@@ -286,13 +286,42 @@ def _cluster_order(name: str) -> tuple[int, str]:
     return (name == "noise", name)
 
 
-def neighbour_gallery(run: Run, level: str, row: int) -> list[tuple[str, str]]:
-    """(thumbnail path, caption) of the row's nearest neighbours in feature space."""
-    idx, dist = run.neighbors(level)
+NEIGHBOURS_FROM = ("both domains", "real", "synthetic")
+
+
+def neighbour_gallery(run: Run, level: str, row: int, source: str = NEIGHBOURS_FROM[0]):
+    """(thumbnail path, caption) of the row's nearest neighbours in feature space: from
+    the run's neighbour table, or, for one domain's alone ("the nearest real images to
+    this synthetic one"), searched exactly among that domain's features."""
+    if source == NEIGHBOURS_FROM[0]:
+        idx, dist = (table[row] for table in run.neighbors(level))
+    else:
+        from lib.neighbors import nearest_among
+
+        candidates = np.flatnonzero(image_column(run, "domain") == source)
+        config = run.manifest["config"]
+        idx, dist = nearest_among(run.features(level), row, candidates, config["k"],
+                                  config["metric"])  # fmt: skip
     return [
         (picture(run.thumb(int(j))), caption(run, int(j), float(d)))
-        for j, d in zip(idx[row], dist[row], strict=True)
+        for j, d in zip(idx, dist, strict=True)
     ]
+
+
+def filtered_neighbours(store: RunStore, run_id: str, level: str, row, source: str):
+    """The selected image's gallery from the chosen domains (the "Neighbours from" radio)."""
+    run = open_id(store, run_id)
+    if row is None or not 0 <= int(row) < len(run.images) or level not in run.levels:
+        return gr.skip()
+    return neighbour_gallery(run, level, int(row), source)
+
+
+def _refilter(store: RunStore, run_id: str, level: str, row, source: str):
+    """After a selection: the click filled the gallery from both domains; redo it only
+    when one domain is chosen."""
+    if source == NEIGHBOURS_FROM[0]:
+        return gr.skip()
+    return filtered_neighbours(store, run_id, level, row, source)
 
 
 def parse_click(payload: str) -> int | None:
@@ -446,6 +475,10 @@ def build(store: RunStore, roots: list[str], first: Run, editing: Editing | None
             with gr.Column(scale=2):
                 selected = gr.Image(label="Selected image", height=260, elem_id="selected_image")
                 info = gr.Markdown("Click a point in the plot to see its nearest neighbours.")
+                neighbours_from = gr.Radio(
+                    list(NEIGHBOURS_FROM), value=NEIGHBOURS_FROM[0], label="Neighbours from",
+                    elem_id="neighbours_from",
+                )  # fmt: skip
                 gallery = PathGallery(label="Nearest neighbours", columns=4, height=420,
                                      elem_id="neighbours")  # fmt: skip
                 selected_row = gr.Number(-1, visible=False, precision=0)
@@ -463,6 +496,9 @@ def build(store: RunStore, roots: list[str], first: Run, editing: Editing | None
             partial(select_point, store, roots), [click_box, run_id, level],
             [selected, gallery, info, selected_row], api_name="select_point",
         )  # fmt: skip
+        where = [run_id, level, selected_row, neighbours_from]
+        neighbours_from.input(partial(filtered_neighbours, store), where, gallery)
+        selected_row.change(partial(_refilter, store), where, gallery)
         search.submit(
             partial(find_image, store, roots), [search, run_id, level],
             [selected, gallery, info, selected_row], api_name="find_image",

@@ -128,6 +128,30 @@ def distance_blocks(x: np.ndarray, y: np.ndarray, device: str = "cpu", chunk: in
         yield s, d2.clamp_min_(0).sqrt_()
 
 
+def nearest_among(
+    X: np.ndarray, row: int, candidates: np.ndarray, k: int, metric: str = "cosine"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (indices, distances) of the k rows of `candidates` nearest to X[row] (never
+    itself), nearest first: one query, so X is read a block at a time and no index is
+    built (the demo's gallery filtered to one domain; ~0.3 s over 1M × 256 on 2 cores)."""
+    query = prepared(X[row : row + 1], metric)[0]
+    ids, d2 = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    for s in range(0, len(candidates), BLOCK):
+        block = np.asarray(candidates[s : s + BLOCK], dtype=np.int64)
+        rows = prepared(X[block], metric)
+        block_d2 = ((rows - query) ** 2).sum(axis=1)
+        block_d2[block == row] = np.inf
+        ids, d2 = np.concatenate([ids, block]), np.concatenate([d2, block_d2])
+        if len(ids) > k:
+            keep = np.argpartition(d2, k)[:k]
+            ids, d2 = ids[keep], d2[keep]
+        release(X)
+    order = np.argsort(d2, kind="stable")
+    ids, d2 = ids[order], d2[order]
+    finite = np.isfinite(d2)
+    return ids[finite], distances_from_d2(d2[finite], metric)
+
+
 def nearest_in(queries: np.ndarray, base: np.ndarray, device: str = "cpu") -> np.ndarray:
     """Index of each query's nearest row of `base` (euclidean), in bounded memory (torch's
     blocks wrote a 2,048 × len(base) matrix per step: at 2M queries into 40k points, 12

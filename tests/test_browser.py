@@ -376,3 +376,17 @@ def test_two_browsers_tagging_at_once_both_keep_their_edits(browser, demo_url, r
     for row in (11, 12):
         key = (run.images.at[row, "hash"], run.images.at[row, "relpath"])
         assert notes.tagged(f"from tab {row}") == {key}
+
+
+def test_the_neighbours_can_come_from_the_real_images_only(page, results_dir):
+    from lib.store import RunStore
+
+    run = RunStore(results_dir).open()
+    row = int(run.images.index[run.images["domain"] == "synthetic"][7])
+    find(page, row)
+    page.locator("#neighbours_from").get_by_text("real", exact=True).click()
+    page.wait_for_function(
+        "() => { const c = [...document.querySelectorAll('#neighbours .caption-label')];"
+        " return c.length >= 8 && c.every(e => e.innerText.includes(' real ')); }",
+        timeout=20_000,
+    )

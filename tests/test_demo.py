@@ -220,3 +220,23 @@ def test_a_run_from_before_the_record_shape_opens_in_every_tab():
         assert sum(len(t.customdata) for t in fig.data) == len(run.images)
     assert runs.banner(run).startswith(f"**Run {run.id}**")
     assert caricatures.choices(run) == ([], [], [])
+
+
+def test_the_gallery_can_show_one_domains_nearest_only(published_run, results_dir):
+    """ "The nearest real images to this synthetic one": exact among the real rows, even
+    when the run's own table (both domains) holds none of them."""
+    from lib.store import RunStore
+
+    store = RunStore(results_dir)
+    run = RunStore(results_dir).open()
+    X = np.asarray(run.features("c4"), dtype=np.float64)
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    real = np.flatnonzero(run.images["domain"] == "real")
+    row = int(np.flatnonzero(run.images["domain"] == "synthetic")[5])
+    d = 1 - Xn[real] @ Xn[row]
+    gallery = views.filtered_neighbours(store, run.id, "c4", row, "real")
+    assert [_row_of(c) for _, c in gallery] == real[np.argsort(d)[:8]].tolist()
+    assert all(" real · " in c for _, c in gallery)
+    both = views.filtered_neighbours(store, run.id, "c4", row, "both domains")
+    assert [_row_of(c) for _, c in both] == [int(i) for i in run.neighbors("c4")[0][row]]
+    assert views.filtered_neighbours(store, run.id, "c4", None, "real") is not None  # a skip

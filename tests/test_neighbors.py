@@ -141,3 +141,26 @@ def test_column_blocks_give_the_same_neighbours(metric):
     np.testing.assert_allclose(whole[1], blocked[1], rtol=1e-5, atol=1e-6)
     tiny = knn(X, k=7, metric=metric, chunk=64, col_chunk=3)  # blocks smaller than k
     np.testing.assert_array_equal(whole[0], tiny[0])
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_nearest_among_one_domain_are_the_exact_ones(metric, monkeypatch):
+    """The gallery filtered to one domain: the exact nearest of that domain's rows, read
+    in blocks, never the image itself."""
+    import lib.neighbors as neighbors
+
+    monkeypatch.setattr(neighbors, "BLOCK", 70)  # several blocks
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(500, 12)).astype(np.float32)
+    candidates = np.arange(200, 500)  # "synthetic"
+    for row in (3, 250):
+        idx, dist = neighbors.nearest_among(X, row, candidates, 7, metric)
+        a, b = X[row], X[candidates]
+        if metric == "cosine":
+            d = 1 - b @ a / np.linalg.norm(b, axis=1) / np.linalg.norm(a)
+        else:
+            d = np.linalg.norm(b - a, axis=1)
+        d[candidates == row] = np.inf
+        want = candidates[np.argsort(d)[:7]]
+        assert idx.tolist() == want.tolist() and row not in idx
+        np.testing.assert_allclose(dist, np.sort(d)[:7], atol=1e-5)
