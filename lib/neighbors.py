@@ -138,8 +138,13 @@ def nearest_among(
     ids, d2 = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
     for s in range(0, len(candidates), BLOCK):
         block = np.asarray(candidates[s : s + BLOCK], dtype=np.int64)
-        rows = prepared(X[block], metric)
-        block_d2 = ((rows - query) ** 2).sum(axis=1)
+        contiguous = block[-1] - block[0] == len(block) - 1  # a domain's rows: a slice
+        rows = np.asarray(X[block[0] : block[-1] + 1] if contiguous else X[block], np.float32)
+        dots, sq = rows @ query, np.einsum("ij,ij->i", rows, rows)
+        if metric == "cosine":  # ‖a/|a| − q‖² for unit q, without normalising the block
+            block_d2 = 2 - 2 * dots / np.sqrt(np.maximum(sq, 1e-24))
+        else:
+            block_d2 = sq - 2 * dots + query @ query
         block_d2[block == row] = np.inf
         ids, d2 = np.concatenate([ids, block]), np.concatenate([d2, block_d2])
         if len(ids) > k:

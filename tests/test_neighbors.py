@@ -152,8 +152,8 @@ def test_nearest_among_one_domain_are_the_exact_ones(metric, monkeypatch):
     monkeypatch.setattr(neighbors, "BLOCK", 70)  # several blocks
     rng = np.random.default_rng(4)
     X = rng.normal(size=(500, 12)).astype(np.float32)
-    candidates = np.arange(200, 500)  # "synthetic"
-    for row in (3, 250):
+    domain, scattered = np.arange(200, 500), np.arange(0, 500, 3)  # a slice, or any rows
+    for candidates, row in [(domain, 3), (domain, 250), (scattered, 9)]:
         idx, dist = neighbors.nearest_among(X, row, candidates, 7, metric)
         a, b = X[row], X[candidates]
         if metric == "cosine":
