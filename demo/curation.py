@@ -51,33 +51,22 @@ class Editing:
 
 def image_notes(store: RunStore, run_id: str, row: int | None) -> str:
     """What users decided about an image: its tags and a corrected label."""
-    if row is None or row < 0:
-        return ""
-    run = open_id(store, run_id)
-    if row >= len(run.images):
-        return ""
-    (key,) = keys_of(run.images, [row])
-    notes = Annotations.of(store.root)
-    tags = sorted(notes.tags().get(key, ()))
-    label = notes.labels().get(key)
-    parts = [f"tags: {', '.join(tags)}" if tags else "no tags"]
-    if label:
-        parts.append(f"label corrected: {label[0] or '–'} → **{label[1]}**")
-    return f"#{row}: " + "; ".join(parts)
+    return selection_notes(store, run_id, row)[0]
 
 
 def selection_notes(store: RunStore, run_id: str, row: int | None) -> tuple[str, str]:
-    """The notes on the selected image and its label, for the label box."""
-    return image_notes(store, run_id, row), current_label(store, run_id, row)
-
-
-def current_label(store: RunStore, run_id: str, row: int | None) -> str:
-    if row is None or row < 0:
-        return ""
+    """The notes on the selected image (its tags and a corrected label), and its label
+    for the label box."""
     run = open_id(store, run_id)
+    if row is None or not 0 <= row < len(run.images):
+        return "", ""
     (key,) = keys_of(run.images, [row])
-    fixed = Annotations.of(store.root).labels().get(key)
-    return fixed[1] if fixed else str(run.images.at[row, "category"])
+    tags, label = Annotations.of(store.root).about(key)
+    parts = [f"tags: {', '.join(sorted(tags))}" if tags else "no tags"]
+    if label:
+        parts.append(f"label corrected: {label[0] or '–'} → **{label[1]}**")
+    shown = label[1] if label else str(run.images.at[row, "category"])
+    return f"#{row}: " + "; ".join(parts), shown
 
 
 def tag_selected(store: RunStore, editing: Editing, run_id: str, level: str, row, tag: str,
@@ -120,8 +109,7 @@ def save_label(store: RunStore, editing: Editing, run_id: str, row, label: str, 
 def undo(store: RunStore, editing: Editing, run_id: str, row, who: str, token: str) -> str:
     editing.check(token)
     done = Annotations.of(store.root).undo(who or "anonymous")
-    shown = image_notes(store, run_id, row if row is not None else -1)
-    return f"{done}. {shown}"
+    return f"{done}. {image_notes(store, run_id, row)}"
 
 
 def export_file(store: RunStore, run_id: str, kind: str, domain: str = "synthetic") -> str:
@@ -160,7 +148,7 @@ def panel(store: RunStore, editing: Editing, run_id, level, selected_row) -> Non
     notes = gr.Markdown(elem_id="image_notes")
     if not editing.enabled:
         selected_row.change(partial(image_notes, store), [run_id, selected_row], notes)
-    if editing.enabled:
+    else:
         with gr.Accordion("Curate the selected image", open=True, elem_id="curate"):
             with gr.Row():
                 who = gr.Textbox(label="Your name", placeholder="anonymous", elem_id="who")

@@ -81,21 +81,25 @@ class Annotations:
         return cls(Path(results) / FILENAME)
 
     @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
+    def _db(self, write: bool = True) -> Iterator[sqlite3.Connection]:
         """A connection for one unit of work: committed when the block succeeds, rolled
-        back when it fails. Connections are not shared between threads (Gradio runs
+        back when it fails. A writer sets up the file and takes the write lock (one at a
+        time); a reader reads one snapshot without it, so readers never wait for a
+        writer nor hold one up. Connections are not shared between threads (Gradio runs
         events on worker threads)."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if write:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         except sqlite3.Error as exc:
             raise GapscopeError(f"cannot open {self.path}: {exc}") from None
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            db.execute("BEGIN IMMEDIATE")  # one writer at a time; readers go on
+            if write:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(_SCHEMA)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield db
             except BaseException:
@@ -195,6 +199,14 @@ class Annotations:
         """(hash, relpath) of every image with `tag`."""
         return {(h, p) for h, p in self._read("SELECT hash, relpath FROM tags WHERE tag=?", (tag,))}
 
+    def about(self, key: ImageKey) -> tuple[set[str], tuple[str, str] | None]:
+        """One image's tags and (original, corrected) label, if corrected: what the demo
+        shows for a selection, without reading every annotation."""
+        where = (key.hash, key.relpath)
+        tags = self._read("SELECT tag FROM tags WHERE hash=? AND relpath=?", where)
+        label = self._read("SELECT original, label FROM labels WHERE hash=? AND relpath=?", where)
+        return {t for (t,) in tags}, (label[0] if label else None)
+
     def labels(self) -> dict[ImageKey, tuple[str, str]]:
         """Every corrected image: (original label, corrected label)."""
         rows = self._read("SELECT hash, relpath, domain, original, label FROM labels")
@@ -215,7 +227,7 @@ class Annotations:
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         if not self.path.exists():  # nothing annotated yet: no file is made by reading
             return []
-        with self._db() as db:
+        with self._db(write=False) as db:
             return db.execute(sql, args).fetchall()
 
 

@@ -144,3 +144,17 @@ def test_who_may_write_from_the_demo():
     for wrong in (None, "", "s3cre", "s3cret "):
         with pytest.raises(gr.Error, match="Wrong write token"):
             guarded.check(wrong)
+
+
+def test_one_images_notes_and_reads_while_a_writer_holds_the_lock(tmp_path):
+    notes = Annotations(tmp_path / "a.sqlite")
+    notes.tag([A], "keep")
+    notes.set_label(A, "cat", "dog")
+    assert notes.about(A) == ({"keep"}, ("cat", "dog")) and notes.about(B) == (set(), None)
+    writer = sqlite3.connect(notes.path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process in the middle of a change
+    writer.execute("INSERT INTO tags VALUES (?, ?, ?, ?)", (B.hash, B.relpath, B.domain, "x"))
+    assert notes.tags() == {A: {"keep"}}  # the last committed state, without waiting
+    writer.execute("COMMIT")
+    writer.close()
+    assert notes.tags()[B] == {"x"}
