@@ -197,7 +197,7 @@ def _level_scores(run_dir: str, level: str):
 def image_column(run: Run, name: str) -> np.ndarray:
     """One column of the images table as an array indexed by row id (cached): what the
     plot reads for the points it draws, without a join over the whole table."""
-    return open_run(str(run.dir)).column(name)
+    return run.column(name)
 
 
 def projection_view(run: Run, level: str, method: str, fit_on: str):
