@@ -3,7 +3,8 @@
 Not tests: nothing here asserts a time. Each section reports what it measured, on which
 machine, and the ratio between the two ways of doing the same work.
 
-    python bench/run.py [--sections gap,prdc,pipeline,umap,knn,extraction,caricature,scale,demo]
+    python bench/run.py [--sections gap,prdc,pipeline,umap,knn,extraction,caricature,scale,demo,
+                         resume,atlas]
                         [--out results/bench.json]
 """
 
@@ -543,6 +544,18 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def bench_atlas(sizes=(100_000, 1_000_000)) -> dict:
+    """The atlas's renderer, chosen by this measurement: regl-scatterplot, plotly's
+    scattergl and deck.gl drawing the same points in headless Chromium (see
+    bench/atlas_renderers.py). Skipped without Debian's chromium."""
+    if not os.path.exists("/usr/bin/chromium"):
+        return {"skipped": "no chromium"}
+    sys.path.insert(0, str(ROOT / "bench"))
+    from atlas_renderers import measure
+
+    return measure(sizes)
+
+
 SECTIONS = {
     "gap": bench_gap,
     "prdc": bench_prdc,
@@ -554,6 +567,7 @@ SECTIONS = {
     "scale": bench_scale,
     "demo": bench_demo,
     "resume": bench_resume,
+    "atlas": bench_atlas,
 }
 
 

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         _check_port(args.host, args.port)
         if args.queue_size < 1:
             raise GapscopeError(f"--queue-size must be at least 1, got {args.queue_size}")
+        from demo import atlas
         from demo.app import CSS, allowed_paths, build_app
         from demo.curation import Editing
         from demo.serve import building_app, serve
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         roots = allowed_paths(store, originals=args.serve_originals)  # every manifest, once
         editing = Editing.decide(args.host, args.write_token, LOCAL_HOSTS)
         app = build_app(args.results, roots, queue_size=args.queue_size, editing=editing)
-        serve(app, store, args.host, args.port, roots, css=CSS)
+        serve(app, store, args.host, args.port, roots, css=CSS, routers=(atlas.router(store),))
     except GapscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

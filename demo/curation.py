@@ -180,9 +180,16 @@ def panel(store: RunStore, editing: Editing, run_id, level, selected_row) -> Non
         }
         for name, (button, fn, inputs) in events.items():
             button.click(partial(fn, store, editing), [*inputs, *mine], notes, api_name=name)
+    downloads(store, run_id)
+
+
+def downloads(store: RunStore, run_id, prefix: str = "") -> None:
+    """The annotation downloads (CSV, JSON, corrected metadata.csv); `prefix`: for the
+    element ids of a second copy on the page (the atlas tab's)."""
     with gr.Row():
         kind = gr.Radio(list(EXPORTS), value="CSV", label="Download the annotations",
-                        elem_id="export_kind", scale=2)  # fmt: skip
-        prepare = gr.Button("Prepare download", elem_id="export_button")
-    exported = gr.File(label="Annotations", elem_id="export_file", interactive=False)
-    prepare.click(partial(export_file, store), [run_id, kind], exported, api_name="export")
+                        elem_id=f"{prefix}export_kind", scale=2)  # fmt: skip
+        prepare = gr.Button("Prepare download", elem_id=f"{prefix}export_button")
+    exported = gr.File(label="Annotations", elem_id=f"{prefix}export_file", interactive=False)
+    prepare.click(partial(export_file, store), [run_id, kind], exported,
+                  api_name=f"{prefix}export")  # fmt: skip

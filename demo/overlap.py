@@ -35,6 +35,7 @@ from demo.runs import (
     score_values,
 )
 from demo.thinning import GRID, MAX_POINTS, budgets, opacity, thin
+from lib.atlas import METHOD as ATLAS
 from lib.plots import STYLE, direction_title
 from lib.store import Run, RunStore
 
@@ -104,7 +105,7 @@ SELECT_ON_CLICK_JS = r"""
 
 def methods(run: Run) -> list[tuple[str, str]]:
     """(label, name) of the projections a run holds, UMAP first."""
-    present = set(run.projections["method"])
+    present = set(run.projections["method"]) - {ATLAS}  # the atlas tab's own layout
     order = [*METHOD_LABELS, *sorted(present - set(METHOD_LABELS))]
     return [(METHOD_LABELS.get(m, m), m) for m in order if m in present]
 

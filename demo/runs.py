@@ -19,6 +19,7 @@ from gradio.components.gallery import GalleryData, GalleryImage
 from gradio.data_classes import ImageData
 from gradio_client.utils import get_mimetype
 
+from lib.atlas import middle_level
 from lib.store import Run, RunStore
 
 
@@ -77,8 +78,8 @@ def _announce(store: RunStore, run_id: str, remember: int = 8) -> None:
 
 
 def default_level(run: Run) -> str:
-    """The middle level: shallow levels see texture, deep ones semantics; start between."""
-    return run.levels[len(run.levels) // 2]
+    """The level the demo opens: the middle one (lib.atlas.middle_level), the atlas's."""
+    return middle_level(run.levels)
 
 
 def run_choices(store: RunStore) -> list[tuple[str, str]]:

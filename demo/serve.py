@@ -41,8 +41,9 @@ def health(store: RunStore, status: str) -> dict:
 
 def serve(blocks: gr.Blocks, store: RunStore, host: str, port: int, roots: list[str],
           css: str | None = None, status: str = "ok",
-          stop_when: Callable[[], bool] | None = None) -> None:  # fmt: skip
-    """Serve `blocks` at `/` and `/healthz` until interrupted (or until `stop_when()`)."""
+          stop_when: Callable[[], bool] | None = None, routers: tuple = ()) -> None:  # fmt: skip
+    """Serve `blocks` at `/`, `/healthz` and the `routers`' routes (the atlas's) until
+    interrupted (or until `stop_when()`)."""
     import uvicorn
     from fastapi import FastAPI
 
@@ -51,6 +52,9 @@ def serve(blocks: gr.Blocks, store: RunStore, host: str, port: int, roots: list[
     @api.get("/healthz")
     def healthz() -> dict:
         return health(store, status)
+
+    for router in routers:
+        api.include_router(router)
 
     api = gr.mount_gradio_app(api, blocks, path="/", allowed_paths=roots, show_error=True,
                               css=css)  # fmt: skip

@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS audit (
     undoes INTEGER                    -- the action an undo reverted
 );
 CREATE INDEX IF NOT EXISTS audit_by_who ON audit (who, action);
+CREATE TABLE IF NOT EXISTS hotspots (  -- names users give a run's clusters in the atlas
+    run TEXT NOT NULL, level TEXT NOT NULL, cluster INTEGER NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (run, level, cluster)
+);
 """
 
 
@@ -157,6 +161,21 @@ class Annotations:
             _audit(db, _next_action(db), who, key, "label", old, new, original=original)
             return True
 
+    def name_hotspot(self, run: str, level: str, cluster: int, name: str,
+                     who: str = ANONYMOUS) -> None:  # fmt: skip
+        """Name one of a run's clusters (an empty name takes the name off). Audited as
+        field "hotspot" of the pseudo-image ("", "<run>/<level>/<cluster>", "")."""
+        name = (name or "").strip() and _name(name, "hotspot name")
+        with self._db() as db:
+            row = db.execute("SELECT name FROM hotspots WHERE run=? AND level=? AND cluster=?",
+                             (run, level, cluster)).fetchone()  # fmt: skip
+            old = row[0] if row else None
+            if old == (name or None):
+                return
+            key = ImageKey("", f"{run}/{level}/{cluster}", "")
+            _write_hotspot(db, key, name or None)
+            _audit(db, _next_action(db), who, key, "hotspot", old, name or None)
+
     def undo(self, who: str = ANONYMOUS) -> str:
         """Revert `who`'s last change that is not yet undone; says what was undone."""
         with self._db() as db:
@@ -177,6 +196,8 @@ class Annotations:
                 key = ImageKey(h, relpath, domain)
                 if field == "label":
                     _write_label(db, key, original, old)
+                elif field == "hotspot":
+                    _write_hotspot(db, key, old)
                 elif old is None:  # the tag was added: take it off
                     db.execute("DELETE FROM tags WHERE hash=? AND relpath=? AND tag=?",
                                (h, relpath, new))  # fmt: skip
@@ -206,6 +227,12 @@ class Annotations:
         tags = self._read("SELECT tag FROM tags WHERE hash=? AND relpath=?", where)
         label = self._read("SELECT original, label FROM labels WHERE hash=? AND relpath=?", where)
         return {t for (t,) in tags}, (label[0] if label else None)
+
+    def hotspot_names(self, run: str, level: str) -> dict[int, str]:
+        """The names users gave a run's clusters at one level."""
+        rows = self._read("SELECT cluster, name FROM hotspots WHERE run=? AND level=?",
+                          (run, level))  # fmt: skip
+        return dict(rows)
 
     def labels(self) -> dict[ImageKey, tuple[str, str]]:
         """Every corrected image: (original label, corrected label)."""
@@ -248,6 +275,16 @@ def _write_label(db, key: ImageKey, original: str, label: str | None) -> None:
     else:
         db.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?)",
                    (key.hash, key.relpath, key.domain, original, label))  # fmt: skip
+
+
+def _write_hotspot(db, key: ImageKey, name: str | None) -> None:
+    run, level, cluster = key.relpath.rsplit("/", 2)
+    if name is None:
+        db.execute("DELETE FROM hotspots WHERE run=? AND level=? AND cluster=?",
+                   (run, level, int(cluster)))  # fmt: skip
+    else:
+        db.execute("INSERT OR REPLACE INTO hotspots VALUES (?, ?, ?, ?)",
+                   (run, level, int(cluster), name))  # fmt: skip
 
 
 def _audit(db, action, who, key: ImageKey, field, old, new, original=None, undoes=None):

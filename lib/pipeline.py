@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.atlas import AtlasProjector, middle_level
 from lib.embeddings import EmbeddingSet, describe_embeddings, is_embeddings
 from lib.errors import GapscopeError
 from lib.gap import GapParams
@@ -31,7 +32,7 @@ from lib.images import (
 )
 from lib.params import REQUIRED, check_minimums, param
 from lib.progress import Progress, Silent, Stages
-from lib.reduce import TSNEParams, UMAPParams
+from lib.reduce import TSNEParams, UMAPParams, check_enough_points
 from lib.store import Run, RunStore, RunWriter, thumb_name, web_name
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,11 @@ class RunConfig:
     labels_from_annotations: bool = param(
         False, "Use the labels users corrected (results/annotations.sqlite) as categories."
     )
+    atlas_level: str = param(
+        "auto",
+        "The level the atlas lays out (a 2D UMAP of both domains together): auto = the "
+        "middle level, the one the demo opens; none = no atlas.",
+    )
     backend: str = param("auto", "auto | cuml | cpu")
     plots: bool = param(True, "Write the static 3D PNGs.")
     gap: GapParams = field(default_factory=GapParams)
@@ -177,6 +183,8 @@ class Scanned:
 
 def run(config: RunConfig, store: RunStore, progress: Progress | None = None) -> Run:
     """Compute and publish one run. Raises GapscopeError for anything the user can fix."""
+    import pandas as pd
+
     from lib.backend import check_choices, choose_backend
     from lib.features import pooling_fn
 
@@ -208,7 +216,15 @@ def run(config: RunConfig, store: RunStore, progress: Progress | None = None) ->
                 stage.summary = f"{len(scanned)} images, {cached} from the feature cache"
             source = backbone.describe()
         with stages("project", ", ".join(config.projections)):
-            frame, projected = project(vectors, scanned.rows, projectors, writer, stages.progress)
+            frame, projected = project(vectors, scanned.rows, projectors, stages.progress)
+        level = atlas_level(config.atlas_level, list(vectors), len(scanned), config.umap)
+        if level is not None:
+            with stages("atlas", f"2D UMAP of both domains at {level}"):
+                atlas = [AtlasProjector(config.umap, backend.projection)]
+                layout, report = project({level: vectors[level]}, scanned.rows, atlas,
+                                         stages.progress)  # fmt: skip
+                frame, projected = pd.concat([frame, layout], ignore_index=True), projected | report
+        writer.projections(frame)
         with stages("neighbors", f"k={config.k}, {backend.knn_engine}") as stage:
             searches = find_neighbours(vectors, config, backend, writer)
             stage.summary = _recall_summary(searches)
@@ -407,11 +423,28 @@ def extract_features(
     return {lv: writer.features_read(lv) for lv in extraction.vectors}, extraction.cached
 
 
-def project(
-    vectors, rows: dict[str, np.ndarray], projectors: list, writer: RunWriter, progress: Progress
-):
+def atlas_level(choice: str, levels: list[str], n: int, umap: UMAPParams) -> str | None:
+    """The level the atlas lays out ("auto": the middle one), or None: "none", or too few
+    images for a UMAP (the run goes on without an atlas)."""
+    if choice == "none":
+        return None
+    if choice != "auto" and choice not in levels:
+        raise GapscopeError(
+            f"--atlas-level {choice}: no such level (this model's: {', '.join(levels)}, "
+            "or auto, or none)"
+        )
+    try:
+        check_enough_points(n, umap, "both domains")
+    except GapscopeError as exc:
+        log.warning("no atlas: %s", exc)
+        return None
+    return middle_level(levels) if choice == "auto" else choice
+
+
+def project(vectors, rows: dict[str, np.ndarray], projectors: list, progress: Progress):
     """Every projector at every level: fitted on one domain with the other mapped in (both
-    ways), or both domains embedded together (a joint projector)."""
+    ways), or both domains embedded together (a joint projector). Returns the rows of
+    the projections table and each fit's report."""
     import pandas as pd
 
     fits = [(p, fit_on) for p in projectors for fit_on in _fit_domains(p)]
@@ -423,9 +456,7 @@ def project(
             if hasattr(projector, "report_"):
                 reports[f"{projector.name} {level} fit on {fit_on}"] = projector.report_
             progress.advance("project")
-    frame = pd.concat(frames, ignore_index=True)
-    writer.projections(frame)
-    return frame, reports
+    return pd.concat(frames, ignore_index=True), reports
 
 
 def _fit_domains(projector) -> tuple[str, ...]:

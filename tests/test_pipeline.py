@@ -225,11 +225,11 @@ def test_projections_run_where_the_backend_says(
     def marked(*args, **kwargs):
         return dataclasses.replace(real_choose(*args, **kwargs), projection="marker")
 
-    def project(vectors, rows, projectors, writer, progress):
+    def project(vectors, rows, projectors, progress):
         used.extend(p.backend for p in projectors)
         for p in projectors:
             p.backend = "cpu"  # computed on the CPU all the same
-        return real_project(vectors, rows, projectors, writer, progress)
+        return real_project(vectors, rows, projectors, progress)
 
     monkeypatch.setattr(lib.backend, "choose_backend", marked)
     monkeypatch.setattr(lib.pipeline, "project", project)
@@ -237,5 +237,5 @@ def test_projections_run_where_the_backend_says(
     config = RunConfig(example_dir / "real", example_dir / "synthetic", k=4,
                        projections=("pca", "umap"), plots=False)  # fmt: skip
     published = run(config, RunStore(tmp_path))
-    assert used == ["marker", "marker"]
+    assert used == ["marker", "marker", "marker"]  # PCA, UMAP and the atlas's UMAP
     assert published.manifest["backend"]["projection"] == "marker"

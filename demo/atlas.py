@@ -1,0 +1,637 @@
+"""The atlas tab: every image of a run on one WebGL map, thumbnails on the points when
+zoomed in, coloured and filtered by what the run and its users know; lasso a region (or
+pick a hotspot) and tag what you selected.
+
+The map is regl-scatterplot (demo/assets/atlas, bundled from npm), chosen by measurement
+over plotly's scattergl and deck.gl (README, The atlas; bench/atlas_renderers.py). It runs
+in a `gr.HTML` whose value is a small JSON view (layout, colours, filter, a selection to
+show); the points themselves, which never change for a run, come once per layout from
+`/atlas/<run>/points.bin` (float32 x then y), thumbnails from `/atlas/<run>/thumb/<row>`:
+routes over the published runs only, mounted by demo.serve. A lasso (or a click) comes
+back as the `lasso_select` event with the selected rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from functools import lru_cache, partial
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from demo.curation import Editing, downloads
+from demo.runs import (
+    ASSETS,
+    PathGallery,
+    Tab,
+    caption,
+    image_column,
+    level_scores,
+    open_id,
+    open_run,
+    projection_view,
+)
+from lib import atlas as layouts
+from lib.annotations import REMOVE, Annotations, keys_of
+from lib.errors import GapscopeError
+from lib.store import Run, RunStore
+
+SCRIPT = ASSETS / "atlas" / "regl-scatterplot.min.js"
+LAYOUT_LABELS = {"UMAP map": "umap", "Grid": "grid", "By category": "category"}
+COLOR_BY = ("domain", "category", "cluster", "realism", "p(synthetic)", "tags")
+SCORES = {"realism": "realism", "p(synthetic)": "p_synthetic"}
+DOMAIN_COLORS = {"real": "#1f77b4", "synthetic": "#ff7f0e"}
+PALETTE = (
+    "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #bcbd22 #17becf #393b79 "
+    "#637939 #8c6d31 #843c39 #7b4173 #3182bd #e6550d #31a354 #756bb1 #9c9ede"
+).split()
+OTHER, NONE = "#b0b0b0", "#d9d9d9"  # "other" categories; no value (untagged, n/a)
+BINS = ("#440154", "#46327e", "#365c8d", "#277f8e", "#1fa187", "#4ac16d", "#a0da39", "#fde725")
+SHOWN_SELECTED = 48  # thumbnails of a selection in its gallery
+HOTSPOT_THUMBS = 4  # thumbnails per hotspot
+
+JS = r"""
+const wrap = element.querySelector('.atlas-wrap');
+const canvas = wrap.querySelector('canvas.atlas-points');
+const thumbs = wrap.querySelector('canvas.atlas-thumbs');
+const tip = wrap.querySelector('.atlas-tip');
+const state = element.__atlas = {sp: null, url: null, x: null, y: null, images: new Map(),
+                                 codes: null, view: null, captions: null};
+const fromB64 = (s) => Uint8Array.from(atob(s), c => c.charCodeAt(0));
+const THUMBS_AT = 400, THUMB_PX = 56;
+
+function drawThumbs() {
+  const v = state.view, sp = state.sp;
+  const ctx = thumbs.getContext('2d'), r = window.devicePixelRatio || 1;
+  thumbs.width = wrap.clientWidth * r; thumbs.height = wrap.clientHeight * r;
+  ctx.setTransform(r, 0, 0, r, 0, 0);
+  ctx.clearRect(0, 0, thumbs.width, thumbs.height);
+  if (!sp || !v) return;
+  const filtered = sp.get('isPointsFiltered') ? new Set(sp.get('filteredPoints')) : null;
+  const shown = sp.get('pointsInView').filter(i => !filtered || filtered.has(i));
+  wrap.dataset.inView = shown.length;
+  if (shown.length > THUMBS_AT) { wrap.dataset.thumbs = 0; return; }
+  wrap.dataset.thumbs = shown.length;
+  for (const i of shown) {
+    const at = sp.getScreenPosition(i);
+    if (!at) continue;
+    let img = state.images.get(i);
+    if (!img) {
+      img = new Image(); img.onload = () => requestAnimationFrame(drawThumbs);
+      img.src = `/atlas/${v.run}/thumb/${i}`; state.images.set(i, img);
+    }
+    if (!img.complete || !img.naturalWidth) continue;
+    const s = THUMB_PX, k = s / Math.max(img.naturalWidth, img.naturalHeight);
+    const w = img.naturalWidth * k, h = img.naturalHeight * k;
+    ctx.drawImage(img, at[0] - w / 2, at[1] - h / 2, w, h);
+    ctx.strokeStyle = v.palette[state.codes[i]] || '#888'; ctx.lineWidth = 2;
+    ctx.strokeRect(at[0] - w / 2, at[1] - h / 2, w, h);
+  }
+}
+
+function ensurePlot() {
+  if (state.sp) return state.sp;
+  const sp = state.sp = createScatterplot({canvas, width: 'auto', height: 'auto',
+    pointSize: 3, pointSizeSelected: 2, pointOutlineWidth: 2, lassoOnLongPress: false,
+    lassoInitiator: false, deselectOnEscape: true, opacityInactiveMax: 0.25,
+    backgroundColor: '#ffffff', colorBy: 'valueA'});
+  sp.subscribe('select', ({points}) => {
+    wrap.dataset.selected = points.length;
+    trigger('lasso_select', {rows: Array.from(points)});
+  });
+  sp.subscribe('deselect', () => {
+    wrap.dataset.selected = 0; trigger('lasso_select', {rows: []});
+  });
+  let queued = false;
+  sp.subscribe('view', () => {
+    if (queued) return; queued = true;
+    requestAnimationFrame(() => { queued = false; drawThumbs(); });
+  });
+  sp.subscribe('pointOver', (i) => {
+    const at = sp.getScreenPosition(i), v = state.view;
+    if (!at || !v) return;
+    tip.textContent = `#${i} · ${v.legend[state.codes[i]] ? v.legend[state.codes[i]][0] : ''}`;
+    tip.style.left = `${at[0] + 10}px`; tip.style.top = `${at[1] + 10}px`;
+    tip.style.display = 'block'; wrap.dataset.hovered = i;
+  });
+  sp.subscribe('pointOut', () => { tip.style.display = 'none'; delete wrap.dataset.hovered; });
+  for (const b of element.querySelectorAll('.atlas-mode button')) {
+    b.addEventListener('click', () => {
+      sp.set({mouseMode: b.dataset.mode});
+      for (const o of element.querySelectorAll('.atlas-mode button'))
+        o.classList.toggle('active', o === b);
+    });
+  }
+  new ResizeObserver(() => requestAnimationFrame(drawThumbs)).observe(wrap);
+  return sp;
+}
+
+async function update() {
+  const v = props.value ? JSON.parse(props.value) : null;
+  if (!v || !v.n || typeof createScatterplot !== 'function') return;
+  const sp = ensurePlot();
+  const moved = v.points_url !== state.url;
+  if (moved) {
+    const buf = await (await fetch(v.points_url)).arrayBuffer();
+    const xy = new Float32Array(buf);
+    state.x = xy.subarray(0, v.n); state.y = xy.subarray(v.n); state.url = v.points_url;
+    state.images = new Map();
+  }
+  state.view = v;
+  state.codes = fromB64(v.codes);
+  const filter = v.filter ? fromB64(v.filter) : null;
+  const keep = [];
+  if (filter) for (let i = 0; i < v.n; i++) if (filter[i >> 3] & (1 << (i & 7))) keep.push(i);
+  await sp.set({pointColor: v.palette, pointColorActive: '#000000', colorBy: 'valueA'});
+  await sp.draw({x: state.x, y: state.y, valueA: Float32Array.from(state.codes)},
+                {transition: !moved && v.animate, transitionDuration: 500,
+                 filter: filter ? keep : undefined, preventFilterReset: false});
+  if (!filter) await sp.unfilter({preventEvent: true});
+  if (v.select) {
+    sp.select(v.select, {preventEvent: true});
+    wrap.dataset.selected = v.select.length;
+    if (v.select.length) await sp.zoomToPoints(v.select, {padding: 0.4, transition: true});
+  } else if (moved) {
+    sp.zoomToOrigin();
+  }
+  wrap.querySelector('.atlas-legend').innerHTML = v.legend.map(([name, color, count]) =>
+    `<span><i style="background:${color}"></i>${name} <small>${count}</small></span>`).join('');
+  wrap.querySelector('.atlas-labels').innerHTML = '';
+  wrap.dataset.layout = v.layout; wrap.dataset.points = v.n;
+  wrap.dataset.shown = filter ? keep.length : v.n; wrap.dataset.ready = v.nonce;
+  drawThumbs();
+}
+watch('value', update);
+update();
+"""
+
+TEMPLATE = """
+<div class="atlas-wrap" data-ready="0">
+  <canvas class="atlas-points"></canvas>
+  <canvas class="atlas-thumbs"></canvas>
+  <div class="atlas-labels"></div>
+  <div class="atlas-mode"><button data-mode="panZoom" class="active">Pan</button><button
+    data-mode="lasso" class="atlas-lasso">Lasso</button></div>
+  <div class="atlas-tip"></div>
+  <div class="atlas-legend"></div>
+</div>
+"""
+
+CSS = """
+.atlas-wrap {position: relative; height: 640px; border: 1px solid #ddd; border-radius: 6px;}
+.atlas-points {width: 100%; height: 100%; display: block;}
+.atlas-thumbs {position: absolute; inset: 0; width: 100%; height: 100%; pointer-events: none;}
+.atlas-mode {position: absolute; top: 8px; left: 8px;}
+.atlas-mode button {padding: 2px 10px; border: 1px solid #999; background: #fff; cursor: pointer;}
+.atlas-mode button.active {background: #333; color: #fff;}
+.atlas-tip {position: absolute; display: none; background: #222; color: #fff; padding: 2px 6px;
+  font-size: 12px; border-radius: 3px; pointer-events: none;}
+.atlas-legend {position: absolute; right: 8px; top: 8px; max-width: 40%; font-size: 12px;
+  background: rgba(255,255,255,0.85); padding: 4px 6px; pointer-events: none;}
+.atlas-legend span {display: block;}
+.atlas-legend i {display: inline-block; width: 10px; height: 10px; margin-right: 4px;}
+"""
+
+
+# -- what the map shows ----------------------------------------------------------------------
+
+
+def atlas_level(run: Run) -> str | None:
+    """The level the batch job laid the atlas out at (None: a run without one)."""
+    levels = run.projections.loc[run.projections["method"] == layouts.METHOD, "level"]
+    return str(levels.iloc[0]) if len(levels) else None
+
+
+def coordinates(run: Run, layout: str) -> np.ndarray:
+    """(n, 2) float32 in [-1, 1], row = image id, for one layout (cached per run)."""
+    return _coordinates(str(run.dir), layout)
+
+
+@lru_cache(maxsize=8)
+def _coordinates(run_dir: str, layout: str) -> np.ndarray:
+    run = open_run(run_dir)
+    level = atlas_level(run)
+    if level is None:
+        raise GapscopeError("this run has no atlas layout (rerun it without --atlas-level none)")
+    view, _ = projection_view(run, level, layouts.METHOD, "both")
+    umap = np.zeros((len(run.images), 2), dtype=np.float32)
+    umap[view["id"]] = np.column_stack([view["x"], view["y"]])
+    if layout == "grid":
+        return layouts.grid_layout(umap)
+    if layout == "category":
+        return layouts.category_layout(umap, image_column(run, "category"))[0]
+    return layouts.fit_square(umap)
+
+
+def points_bytes(run: Run, layout: str) -> bytes:
+    """What `/atlas/<run>/points.bin` sends: float32 x for every image, then y."""
+    xy = coordinates(run, layout)
+    return np.ascontiguousarray(xy.T).tobytes()
+
+
+def _tags_of_rows(store: RunStore, run: Run) -> list[set[str]]:
+    """Each row's tags (a read of the annotations: they change while the demo runs)."""
+    tags = Annotations.of(store.root).tags()
+    keys = keys_of(run.images, range(len(run.images)))
+    return [tags.get(k, set()) for k in keys]
+
+
+def colours(store: RunStore, run: Run, color_by: str) -> tuple[np.ndarray, list, list]:
+    """Per-row colour codes (uint8), the palette they index and the legend
+    [(name, colour, count)] for one colouring of the map."""
+    n, level = len(run.images), atlas_level(run)
+    if color_by in SCORES:
+        values = level_scores(run, level).reindex(range(n))[SCORES[color_by]].to_numpy(float)
+        bins = np.clip((values * len(BINS)).astype(np.int64, copy=False), 0, len(BINS) - 1)
+        codes = np.where(np.isnan(values), len(BINS), bins)
+        names = [f"{i / len(BINS):.3g}–{(i + 1) / len(BINS):.3g}" for i in range(len(BINS))]
+        return _coded(codes, [*names, "n/a"], [*BINS, NONE])
+    if color_by == "domain":
+        names = image_column(run, "domain").astype(str)
+    elif color_by == "category":
+        names = np.array([c or "–" for c in image_column(run, "category").astype(object)])
+    elif color_by == "cluster":
+        labels = level_scores(run, level).reindex(range(n))["cluster"].fillna(-1).to_numpy(int)
+        names = np.where(labels < 0, "noise", np.char.add("cluster ", labels.astype(str)))
+    else:  # tags: an image's tags in alphabetical order, "remove" first
+        names = np.array([
+            "untagged" if not t else ", ".join(sorted(t, key=lambda s: (s != REMOVE, s)))
+            for t in _tags_of_rows(store, run)
+        ])  # fmt: skip
+    return _by_name(names, color_by)
+
+
+def _by_name(names: np.ndarray, color_by: str) -> tuple[np.ndarray, list, list]:
+    """Codes for named groups: the largest get palette colours, the rest share "other"."""
+    unique, inverse, counts = np.unique(names, return_inverse=True, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    fixed = {"untagged": NONE, "noise": NONE, REMOVE: "#d62728"}
+    if color_by == "domain":
+        fixed |= DOMAIN_COLORS
+    free = iter(c for c in PALETTE if c not in fixed.values())
+    legend_names, palette, code_of = [], [], np.empty(len(unique), dtype=np.int64)
+    for rank, u in enumerate(order):
+        name = str(unique[u])
+        if name not in fixed and rank >= len(PALETTE) - 1:
+            code_of[u] = -1  # "other"
+            continue
+        code_of[u] = len(legend_names)
+        legend_names.append(name)
+        palette.append(fixed.get(name) or next(free, OTHER))
+    codes = code_of[inverse]
+    if (codes < 0).any():
+        codes[codes < 0] = len(legend_names)
+        legend_names.append("other")
+        palette.append(OTHER)
+    return _coded(codes, legend_names, palette)
+
+
+def _coded(codes: np.ndarray, names: list[str], palette: list[str]):
+    counts = np.bincount(codes, minlength=len(names))
+    legend = [(name, palette[i], int(counts[i])) for i, name in enumerate(names) if counts[i]]
+    return codes.astype(np.uint8), palette, legend
+
+
+def keep_mask(store: RunStore, run: Run, domains, categories, clusters, realism, tags):
+    """Rows passing the filters (None: no filter). Realism bounds synthetic images only
+    (real ones have none); tags: any of them."""
+    n, level = len(run.images), atlas_level(run)
+    keep = np.ones(n, dtype=bool)
+    if domains is not None and set(domains) != {"real", "synthetic"}:
+        keep &= np.isin(image_column(run, "domain").astype(str), list(domains))
+    if categories:
+        cats = np.array([c or "–" for c in image_column(run, "category").astype(object)])
+        keep &= np.isin(cats, list(categories))
+    scores = level_scores(run, level).reindex(range(n))
+    if clusters:
+        wanted = [-1 if c == "noise" else int(c.split()[-1]) for c in clusters]
+        keep &= np.isin(scores["cluster"].fillna(-1).to_numpy(int), wanted)
+    lo, hi = realism if realism is not None else (0.0, 1.0)
+    if lo > 0 or hi < 1:
+        values = scores["realism"].to_numpy(float)
+        keep &= np.isnan(values) | ((values >= lo) & (values <= hi))
+    if tags:
+        keep &= np.array([bool(t & set(tags)) for t in _tags_of_rows(store, run)])
+    return None if keep.all() else keep
+
+
+def view(store: RunStore, run_id: str, layout: str, color_by: str, mask=None, select=None,
+         animate: bool = False) -> str:  # fmt: skip
+    """The gr.HTML value: the JSON the map's script draws."""
+    run = open_id(store, run_id)
+    if atlas_level(run) is None:
+        return json.dumps({"n": 0})
+    codes, palette, legend = colours(store, run, color_by)
+    key = LAYOUT_LABELS.get(layout, layout)
+    return json.dumps({
+        "run": run.id, "n": len(run.images), "layout": key,
+        "points_url": f"/atlas/{run.id}/points.bin?layout={key}",
+        "codes": base64.b64encode(codes.tobytes()).decode(),
+        "palette": palette, "legend": legend,
+        "filter": None if mask is None else base64.b64encode(
+            np.packbits(mask, bitorder="little").tobytes()).decode(),
+        "select": None if select is None else [int(i) for i in select],
+        "animate": animate, "nonce": time.time_ns(),
+    })  # fmt: skip
+
+
+# -- the selection ---------------------------------------------------------------------------
+
+
+def describe_selection(store: RunStore, run_id: str, rows: list[int]):
+    """A line on the selection (how many of each domain) and its first thumbnails."""
+    run = open_id(store, run_id)
+    if not rows:
+        return "Nothing selected: drag with **Lasso** on (or hold Shift), or pick a hotspot.", []
+    domains = image_column(run, "domain")[np.asarray(rows, dtype=np.int64)]
+    parts = ", ".join(f"{int((domains == d).sum())} {d}" for d in ("real", "synthetic"))
+    items = [(run.thumb(r), caption(run, r)) for r in rows[:SHOWN_SELECTED]]
+    more = f" (the first {SHOWN_SELECTED} below)" if len(rows) > SHOWN_SELECTED else ""
+    return f"**{len(rows)} selected**: {parts}{more}.", [(str(p), c) for p, c in items if p]
+
+
+def on_lasso(store: RunStore, run_id: str, evt: gr.EventData):
+    rows = sorted({int(r) for r in (getattr(evt, "rows", None) or [])})
+    return rows, *describe_selection(store, run_id, rows)
+
+
+def tag_selection(store: RunStore, editing: Editing, run_id: str, rows: list[int], tag: str,
+                  who: str, token: str, untag: bool = False) -> str:  # fmt: skip
+    """Tag (or untag) every selected image."""
+    editing.check(token)
+    if not rows:
+        raise gr.Error("Select images first: lasso them on the map or pick a hotspot.")
+    run, notes = open_id(store, run_id), Annotations.of(store.root)
+    try:
+        change = notes.untag if untag else notes.tag
+        n = change(keys_of(run.images, rows), tag, who or "anonymous")
+    except GapscopeError as exc:
+        raise gr.Error(str(exc)) from None
+    return f"{'untagged' if untag else 'tagged'} {n} of {len(rows)} images {tag.strip()!r}."
+
+
+# -- hotspots --------------------------------------------------------------------------------
+
+
+def hotspots(run: Run) -> list[dict]:
+    """The run's HDBSCAN clusters at the atlas level, largest first: id, kind, size and
+    the rows nearest their middle on the map (the thumbnails the list shows)."""
+    level = atlas_level(run)
+    if level is None:
+        return []
+    table = run.metrics["levels"][level]["clusters"]["table"]
+    labels = level_scores(run, level).reindex(range(len(run.images)))["cluster"]
+    labels = labels.fillna(-1).to_numpy(int)
+    xy = coordinates(run, "umap")
+    out = []
+    for c in sorted(table, key=lambda c: -c.get("n", 0)):
+        rows = np.flatnonzero(labels == c["cluster"])
+        if not len(rows):
+            continue
+        middle = np.median(xy[rows], axis=0)
+        near = rows[np.argsort(((xy[rows] - middle) ** 2).sum(axis=1))[:HOTSPOT_THUMBS]]
+        out.append({"cluster": int(c["cluster"]), "kind": c.get("kind", "mixed"),
+                    "n": len(rows), "rows": rows, "near": near})  # fmt: skip
+    return out
+
+
+def hotspot_gallery(store: RunStore, run_id: str) -> list:
+    """One row of thumbnails per hotspot, its name (users may rename it) on the first."""
+    run = open_id(store, run_id)
+    names = Annotations.of(store.root).hotspot_names(run.id, atlas_level(run) or "")
+    items = []
+    for h in hotspots(run):
+        title = names.get(h["cluster"]) or f"cluster {h['cluster']}"
+        for j, r in enumerate(h["near"]):
+            path = run.thumb(int(r))
+            first = f"{title} · {h['kind']} · {h['n']} images"
+            items.append((str(path), first if j == 0 else f"cluster {h['cluster']}"))
+        for _ in range(HOTSPOT_THUMBS - len(h["near"])):  # keep one hotspot per row
+            items.append((str(ASSETS / "no_image.png"), f"cluster {h['cluster']}"))
+    return items
+
+
+def pick_hotspot(store: RunStore, run_id: str, layout: str, color_by: str, mask_state,
+                 evt: gr.SelectData):  # fmt: skip
+    """A click on a hotspot's thumbnail selects the whole cluster on the map."""
+    run = open_id(store, run_id)
+    spots = hotspots(run)
+    h = spots[evt.index // HOTSPOT_THUMBS]
+    rows = [int(r) for r in h["rows"]]
+    names = Annotations.of(store.root).hotspot_names(run.id, atlas_level(run) or "")
+    return (
+        view(store, run_id, layout, color_by, mask_state, select=rows),
+        rows,
+        *describe_selection(store, run_id, rows),
+        h["cluster"],
+        names.get(h["cluster"], ""),
+    )
+
+
+def name_hotspot(store: RunStore, editing: Editing, run_id: str, cluster, name: str, who: str,
+                 token: str):  # fmt: skip
+    editing.check(token)
+    if cluster is None or int(cluster) < 0:
+        raise gr.Error("Pick a hotspot first (click one of its thumbnails).")
+    run = open_id(store, run_id)
+    try:
+        Annotations.of(store.root).name_hotspot(run.id, atlas_level(run) or "", int(cluster),
+                                                name, who or "anonymous")  # fmt: skip
+    except GapscopeError as exc:
+        raise gr.Error(str(exc)) from None
+    return hotspot_gallery(store, run_id)
+
+
+# -- the tab ---------------------------------------------------------------------------------
+
+
+def filter_choices(store: RunStore, run: Run) -> tuple[list, list, list]:
+    """The categories, clusters and tags the filters offer for this run."""
+    if atlas_level(run) is None:
+        return [], [], []
+    cats = sorted({c or "–" for c in image_column(run, "category").astype(object)})
+    clusters = ["noise"] + [f"cluster {h['cluster']}" for h in hotspots(run)]
+    tags = sorted({t for ts in Annotations.of(store.root).tags().values() for t in ts})
+    return cats, clusters, tags
+
+
+def on_run(store: RunStore, run_id: str, layout: str, color_by: str):
+    run = open_id(store, run_id)
+    note = (
+        "" if atlas_level(run) is not None else
+        "This run has no atlas layout: it was computed with `--atlas-level none` or before "
+        "the atlas existed. Rerun the batch job to get one."
+    )  # fmt: skip
+    cats, clusters, tags = filter_choices(store, run)
+    return (
+        run.id, note, view(store, run.id, layout, color_by), None, [],
+        *describe_selection(store, run.id, []),
+        gr.update(choices=cats, value=[]), gr.update(choices=clusters, value=[]),
+        gr.update(choices=tags, value=[]),
+        hotspot_gallery(store, run.id) if note == "" else [],
+    )  # fmt: skip
+
+
+def refilter(store: RunStore, run_id: str, layout: str, color_by: str, domains, categories,
+             clusters, lo: float, hi: float, tags):  # fmt: skip
+    run = open_id(store, run_id)
+    mask = keep_mask(store, run, domains, categories, clusters, (lo, hi), tags)
+    shown = len(run.images) if mask is None else int(mask.sum())
+    return view(store, run_id, layout, color_by, mask), mask, f"{shown} of {len(run.images)} shown"
+
+
+def build(store: RunStore, first: Run, editing: Editing | None = None) -> Tab:
+    editing = editing or Editing(False)
+    head = f'<script src="/atlas/{SCRIPT.name}"></script>'
+    with gr.Blocks() as blocks:
+        run_id = gr.Textbox(first.id, visible=False)
+        note = gr.Markdown(elem_id="atlas_note")
+        with gr.Row():
+            layout = gr.Radio(list(LAYOUT_LABELS), value="UMAP map", label="Layout",
+                              elem_id="atlas_layout")  # fmt: skip
+            color_by = gr.Dropdown(list(COLOR_BY), value="domain", label="Colour by",
+                                   elem_id="atlas_color")  # fmt: skip
+            shown = gr.Markdown(elem_id="atlas_shown")
+        with gr.Accordion("Filters", open=False, elem_id="atlas_filters"):
+            with gr.Row():
+                domains = gr.CheckboxGroup(["real", "synthetic"], value=["real", "synthetic"],
+                                           label="Domain", elem_id="atlas_domains")  # fmt: skip
+                categories = gr.Dropdown([], multiselect=True, label="Categories")
+                clusters = gr.Dropdown([], multiselect=True, label="Hotspots (clusters)")
+                tags = gr.Dropdown([], multiselect=True, label="Tagged with any of",
+                                   elem_id="atlas_tag_filter")  # fmt: skip
+            with gr.Row():
+                lo = gr.Slider(0, 1, value=0, step=0.01, label="Realism at least")
+                hi = gr.Slider(0, 1, value=1, step=0.01, label="Realism at most")
+        mask = gr.State(None)
+        rows = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=3):
+                plot = gr.HTML(
+                    json.dumps({"n": 0}), html_template=TEMPLATE, css_template=CSS,
+                    js_on_load=JS, head=head, elem_id="atlas",
+                )  # fmt: skip
+            with gr.Column(scale=2):
+                summary = gr.Markdown(elem_id="atlas_selection")
+                selected = PathGallery(label="Selected", columns=4, height=300,
+                                       elem_id="atlas_selected", object_fit="contain")  # fmt: skip
+                if editing.enabled:
+                    with gr.Row():
+                        who = gr.Textbox(label="Your name", placeholder="anonymous",
+                                         elem_id="atlas_who")  # fmt: skip
+                        token = gr.Textbox(label="Write token", type="password",
+                                           visible=editing.token is not None,
+                                           elem_id="atlas_token")  # fmt: skip
+                    tag = gr.Textbox(label="Tag", placeholder="e.g. odd lighting",
+                                     elem_id="atlas_tag")  # fmt: skip
+                    with gr.Row():
+                        tag_button = gr.Button("Tag selection", elem_id="atlas_tag_button")
+                        untag_button = gr.Button("Untag", elem_id="atlas_untag_button")
+                        remove_button = gr.Button("Flag for removal", variant="stop",
+                                                  elem_id="atlas_remove_button")  # fmt: skip
+                    done = gr.Markdown(elem_id="atlas_done")
+                downloads(store, run_id, prefix="atlas_")
+        gr.Markdown("### Hotspots\nHDBSCAN's clusters at the atlas's level, largest first: "
+                    "click one to select it on the map.")  # fmt: skip
+        hotspot = gr.Number(-1, visible=False)
+        spots = PathGallery(columns=HOTSPOT_THUMBS, height=420, elem_id="atlas_hotspots",
+                            object_fit="contain", allow_preview=False)  # fmt: skip
+        if editing.enabled:
+            with gr.Row():
+                hotspot_name = gr.Textbox(label="Name the picked hotspot",
+                                          elem_id="atlas_hotspot_name")  # fmt: skip
+                name_button = gr.Button("Save name", elem_id="atlas_hotspot_button")
+            name_button.click(partial(name_hotspot, store, editing),
+                              [run_id, hotspot, hotspot_name, who, token], spots)  # fmt: skip
+        else:
+            hotspot_name = gr.Textbox(visible=False)
+
+        filters = [domains, categories, clusters, lo, hi, tags]
+        gr.on([layout.change, color_by.change, *(f.change for f in filters)],
+              partial(refilter, store), [run_id, layout, color_by, *filters],
+              [plot, mask, shown])  # fmt: skip
+
+        # functions of their own, not partials: Gradio finds the event-data parameter by
+        # the type hints of a plain function only
+        def lasso(run: str, evt: gr.EventData):
+            return on_lasso(store, run, evt)
+
+        def pick(run: str, shown_as: str, colour: str, keep, evt: gr.SelectData):
+            return pick_hotspot(store, run, shown_as, colour, keep, evt)
+
+        plot.lasso_select(lasso, run_id, [rows, summary, selected])
+        spots.select(pick, [run_id, layout, color_by, mask],
+                     [plot, rows, summary, selected, hotspot, hotspot_name])  # fmt: skip
+        if editing.enabled:
+            mine = [who, token]
+            for button, fn in (
+                (tag_button, tag_selection),
+                (untag_button, partial(tag_selection, untag=True)),
+            ):
+                button.click(partial(fn, store, editing), [run_id, rows, tag, *mine], done)
+            remove_button.click(
+                partial(_flag_selection, store, editing), [run_id, rows, *mine], done
+            )
+            done.change(partial(_tags_changed, store), [run_id, tags], tags)
+        outputs = [run_id, note, plot, mask, rows, summary, selected, categories, clusters,
+                   tags, spots]  # fmt: skip
+        blocks.load(partial(on_run, store), [run_id, layout, color_by], outputs)
+    return Tab(blocks, run_id, on_run, [layout, color_by], outputs)
+
+
+def _flag_selection(store, editing, run_id, rows, who, token) -> str:
+    return tag_selection(store, editing, run_id, rows, REMOVE, who, token)
+
+
+def _tags_changed(store: RunStore, run_id: str, chosen):
+    """A new tag joins the tag filter's choices."""
+    _, _, tags = filter_choices(store, open_id(store, run_id))
+    return gr.update(choices=tags, value=[t for t in chosen or [] if t in tags])
+
+
+# -- the routes ------------------------------------------------------------------------------
+
+
+def router(store: RunStore):
+    """`/atlas/...`: the scatterplot's script, a run's points per layout and its
+    thumbnails, from published runs only (a run is immutable: cached by browsers)."""
+    from fastapi import APIRouter, HTTPException, Response
+    from fastapi.responses import FileResponse
+
+    api = APIRouter(prefix="/atlas")
+    forever = {"Cache-Control": "public, max-age=31536000, immutable"}
+
+    def published(run_id: str) -> Run:
+        try:
+            return open_id(store, run_id)
+        except (GapscopeError, gr.Error, OSError, ValueError):
+            raise HTTPException(404, "no such run") from None
+
+    @api.get(f"/{SCRIPT.name}")
+    def script() -> FileResponse:
+        return FileResponse(SCRIPT, media_type="text/javascript",
+                            headers={"Cache-Control": "public, max-age=86400"})  # fmt: skip
+
+    @api.get("/{run_id}/points.bin")
+    def points(run_id: str, layout: str = "umap") -> Response:
+        if layout not in layouts.LAYOUTS:
+            raise HTTPException(404, "no such layout")
+        run = published(run_id)
+        try:
+            body = points_bytes(run, layout)
+        except GapscopeError as exc:
+            raise HTTPException(404, str(exc)) from None
+        return Response(body, media_type="application/octet-stream", headers=forever)
+
+    @api.get("/{run_id}/thumb/{row}")
+    def thumb(run_id: str, row: int) -> FileResponse:
+        run = published(run_id)
+        path = run.thumb(row) if 0 <= row < len(run.images) else None
+        if path is None or not Path(path).exists():
+            raise HTTPException(404, "no thumbnail")
+        return FileResponse(path, headers=forever)
+
+    return api
