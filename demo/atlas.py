@@ -58,7 +58,7 @@ const wrap = element.querySelector('.atlas-wrap');
 const canvas = wrap.querySelector('canvas.atlas-points');
 const thumbs = wrap.querySelector('canvas.atlas-thumbs');
 const tip = wrap.querySelector('.atlas-tip');
-const state = element.__atlas = {sp: null, url: null, x: null, y: null, images: new Map(),
+const state = wrap.__atlas = {sp: null, url: null, x: null, y: null, images: new Map(),
                                  codes: null, view: null, captions: null};
 const fromB64 = (s) => Uint8Array.from(atob(s), c => c.charCodeAt(0));
 const THUMBS_AT = 400, THUMB_PX = 56;
@@ -245,7 +245,7 @@ def colours(store: RunStore, run: Run, color_by: str) -> tuple[np.ndarray, list,
     n, level = len(run.images), atlas_level(run)
     if color_by in SCORES:
         values = level_scores(run, level).reindex(range(n))[SCORES[color_by]].to_numpy(float)
-        bins = np.clip((values * len(BINS)).astype(np.int64, copy=False), 0, len(BINS) - 1)
+        bins = np.clip(np.nan_to_num(values * len(BINS)).astype(np.int64), 0, len(BINS) - 1)
         codes = np.where(np.isnan(values), len(BINS), bins)
         names = [f"{i / len(BINS):.3g}–{(i + 1) / len(BINS):.3g}" for i in range(len(BINS))]
         return _coded(codes, [*names, "n/a"], [*BINS, NONE])

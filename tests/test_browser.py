@@ -390,3 +390,92 @@ def test_the_neighbours_can_come_from_the_real_images_only(page, results_dir):
         " return c.length >= 8 && c.every(e => e.innerText.includes(' real ')); }",
         timeout=20_000,
     )
+
+
+# ---- the atlas: lasso, tag, reload, download; zoom into thumbnails -------------------------
+
+ATLAS = "document.querySelector('#atlas .atlas-wrap')"
+
+
+def open_atlas(page) -> dict:
+    """Switch to the Atlas tab and wait until its map is drawn; the map's state."""
+    page.get_by_role("tab", name="Atlas").click()
+    page.wait_for_function(f"() => {ATLAS} && {ATLAS}.dataset.ready !== '0'", timeout=60_000)
+    return page.evaluate(f"() => ({{...{ATLAS}.dataset}})")
+
+
+def lasso(page, x0=0.25, y0=0.25, x1=0.75, y1=0.75) -> list[int]:
+    """Turn on Lasso and drag a loop over part of the map, as a person does; the rows
+    the map then shows selected (once the page says how many were selected)."""
+    page.click("#atlas .atlas-lasso")
+    box = page.locator("#atlas .atlas-wrap").bounding_box()
+    at = lambda fx, fy: (box["x"] + fx * box["width"], box["y"] + fy * box["height"])  # noqa: E731
+    page.mouse.move(*at(x0, y0))
+    page.mouse.down()
+    for corner in (at(x1, y0), at(x1, y1), at(x0, y1), at(x0, y0 + 0.01)):
+        page.mouse.move(*corner, steps=6)
+    page.mouse.up()
+    page.wait_for_function(
+        "() => /\\d+ selected:/.test(document.querySelector('#atlas_selection').innerText)",
+        timeout=20_000,
+    )
+    rows = page.evaluate(f"() => {ATLAS}.__atlas.sp.get('selectedPoints')")
+    said = page.locator("#atlas_selection").inner_text()
+    assert f"{len(rows)} selected:" in said, said
+    return sorted(rows)
+
+
+def test_a_lasso_selection_is_tagged_kept_after_a_reload_and_exported_exactly(
+    page, browser, demo_url, published_run
+):
+    import csv
+    import io
+
+    open_atlas(page)
+    rows = lasso(page, 0.1, 0.1, 0.9, 0.6)
+    assert 0 < len(rows) < len(published_run.images)  # a part of the map, not all of it
+    page.fill("#atlas_tag textarea, #atlas_tag input", "lassoed")
+    page.click("#atlas_tag_button")
+    page.wait_for_function(
+        "(n) => document.querySelector('#atlas_done').innerText.includes(`tagged ${n} of ${n}`)",
+        arg=len(rows), timeout=20_000,
+    )  # fmt: skip
+    with visit(browser, demo_url) as again:  # a reload: the tag lives in SQLite
+        open_atlas(again)
+        again.click("#atlas_filters")
+        again.click("#atlas_tag_filter input")
+        again.get_by_role("option", name="lassoed").click()
+        again.wait_for_function(
+            f"(n) => {ATLAS}.dataset.shown === String(n)", arg=len(rows), timeout=20_000
+        )
+        again.locator("#atlas_export_kind").get_by_text("CSV", exact=True).click()
+        again.click("#atlas_export_button")
+        link = again.wait_for_selector("#atlas_export_file a", timeout=20_000)
+        with again.expect_download() as got:
+            link.click()
+        with open(got.value.path(), encoding="utf-8") as fh:
+            exported = list(csv.DictReader(io.StringIO(fh.read())))
+    tagged = sorted(int(r["id"]) for r in exported if "lassoed" in r["tags"].split(";"))
+    assert tagged == rows
+
+
+def test_zooming_into_the_atlas_draws_thumbnails_and_layouts_switch(page):
+    state = open_atlas(page)
+    # a few hundred points in view get their thumbnails at once: the example's 80 do
+    assert state["layout"] == "umap" and state["thumbs"] == state["inView"] == "80"
+    page.locator("#atlas_layout").get_by_text("Grid", exact=True).click()
+    page.wait_for_function(f"() => {ATLAS}.dataset.layout === 'grid'", timeout=20_000)
+    box = page.locator("#atlas .atlas-wrap").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for _ in range(40):  # zoom in with the wheel until only some of the grid is in view
+        page.mouse.wheel(0, -200)
+        page.wait_for_timeout(300)
+        if 0 < int(page.evaluate(f"() => {ATLAS}.dataset.inView")) < 30:
+            break
+    state = page.evaluate(f"() => ({{...{ATLAS}.dataset}})")
+    assert 0 < int(state["inView"]) < 30 and state["thumbs"] == state["inView"]
+    drawn = page.evaluate(
+        f"() => [...{ATLAS}.__atlas.images.values()].filter(i => i.complete && i.naturalWidth)"
+        ".length"
+    )
+    assert drawn >= int(state["inView"])  # fetched from /atlas/<run>/thumb/<row>, drawn
