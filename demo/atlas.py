@@ -33,6 +33,9 @@ from demo.runs import (
     open_id,
     open_run,
     projection_view,
+    row_tags,
+    tag_names,
+    with_tags,
 )
 from lib import atlas as layouts
 from lib.annotations import REMOVE, Annotations, keys_of
@@ -43,6 +46,8 @@ SCRIPT = ASSETS / "atlas" / "regl-scatterplot.min.js"
 LAYOUT_LABELS = {"UMAP map": "umap", "Grid": "grid", "By category": "category"}
 COLOR_BY = ("domain", "category", "cluster", "realism", "p(synthetic)", "tags")
 SCORES = {"realism": "realism", "p(synthetic)": "p_synthetic"}
+# realism ≥ 1: inside the real images' manifold; the scale ends at 2 (as the overlap's)
+SCORE_TOP = {"realism": 2.0, "p(synthetic)": 1.0}
 DOMAIN_COLORS = {"real": "#1f77b4", "synthetic": "#ff7f0e"}
 PALETTE = (
     "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #bcbd22 #17becf #393b79 "
@@ -50,6 +55,7 @@ PALETTE = (
 ).split()
 OTHER, NONE = "#b0b0b0", "#d9d9d9"  # "other" categories; no value (untagged, n/a)
 BINS = ("#440154", "#46327e", "#365c8d", "#277f8e", "#1fa187", "#4ac16d", "#a0da39", "#fde725")
+REALISM_MAX = 3.0  # the realism sliders' end (the score is unbounded above)
 SHOWN_SELECTED = 48  # thumbnails of a selection in its gallery
 HOTSPOT_THUMBS = 4  # thumbnails per hotspot
 
@@ -232,22 +238,18 @@ def points_bytes(run: Run, layout: str) -> bytes:
     return np.ascontiguousarray(xy.T).tobytes()
 
 
-def _tags_of_rows(store: RunStore, run: Run) -> list[set[str]]:
-    """Each row's tags (a read of the annotations: they change while the demo runs)."""
-    tags = Annotations.of(store.root).tags()
-    keys = keys_of(run.images, range(len(run.images)))
-    return [tags.get(k, set()) for k in keys]
-
-
 def colours(store: RunStore, run: Run, color_by: str) -> tuple[np.ndarray, list, list]:
     """Per-row colour codes (uint8), the palette they index and the legend
     [(name, colour, count)] for one colouring of the map."""
     n, level = len(run.images), atlas_level(run)
     if color_by in SCORES:
         values = level_scores(run, level).reindex(range(n))[SCORES[color_by]].to_numpy(float)
-        bins = np.clip(np.nan_to_num(values * len(BINS)).astype(np.int64), 0, len(BINS) - 1)
-        codes = np.where(np.isnan(values), len(BINS), bins)
-        names = [f"{i / len(BINS):.3g}–{(i + 1) / len(BINS):.3g}" for i in range(len(BINS))]
+        top = SCORE_TOP[color_by]
+        bins = np.nan_to_num(values / top * len(BINS)).astype(np.int64)
+        codes = np.where(np.isnan(values), len(BINS), np.clip(bins, 0, len(BINS) - 1))
+        edges = [f"{top * i / len(BINS):.3g}" for i in range(len(BINS) + 1)]
+        names = [f"{a}–{b}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        names[-1] = f"≥ {edges[-2]}" if color_by == "realism" else names[-1]
         return _coded(codes, [*names, "n/a"], [*BINS, NONE])
     if color_by == "domain":
         names = image_column(run, "domain").astype(str)
@@ -256,11 +258,10 @@ def colours(store: RunStore, run: Run, color_by: str) -> tuple[np.ndarray, list,
     elif color_by == "cluster":
         labels = level_scores(run, level).reindex(range(n))["cluster"].fillna(-1).to_numpy(int)
         names = np.where(labels < 0, "noise", np.char.add("cluster ", labels.astype(str)))
-    else:  # tags: an image's tags in alphabetical order, "remove" first
-        names = np.array([
-            "untagged" if not t else ", ".join(sorted(t, key=lambda s: (s != REMOVE, s)))
-            for t in _tags_of_rows(store, run)
-        ])  # fmt: skip
+    else:  # tags
+        names = np.full(n, "untagged", dtype=object)
+        for r, t in row_tags(run).items():
+            names[r] = tag_names(t)
     return _by_name(names, color_by)
 
 
@@ -309,12 +310,14 @@ def keep_mask(store: RunStore, run: Run, domains, categories, clusters, realism,
     if clusters:
         wanted = [-1 if c == "noise" else int(c.split()[-1]) for c in clusters]
         keep &= np.isin(scores["cluster"].fillna(-1).to_numpy(int), wanted)
-    lo, hi = realism if realism is not None else (0.0, 1.0)
-    if lo > 0 or hi < 1:
+    lo, hi = realism if realism is not None else (0.0, REALISM_MAX)
+    if lo > 0 or hi < REALISM_MAX:
         values = scores["realism"].to_numpy(float)
-        keep &= np.isnan(values) | ((values >= lo) & (values <= hi))
+        top = hi if hi < REALISM_MAX else np.inf
+        keep &= np.isnan(values) | ((values >= lo) & (values <= top))
     if tags:
-        keep &= np.array([bool(t & set(tags)) for t in _tags_of_rows(store, run)])
+        wanted = set(tags)
+        keep &= np.isin(np.arange(n), [r for r, t in row_tags(run).items() if t & wanted])
     return None if keep.all() else keep
 
 
@@ -348,9 +351,10 @@ def describe_selection(store: RunStore, run_id: str, rows: list[int]):
         return "Nothing selected: drag with **Lasso** on (or hold Shift), or pick a hotspot.", []
     domains = image_column(run, "domain")[np.asarray(rows, dtype=np.int64)]
     parts = ", ".join(f"{int((domains == d).sum())} {d}" for d in ("real", "synthetic"))
-    items = [(run.thumb(r), caption(run, r)) for r in rows[:SHOWN_SELECTED]]
+    first = rows[:SHOWN_SELECTED]
+    items = with_tags(run, [(str(run.thumb(r)), caption(run, r)) for r in first], first)
     more = f" (the first {SHOWN_SELECTED} below)" if len(rows) > SHOWN_SELECTED else ""
-    return f"**{len(rows)} selected**: {parts}{more}.", [(str(p), c) for p, c in items if p]
+    return f"**{len(rows)} selected**: {parts}{more}.", items
 
 
 def on_lasso(store: RunStore, run_id: str, evt: gr.EventData):
@@ -504,8 +508,9 @@ def build(store: RunStore, first: Run, editing: Editing | None = None) -> Tab:
                 tags = gr.Dropdown([], multiselect=True, label="Tagged with any of",
                                    elem_id="atlas_tag_filter")  # fmt: skip
             with gr.Row():
-                lo = gr.Slider(0, 1, value=0, step=0.01, label="Realism at least")
-                hi = gr.Slider(0, 1, value=1, step=0.01, label="Realism at most")
+                lo = gr.Slider(0, REALISM_MAX, value=0, step=0.01, label="Realism at least")
+                hi = gr.Slider(0, REALISM_MAX, value=REALISM_MAX, step=0.01,
+                               label="Realism at most (the top: no bound)")  # fmt: skip
         mask = gr.State(None)
         rows = gr.State([])
         with gr.Row():

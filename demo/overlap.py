@@ -32,9 +32,13 @@ from demo.runs import (
     open_id,
     picture,
     projection_view,
+    row_tags,
     score_values,
+    tag_names,
+    with_tags,
 )
 from demo.thinning import GRID, MAX_POINTS, budgets, opacity, thin
+from lib.annotations import REMOVE
 from lib.atlas import METHOD as ATLAS
 from lib.plots import STYLE, direction_title
 from lib.store import Run, RunStore
@@ -43,7 +47,7 @@ DIRECTIONS = {  # label → the domain the projection was fitted on
     direction_title("real"): "real",
     direction_title("synthetic"): "synthetic",
 }
-COLOR_BY = ("domain", "category", "cluster", "realism", "p(synthetic)")
+COLOR_BY = ("domain", "category", "cluster", "realism", "p(synthetic)", "tags")
 SCORE_COLUMNS = {"realism": "realism", "p(synthetic)": "p_synthetic"}
 CATEGORY_COLORS = (
     "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf "
@@ -230,6 +234,10 @@ def _groups(run, level, color_by, proj, domains, shown, rows):
     if color_by == "cluster" and run.scores is not None:
         names = cluster_names(run, level, proj["id"][every])
         return [(n, every[names == n]) for n in sorted(set(names), key=_cluster_order)]
+    if color_by == "tags":
+        tags = row_tags(run)
+        names = np.array([tag_names(tags.get(int(r), set())) for r in proj["id"][every]])
+        return [(n, every[names == n]) for n in sorted(set(names), key=_tags_order)]
     out = []
     for d, r in shown.items():
         n = len(rows[d])
@@ -275,16 +283,22 @@ def _marker(run: Run, level: str, name: str, ids, domains, color_by: str, i: int
         else:
             style = {"colorscale": "RdBu_r", "cmin": 0.0, "cmax": 1.0}
         return {**marker, **style, "color": values, "colorbar": {"title": color_by}}
-    if color_by in ("category", "cluster"):
+    if color_by in ("category", "cluster", "tags"):
         symbols = [MARKERS.get(d, "circle") for d in domains]
-        if name == "noise":
+        if name in ("noise", "untagged"):
             return {**marker, "symbol": symbols, "color": "lightgrey"}
+        if name.startswith(REMOVE):
+            return {**marker, "symbol": symbols, "color": "#d62728"}
         return {**marker, "symbol": symbols, "color": CATEGORY_COLORS[i % len(CATEGORY_COLORS)]}
     return {**marker, "color": STYLE.get(domain, {"c": "grey"})["c"]}
 
 
 def _cluster_order(name: str) -> tuple[int, str]:
     return (name == "noise", name)
+
+
+def _tags_order(name: str) -> tuple[int, str]:
+    return (name == "untagged", name)
 
 
 NEIGHBOURS_FROM = ("both domains", "real", "synthetic")
@@ -303,10 +317,11 @@ def neighbour_gallery(run: Run, level: str, row: int, source: str = NEIGHBOURS_F
         config = run.manifest["config"]
         idx, dist = nearest_among(run.features(level), row, candidates, config["k"],
                                   config["metric"])  # fmt: skip
-    return [
+    items = [
         (picture(run.thumb(int(j))), caption(run, int(j), float(d)))
         for j, d in zip(idx, dist, strict=True)
     ]
+    return with_tags(run, items, [int(j) for j in idx])
 
 
 def filtered_neighbours(store: RunStore, run_id: str, level: str, row, source: str):

@@ -19,6 +19,7 @@ from gradio.components.gallery import GalleryData, GalleryImage
 from gradio.data_classes import ImageData
 from gradio_client.utils import get_mimetype
 
+from lib.annotations import REMOVE, Annotations, keys_of
 from lib.atlas import middle_level
 from lib.store import Run, RunStore
 
@@ -151,6 +152,39 @@ def caption(run: Run, row: int, distance: float | None = None) -> str:
     domain, category = image_column(run, "domain")[row], image_column(run, "category")[row]
     text = f"#{row} {domain} · {category or '–'}"
     return text if distance is None else f"{text} · d={distance:.3f}"
+
+
+def tag_names(tags: set[str]) -> str:
+    """An image's tags as one name (a legend entry, a caption): "remove" first."""
+    return ", ".join(sorted(tags, key=lambda t: (t != REMOVE, t))) if tags else "untagged"
+
+
+def row_tags(run: Run) -> dict[int, set[str]]:
+    """Every tagged image of the run by row: one read of the tags, joined on (hash,
+    relpath) by pandas (a million rows in well under a second)."""
+    import pandas as pd
+
+    tags = Annotations.of(run.results).tags()
+    if not tags:
+        return {}
+    keys = list(tags)
+    tagged = pd.DataFrame({"hash": [k.hash for k in keys], "relpath": [k.relpath for k in keys],
+                           "t": np.arange(len(keys))})  # fmt: skip
+    images = pd.DataFrame({"hash": image_column(run, "hash"),
+                           "relpath": image_column(run, "relpath")})  # fmt: skip
+    found = images.reset_index(names="row").merge(tagged, on=["hash", "relpath"])
+    return {int(r): tags[keys[t]] for r, t in zip(found["row"], found["t"], strict=True)}
+
+
+def with_tags(run: Run, items: list[tuple], rows: list[int]) -> list[tuple]:
+    """Gallery items (picture, caption) with each tagged image's tags in its caption:
+    what users decided shows wherever the image appears."""
+    keys = keys_of(run.images, rows)
+    tags = Annotations.of(run.results).tags_of(keys)
+    return [
+        (picture, f"{text} · 🏷 {tag_names(t)}" if t else text)
+        for (picture, text), t in zip(items, tags, strict=True)
+    ]
 
 
 ASSETS = Path(__file__).resolve().parent / "assets"  # served beside the runs (demo.app)

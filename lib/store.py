@@ -424,6 +424,11 @@ class Run:
     def id(self) -> str:
         return self.dir.name
 
+    @property
+    def results(self) -> Path:
+        """The results folder the run was published in (its annotations live there)."""
+        return self.dir.parent.parent
+
     @cached_property
     def manifest(self) -> dict:
         return json.loads((self.dir / MANIFEST).read_text())

@@ -156,3 +156,21 @@ def test_hotspot_names_are_kept_audited_and_undone(tmp_path):
     assert notes.undo("ana") == "undid 1 change"
     assert notes.hotspot_names("run1", "c3") == {4: "wet roads"}
     assert notes.hotspot_names("run1", "c4") == {4: "elsewhere"}
+
+
+def test_tags_show_in_the_overlap_colouring_and_in_gallery_captions(published_run):
+    from demo.atlas import describe_selection
+    from demo.overlap import neighbour_gallery, overlap_figure
+    from lib.annotations import Annotations, keys_of
+    from lib.store import RunStore
+
+    run, level = published_run, published_run.levels[0]
+    first = int(run.neighbors(level)[0][7][0])  # the first image in row 7's gallery
+    Annotations.of(run.results).tag(keys_of(run.images, [first]), "shown everywhere")
+    gallery = neighbour_gallery(run, level, 7)
+    assert gallery[0][1].endswith("🏷 shown everywhere")
+    fig = overlap_figure(run, level, "real", color_by="tags")
+    trace = next(t for t in fig.data if t.name == "shown everywhere")
+    assert list(trace.customdata) == [first]
+    _, items = describe_selection(RunStore(run.results), run.id, [first])
+    assert items[0][1].endswith("🏷 shown everywhere")
