@@ -14,7 +14,7 @@ IMAGE ?= gapscope
 # umap-learn compiles with numba on first use: keep the compiled code between runs.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: help setup setup-dev example batch demo test test-random bench lint format clean docker-build docker-run docker-gpu
+.PHONY: help setup setup-dev example batch demo test test-random bench lint format clean docker-build docker-run docker-gpu atlas-js
 
 help:
 	@echo "make demo    build the bundled example if needed, run the batch job once, serve on $(HOST):$(PORT)"
@@ -57,6 +57,12 @@ test-random: setup-dev
 
 bench: setup-dev
 	$(BIN)/python bench/run.py --out $(RESULTS)/bench.json
+
+# the atlas's scatterplot, bundled once from npm (the bundle is committed: no npm at run time)
+atlas-js:
+	cd demo/assets/atlas && npm ci --no-audit --no-fund && \
+		npx esbuild entry.js --bundle --minify --format=iife --legal-comments=eof \
+		--outfile=regl-scatterplot.min.js
 
 lint: setup-dev
 	$(BIN)/ruff check .

@@ -428,6 +428,7 @@ def bench_scale(sizes=(100_000, 1_000_000), d: int = 256) -> dict:
                     "median_of_next_20": round(statistics.median(clicks[1:]), 2),
                 },
                 "overlap_plot": _plot_payload(run),
+                "atlas": _atlas_payload(run),
                 "demo": served,
             }
             print(f"bench: scale {n}+{n}: {wall:.0f} s, {peak_gib:.2f} GiB", file=sys.stderr)
@@ -478,8 +479,65 @@ def _first_render(results: Path) -> dict:
             "() => document.querySelector('#overlap_plot .legendtext')", timeout=300_000
         )
         first_render = time.perf_counter() - t
+        atlas = _atlas_render(page)
         browser.close()
-    return {"server_start_s": round(start, 1), "first_render_s": round(first_render, 2)}
+    return {"server_start_s": round(start, 1), "first_render_s": round(first_render, 2),
+            "atlas": atlas}  # fmt: skip
+
+
+def _atlas_render(page) -> dict:
+    """The Atlas tab in the same page: seconds from the click on the tab to every point
+    drawn (its view built on the server, the points fetched, regl-scatterplot's first
+    frame), the bytes it took, and a lasso drawn with the mouse over the middle."""
+    wrap = "document.querySelector('#atlas .atlas-wrap')"
+    sizes = []
+    page.on("response", lambda r: sizes.append(len(r.body())) if "points.bin" in r.url else None)
+    t = time.perf_counter()
+    page.get_by_role("tab", name="Atlas").click()
+    page.wait_for_function(f"() => {wrap} && {wrap}.dataset.ready !== '0'", timeout=600_000)
+    seconds = time.perf_counter() - t
+    points = int(page.evaluate(f"() => {wrap}.dataset.points"))
+    box = page.locator("#atlas .atlas-wrap").bounding_box()
+    page.click("#atlas .atlas-lasso")
+    at = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+          for fx, fy in ((0.4, 0.4), (0.6, 0.4), (0.6, 0.6), (0.4, 0.6), (0.4, 0.41))]  # fmt: skip
+    t = time.perf_counter()
+    page.mouse.move(*at[0])
+    page.mouse.down()
+    for corner in at[1:]:
+        page.mouse.move(*corner, steps=4)
+    page.mouse.up()
+    page.wait_for_function(
+        "() => /\\d+ selected:/.test(document.querySelector('#atlas_selection').innerText)",
+        timeout=600_000,
+    )
+    lasso = time.perf_counter() - t
+    return {
+        "points": points,
+        "first_render_s": round(seconds, 2),
+        "points_bin_bytes": sizes[0] if sizes else None,
+        "lasso_to_gallery_s": round(lasso, 2),
+        "lassoed": int(page.evaluate(f"() => {wrap}.dataset.selected")),
+    }
+
+
+def _atlas_payload(run) -> dict:
+    """What the atlas sends besides the points: the view JSON (colour codes, legend) and
+    the server seconds to build it, first (reads the tables, lays out) and again."""
+    from demo.atlas import coordinates, view
+    from lib.store import RunStore
+
+    store, out = RunStore(run.results), {}
+    for when in ("first", "again"):
+        t = time.perf_counter()
+        text = view(store, run.id, "UMAP map", "domain")
+        out[f"{when}_s"] = round(time.perf_counter() - t, 2)
+    out["view_json_bytes"] = len(text)
+    for layout in ("grid", "category"):
+        t = time.perf_counter()
+        coordinates(run, layout)
+        out[f"{layout}_layout_s"] = round(time.perf_counter() - t, 2)
+    return out
 
 
 def _click_times(run, clicks: int = 21) -> list[float]:
@@ -574,12 +632,18 @@ SECTIONS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--scale-sizes", default="100000,1000000",
+                        help="images per domain for the scale section")  # fmt: skip
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     report = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "results": {}}
     for name in args.sections.split(","):
         print(f"bench: {name} ...", file=sys.stderr)
-        report["results"][name] = SECTIONS[name]()
+        if name == "scale":
+            sizes = tuple(int(n) for n in args.scale_sizes.split(","))
+            report["results"][name] = bench_scale(sizes)
+        else:
+            report["results"][name] = SECTIONS[name]()
     text = json.dumps(report, indent=2, ensure_ascii=False)
     print(text)
     if args.out:

@@ -24,7 +24,7 @@ from lib.annotations import REMOVE, Annotations, keys_of
 from lib.errors import GapscopeError
 from lib.store import RunStore
 
-SCOPES = ("this image", "it and its neighbours")
+SCOPES = ("this image", "it and its neighbours", "the picked images")
 EXPORTS = {"CSV": "csv", "JSON": "json", "corrected metadata.csv": "metadata"}
 
 
@@ -70,10 +70,19 @@ def selection_notes(store: RunStore, run_id: str, row: int | None) -> tuple[str,
 
 
 def tag_selected(store: RunStore, editing: Editing, run_id: str, level: str, row, tag: str,
-                 scope: str, who: str, token: str, untag: bool = False) -> str:  # fmt: skip
-    """Tag (or untag) the selected image, or it and its nearest neighbours at `level`."""
+                 scope: str, who: str, token: str, picked=None,
+                 untag: bool = False) -> str:  # fmt: skip
+    """Tag (or untag) the selected image, it and its nearest neighbours at `level`, or
+    the `picked` images (a lasso on the 2D view, neighbours clicked in the gallery)."""
     editing.check(token)
-    run, rows = open_id(store, run_id), _selected(row)
+    run = open_id(store, run_id)
+    if scope == SCOPES[2]:
+        rows = [int(r) for r in picked or []]
+        if not rows:
+            raise gr.Error("Pick images first: a lasso on the 2D view, or click neighbours.")
+        row = rows[0] if row is None or int(row) < 0 else row
+    else:
+        rows = _selected(row)
     if scope == SCOPES[1]:
         rows += [int(j) for j in run.neighbors(level)[0][rows[0]]]
     notes = Annotations.of(store.root)
@@ -84,12 +93,12 @@ def tag_selected(store: RunStore, editing: Editing, run_id: str, level: str, row
         raise gr.Error(str(exc)) from None
     verb = "untagged" if untag else "tagged"
     return f"{verb} {n} of {len(rows)} images {tag.strip()!r}. " + image_notes(
-        store, run_id, rows[0]
+        store, run_id, int(row) if row is not None and int(row) >= 0 else rows[0]
     )
 
 
-def flag_removal(store, editing, run_id, level, row, scope, who, token) -> str:
-    return tag_selected(store, editing, run_id, level, row, REMOVE, scope, who, token)
+def flag_removal(store, editing, run_id, level, row, scope, who, token, picked=None) -> str:
+    return tag_selected(store, editing, run_id, level, row, REMOVE, scope, who, token, picked)
 
 
 def save_label(store: RunStore, editing: Editing, run_id: str, row, label: str, who: str,
@@ -141,10 +150,10 @@ def _selected(row) -> list[int]:
     return [int(row)]
 
 
-def panel(store: RunStore, editing: Editing, run_id, level, selected_row) -> None:
+def panel(store: RunStore, editing: Editing, run_id, level, selected_row, picked) -> None:
     """The selected image's tags and label (always), the editing controls (when the demo
     may write) and the downloads, inside the caller's layout; `selected_row` is the
-    hidden number the selection events set."""
+    hidden number the selection events set, `picked` the rows a lasso selected."""
     notes = gr.Markdown(elem_id="image_notes")
     if not editing.enabled:
         selected_row.change(partial(image_notes, store), [run_id, selected_row], notes)
@@ -171,15 +180,20 @@ def panel(store: RunStore, editing: Editing, run_id, level, selected_row) -> Non
         selected_row.change(partial(selection_notes, store), [run_id, selected_row],
                             [notes, label])  # fmt: skip
         where, mine = [run_id, level, selected_row], [who, token]
+        # a gr.State input (the lasso's rows) is no API parameter: /tag keeps its signature
         events = {  # api name: (button, function, inputs)
-            "tag": (tag_button, tag_selected, [*where, tag, scope]),
-            "untag": (untag_button, partial(tag_selected, untag=True), [*where, tag, scope]),
-            "flag_removal": (remove_button, flag_removal, [*where, scope]),
-            "save_label": (label_button, save_label, [run_id, selected_row, label]),
-            "undo": (undo_button, undo, [run_id, selected_row]),
+            "tag": (tag_button, tag_selected, [*where, tag, scope, *mine, picked]),
+            "untag": (
+                untag_button,
+                partial(tag_selected, untag=True),
+                [*where, tag, scope, *mine, picked],
+            ),  # fmt: skip
+            "flag_removal": (remove_button, flag_removal, [*where, scope, *mine, picked]),
+            "save_label": (label_button, save_label, [run_id, selected_row, label, *mine]),
+            "undo": (undo_button, undo, [run_id, selected_row, *mine]),
         }
         for name, (button, fn, inputs) in events.items():
-            button.click(partial(fn, store, editing), [*inputs, *mine], notes, api_name=name)
+            button.click(partial(fn, store, editing), inputs, notes, api_name=name)
     downloads(store, run_id)
 
 

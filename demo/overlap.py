@@ -88,6 +88,17 @@ SELECT_ON_CLICK_JS = r"""
       zoom.value = JSON.stringify({key: gd.layout.uirevision, box: box, t: Date.now()});
       zoom.dispatchEvent(new Event('input', {bubbles: true}));
     });
+    // a lasso or box on the 2D view: its outline goes to the server, which selects every
+    // point inside from the whole projection (the plot may show a thinned sample)
+    gd.on('plotly_selected', (ev) => {
+      if (!ev) return;
+      const shape = ev.lassoPoints ? {lasso: [ev.lassoPoints.x, ev.lassoPoints.y]}
+        : ev.range ? {box: [...ev.range.x, ...ev.range.y]} : null;
+      if (!shape) return;
+      const box = document.querySelector('#lasso_box textarea, #lasso_box input');
+      box.value = JSON.stringify({key: gd.layout.uirevision, ...shape, t: Date.now()});
+      box.dispatchEvent(new Event('input', {bubbles: true}));
+    });
     gd.addEventListener('pointerdown', (e) => {
       state.down = [e.clientX, e.clientY, state.hovered];
     }, true);
@@ -304,19 +315,22 @@ def _tags_order(name: str) -> tuple[int, str]:
 NEIGHBOURS_FROM = ("both domains", "real", "synthetic")
 
 
-def neighbour_gallery(run: Run, level: str, row: int, source: str = NEIGHBOURS_FROM[0]):
-    """(thumbnail path, caption) of the row's nearest neighbours in feature space: from
-    the run's neighbour table, or, for one domain's alone ("the nearest real images to
-    this synthetic one"), searched exactly among that domain's features."""
+def neighbours_of(run: Run, level: str, row: int, source: str = NEIGHBOURS_FROM[0]):
+    """(rows, distances) of the row's nearest neighbours in feature space: from the
+    run's neighbour table, or, for one domain's alone ("the nearest real images to this
+    synthetic one"), searched exactly among that domain's features."""
     if source == NEIGHBOURS_FROM[0]:
-        idx, dist = (table[row] for table in run.neighbors(level))
-    else:
-        from lib.neighbors import nearest_among
+        return tuple(table[row] for table in run.neighbors(level))
+    from lib.neighbors import nearest_among
 
-        candidates = np.flatnonzero(image_column(run, "domain") == source)
-        config = run.manifest["config"]
-        idx, dist = nearest_among(run.features(level), row, candidates, config["k"],
-                                  config["metric"])  # fmt: skip
+    candidates = np.flatnonzero(image_column(run, "domain") == source)
+    config = run.manifest["config"]
+    return nearest_among(run.features(level), row, candidates, config["k"], config["metric"])
+
+
+def neighbour_gallery(run: Run, level: str, row: int, source: str = NEIGHBOURS_FROM[0]):
+    """(thumbnail path, caption) of the row's nearest neighbours (`neighbours_of`)."""
+    idx, dist = neighbours_of(run, level, row, source)
     items = [
         (picture(run.thumb(int(j))), caption(run, int(j), float(d)))
         for j, d in zip(idx, dist, strict=True)
@@ -411,6 +425,55 @@ def parse_zoom(payload: str, run: Run, level: str, method: str, fit_on: str):
     return box if len(box) == 4 and np.isfinite(box).all() else None
 
 
+def lasso_rows(store: RunStore, payload: str, run_id: str, level: str, direction: str,
+               method: str):  # fmt: skip
+    """The rows inside a lasso (or box) drawn on the 2D view, from every point of the
+    projection, not only those drawn; and a line saying what was selected."""
+    from matplotlib.path import Path as Outline
+
+    run = open_id(store, run_id)
+    method, fit_on = pick_method(run, method), DIRECTIONS.get(direction, "real")
+    try:
+        value = json.loads(payload) if payload else {}
+        proj, fit_on = projection_view(run, level, method, fit_on)
+        if value.get("key") != view_key(run, level, method, fit_on, "2D"):
+            return gr.skip(), gr.skip()  # drawn on a view since replaced
+        coords = np.column_stack([proj["x"], proj["y"]])
+        if "lasso" in value:
+            xs, ys = (np.asarray(v, dtype=float) for v in value["lasso"])
+            inside = Outline(np.column_stack([xs, ys])).contains_points(coords)
+        else:
+            inside = _in_box(coords, [float(v) for v in value["box"]])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return gr.skip(), gr.skip()
+    rows = sorted(int(r) for r in proj["id"][inside])
+    domains = image_column(run, "domain")[np.asarray(rows, dtype=np.int64)]
+    counts = ", ".join(f"{int((domains == d).sum())} {d}" for d in DOMAIN_ORDER)
+    return rows, (
+        f"**{len(rows)} images in the lasso** ({counts}), now the picked images: tag them "
+        "with “Apply to: the picked images”."
+    )
+
+
+def pick_neighbour(store: RunStore, run_id: str, level: str, row, source: str, picked,
+                   index: int):  # fmt: skip
+    """A click on a neighbour's thumbnail adds it to the picked images (or takes it off):
+    a multi-select to tag with “Apply to: the picked images”."""
+    run = open_id(store, run_id)
+    if row is None or not 0 <= int(row) < len(run.images) or level not in run.levels:
+        return gr.skip(), gr.skip()
+    rows = neighbours_of(run, level, int(row), source)[0]
+    if not 0 <= index < len(rows):
+        return gr.skip(), gr.skip()
+    chosen = int(rows[index])
+    picked = set(picked or []) ^ {chosen}
+    verb = "added to" if chosen in picked else "taken off"
+    return sorted(picked), (
+        f"#{chosen} {verb} the picked images: **{len(picked)} picked** (click a neighbour to "
+        "add or take it off; a lasso on the 2D view replaces them)."
+    )
+
+
 def select_point(store: RunStore, roots: list[str], payload: str, run_id: str, level: str):
     """The clicked image, large, and its nearest neighbours in feature space."""
     run = open_id(store, run_id)
@@ -495,12 +558,26 @@ def build(store: RunStore, roots: list[str], first: Run, editing: Editing | None
                     list(NEIGHBOURS_FROM), value=NEIGHBOURS_FROM[0], label="Neighbours from",
                     elem_id="neighbours_from",
                 )  # fmt: skip
-                gallery = PathGallery(label="Nearest neighbours", columns=4, height=420,
-                                     elem_id="neighbours")  # fmt: skip
+                # a click on a neighbour picks it (no preview: the selected image is large)
+                gallery = PathGallery(label="Nearest neighbours (click to pick)", columns=4,
+                                      height=420, elem_id="neighbours",
+                                      allow_preview=False)  # fmt: skip
                 selected_row = gr.Number(-1, visible=False, precision=0)
-                curation.panel(store, editing or Editing(False), run_id, level, selected_row)
+                picked = gr.State([])  # rows inside the last lasso on the 2D view
+                lassoed = gr.Markdown(elem_id="lasso_note")
+                curation.panel(store, editing or Editing(False), run_id, level, selected_row,
+                               picked)  # fmt: skip
         click_box = gr.Textbox(elem_id="click_box", visible="hidden")
         zoom_box = gr.Textbox(elem_id="zoom_box", visible="hidden")
+        lasso_box = gr.Textbox(elem_id="lasso_box", visible="hidden")
+        lasso_box.change(partial(lasso_rows, store), [lasso_box, run_id, level, direction,
+                                                      method], [picked, lassoed])  # fmt: skip
+
+        def pick(run: str, lv: str, row, source: str, rows, evt: gr.SelectData):
+            return pick_neighbour(store, run, lv, row, source, rows, evt.index)
+
+        gallery.select(pick, [run_id, level, selected_row, neighbours_from, picked],
+                       [picked, lassoed])  # fmt: skip
         choices = [run_id, level, direction, color_by, method, view, contours]
         # .input: the user's choices only; a run switch sets these and draws the plot itself
         gr.on(

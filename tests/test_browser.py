@@ -479,3 +479,68 @@ def test_zooming_into_the_atlas_draws_thumbnails_and_layouts_switch(page):
         ".length"
     )
     assert drawn >= int(state["inView"])  # fetched from /atlas/<run>/thumb/<row>, drawn
+
+
+def test_a_lasso_on_the_2d_view_tags_exactly_the_points_plotly_selected(page, published_run):
+    from lib.annotations import Annotations
+
+    page.locator("#view").get_by_text("2D", exact=True).click()
+    page.wait_for_function(
+        "() => document.querySelector('#overlap_plot .js-plotly-plot')?.layout?.uirevision"
+        "?.endsWith('-2D')", timeout=20_000,
+    )  # fmt: skip
+    page.click("#overlap_plot .modebar-btn[data-title='Lasso Select']")
+    box = page.locator("#overlap_plot .nsewdrag").first.bounding_box()
+    at = lambda fx, fy: (box["x"] + fx * box["width"], box["y"] + fy * box["height"])  # noqa: E731
+    page.mouse.move(*at(0.05, 0.05))
+    page.mouse.down()
+    for corner in (at(0.6, 0.05), at(0.6, 0.95), at(0.05, 0.95), at(0.05, 0.06)):
+        page.mouse.move(*corner, steps=8)
+    page.mouse.up()
+    page.wait_for_function(
+        "() => document.querySelector('#lasso_note').innerText.includes('in the lasso')",
+        timeout=20_000,
+    )
+    plotly_rows = sorted(page.evaluate(
+        "() => document.querySelector('#overlap_plot .js-plotly-plot')._fullData.flatMap("
+        "t => (t.selectedpoints || []).map(i => Number(t.customdata[i])))"
+    ))  # fmt: skip
+    assert 0 < len(plotly_rows) < len(published_run.images)
+    assert page.locator("#lasso_note").inner_text().startswith(f"{len(plotly_rows)} images")
+    page.locator("#tag_scope").get_by_text("the picked images", exact=True).click()
+    page.fill("#tag_name textarea, #tag_name input", "2d lasso")
+    page.click("#tag_button")
+    notes_say(page, f"tagged {len(plotly_rows)} of {len(plotly_rows)} images")
+    images = published_run.images
+    assert Annotations.of(published_run.results).tagged("2d lasso") == {
+        (images.at[r, "hash"], images.at[r, "relpath"]) for r in plotly_rows
+    }
+
+
+def test_neighbours_clicked_in_the_gallery_are_picked_and_tagged_together(page, published_run):
+    from lib.annotations import Annotations
+
+    find(page, 20)
+    page.wait_for_function(
+        "() => document.querySelectorAll('#neighbours .caption-label').length >= 8",
+        timeout=20_000,
+    )
+    thumbs = page.locator("#neighbours .thumbnail-item")
+    picked = []
+    for i in (2, 5, 2, 6):  # the second click on the third neighbour takes it off again
+        thumbs.nth(i).click()
+        row = int(re.match(r"#(\d+)", gallery_captions(page)[i]).group(1))
+        picked = sorted(set(picked) ^ {row})
+        page.wait_for_function(
+            "(n) => document.querySelector('#lasso_note').innerText.includes(`${n} picked`)",
+            arg=len(picked), timeout=20_000,
+        )  # fmt: skip
+    assert len(picked) == 2
+    page.locator("#tag_scope").get_by_text("the picked images", exact=True).click()
+    page.fill("#tag_name textarea, #tag_name input", "gallery picks")
+    page.click("#tag_button")
+    notes_say(page, "tagged 2 of 2 images")
+    images = published_run.images
+    assert Annotations.of(published_run.results).tagged("gallery picks") == {
+        (images.at[r, "hash"], images.at[r, "relpath"]) for r in picked
+    }
