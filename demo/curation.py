@@ -25,7 +25,8 @@ from lib.errors import GapscopeError
 from lib.store import RunStore
 
 SCOPES = ("this image", "it and its neighbours", "the picked images")
-EXPORTS = {"CSV": "csv", "JSON": "json", "corrected metadata.csv": "metadata"}
+EXPORTS = {"CSV": "csv", "JSON": "json", "corrected metadata.csv": "metadata",
+           "a tag's images (.zip)": "zip"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -121,14 +122,24 @@ def undo(store: RunStore, editing: Editing, run_id: str, row, who: str, token: s
     return f"{done}. {image_notes(store, run_id, row)}"
 
 
-def export_file(store: RunStore, run_id: str, kind: str, domain: str = "synthetic") -> str:
-    """A file to download: the run's annotations as CSV or JSON, or the domain's
-    corrected metadata.csv (removed images dropped)."""
+def export_file(store: RunStore, run_id: str, kind: str, tag: str = "",
+                domain: str = "synthetic") -> str:  # fmt: skip
+    """A file to download: the run's annotations as CSV or JSON, the domain's corrected
+    metadata.csv (removed images dropped), or the images with `tag` as a zip of a
+    folder per label (the run's web copies: the demo hands out no original)."""
     from lib import curation
 
     run, notes = open_id(store, run_id), Annotations.of(store.root)
     fmt = EXPORTS[kind]
+    folder = Path(tempfile.mkdtemp(prefix="gapscope-export-"))  # Gradio copies it to its cache
     try:
+        if fmt == "zip":
+            tag = (tag or "").strip()
+            if not tag:
+                raise GapscopeError("name the tag whose images to download")
+            path = folder / f"{run.id}_{_file_safe(tag)}.zip"
+            curation.gather_zip(run, notes, tag, path)
+            return str(path)
         if fmt == "metadata":
             text, name = curation.corrected_metadata(run, notes, domain), "metadata.csv"
         elif fmt == "csv":
@@ -138,10 +149,13 @@ def export_file(store: RunStore, run_id: str, kind: str, domain: str = "syntheti
             name = "annotations.json"
     except GapscopeError as exc:
         raise gr.Error(str(exc)) from None
-    folder = Path(tempfile.mkdtemp(prefix="gapscope-export-"))  # Gradio copies it to its cache
     path = folder / f"{run.id}_{name}"
     path.write_text(text, encoding="utf-8")
     return str(path)
+
+
+def _file_safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80] or "tag"
 
 
 def _selected(row) -> list[int]:
@@ -203,7 +217,8 @@ def downloads(store: RunStore, run_id, prefix: str = "") -> None:
     with gr.Row():
         kind = gr.Radio(list(EXPORTS), value="CSV", label="Download the annotations",
                         elem_id=f"{prefix}export_kind", scale=2)  # fmt: skip
+        tag = gr.Textbox(label="Tag (for the .zip)", elem_id=f"{prefix}export_tag")
         prepare = gr.Button("Prepare download", elem_id=f"{prefix}export_button")
     exported = gr.File(label="Annotations", elem_id=f"{prefix}export_file", interactive=False)
-    prepare.click(partial(export_file, store), [run_id, kind], exported,
+    prepare.click(partial(export_file, store), [run_id, kind, tag], exported,
                   api_name=f"{prefix}export")  # fmt: skip

@@ -142,6 +142,30 @@ def gather(run, notes: Annotations, tag: str, out: Path, symlink: bool = False) 
     return {"written": written, "missing": missing}
 
 
+def gather_zip(run, notes: Annotations, tag: str, out: Path) -> dict:
+    """The images with `tag` as a zip of `<label>/<file>` (gather's layout), made of the
+    copies the run published (web copy, else thumbnail): what a hosted demo may hand
+    out, never the original files. Returns {"written": n}; no image with the tag is an
+    error."""
+    import zipfile
+
+    frame = annotated(run, notes, tag=tag)
+    if frame.empty:
+        raise GapscopeError(f"no image of run {run.id} has the tag {tag!r}")
+    taken: set[str] = set()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:  # PNG/JPEG: compressed already
+        for row, label, image_hash in zip(frame["id"], frame["label"], frame["hash"],
+                                          strict=True):  # fmt: skip
+            copy = run.web(int(row)) or run.thumb(int(row))
+            stem = Path(run.images.at[int(row), "relpath"]).stem
+            name = f"{_safe(label or 'unlabelled')}/{stem}{copy.suffix}"
+            if name in taken:
+                name = f"{_safe(label or 'unlabelled')}/{image_hash[:12]}_{stem}{copy.suffix}"
+            taken.add(name)
+            zf.write(copy, name)
+    return {"written": len(taken)}
+
+
 def _safe(name: str) -> str:
     """A label as one folder name: no separators, no '..'."""
     name = name.replace("/", "_").replace("\\", "_").strip()

@@ -193,11 +193,9 @@ def test_the_tsne_projection_is_2d_and_clickable(page):
 
 
 @pytest.fixture(scope="module")
-def large_url(tmp_path_factory):
+def large_results(tmp_path_factory):
     """100,000 + 100,000 generated 16-d embeddings through the batch job (PCA, so the run
-    takes seconds), served by the demo."""
-    from conftest import serve_demo
-
+    takes seconds; the atlas's UMAP a few more)."""
     from lib.gap import GapParams
     from lib.mixture import write_pair
     from lib.pipeline import RunConfig, run
@@ -208,7 +206,15 @@ def large_url(tmp_path_factory):
     config = RunConfig(real=real, synthetic=fake, k=8, projections=("pca",), plots=False,
                        gap=GapParams(sample=2000, resamples=20))  # fmt: skip
     run(config, RunStore(root / "results"))
-    with serve_demo(root / "results") as url:
+    return root / "results"
+
+
+@pytest.fixture(scope="module")
+def large_url(large_results):
+    """The large run, served by the demo."""
+    from conftest import serve_demo
+
+    with serve_demo(large_results) as url:
         yield url
 
 
@@ -430,6 +436,7 @@ def test_a_lasso_selection_is_tagged_kept_after_a_reload_and_exported_exactly(
 ):
     import csv
     import io
+    import zipfile
 
     open_atlas(page)
     rows = lasso(page, 0.1, 0.1, 0.9, 0.6)
@@ -455,8 +462,19 @@ def test_a_lasso_selection_is_tagged_kept_after_a_reload_and_exported_exactly(
             link.click()
         with open(got.value.path(), encoding="utf-8") as fh:
             exported = list(csv.DictReader(io.StringIO(fh.read())))
+        # and the images themselves, a folder per label
+        again.locator("#atlas_export_kind").get_by_text("a tag's images (.zip)").click()
+        again.fill("#atlas_export_tag textarea, #atlas_export_tag input", "lassoed")
+        again.click("#atlas_export_button")
+        link = again.wait_for_selector("#atlas_export_file a[href*='.zip']", timeout=20_000)
+        with again.expect_download() as got:
+            link.click()
+        with zipfile.ZipFile(got.value.path()) as zf:
+            folders = sorted(name.split("/")[0] for name in zf.namelist())
     tagged = sorted(int(r["id"]) for r in exported if "lassoed" in r["tags"].split(";"))
     assert tagged == rows
+    images = published_run.images
+    assert folders == sorted(str(images.at[r, "category"]) for r in rows)
 
 
 def test_zooming_into_the_atlas_draws_thumbnails_and_layouts_switch(page):
@@ -544,3 +562,29 @@ def test_neighbours_clicked_in_the_gallery_are_picked_and_tagged_together(page, 
     assert Annotations.of(published_run.results).tagged("gallery picks") == {
         (images.at[r, "hash"], images.at[r, "relpath"]) for r in picked
     }
+
+
+def test_on_200k_points_the_atlas_draws_them_all_and_a_hotspot_selects_its_cluster(
+    large_page, large_results
+):
+    from demo.atlas import atlas_level
+    from lib.store import RunStore
+
+    state = open_atlas(large_page)
+    assert state["points"] == state["shown"] == "200000"
+    large_page.wait_for_selector("#atlas_hotspots .thumbnail-item", timeout=20_000)
+    caption = large_page.locator("#atlas_hotspots .caption-label").first.inner_text()
+    large_page.locator("#atlas_hotspots .thumbnail-item").first.click()
+    large_page.wait_for_function(
+        "() => /\\d+ selected:/.test(document.querySelector('#atlas_selection').innerText)",
+        timeout=30_000,
+    )
+    run = RunStore(large_results).open()
+    scores = run.scores[run.scores["level"] == atlas_level(run)]
+    cluster = int(re.search(r"cluster (\d+)", caption).group(1))
+    size = int((scores["cluster"] == cluster).sum())
+    assert f"{size} images" in caption  # the list says how large the hotspot is
+    said = large_page.locator("#atlas_selection").inner_text()
+    assert said.startswith(f"{size} selected:"), said
+    selected = large_page.evaluate(f"() => {ATLAS}.__atlas.sp.get('selectedPoints').length")
+    assert selected == size  # the whole cluster is selected on the map too

@@ -101,6 +101,29 @@ def test_a_tags_images_are_gathered_into_one_folder_per_label(store, tmp_path):
     assert all(p.is_symlink() for p in (tmp_path / "links").rglob("*.png"))
 
 
+def test_the_demo_hands_out_a_tags_images_as_a_zip_of_published_copies(store, tmp_path):
+    import zipfile
+
+    from demo.curation import export_file
+    from lib.annotations import Annotations, keys_of
+
+    run = store.open()
+    notes = Annotations.of(store.root)
+    notes.tag(keys_of(run.images, [3, 60]), "zip me")
+    notes.set_label(keys_of(run.images, [60])[0], str(run.images.at[60, "category"]), "other")
+    path = export_file(store, run.id, "a tag's images (.zip)", "zip me")
+    with zipfile.ZipFile(path) as zf:
+        names = sorted(zf.namelist())
+        stem = lambda i: run.images.at[i, "relpath"].split("/")[-1].rsplit(".", 1)[0]  # noqa: E731
+        assert names == sorted([f"{run.images.at[3, 'category']}/{stem(3)}.png",
+                                f"other/{stem(60)}.png"])  # fmt: skip
+        copy = run.web(3) or run.thumb(3)  # what the run published, not the original file
+        assert zf.read(names[0] if names[0].startswith(str(run.images.at[3, "category"]))
+                       else names[1]) == copy.read_bytes()  # fmt: skip
+    with pytest.raises(Exception, match="no image of run .* has the tag 'nobody'"):
+        export_file(store, run.id, "a tag's images (.zip)", "nobody")
+
+
 def test_a_run_can_leave_out_flagged_images_and_use_corrected_labels(store, example_dir):
     from dataclasses import replace
 

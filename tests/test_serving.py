@@ -212,12 +212,14 @@ def test_a_public_demo_is_read_only_unless_given_a_write_token(published_run, re
 
     with serve_demo(results_dir, args=("--host", "0.0.0.0")) as url:
         assert "image_notes" in elem_ids(url)  # what others decided is shown
-        assert not {"curate", "tag_button", "remove_button"} & elem_ids(url)
+        assert not {"curate", "tag_button", "remove_button", "atlas_tag_button",
+                    "atlas_remove_button", "atlas_hotspot_button"} & elem_ids(url)  # fmt: skip
+        assert "atlas" in elem_ids(url)  # the map itself is for everyone
         api = Client(url, verbose=False).view_api(print_info=False, return_format="dict")
         assert "/select_point" in api["named_endpoints"]
         assert not {"/tag", "/save_label", "/flag_removal"} & set(api["named_endpoints"])
     with serve_demo(results_dir, args=("--host", "0.0.0.0", "--write-token", "s3cret")) as url:
-        assert {"curate", "write_token"} <= elem_ids(url)
+        assert {"curate", "write_token", "atlas_tag_button", "atlas_token"} <= elem_ids(url)
         client = Client(url, verbose=False)
         args = (published_run.id, "c3", 5, "public", "this image", "eve")
         with pytest.raises(Exception, match="Wrong write token"):
