@@ -32,6 +32,7 @@ from demo.runs import (
     level_scores,
     open_id,
     open_run,
+    picture,
     projection_view,
     row_tags,
     tag_names,
@@ -352,7 +353,7 @@ def describe_selection(store: RunStore, run_id: str, rows: list[int]):
     domains = image_column(run, "domain")[np.asarray(rows, dtype=np.int64)]
     parts = ", ".join(f"{int((domains == d).sum())} {d}" for d in ("real", "synthetic"))
     first = rows[:SHOWN_SELECTED]
-    items = with_tags(run, [(str(run.thumb(r)), caption(run, r)) for r in first], first)
+    items = with_tags(run, [(picture(run.thumb(r)), caption(run, r)) for r in first], first)
     more = f" (the first {SHOWN_SELECTED} below)" if len(rows) > SHOWN_SELECTED else ""
     return f"**{len(rows)} selected**: {parts}{more}.", items
 
@@ -391,7 +392,7 @@ def hotspots(run: Run) -> list[dict]:
     labels = labels.fillna(-1).to_numpy(int)
     xy = coordinates(run, "umap")
     out = []
-    for c in sorted(table, key=lambda c: -c.get("n", 0)):
+    for c in table:
         rows = np.flatnonzero(labels == c["cluster"])
         if not len(rows):
             continue
@@ -399,7 +400,7 @@ def hotspots(run: Run) -> list[dict]:
         near = rows[np.argsort(((xy[rows] - middle) ** 2).sum(axis=1))[:HOTSPOT_THUMBS]]
         out.append({"cluster": int(c["cluster"]), "kind": c.get("kind", "mixed"),
                     "n": len(rows), "rows": rows, "near": near})  # fmt: skip
-    return out
+    return sorted(out, key=lambda h: (-h["n"], h["cluster"]))
 
 
 def hotspot_gallery(store: RunStore, run_id: str) -> list:
@@ -409,12 +410,12 @@ def hotspot_gallery(store: RunStore, run_id: str) -> list:
     items = []
     for h in hotspots(run):
         title = names.get(h["cluster"]) or f"cluster {h['cluster']}"
+        first = f"{title} · {h['kind']} · {h['n']} images"
         for j, r in enumerate(h["near"]):
-            path = run.thumb(int(r))
-            first = f"{title} · {h['kind']} · {h['n']} images"
-            items.append((str(path), first if j == 0 else f"cluster {h['cluster']}"))
+            text = first if j == 0 else f"cluster {h['cluster']}"
+            items.append((picture(run.thumb(int(r))), text))
         for _ in range(HOTSPOT_THUMBS - len(h["near"])):  # keep one hotspot per row
-            items.append((str(ASSETS / "no_image.png"), f"cluster {h['cluster']}"))
+            items.append((picture(None), f"cluster {h['cluster']}"))
     return items
 
 
