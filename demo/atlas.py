@@ -70,7 +70,22 @@ const state = wrap.__atlas = {sp: null, url: null, x: null, y: null, images: new
 const fromB64 = (s) => Uint8Array.from(atob(s), c => c.charCodeAt(0));
 const THUMBS_AT = 400, THUMB_PX = 56;
 
+function drawLabels() {
+  const v = state.view, sp = state.sp, box = wrap.querySelector('.atlas-labels');
+  box.innerHTML = '';
+  if (!sp || !v || !v.labels.length) return;
+  for (const [name, count, row] of v.labels) {
+    const at = sp.getScreenPosition(row);
+    if (!at) continue;
+    const span = document.createElement('span');
+    span.textContent = `${name} (${count})`;
+    span.style.left = `${at[0]}px`; span.style.top = `${at[1] - 18}px`;
+    box.appendChild(span);
+  }
+}
+
 function drawThumbs() {
+  drawLabels();
   const v = state.view, sp = state.sp;
   const ctx = thumbs.getContext('2d'), r = window.devicePixelRatio || 1;
   thumbs.width = wrap.clientWidth * r; thumbs.height = wrap.clientHeight * r;
@@ -166,7 +181,6 @@ async function update() {
   }
   wrap.querySelector('.atlas-legend').innerHTML = v.legend.map(([name, color, count]) =>
     `<span><i style="background:${color}"></i>${name} <small>${count}</small></span>`).join('');
-  wrap.querySelector('.atlas-labels').innerHTML = '';
   wrap.dataset.layout = v.layout; wrap.dataset.points = v.n;
   wrap.dataset.shown = filter ? keep.length : v.n; wrap.dataset.ready = v.nonce;
   drawThumbs();
@@ -196,6 +210,9 @@ CSS = """
 .atlas-mode button.active {background: #333; color: #fff;}
 .atlas-tip {position: absolute; display: none; background: #222; color: #fff; padding: 2px 6px;
   font-size: 12px; border-radius: 3px; pointer-events: none;}
+.atlas-labels {position: absolute; inset: 0; pointer-events: none; overflow: hidden;}
+.atlas-labels span {position: absolute; font-size: 12px; white-space: nowrap;
+  background: rgba(255,255,255,0.8); padding: 0 3px;}
 .atlas-legend {position: absolute; right: 8px; top: 8px; max-width: 40%; font-size: 12px;
   background: rgba(255,255,255,0.85); padding: 4px 6px; pointer-events: none;}
 .atlas-legend span {display: block;}
@@ -338,8 +355,23 @@ def view(store: RunStore, run_id: str, layout: str, color_by: str, mask=None, se
         "filter": None if mask is None else base64.b64encode(
             np.packbits(mask, bitorder="little").tobytes()).decode(),
         "select": None if select is None else [int(i) for i in select],
+        "labels": block_labels(run) if key == "category" else [],
         "animate": animate, "nonce": time.time_ns(),
     })  # fmt: skip
+
+
+def block_labels(run: Run) -> list[tuple[str, int, int]]:
+    """(category, count, row) per block of the category layout: the row at the block's
+    top-left corner, above which the map writes the name (found on screen by row, so
+    labels follow pans and zooms)."""
+    xy = coordinates(run, "category")
+    names = np.array([c or "–" for c in image_column(run, "category").astype(object)])
+    out = []
+    for name in np.unique(names):
+        members = np.flatnonzero(names == name)
+        corner = members[np.lexsort((-xy[members, 1], xy[members, 0]))[0]]
+        out.append((str(name), len(members), int(corner)))
+    return out
 
 
 # -- the selection ---------------------------------------------------------------------------

@@ -477,10 +477,15 @@ def test_a_lasso_selection_is_tagged_kept_after_a_reload_and_exported_exactly(
     assert folders == sorted(str(images.at[r, "category"]) for r in rows)
 
 
-def test_zooming_into_the_atlas_draws_thumbnails_and_layouts_switch(page):
+def test_zooming_into_the_atlas_draws_thumbnails_and_layouts_switch(page, published_run):
     state = open_atlas(page)
     # a few hundred points in view get their thumbnails at once: the example's 80 do
     assert state["layout"] == "umap" and state["thumbs"] == state["inView"] == "80"
+    page.locator("#atlas_layout").get_by_text("By category", exact=True).click()
+    page.wait_for_function(f"() => {ATLAS}.dataset.layout === 'category'", timeout=20_000)
+    labels = page.locator("#atlas .atlas-labels span").all_inner_texts()
+    categories = published_run.images["category"].value_counts()
+    assert sorted(labels) == sorted(f"{c} ({n})" for c, n in categories.items())
     page.locator("#atlas_layout").get_by_text("Grid", exact=True).click()
     page.wait_for_function(f"() => {ATLAS}.dataset.layout === 'grid'", timeout=20_000)
     box = page.locator("#atlas .atlas-wrap").bounding_box()
