@@ -41,6 +41,7 @@ from demo.runs import (
 from lib import atlas as layouts
 from lib.annotations import REMOVE, Annotations, keys_of
 from lib.errors import GapscopeError
+from lib.images import METADATA_PREFIX
 from lib.store import Run, RunStore
 
 SCRIPT = ASSETS / "atlas" / "regl-scatterplot.min.js"
@@ -269,6 +270,8 @@ def colours(store: RunStore, run: Run, color_by: str) -> tuple[np.ndarray, list,
         names = [f"{a}–{b}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
         names[-1] = f"≥ {edges[-2]}" if color_by == "realism" else names[-1]
         return _coded(codes, [*names, "n/a"], [*BINS, NONE])
+    if color_by.startswith(METADATA_PREFIX) and color_by in run.images.columns:
+        return _metadata_colours(run.images[color_by].fillna("").astype(str).to_numpy())
     if color_by == "domain":
         names = image_column(run, "domain").astype(str)
     elif color_by == "category":
@@ -281,6 +284,37 @@ def colours(store: RunStore, run: Run, color_by: str) -> tuple[np.ndarray, list,
         for r, t in row_tags(run).items():
             names[r] = tag_names(t)
     return _by_name(names, color_by)
+
+
+def _metadata_colours(values: np.ndarray):
+    """A metadata column: numbers (a year, a latitude) in 8 quantile bins when they have
+    many values, anything else one colour per value (the largest groups)."""
+    numbers = np.array([float(v) if _is_number(v) else np.nan for v in values])
+    known = numbers[~np.isnan(numbers)]
+    if len(np.unique(known)) > len(PALETTE) and len(known) >= 0.9 * len(values):
+        edges = np.unique(np.quantile(known, np.linspace(0, 1, len(BINS) + 1)))
+        bins = np.clip(np.searchsorted(edges, numbers, side="right") - 1, 0, len(edges) - 2)
+        codes = np.where(np.isnan(numbers), len(edges) - 1, bins)
+        names = [f"{a:.4g}–{b:.4g}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        return _coded(codes, [*names, "n/a"], [*BINS[: len(names)], NONE])
+    return _by_name(np.where(values == "", "–", values), "metadata")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip() != ""
+
+
+def colour_choices(run: Run) -> list[tuple[str, str]]:
+    """What the map can be coloured by: the run's scores and tags, and every column its
+    inputs' metadata.csv gave (as "<column> (metadata)")."""
+    meta = [c for c in run.images.columns if c.startswith(METADATA_PREFIX)]
+    return [(c, c) for c in COLOR_BY] + [
+        (f"{c[len(METADATA_PREFIX) :]} (metadata)", c) for c in meta
+    ]
 
 
 def _by_name(names: np.ndarray, color_by: str) -> tuple[np.ndarray, list, list]:
@@ -503,8 +537,11 @@ def on_run(store: RunStore, run_id: str, layout: str, color_by: str):
         "the atlas existed. Rerun the batch job to get one."
     )  # fmt: skip
     cats, clusters, tags = filter_choices(store, run)
+    choices = colour_choices(run)
+    color_by = color_by if color_by in dict(choices).values() else "domain"
     return (
-        run.id, note, view(store, run.id, layout, color_by), None, [],
+        run.id, note, gr.update(choices=choices, value=color_by),
+        view(store, run.id, layout, color_by), None, [],
         *describe_selection(store, run.id, []),
         gr.update(choices=cats, value=[]), gr.update(choices=clusters, value=[]),
         gr.update(choices=tags, value=[]),
@@ -529,7 +566,7 @@ def build(store: RunStore, first: Run, editing: Editing | None = None) -> Tab:
         with gr.Row():
             layout = gr.Radio(list(LAYOUT_LABELS), value="UMAP map", label="Layout",
                               elem_id="atlas_layout")  # fmt: skip
-            color_by = gr.Dropdown(list(COLOR_BY), value="domain", label="Colour by",
+            color_by = gr.Dropdown(colour_choices(first), value="domain", label="Colour by",
                                    elem_id="atlas_color")  # fmt: skip
             shown = gr.Markdown(elem_id="atlas_shown")
         with gr.Accordion("Filters", open=False, elem_id="atlas_filters"):
@@ -614,8 +651,8 @@ def build(store: RunStore, first: Run, editing: Editing | None = None) -> Tab:
                 partial(_flag_selection, store, editing), [run_id, rows, *mine], done
             )
             done.change(partial(_tags_changed, store), [run_id, tags], tags)
-        outputs = [run_id, note, plot, mask, rows, summary, selected, categories, clusters,
-                   tags, spots]  # fmt: skip
+        outputs = [run_id, note, color_by, plot, mask, rows, summary, selected, categories,
+                   clusters, tags, spots]  # fmt: skip
         blocks.load(partial(on_run, store), [run_id, layout, color_by], outputs)
     return Tab(blocks, run_id, on_run, [layout, color_by], outputs)
 

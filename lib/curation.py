@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lib.annotations import REMOVE, Annotations
 from lib.errors import GapscopeError
-from lib.images import METADATA_FILE
+from lib.images import read_metadata
 
 COLUMNS = ("id", "domain", "relpath", "path", "hash", "category", "label", "label_changed",
            "tags", "removed")  # fmt: skip
@@ -84,22 +84,14 @@ def corrected_metadata(run, notes: Annotations, domain: str, removed: str = "dro
     frame = annotated(run, notes)
     by_path = {p: (lab, rem) for p, lab, rem in zip(frame["path"], frame["label"],
                                                      frame["removed"], strict=True)}  # fmt: skip
-    source = Path(images["source"].iloc[0])
-    meta = next((d / METADATA_FILE for d in (source, source.parent)
-                 if (d / METADATA_FILE).is_file()), None)  # fmt: skip
-    if meta is None:
+    header, rows = read_metadata(Path(images["source"].iloc[0]))
+    if not header:
         header = ["filename", "category"]
         rows = [{"filename": rel, "category": cat, "_path": path}
                 for rel, cat, path in zip(images["relpath"], images["category"],
                                           images["path"], strict=True)]  # fmt: skip
-    else:
-        with meta.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = list(reader.fieldnames or [])
-            rows = [dict(row, _path=str((meta.parent / row["filename"]).resolve()))
-                    for row in reader]  # fmt: skip
-        if "category" not in header:
-            header.append("category")
+    elif "category" not in header:
+        header.append("category")
     if removed == "mark":
         header.append("removed")
     out = io.StringIO()

@@ -145,14 +145,23 @@ def render_synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 
     Labels are balanced over 0..9; the result is deterministic for a seed.
     """
+    digits, labels, _ = _render_synthetic(n, seed)
+    return digits, labels
+
+
+def _render_synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """render_synthetic_digits, and the font each digit was rendered with (the example's
+    metadata.csv records it: a column users can colour the atlas by)."""
     _check_count(n)
     fonts = _fonts()
     rng = np.random.default_rng(seed)
     labels = np.arange(n, dtype=np.int64) % 10
     rng.shuffle(labels)
     digits = np.empty((n, 8, 8), dtype=np.uint8)
+    used = []
     for i, label in enumerate(labels):
         font = fonts[rng.integers(len(fonts))]
+        used.append(" ".join(font.getname()))
         blocks = _render_glyph(
             str(label),
             font,
@@ -164,7 +173,7 @@ def render_synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarr
             blur=float(rng.uniform(0.0, 2.5)),
         )
         digits[i] = _quantise(blocks)
-    return digits, labels
+    return digits, labels, used
 
 
 def real_digits(n: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -204,14 +213,15 @@ def to_rgb(digits: np.ndarray, size: int = 64) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
-def _write_domain(tmp: Path, domain: str, rgb: np.ndarray, labels: np.ndarray) -> list[tuple]:
+def _write_domain(tmp: Path, domain: str, rgb: np.ndarray, labels: np.ndarray,
+                  fonts: list[str]) -> list[tuple]:  # fmt: skip
     rows = []
     for category in CATEGORIES:
         (tmp / domain / category).mkdir(parents=True, exist_ok=True)
-    for i, (image, label) in enumerate(zip(rgb, labels, strict=True)):
+    for i, (image, label, font) in enumerate(zip(rgb, labels, fonts, strict=True)):
         rel = f"{domain}/{int(label)}/{domain}_{i:05d}.png"
         Image.fromarray(image).save(tmp / rel, format="PNG")
-        rows.append((rel, domain, str(int(label))))
+        rows.append((rel, domain, str(int(label)), font))
     return rows
 
 
@@ -248,18 +258,19 @@ def build_example(
         raise GapscopeError(f"size must be at least 8 pixels, got {size}")
 
     real, real_labels = real_digits(n_real, seed=seed)
-    synthetic, synthetic_labels = render_synthetic_digits(n_synthetic, seed=seed)
+    synthetic, synthetic_labels, fonts = _render_synthetic(n_synthetic, seed)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         os.chmod(tmp, 0o755)
-        rows = _write_domain(tmp, "real", to_rgb(real, size), real_labels)
-        rows += _write_domain(tmp, "synthetic", to_rgb(synthetic, size), synthetic_labels)
+        handwritten = ["handwritten"] * len(real_labels)
+        rows = _write_domain(tmp, "real", to_rgb(real, size), real_labels, handwritten)
+        rows += _write_domain(tmp, "synthetic", to_rgb(synthetic, size), synthetic_labels, fonts)
         rows.sort()
         with open(tmp / "metadata.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(("filename", "domain", "category"))
+            writer.writerow(("filename", "domain", "category", "font"))
             writer.writerows(rows)
         _move_into_place(tmp, out)
     except BaseException:

@@ -309,24 +309,51 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def read_categories(folder: Path) -> dict[Path, str]:
-    """Categories from a metadata.csv in the folder or its parent (columns filename, category).
+def metadata_file(folder: Path) -> Path | None:
+    """The metadata.csv describing a folder's images: in the folder or its parent."""
+    folder = Path(folder)
+    return next((d / METADATA_FILE for d in (folder, folder.parent)
+                 if (d / METADATA_FILE).is_file()), None)  # fmt: skip
 
-    Filenames are relative to the csv's own folder. Returns {resolved path: category}.
-    """
-    for csv_dir in (folder, folder.parent):
-        meta = csv_dir / METADATA_FILE
-        if not meta.is_file():
-            continue
-        with meta.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's BOM
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames or "filename" not in reader.fieldnames:
-                raise GapscopeError(f"{meta}: needs a 'filename' column")
-            return {
-                (csv_dir / row["filename"]).resolve(): (row.get("category") or "").strip()
-                for row in reader
-            }
-    return {}
+
+def read_metadata(folder: Path) -> tuple[list[str], list[dict]]:
+    """The header and rows of a folder's metadata.csv (none: empty), each row with its
+    image's resolved path under "_path" (filenames are relative to the csv's folder)."""
+    meta = metadata_file(folder)
+    if meta is None:
+        return [], []
+    with meta.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's BOM
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or "filename" not in reader.fieldnames:
+            raise GapscopeError(f"{meta}: needs a 'filename' column")
+        rows = [dict(row, _path=str((meta.parent / row["filename"]).resolve())) for row in reader]
+    return list(reader.fieldnames), rows
+
+
+def read_categories(folder: Path) -> dict[Path, str]:
+    """Categories from a metadata.csv in the folder or its parent (columns filename,
+    category). Returns {resolved path: category}."""
+    _, rows = read_metadata(folder)
+    return {Path(row["_path"]): (row.get("category") or "").strip() for row in rows}
+
+
+METADATA_PREFIX = "meta:"  # the images table's columns copied from metadata.csv
+_NOT_COPIED = {"filename", "category", "domain"}  # the table has these already
+
+
+def metadata_columns(sources, paths) -> dict[str, list[str]]:
+    """The other columns of the inputs' metadata.csv files (year, camera, weather, ...)
+    for each image (`paths`, resolved; `sources`: each image's input folder), named
+    "meta:<column>"; "" where an image's csv lacks the column or the image its row."""
+    by_path: dict[str, dict] = {}
+    columns: list[str] = []
+    for source in dict.fromkeys(s for s in sources if s and Path(s).is_dir()):
+        header, rows = read_metadata(Path(source))
+        columns += [c for c in header if c not in _NOT_COPIED and c not in columns]
+        by_path.update((row["_path"], row) for row in rows)
+    return {
+        METADATA_PREFIX + c: [(by_path.get(p) or {}).get(c) or "" for p in paths] for c in columns
+    }
 
 
 def sample_indices(n: int, sample: int | None, seed: int) -> np.ndarray:

@@ -27,6 +27,7 @@ from lib.images import (
     ImageSet,
     Prepare,
     check_common_size,
+    metadata_columns,
     needs_web_copy,
     open_images,
 )
@@ -178,6 +179,9 @@ class Scanned:
             web_name(d, h) if w else ""
             for d, h, w in zip(frame["domain"], frame["hash"], has_web, strict=True)
         ]
+        if not self.embeddings:  # the atlas colours by any of them
+            for column, values in metadata_columns(frame["source"], frame["path"]).items():
+                frame[column] = values
         return frame
 
 

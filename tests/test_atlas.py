@@ -174,3 +174,19 @@ def test_tags_show_in_the_overlap_colouring_and_in_gallery_captions(published_ru
     assert list(trace.customdata) == [first]
     _, items = describe_selection(RunStore(run.results), run.id, [first])
     assert items[0][1].endswith("🏷 shown everywhere")
+
+
+def test_the_map_colours_by_any_column_of_the_inputs_metadata(published_run, results_dir):
+    from demo.atlas import _metadata_colours, colour_choices, colours
+    from lib.store import RunStore
+
+    run = published_run
+    assert ("font (metadata)", "meta:font") in colour_choices(run)  # the example's csv
+    _, _, legend = colours(RunStore(results_dir), run, "meta:font")
+    counts = {name: n for name, _, n in legend}
+    assert counts["handwritten"] == int((run.images["domain"] == "real").sum())
+    assert sum(counts.values()) == len(run.images)
+    years = np.array([str(1990 + i % 30) for i in range(300)] + [""] * 10)
+    codes, palette, legend = _metadata_colours(years)  # many numbers: binned
+    assert len(legend) == 9 and legend[-1][0] == "n/a" and legend[-1][2] == 10
+    assert codes[0] == 0 and codes[29] == 7  # 1990 in the first bin, 2019 in the last

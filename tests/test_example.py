@@ -105,7 +105,7 @@ def test_layout_and_metadata_match_disk(built: tuple[Path, ExampleSummary]) -> N
     assert summary == ExampleSummary(root=out, real=N, synthetic=N, size=64, seed=0)
     rows = _metadata(out)
     with open(out / "metadata.csv", encoding="utf-8") as f:
-        assert f.readline() == "filename,domain,category\n"
+        assert f.readline() == "filename,domain,category,font\n"
     names = [r["filename"] for r in rows]
     assert names == sorted(names)
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
