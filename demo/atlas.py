@@ -180,8 +180,15 @@ async function update() {
   } else if (moved) {
     sp.zoomToOrigin();
   }
-  wrap.querySelector('.atlas-legend').innerHTML = v.legend.map(([name, color, count]) =>
-    `<span><i style="background:${color}"></i>${name} <small>${count}</small></span>`).join('');
+  // built as elements, never as HTML: names are users' tags and their data's values
+  const legend = wrap.querySelector('.atlas-legend');
+  legend.replaceChildren(...v.legend.filter(e => e[2] > 0).map(([name, color, count]) => {
+    const row = document.createElement('span'), swatch = document.createElement('i');
+    const small = document.createElement('small');
+    swatch.style.background = color; small.textContent = ` ${count}`;
+    row.append(swatch, document.createTextNode(name), small);
+    return row;
+  }));
   wrap.dataset.layout = v.layout; wrap.dataset.points = v.n;
   wrap.dataset.shown = filter ? keep.length : v.n; wrap.dataset.ready = v.nonce;
   drawThumbs();
@@ -344,7 +351,8 @@ def _by_name(names: np.ndarray, color_by: str) -> tuple[np.ndarray, list, list]:
 
 def _coded(codes: np.ndarray, names: list[str], palette: list[str]):
     counts = np.bincount(codes, minlength=len(names))
-    legend = [(name, palette[i], int(counts[i])) for i, name in enumerate(names) if counts[i]]
+    # every code's entry, empty ones too: the map's tooltip looks names up by code
+    legend = [(name, palette[i], int(counts[i])) for i, name in enumerate(names)]
     return codes.astype(np.uint8), palette, legend
 
 

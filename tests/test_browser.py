@@ -593,3 +593,19 @@ def test_on_200k_points_the_atlas_draws_them_all_and_a_hotspot_selects_its_clust
     assert said.startswith(f"{size} selected:"), said
     selected = large_page.evaluate(f"() => {ATLAS}.__atlas.sp.get('selectedPoints').length")
     assert selected == size  # the whole cluster is selected on the map too
+
+
+def test_a_hostile_tag_is_shown_as_text_on_the_atlas_never_run(page, published_run):
+    from lib.annotations import Annotations, keys_of
+
+    hostile = '<img src=x onerror="window.__pwned=1">'
+    Annotations.of(published_run.results).tag(keys_of(published_run.images, [4]), hostile)
+    open_atlas(page)
+    page.click("#atlas_color input")
+    page.get_by_role("option", name="tags", exact=True).click()
+    page.wait_for_function(
+        "(t) => document.querySelector('#atlas .atlas-legend').innerText.includes(t)",
+        arg=hostile, timeout=20_000,
+    )  # fmt: skip
+    assert page.evaluate("() => window.__pwned") is None
+    assert page.locator("#atlas .atlas-legend img").count() == 0
