@@ -34,6 +34,7 @@ from demo.runs import (
     open_run,
     picture,
     projection_view,
+    row_labels,
     row_tags,
     tag_names,
     with_tags,
@@ -281,8 +282,11 @@ def colours(store: RunStore, run: Run, color_by: str) -> tuple[np.ndarray, list,
         return _metadata_colours(run.images[color_by].fillna("").astype(str).to_numpy())
     if color_by == "domain":
         names = image_column(run, "domain").astype(str)
-    elif color_by == "category":
-        names = np.array([c or "–" for c in image_column(run, "category").astype(object)])
+    elif color_by == "category":  # as corrected: a relabelled image joins its new group
+        names = np.array([c or "–" for c in image_column(run, "category").astype(object)],
+                         dtype=object)  # fmt: skip
+        for r, label in row_labels(run).items():
+            names[r] = label
     elif color_by == "cluster":
         labels = level_scores(run, level).reindex(range(n))["cluster"].fillna(-1).to_numpy(int)
         names = np.where(labels < 0, "noise", np.char.add("cluster ", labels.astype(str)))

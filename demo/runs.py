@@ -160,31 +160,41 @@ def tag_names(tags: set[str]) -> str:
 
 
 def row_tags(run: Run) -> dict[int, set[str]]:
-    """Every tagged image of the run by row: one read of the tags, joined on (hash,
-    relpath) by pandas (a million rows in well under a second)."""
+    """Every tagged image of the run by row."""
+    return _by_row(run, Annotations.of(run.results).tags())
+
+
+def row_labels(run: Run) -> dict[int, str]:
+    """Every image of the run whose label a user corrected, by row: the new label."""
+    corrected = Annotations.of(run.results).labels()
+    return _by_row(run, {key: new for key, (_, new) in corrected.items()})
+
+
+def _by_row(run: Run, by_key: dict) -> dict[int, object]:
+    """Annotations keyed by image, re-keyed by the run's rows: joined on (hash, relpath)
+    by pandas (a million rows in well under a second)."""
     import pandas as pd
 
-    tags = Annotations.of(run.results).tags()
-    if not tags:
+    if not by_key:
         return {}
-    keys = list(tags)
-    tagged = pd.DataFrame({"hash": [k.hash for k in keys], "relpath": [k.relpath for k in keys],
-                           "t": np.arange(len(keys))})  # fmt: skip
+    keys = list(by_key)
+    wanted = pd.DataFrame({"hash": [k.hash for k in keys], "relpath": [k.relpath for k in keys],
+                           "k": np.arange(len(keys))})  # fmt: skip
     images = pd.DataFrame({"hash": image_column(run, "hash"),
                            "relpath": image_column(run, "relpath")})  # fmt: skip
-    found = images.reset_index(names="row").merge(tagged, on=["hash", "relpath"])
-    return {int(r): tags[keys[t]] for r, t in zip(found["row"], found["t"], strict=True)}
+    found = images.reset_index(names="row").merge(wanted, on=["hash", "relpath"])
+    return {int(r): by_key[keys[k]] for r, k in zip(found["row"], found["k"], strict=True)}
 
 
 def with_tags(run: Run, items: list[tuple], rows: list[int]) -> list[tuple]:
-    """Gallery items (picture, caption) with each tagged image's tags in its caption:
-    what users decided shows wherever the image appears."""
-    keys = keys_of(run.images, rows)
-    tags = Annotations.of(run.results).tags_of(keys)
-    return [
-        (picture, f"{text} · 🏷 {tag_names(t)}" if t else text)
-        for (picture, text), t in zip(items, tags, strict=True)
-    ]
+    """Gallery items (picture, caption) with what users decided in each caption (a
+    corrected label, the tags): it shows wherever the image appears."""
+    notes = Annotations.of(run.results).about_many(keys_of(run.images, rows))
+    out = []
+    for (picture, text), (tags, label) in zip(items, notes, strict=True):
+        text += f" · label → {label}" if label else ""
+        out.append((picture, f"{text} · 🏷 {tag_names(tags)}" if tags else text))
+    return out
 
 
 ASSETS = Path(__file__).resolve().parent / "assets"  # served beside the runs (demo.app)

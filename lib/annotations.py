@@ -217,19 +217,28 @@ class Annotations:
             out.setdefault(ImageKey(h, relpath, domain), set()).add(tag)
         return out
 
-    def tags_of(self, keys: list[ImageKey]) -> list[set[str]]:
-        """The tags of a few images (a gallery's), in one read."""
+    def about_many(self, keys: list[ImageKey]) -> list[tuple[set[str], str | None]]:
+        """The tags and corrected label (None: not corrected) of a few images (a
+        gallery's), in one read."""
         if not keys:
             return []
         pairs = ", ".join("(?, ?)" for _ in keys)
-        rows = self._read(
-            f"SELECT hash, relpath, tag FROM tags WHERE (hash, relpath) IN (VALUES {pairs})",
-            tuple(v for k in keys for v in (k.hash, k.relpath)),
-        )
-        found: dict[tuple[str, str], set[str]] = {}
-        for h, relpath, tag in rows:
-            found.setdefault((h, relpath), set()).add(tag)
-        return [found.get((k.hash, k.relpath), set()) for k in keys]
+        where = f"(hash, relpath) IN (VALUES {pairs})"
+        args = tuple(v for k in keys for v in (k.hash, k.relpath))
+        with_tags = f"SELECT hash, relpath, tag FROM tags WHERE {where}"
+        tags: dict[tuple[str, str], set[str]] = {}
+        labels: dict[tuple[str, str], str] = {}
+        if not self.path.exists():
+            return [(set(), None) for _ in keys]
+        with self._db(write=False) as db:
+            for h, relpath, tag in db.execute(with_tags, args):
+                tags.setdefault((h, relpath), set()).add(tag)
+            for h, relpath, label in db.execute(
+                f"SELECT hash, relpath, label FROM labels WHERE {where}", args
+            ):
+                labels[(h, relpath)] = label
+        return [(tags.get((k.hash, k.relpath), set()), labels.get((k.hash, k.relpath)))
+                for k in keys]  # fmt: skip
 
     def tagged(self, tag: str) -> set[tuple[str, str]]:
         """(hash, relpath) of every image with `tag`."""

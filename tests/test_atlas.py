@@ -190,3 +190,17 @@ def test_the_map_colours_by_any_column_of_the_inputs_metadata(published_run, res
     codes, palette, legend = _metadata_colours(years)  # many numbers: binned
     assert len(legend) == 9 and legend[-1][0] == "n/a" and legend[-1][2] == 10
     assert codes[0] == 0 and codes[29] == 7  # 1990 in the first bin, 2019 in the last
+
+
+def test_a_corrected_label_shows_in_captions_and_moves_the_image_on_the_atlas(published_run):
+    from demo.atlas import colours, describe_selection
+    from lib.annotations import Annotations, keys_of
+    from lib.store import RunStore
+
+    run, store = published_run, RunStore(published_run.results)
+    (key,) = keys_of(run.images, [9])
+    Annotations.of(run.results).set_label(key, str(run.images.at[9, "category"]), "a long new label")
+    _, items = describe_selection(store, run.id, [9])
+    assert " · label → a long new label" in items[0][1]
+    codes, _, legend = colours(store, run, "category")
+    assert legend[codes[9]][0] == "a long new label" and legend[codes[9]][2] == 1
