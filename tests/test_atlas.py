@@ -199,7 +199,8 @@ def test_a_corrected_label_shows_in_captions_and_moves_the_image_on_the_atlas(pu
 
     run, store = published_run, RunStore(published_run.results)
     (key,) = keys_of(run.images, [9])
-    Annotations.of(run.results).set_label(key, str(run.images.at[9, "category"]), "a long new label")
+    original = str(run.images.at[9, "category"])
+    Annotations.of(run.results).set_label(key, original, "a long new label")
     _, items = describe_selection(store, run.id, [9])
     assert " · label → a long new label" in items[0][1]
     codes, _, legend = colours(store, run, "category")
