@@ -205,3 +205,22 @@ def test_a_corrected_label_shows_in_captions_and_moves_the_image_on_the_atlas(pu
     assert " · label → a long new label" in items[0][1]
     codes, _, legend = colours(store, run, "category")
     assert legend[codes[9]][0] == "a long new label" and legend[codes[9]][2] == 1
+
+
+def test_filters_by_category_hotspot_and_realism_keep_what_they_say(published_run):
+    from demo.atlas import atlas_level, keep_mask
+    from lib.store import RunStore
+
+    run, store = published_run, RunStore(published_run.results)
+    cats = run.images["category"].astype(str).to_numpy()
+    mask = keep_mask(store, run, None, ["3", "7"], None, None, None)
+    assert np.array_equal(mask, np.isin(cats, ["3", "7"]))
+    scores = run.scores[run.scores["level"] == atlas_level(run)].set_index("id")
+    scores = scores.reindex(range(len(run.images)))
+    noise = keep_mask(store, run, None, None, ["noise"], None, None)
+    assert noise is None or np.array_equal(noise, scores["cluster"].to_numpy() < 0)
+    realism = scores["realism"].to_numpy()
+    mid = float(np.nanmedian(realism))
+    mask = keep_mask(store, run, None, None, None, (mid, 3.0), None)
+    # synthetic images below the median are left out, real ones (no realism) stay
+    assert np.array_equal(mask, np.isnan(realism) | (realism >= mid))
