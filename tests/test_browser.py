@@ -502,6 +502,18 @@ def test_zooming_into_the_atlas_draws_thumbnails_and_layouts_switch(page, publis
         ".length"
     )
     assert drawn >= int(state["inView"])  # fetched from /atlas/<run>/thumb/<row>, drawn
+    # a click on a thumbnail's point selects that one image
+    row, (x, y) = page.evaluate(
+        f"() => {{ const a = {ATLAS}.__atlas, i = a.sp.get('pointsInView')[0];"
+        " return [i, a.sp.getScreenPosition(i)]; }"
+    )
+    box = page.locator("#atlas .atlas-wrap").bounding_box()
+    page.mouse.click(box["x"] + x, box["y"] + y)
+    page.wait_for_function(
+        "() => /^1 selected:/.test(document.querySelector('#atlas_selection').innerText)",
+        timeout=20_000,
+    )
+    assert f"#{row} " in page.locator("#atlas_selected .caption-label").first.inner_text()
 
 
 def test_a_lasso_on_the_2d_view_tags_exactly_the_points_plotly_selected(page, published_run):
@@ -593,6 +605,12 @@ def test_on_200k_points_the_atlas_draws_them_all_and_a_hotspot_selects_its_clust
     assert said.startswith(f"{size} selected:"), said
     selected = large_page.evaluate(f"() => {ATLAS}.__atlas.sp.get('selectedPoints').length")
     assert selected == size  # the whole cluster is selected on the map too
+    large_page.fill("#atlas_hotspot_name textarea, #atlas_hotspot_name input", "the big blob")
+    large_page.click("#atlas_hotspot_button")
+    large_page.wait_for_function(
+        "() => document.querySelector('#atlas_hotspots .caption-label')?.innerText"
+        ".startsWith('the big blob · ')", timeout=20_000,
+    )  # fmt: skip
 
 
 def test_a_hostile_tag_is_shown_as_text_on_the_atlas_never_run(page, published_run):
