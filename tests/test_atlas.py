@@ -3,6 +3,8 @@ filters and hotspots (the browser side is in test_browser.py)."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -83,6 +85,18 @@ def test_the_run_holds_a_2d_map_of_both_domains_at_the_middle_level(published_ru
 
 
 @pytest.fixture()
+def own(published_run, results_dir, tmp_path):
+    """(store, run): a copy of the session's store without its annotations, for a test
+    that annotates: its edits stay out of what other tests (and their demo) read."""
+    from lib.store import RunStore
+
+    shutil.copytree(results_dir, tmp_path / "store", symlinks=True,
+                    ignore=shutil.ignore_patterns("annotations.sqlite*", "cache"))  # fmt: skip
+    store = RunStore(tmp_path / "store")
+    return store, store.open(published_run.id)
+
+
+@pytest.fixture()
 def client(published_run, results_dir):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
@@ -120,12 +134,11 @@ def test_the_routes_serve_thumbnails_of_published_runs_only(client, published_ru
     assert script.status_code == 200 and b"createScatterplot" in script.content
 
 
-def test_colours_and_filters_follow_the_run_and_the_tags(published_run, results_dir):
+def test_colours_and_filters_follow_the_run_and_the_tags(own):
     from demo.atlas import colours, keep_mask
     from lib.annotations import Annotations, keys_of
-    from lib.store import RunStore
 
-    store, run = RunStore(results_dir), published_run
+    store, run = own
     codes, palette, legend = colours(store, run, "domain")
     names = {name: count for name, _, count in legend}
     assert names == {d: int((run.images["domain"] == d).sum()) for d in ("real", "synthetic")}
@@ -133,7 +146,7 @@ def test_colours_and_filters_follow_the_run_and_the_tags(published_run, results_
     synthetic = run.images.index[run.images["domain"] == "synthetic"].to_numpy()
     mask = keep_mask(store, run, ["synthetic"], None, None, None, None)
     assert np.array_equal(np.flatnonzero(mask), synthetic)
-    Annotations.of(results_dir).tag(keys_of(run.images, [1, 2]), "atlas unit test")
+    Annotations.of(store.root).tag(keys_of(run.images, [1, 2]), "atlas unit test")
     mask = keep_mask(store, run, None, None, None, None, ["atlas unit test"])
     assert list(np.flatnonzero(mask)) == [1, 2]
     _, _, legend = colours(store, run, "tags")
@@ -158,13 +171,13 @@ def test_hotspot_names_are_kept_audited_and_undone(tmp_path):
     assert notes.hotspot_names("run1", "c4") == {4: "elsewhere"}
 
 
-def test_tags_show_in_the_overlap_colouring_and_in_gallery_captions(published_run):
+def test_tags_show_in_the_overlap_colouring_and_in_gallery_captions(own):
     from demo.atlas import describe_selection
     from demo.overlap import neighbour_gallery, overlap_figure
     from lib.annotations import Annotations, keys_of
-    from lib.store import RunStore
 
-    run, level = published_run, published_run.levels[0]
+    store, run = own
+    level = run.levels[0]
     first = int(run.neighbors(level)[0][7][0])  # the first image in row 7's gallery
     Annotations.of(run.results).tag(keys_of(run.images, [first]), "shown everywhere")
     gallery = neighbour_gallery(run, level, 7)
@@ -172,7 +185,7 @@ def test_tags_show_in_the_overlap_colouring_and_in_gallery_captions(published_ru
     fig = overlap_figure(run, level, "real", color_by="tags")
     trace = next(t for t in fig.data if t.name == "shown everywhere")
     assert list(trace.customdata) == [first]
-    _, items = describe_selection(RunStore(run.results), run.id, [first])
+    _, items = describe_selection(store, run.id, [first])
     assert items[0][1].endswith("🏷 shown everywhere")
 
 
@@ -192,12 +205,11 @@ def test_the_map_colours_by_any_column_of_the_inputs_metadata(published_run, res
     assert codes[0] == 0 and codes[29] == 7  # 1990 in the first bin, 2019 in the last
 
 
-def test_a_corrected_label_shows_in_captions_and_moves_the_image_on_the_atlas(published_run):
+def test_a_corrected_label_shows_in_captions_and_moves_the_image_on_the_atlas(own):
     from demo.atlas import colours, describe_selection
     from lib.annotations import Annotations, keys_of
-    from lib.store import RunStore
 
-    run, store = published_run, RunStore(published_run.results)
+    store, run = own
     (key,) = keys_of(run.images, [9])
     original = str(run.images.at[9, "category"])
     Annotations.of(run.results).set_label(key, original, "a long new label")

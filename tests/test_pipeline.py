@@ -25,7 +25,7 @@ def test_run_is_published_with_every_file(published_run, results_dir):
     assert m["backbone"]["random_weights"] is False
     assert "ImageNet" in m["backbone"]["weights"]
     assert m["counts"] == {"real": N_PER_DOMAIN, "synthetic": N_PER_DOMAIN}
-    stages = {"scan", "model", "extract", "project", "neighbors", "gap", "plots"}
+    stages = {"scan", "model", "extract", "project", "atlas", "neighbors", "gap", "plots"}
     assert set(m["timings_s"]) == stages
     assert m["backend"]["name"] == "cpu" and m["backend"]["reason"]
     assert m["backend"]["precision"] == "fp32" and m["backend"]["knn_engine"] == "torch"
@@ -63,7 +63,7 @@ def test_images_table_is_sorted_and_labelled(published_run, example_dir):
 @pytest.mark.parametrize("method", ["umap", "pca"])
 def test_projections_fit_on_one_domain_and_map_the_other(published_run, method):
     proj = published_run.projections
-    assert set(proj["method"]) == {"umap", "pca", "tsne"}
+    assert set(proj["method"]) == {"umap", "pca", "tsne", "atlas"}  # the atlas: test_atlas
     proj = proj[proj["method"] == method]
     assert len(proj) == len(LEVELS) * 2 * 2 * N_PER_DOMAIN
     for (level, fit_on), part in proj.groupby(["level", "fit_on"]):
