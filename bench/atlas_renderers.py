@@ -142,15 +142,16 @@ def _deck_bundle(cache: Path) -> Path | None:
     return bundle if bundle.exists() else None
 
 
-def _site(folder: Path) -> dict[str, str]:
-    """Write the pages and the bundles into `folder`; the renderers available."""
+def _site(folder: Path, renderers) -> dict[str, str]:
+    """Write the pages and the bundles of `renderers` into `folder`; those available."""
     import plotly
 
     bundles = {
-        "regl-scatterplot": ROOT / "demo/assets/atlas/regl-scatterplot.min.js",
-        "plotly scattergl": Path(plotly.__file__).parent / "package_data/plotly.min.js",
-        "deck.gl": _deck_bundle(ROOT / ".cache" / "bench-npm"),
+        "regl-scatterplot": lambda: ROOT / "demo/assets/atlas/regl-scatterplot.min.js",
+        "plotly scattergl": lambda: Path(plotly.__file__).parent / "package_data/plotly.min.js",
+        "deck.gl": lambda: _deck_bundle(ROOT / ".cache" / "bench-npm"),
     }
+    bundles = {r: bundles[r]() for r in renderers}
     pages = {}
     for i, (renderer, bundle) in enumerate(bundles.items()):
         if bundle is None:
@@ -163,8 +164,11 @@ def _site(folder: Path) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _serving(folder: Path):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *a: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # the bench's output is its JSON
+            pass
+
+    handler = functools.partial(Quiet, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -196,18 +200,18 @@ def _lasso(page, how: str) -> dict | None:
             "gesture_ms": round(1000 * (time.perf_counter() - started))}  # fmt: skip
 
 
-def measure(sizes=(100_000, 1_000_000)) -> dict:
+def measure(sizes=(100_000, 1_000_000), renderers=tuple(PAGES)) -> dict:
     import tempfile
 
     from playwright.sync_api import sync_playwright
 
     out = {"chromium": "/usr/bin/chromium", "flags": CHROMIUM_ARGS, "renderers": {}}
     with tempfile.TemporaryDirectory() as tmp, _serving(Path(tmp)) as url:
-        pages = _site(Path(tmp))
+        pages = _site(Path(tmp), renderers)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                          args=CHROMIUM_ARGS)  # fmt: skip
-            for renderer in PAGES:
+            for renderer in renderers:
                 rows = out["renderers"][renderer] = {}
                 if renderer not in pages:
                     rows["skipped"] = "bundle unavailable (no npm)"

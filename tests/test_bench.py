@@ -63,3 +63,23 @@ def test_resume_section_times_a_cold_run_and_the_rerun_after_a_kill(bench):
     assert out["images"] == 40
     assert out["cold_s"] > 0 and out["rerun_after_kill_s"] > 0
     assert "extract" in str(out["rerun_stages_s"])
+
+
+def test_atlas_section_draws_and_lassoes_with_the_demos_own_renderer(bench):
+    """The renderer comparison keeps working (the demo's bundle and plotly's; deck.gl
+    needs npm and is left to `make bench`)."""
+    import os
+
+    if not os.path.exists("/usr/bin/chromium"):
+        pytest.skip("apt-get install chromium")
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from atlas_renderers import measure
+
+    out = measure((3000,), renderers=("regl-scatterplot", "plotly scattergl"))["renderers"]
+    for renderer in ("regl-scatterplot", "plotly scattergl"):
+        row = out[renderer]["3000"]
+        assert row["points"] == 3000 and row["render_ms"] > 0, row
+        # the mouse lasso over the middle ninth catches some points, not all
+        assert 0 < row["lasso_result"]["points"] < 3000, row
