@@ -233,8 +233,15 @@ CSS = """
 
 
 def atlas_level(run: Run) -> str | None:
-    """The level the batch job laid the atlas out at (None: a run without one)."""
-    levels = run.projections.loc[run.projections["method"] == layouts.METHOD, "level"]
+    """The level the batch job laid the atlas out at (None: a run without one); cached
+    (the projections table has 8M rows at 1M + 1M)."""
+    return _atlas_level(str(run.dir))
+
+
+@lru_cache(maxsize=32)
+def _atlas_level(run_dir: str) -> str | None:
+    proj = open_run(run_dir).projections
+    levels = proj.loc[proj["method"] == layouts.METHOD, "level"]
     return str(levels.iloc[0]) if len(levels) else None
 
 
@@ -461,7 +468,14 @@ def tag_selection(store: RunStore, editing: Editing, run_id: str, rows: list[int
 
 def hotspots(run: Run) -> list[dict]:
     """The run's HDBSCAN clusters at the atlas level, largest first: id, kind, size and
-    the rows nearest their middle on the map (the thumbnails the list shows)."""
+    the rows nearest their middle on the map (the thumbnails the list shows). Cached
+    per run (1.3 s at 200k images; a run never changes)."""
+    return _hotspots(str(run.dir))
+
+
+@lru_cache(maxsize=8)
+def _hotspots(run_dir: str) -> list[dict]:
+    run = open_run(run_dir)
     level = atlas_level(run)
     if level is None:
         return []
