@@ -208,17 +208,82 @@ def _sampled_note(level: dict) -> list[str]:
 NO_METRICS = "This run has no gap metrics (it predates them): rerun the batch job."
 
 
+def what_differs(run: Run) -> tuple[str, object]:
+    """The "What differs" section: the attribution's findings in words and a table, and
+    a chart of each statistic's AUC and of what photometry explains per level."""
+    found = (run.metrics or {}).get("attribution")
+    if not found:
+        return ("### What differs\nThis run has no photometric attribution (embeddings, "
+                "`--attribution 0`, or a run from before it).", None)  # fmt: skip
+    lines = ["### What differs", ""]
+    lines += [f"- {s}" for s in found["sentences"]] or ["- no clear photometric difference"]
+    n = found["n"]
+    lines += [
+        "",
+        f"Statistics of {n['real']} real and {n['synthetic']} synthetic images "
+        f"(a seeded sample, at ≤ {found['image_side']} px); AUC: how well each alone "
+        "tells synthetic from real (0.5: not at all; below: synthetic has less).",
+        "",
+        "| statistic | AUC (95 %) | real median | synthetic median |",
+        "|---|---|---|---|",
+    ]
+    for s in found["statistics"]:
+        lo, hi = s["ci95"]
+        lines.append(
+            f"| {s['statistic']} ({s['what']}) | {s['auc']:.2f} ({lo:.2f}–{hi:.2f})"
+            f" | {s['real_median']:.4g} | {s['synthetic_median']:.4g} |"
+        )
+    return "\n".join(lines), attribution_figure(found)
+
+
+def attribution_figure(found: dict):
+    """Left: each statistic's AUC with its interval; right: R² of p(synthetic) from
+    photometry per level (high: filters; low: content)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    stats = found["statistics"][::-1]  # strongest on top
+    fig = make_subplots(
+        cols=2,
+        subplot_titles=(
+            "AUC per statistic (0.5: no difference)",
+            "p(synthetic) explained by photometry (R²)",
+        ),
+    )
+    fig.add_trace(go.Bar(
+        x=[s["auc"] - 0.5 for s in stats], y=[s["statistic"] for s in stats], base=0.5,
+        orientation="h", showlegend=False,
+        error_x={"type": "data", "symmetric": False,
+                 "array": [s["ci95"][1] - s["auc"] for s in stats],
+                 "arrayminus": [s["auc"] - s["ci95"][0] for s in stats]},
+    ), row=1, col=1)  # fmt: skip
+    levels = list(found["explained"])
+    r2 = [found["explained"][lv] for lv in levels]
+    fig.add_trace(go.Scatter(
+        x=levels, y=[r["r2"] for r in r2], mode="lines+markers", showlegend=False,
+        error_y={"type": "data", "symmetric": False,
+                 "array": [r["ci95"][1] - r["r2"] for r in r2],
+                 "arrayminus": [r["r2"] - r["ci95"][0] for r in r2]},
+    ), row=1, col=2)  # fmt: skip
+    fig.update_xaxes(range=[0, 1], row=1, col=1)
+    fig.update_yaxes(range=[-0.1, 1], row=1, col=2)
+    fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
 def show_report(store: RunStore, run_id: str, level: str, metric: str):
-    """The gap report of a run: notes, table, chart, images to blame at `level`, history."""
+    """The gap report of a run: notes, table, chart, what differs, images to blame at
+    `level`, history."""
     run = open_id(store, run_id)
     if not run.metrics:
-        return NO_METRICS, None, None, [], [], [], [], None
+        return NO_METRICS, None, None, "", None, [], [], [], [], None
     level = level if level in run.levels else default_level(run)
     blame = blame_galleries(run, level)
     return (
         notes_markdown(run),
         summary_table(run),
         levels_figure(run),
+        *what_differs(run),
         blame["least_realistic"],
         blame["most_synthetic"],
         blame["uncovered_real"],
@@ -247,6 +312,8 @@ def build(store: RunStore, first: Run) -> Tab:
         notes = gr.Markdown(elem_id="report_notes")
         table = gr.Dataframe(headers=SUMMARY_HEADERS, label="Gap per level", elem_id="gap_table")
         chart = gr.Plot(label="Metrics across levels (95% intervals; KID ± 1 std)")
+        differs = gr.Markdown(elem_id="what_differs")
+        differs_chart = gr.Plot(label="What differs", elem_id="what_differs_chart")
         with gr.Row():
             level = level_dropdown("Images to blame at level", first)
             metric = gr.Dropdown(label="History of", value="auc",
@@ -261,7 +328,7 @@ def build(store: RunStore, first: Run) -> Tab:
                      "invented)", "one_domain_clusters"),
         ]  # fmt: skip
         history = gr.Plot(label="Over all published runs")
-        outputs = [notes, table, chart, *galleries, history]
+        outputs = [notes, table, chart, differs, differs_chart, *galleries, history]
         gr.on([level.input, metric.input], partial(show_report, store),
               [run_id, level, metric], outputs)  # fmt: skip
         # filled on load too: the report is the slowest part of a run to draw

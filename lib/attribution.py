@@ -14,7 +14,9 @@ domain classifier's out-of-fold p(synthetic) the statistics explain together.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -52,8 +54,6 @@ def separation(stats: dict[str, np.ndarray], synthetic: np.ndarray, resamples: i
     """Each statistic's separation of the domains (`synthetic`: True per synthetic
     image), strongest first; statistics missing for an image (NaN: JPEG quality of a
     PNG) are compared on the images that have them, and skipped without both domains."""
-    from sklearn.metrics import roc_auc_score
-
     synthetic = np.asarray(synthetic, dtype=bool)
     rng = np.random.default_rng(seed)
     out = []
@@ -63,20 +63,31 @@ def separation(stats: dict[str, np.ndarray], synthetic: np.ndarray, resamples: i
         y, v = synthetic[ok], values[ok]
         if y.all() or not y.any():
             continue
-        auc = float(roc_auc_score(y, v))
+        auc = _auc(y, v)
         aucs = []
         for _ in range(resamples):  # stratified: each resample keeps both domains' sizes
             idx = np.concatenate([rng.choice(np.flatnonzero(y == c), size=int((y == c).sum()))
                                   for c in (False, True)])  # fmt: skip
-            aucs.append(roc_auc_score(y[idx], v[idx]))
+            aucs.append(_auc(y[idx], v[idx]))
         lo, hi = np.percentile(aucs, [2.5, 97.5])
         out.append(Separation(name, auc, (float(lo), float(hi)), float(np.median(v[~y])),
                               float(np.median(v[y]))))  # fmt: skip
     return sorted(out, key=lambda s: -s.strength)
 
 
+def _auc(y: np.ndarray, v: np.ndarray) -> float:
+    """ROC AUC of `v` for `y` by the rank-sum (Mann-Whitney U) identity, ties halved:
+    sklearn's roc_auc_score gives the same, at 20× the cost in a bootstrap loop."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(v)
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
 def explained(stats: dict[str, np.ndarray], p_synthetic: np.ndarray, folds: int = 5,
-              repeats: int = 4, seed: int = 0) -> dict:  # fmt: skip
+              repeats: int = 2, seed: int = 0) -> dict:  # fmt: skip
     """How much of p(synthetic) the statistics explain together: {"r2", "ci95", "n"}."""
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.metrics import r2_score
@@ -92,7 +103,8 @@ def explained(stats: dict[str, np.ndarray], p_synthetic: np.ndarray, folds: int 
     scores = []
     for r in range(repeats):
         for train, test in KFold(folds, shuffle=True, random_state=seed + r).split(X):
-            model = HistGradientBoostingRegressor(max_iter=100, random_state=seed)
+            # 50 rounds: within 0.01 of R² at 100 here, at half the cost
+            model = HistGradientBoostingRegressor(max_iter=50, random_state=seed)
             model.fit(X[train], y[train])  # NaN (a missing JPEG quality) is handled natively
             scores.append(r2_score(y[test], model.predict(X[test])))
     lo, hi = np.percentile(scores, [2.5, 97.5])
@@ -112,4 +124,63 @@ def sentences(found: list[Separation], top: int = 3) -> list[str]:
             words = more if s.auc > 0.5 else less
         out.append(f"synthetic images are {words} (AUC {s.auc:.2f}, "
                    f"{s.ci95[0]:.2f}–{s.ci95[1]:.2f})")  # fmt: skip
+    return out
+
+
+IMAGE_SIDE = 256  # statistics of every image at this longest side: domains of different
+# resolutions compare fairly, and a 4k photo costs what a 256-px one does (~30 ms)
+
+
+def attribute(paths: list[str], synthetic: np.ndarray, p_synthetic: dict[str, np.ndarray],
+              seed: int = 0) -> dict:  # fmt: skip
+    """The run's "what differs": the statistics of the images at `paths` (a seeded
+    sample of both domains; `synthetic` marks the synthetic ones), their separation, and
+    per level how much of that level's out-of-fold p(synthetic) (for the same images)
+    they explain. A JSON-ready dict for metrics.json."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from lib.images import decode_rgb
+    from lib.photometry import jpeg_quality, statistics
+
+    def one(path: str) -> dict:
+        image = Image.fromarray(decode_rgb(Path(path)))
+        image.thumbnail((IMAGE_SIDE, IMAGE_SIDE))  # downscale only, keeping the aspect
+        return statistics(np.asarray(image), jpeg_quality(Path(path)))
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # numpy frees the GIL
+        rows = list(pool.map(one, paths))
+    stats = {name: np.array([r[name] for r in rows]) for name in STATISTICS}
+    found = separation(stats, synthetic, seed=seed)
+    levels = {lv: explained(stats, p, seed=seed) for lv, p in p_synthetic.items()}
+    return {
+        "n": {"real": int((~synthetic).sum()), "synthetic": int(synthetic.sum())},
+        "image_side": IMAGE_SIDE,
+        "statistics": [
+            {
+                "statistic": s.statistic,
+                "what": STATISTICS[s.statistic][0],
+                "auc": s.auc,
+                "ci95": list(s.ci95),
+                "real_median": s.real_median,
+                "synthetic_median": s.synthetic_median,
+                "clear": s.clear,
+            }
+            for s in found
+        ],  # fmt: skip
+        "explained": levels,
+        "sentences": sentences(found) + explained_sentences(levels),
+    }
+
+
+def explained_sentences(levels: dict[str, dict]) -> list[str]:
+    """Where photometry explains the domain classifier and where it does not."""
+    if not levels:
+        return []
+    parts = [f"{lv} {100 * max(r['r2'], 0):.0f} %" for lv, r in levels.items()]
+    low = [lv for lv, r in levels.items() if r["ci95"][1] < 0.25]
+    out = [f"photometry explains the domain classifier's p(synthetic) at {', '.join(parts)}"]
+    if low:
+        out.append(f"at {', '.join(low)} the gap is content and layout, not filters")
     return out

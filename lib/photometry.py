@@ -52,6 +52,8 @@ def statistics(rgb: np.ndarray, jpeg_quality: float | None = None) -> dict[str, 
     image = np.asarray(rgb)
     image = image.astype(np.float64) / 255.0 if image.dtype == np.uint8 else image.astype(float)
     lab = rgb2lab(image)
+    if np.ptp(image, axis=-1).max() == 0:  # a grey image has no colour: not rounding's
+        lab[..., 1:] = 0.0
     grey = lab[..., 0] / 100.0
     out = {
         "brightness": float(lab[..., 0].mean()),
@@ -60,7 +62,7 @@ def statistics(rgb: np.ndarray, jpeg_quality: float | None = None) -> dict[str, 
         "b_mean": float(lab[..., 2].mean()),
         "a_std": float(lab[..., 1].std()),
         "b_std": float(lab[..., 2].std()),
-        "saturation": float(rgb2hsv(image)[..., 1].mean()),
+        "saturation": float(rgb2hsv(image)[..., 1].mean()) if lab[..., 1:].any() else 0.0,
         "sharpness": float(laplace(grey).var()),
         "noise": _noise(grey, estimate_sigma),
         "high_freq": high_frequency_share(grey),

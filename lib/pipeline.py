@@ -30,6 +30,7 @@ from lib.images import (
     metadata_columns,
     needs_web_copy,
     open_images,
+    sample_indices,
 )
 from lib.params import REQUIRED, check_minimums, param
 from lib.progress import Progress, Silent, Stages
@@ -118,6 +119,12 @@ class RunConfig:
         "auto",
         "The level the atlas lays out (a 2D UMAP of both domains together): auto = the "
         "middle level, the one the demo opens; none = no atlas.",
+    )
+    attribution: int = param(
+        1000,
+        "Images per domain (a seeded sample) whose photometric statistics attribute the "
+        "gap (README, What differs); 0: none. Image inputs only.",
+        minimum=0,
     )
     backend: str = param("auto", "auto | cuml | cpu")
     plots: bool = param(True, "Write the static 3D PNGs.")
@@ -233,11 +240,18 @@ def run(config: RunConfig, store: RunStore, progress: Progress | None = None) ->
             searches = find_neighbours(vectors, config, backend, writer)
             stage.summary = _recall_summary(searches)
         with stages("gap", f"{len(vectors)} levels"):
-            measure_gap(vectors, scanned.rows, config.gap, backend, writer, stages.progress)
+            metrics, scores = measure_gap(vectors, scanned.rows, config.gap, backend, writer,
+                                          stages.progress)  # fmt: skip
+        table = scanned.table()
+        sample = _attribution_sample(scanned, table, config)
+        if sample is not None:
+            with stages("attribution", f"{len(sample[0])} images' photometry"):
+                metrics["attribution"] = attribute_gap(sample, scores, config.seed)
+        writer.metrics(metrics)
         if config.plots:
             with stages("plots"):
                 save_plots(frame, scanned.rows, projectors, writer)
-        writer.images(scanned.table())
+        writer.images(table)
         writer.manifest(
             manifest(
                 config,
@@ -520,10 +534,9 @@ def find_neighbours(vectors, config: RunConfig, backend, writer: RunWriter) -> d
     return reports
 
 
-def measure_gap(
-    vectors, rows, params: GapParams, backend, writer: RunWriter, progress: Progress
-) -> None:
-    """The gap metrics and the per-image scores table, level by level."""
+def measure_gap(vectors, rows, params: GapParams, backend, writer: RunWriter, progress: Progress):
+    """The gap metrics and the per-image scores table, level by level; writes the scores
+    and returns (the metrics, to which the attribution is added, the scores)."""
     import pandas as pd
 
     from lib.gap import NOTES, level_gap
@@ -536,8 +549,38 @@ def measure_gap(
         levels[level] = result.metrics
         frames.append(_scores_frame(result, rows, level))
         progress.advance("gap")
-    writer.metrics({"schema": SCHEMA, "params": params.as_dict(), "notes": NOTES, "levels": levels})
-    writer.scores(pd.concat(frames, ignore_index=True))
+    scores = pd.concat(frames, ignore_index=True)
+    writer.scores(scores)
+    return {"schema": SCHEMA, "params": params.as_dict(), "notes": NOTES, "levels": levels}, scores
+
+
+def _attribution_sample(scanned: Scanned, table, config: RunConfig):
+    """(paths, their rows, synthetic?) of a seeded sample of at most `config.attribution`
+    images per domain with files (`table`: the images table); None when there are too
+    few to look at."""
+    if not config.attribution or scanned.embeddings:
+        return None
+    picked = []
+    for rows in scanned.rows.values():
+        with_file = rows[table["path"].to_numpy()[rows] != ""]
+        picked.append(with_file[sample_indices(len(with_file), config.attribution, config.seed)])
+    rows = np.concatenate(picked)
+    if min(len(p) for p in picked) < 10:  # too few for an AUC with an interval
+        return None
+    paths = table["path"].to_numpy()[rows].tolist()
+    return paths, rows, table["domain"].to_numpy()[rows] == "synthetic"
+
+
+def attribute_gap(sample, scores, seed: int) -> dict:
+    """lib.attribution on the sample, against each level's out-of-fold p(synthetic)."""
+    from lib.attribution import attribute
+
+    paths, rows, synthetic = sample
+    p = {
+        level: part.set_index("id")["p_synthetic"].reindex(rows).to_numpy()
+        for level, part in scores.groupby("level", sort=False)
+    }
+    return attribute(paths, synthetic, p, seed=seed)
 
 
 def _scores_frame(result, rows, level: str):

@@ -108,3 +108,32 @@ def test_a_jpegs_quality_is_read_back_from_its_tables(tmp_path, quality):
     image.save(tmp_path / "a.png")
     assert jpeg_quality(tmp_path / "a.jpg") == pytest.approx(quality, abs=2)
     assert jpeg_quality(tmp_path / "a.png") is None
+
+
+def test_the_fast_auc_is_sklearns():
+    from sklearn.metrics import roc_auc_score
+
+    from lib.attribution import _auc
+
+    rng = np.random.default_rng(0)
+    y = rng.random(300) < 0.4
+    v = np.round(rng.normal(size=300) + y, 1)  # with ties
+    assert _auc(y, v) == pytest.approx(roc_auc_score(y, v), abs=1e-12)
+
+
+# ---- in a run and its report -------------------------------------------------------------
+
+
+def test_a_run_says_what_differs_and_the_report_shows_it(published_run):
+    from demo.report import what_differs
+
+    found = published_run.metrics["attribution"]
+    n = int((published_run.images["domain"] == "real").sum())
+    assert found["n"] == {"real": n, "synthetic": len(published_run.images) - n}
+    assert set(found["explained"]) == set(published_run.levels)
+    strengths = [abs(s["auc"] - 0.5) for s in found["statistics"]]
+    assert strengths == sorted(strengths, reverse=True)
+    text, figure = what_differs(published_run)
+    assert text.startswith("### What differs") and found["statistics"][0]["statistic"] in text
+    assert all(s in text for s in found["sentences"])
+    assert [t.type for t in figure.data] == ["bar", "scatter"]

@@ -85,7 +85,7 @@ def test_under_cron_each_stage_says_when_it_starts_and_ends(messy, tmp_path):
                    "--k", 5, "--no-plots")  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = [line.split(" ", 2)[2] for line in result.stdout.splitlines() if line[:2] == "20"]
-    stages = ["scan", "model", "extract", "project", "atlas", "neighbors", "gap"]
+    stages = ["scan", "model", "extract", "project", "atlas", "neighbors", "gap", "attribution"]
     starts = [line.split(":")[0] for line in lines if ": started" in line]
     ends = [line.split(":")[0] for line in lines if ": done in " in line]
     assert starts == ends == stages

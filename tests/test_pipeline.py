@@ -25,7 +25,8 @@ def test_run_is_published_with_every_file(published_run, results_dir):
     assert m["backbone"]["random_weights"] is False
     assert "ImageNet" in m["backbone"]["weights"]
     assert m["counts"] == {"real": N_PER_DOMAIN, "synthetic": N_PER_DOMAIN}
-    stages = {"scan", "model", "extract", "project", "atlas", "neighbors", "gap", "plots"}
+    stages = {"scan", "model", "extract", "project", "atlas", "neighbors", "gap", "attribution",
+              "plots"}  # fmt: skip
     assert set(m["timings_s"]) == stages
     assert m["backend"]["name"] == "cpu" and m["backend"]["reason"]
     assert m["backend"]["precision"] == "fp32" and m["backend"]["knn_engine"] == "torch"
