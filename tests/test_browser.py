@@ -164,7 +164,7 @@ def test_a_drag_rotates_and_selects_nothing(page):
     assert f"Selected #{shown} " in page.inner_text("body")  # unchanged
 
 
-def test_gap_report_tab_shows_the_images_to_blame(page):
+def test_gap_report_tab_shows_the_images_to_blame_and_what_differs(page, published_run):
     page.get_by_role("tab", name="Gap report").click()
     page.wait_for_function(
         "() => document.querySelectorAll('#least_realistic .caption-label').length >= 4",
@@ -173,6 +173,12 @@ def test_gap_report_tab_shows_the_images_to_blame(page):
     text = page.inner_text("body")
     assert "Largest gap at" in text
     assert "realism" in page.inner_text("#least_realistic")
+    # what differs: the run's findings in words, its table, and the chart drawn
+    differs = page.inner_text("#what_differs")
+    found = published_run.metrics["attribution"]
+    assert "What differs" in differs and found["sentences"][-1] in differs
+    assert found["statistics"][0]["statistic"] in differs
+    page.wait_for_selector("#what_differs_chart .js-plotly-plot", timeout=20_000)
 
 
 def test_the_tsne_projection_is_2d_and_clickable(page):
