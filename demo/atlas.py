@@ -272,12 +272,40 @@ def points_bytes(run: Run, layout: str) -> bytes:
     return np.ascontiguousarray(xy.T).tobytes()
 
 
+def category_names(run: Run) -> np.ndarray:
+    """Each row's category as the atlas names it ("–" for none); cached per run."""
+    return _category_names(str(run.dir))
+
+
+@lru_cache(maxsize=8)
+def _category_names(run_dir: str) -> np.ndarray:
+    values = image_column(open_run(run_dir), "category").astype(object)
+    return np.array([c or "–" for c in values], dtype=object)
+
+
+def row_scores(run: Run):
+    """The scores at the atlas's level, one row per image id (NaN where an image has
+    none); cached per run."""
+    return _row_scores(str(run.dir))
+
+
+@lru_cache(maxsize=8)
+def _row_scores(run_dir: str):
+    run = open_run(run_dir)
+    return level_scores(run, atlas_level(run)).reindex(range(len(run.images)))
+
+
+def clusters_of(run: Run) -> np.ndarray:
+    """Each row's HDBSCAN cluster at the atlas's level (-1: noise)."""
+    return row_scores(run)["cluster"].fillna(-1).to_numpy(int)
+
+
 def colours(store: RunStore, run: Run, color_by: str) -> tuple[np.ndarray, list, list]:
     """Per-row colour codes (uint8), the palette they index and the legend
     [(name, colour, count)] for one colouring of the map."""
-    n, level = len(run.images), atlas_level(run)
+    n = len(run.images)
     if color_by in SCORES:
-        values = level_scores(run, level).reindex(range(n))[SCORES[color_by]].to_numpy(float)
+        values = row_scores(run)[SCORES[color_by]].to_numpy(float)
         top = SCORE_TOP[color_by]
         bins = np.nan_to_num(values / top * len(BINS)).astype(np.int64)
         codes = np.where(np.isnan(values), len(BINS), np.clip(bins, 0, len(BINS) - 1))
@@ -290,12 +318,11 @@ def colours(store: RunStore, run: Run, color_by: str) -> tuple[np.ndarray, list,
     if color_by == "domain":
         names = image_column(run, "domain").astype(str)
     elif color_by == "category":  # as corrected: a relabelled image joins its new group
-        names = np.array([c or "–" for c in image_column(run, "category").astype(object)],
-                         dtype=object)  # fmt: skip
+        names = category_names(run).copy()
         for r, label in row_labels(run).items():
             names[r] = label
     elif color_by == "cluster":
-        labels = level_scores(run, level).reindex(range(n))["cluster"].fillna(-1).to_numpy(int)
+        labels = clusters_of(run)
         names = np.where(labels < 0, "noise", np.char.add("cluster ", labels.astype(str)))
     else:  # tags
         names = np.full(n, "untagged", dtype=object)
@@ -370,20 +397,18 @@ def _coded(codes: np.ndarray, names: list[str], palette: list[str]):
 def keep_mask(store: RunStore, run: Run, domains, categories, clusters, realism, tags):
     """Rows passing the filters (None: no filter). Realism bounds synthetic images only
     (real ones have none); tags: any of them."""
-    n, level = len(run.images), atlas_level(run)
+    n = len(run.images)
     keep = np.ones(n, dtype=bool)
     if domains is not None and set(domains) != {"real", "synthetic"}:
         keep &= np.isin(image_column(run, "domain").astype(str), list(domains))
     if categories:
-        cats = np.array([c or "–" for c in image_column(run, "category").astype(object)])
-        keep &= np.isin(cats, list(categories))
-    scores = level_scores(run, level).reindex(range(n))
+        keep &= np.isin(category_names(run), list(categories))
     if clusters:
         wanted = [-1 if c == "noise" else int(c.split()[-1]) for c in clusters]
-        keep &= np.isin(scores["cluster"].fillna(-1).to_numpy(int), wanted)
+        keep &= np.isin(clusters_of(run), wanted)
     lo, hi = realism if realism is not None else (0.0, REALISM_MAX)
     if lo > 0 or hi < REALISM_MAX:
-        values = scores["realism"].to_numpy(float)
+        values = row_scores(run)["realism"].to_numpy(float)
         top = hi if hi < REALISM_MAX else np.inf
         keep &= np.isnan(values) | ((values >= lo) & (values <= top))
     if tags:
@@ -418,7 +443,7 @@ def block_labels(run: Run) -> list[tuple[str, int, int]]:
     top-left corner, above which the map writes the name (found on screen by row, so
     labels follow pans and zooms)."""
     xy = coordinates(run, "category")
-    names = np.array([c or "–" for c in image_column(run, "category").astype(object)])
+    names = category_names(run)
     out = []
     for name in np.unique(names):
         members = np.flatnonzero(names == name)
@@ -480,8 +505,7 @@ def _hotspots(run_dir: str) -> list[dict]:
     if level is None:
         return []
     table = run.metrics["levels"][level]["clusters"]["table"]
-    labels = level_scores(run, level).reindex(range(len(run.images)))["cluster"]
-    labels = labels.fillna(-1).to_numpy(int)
+    labels = clusters_of(run)
     xy = coordinates(run, "umap")
     out = []
     for c in table:
@@ -549,7 +573,7 @@ def filter_choices(store: RunStore, run: Run) -> tuple[list, list, list]:
     """The categories, clusters and tags the filters offer for this run."""
     if atlas_level(run) is None:
         return [], [], []
-    cats = sorted({c or "–" for c in image_column(run, "category").astype(object)})
+    cats = sorted(set(category_names(run)))
     clusters = ["noise"] + [f"cluster {h['cluster']}" for h in hotspots(run)]
     tags = sorted({t for ts in Annotations.of(store.root).tags().values() for t in ts})
     return cats, clusters, tags
