@@ -22,7 +22,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from demo.curation import Editing, downloads
+from demo.curation import Editing, change_tags, downloads
 from demo.runs import (
     ASSETS,
     PathGallery,
@@ -40,7 +40,7 @@ from demo.runs import (
     with_tags,
 )
 from lib import atlas as layouts
-from lib.annotations import REMOVE, Annotations, keys_of
+from lib.annotations import REMOVE, Annotations
 from lib.errors import GapscopeError
 from lib.images import METADATA_PREFIX
 from lib.store import Run, RunStore
@@ -479,13 +479,7 @@ def tag_selection(store: RunStore, editing: Editing, run_id: str, rows: list[int
     editing.check(token)
     if not rows:
         raise gr.Error("Select images first: lasso them on the map or pick a hotspot.")
-    run, notes = open_id(store, run_id), Annotations.of(store.root)
-    try:
-        change = notes.untag if untag else notes.tag
-        n = change(keys_of(run.images, rows), tag, who or "anonymous")
-    except GapscopeError as exc:
-        raise gr.Error(str(exc)) from None
-    return f"{'untagged' if untag else 'tagged'} {n} of {len(rows)} images {tag.strip()!r}."
+    return change_tags(store, open_id(store, run_id), rows, tag, who, untag)
 
 
 # -- hotspots --------------------------------------------------------------------------------

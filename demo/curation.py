@@ -86,16 +86,22 @@ def tag_selected(store: RunStore, editing: Editing, run_id: str, level: str, row
         rows = _selected(row)
     if scope == SCOPES[1]:
         rows += [int(j) for j in run.neighbors(level)[0][rows[0]]]
+    return (
+        change_tags(store, run, rows, tag, who, untag) + " " + image_notes(store, run_id, int(row))
+    )
+
+
+def change_tags(store: RunStore, run, rows: list[int], tag: str, who: str,
+                untag: bool = False) -> str:  # fmt: skip
+    """Tag (or untag) the run's `rows` in the annotations; says how many changed. The
+    caller has checked the user may write."""
     notes = Annotations.of(store.root)
     try:
         change = notes.untag if untag else notes.tag
         n = change(keys_of(run.images, rows), tag, who or "anonymous")
     except GapscopeError as exc:
         raise gr.Error(str(exc)) from None
-    verb = "untagged" if untag else "tagged"
-    return f"{verb} {n} of {len(rows)} images {tag.strip()!r}. " + image_notes(
-        store, run_id, int(row) if row is not None and int(row) >= 0 else rows[0]
-    )
+    return f"{'untagged' if untag else 'tagged'} {n} of {len(rows)} images {tag.strip()!r}."
 
 
 def flag_removal(store, editing, run_id, level, row, scope, who, token, picked=None) -> str:

@@ -116,16 +116,17 @@ def gather(run, notes: Annotations, tag: str, out: Path, symlink: bool = False) 
     frame = annotated(run, notes, tag=tag)
     out = Path(out)
     written, missing = 0, []
+
+    def on_disk(name: str) -> bool:
+        return (out / name).exists() or (out / name).is_symlink()
+
     for path, label, image_hash in zip(frame["path"], frame["label"], frame["hash"],
                                        strict=True):  # fmt: skip
         if not path or not Path(path).is_file():
             missing.append(path)
             continue
-        folder = out / _safe(label or "unlabelled")
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / Path(path).name
-        if target.exists() or target.is_symlink():
-            target = folder / f"{image_hash[:12]}_{Path(path).name}"
+        target = out / _placed(label, Path(path).name, image_hash, on_disk)
+        target.parent.mkdir(parents=True, exist_ok=True)
         if symlink:
             os.symlink(path, target)
         else:
@@ -150,12 +151,18 @@ def gather_zip(run, notes: Annotations, tag: str, out: Path) -> dict:
                                           strict=True):  # fmt: skip
             copy = run.web(int(row)) or run.thumb(int(row))
             stem = Path(run.images.at[int(row), "relpath"]).stem
-            name = f"{_safe(label or 'unlabelled')}/{stem}{copy.suffix}"
-            if name in taken:
-                name = f"{_safe(label or 'unlabelled')}/{image_hash[:12]}_{stem}{copy.suffix}"
+            name = _placed(label, f"{stem}{copy.suffix}", image_hash, taken.__contains__)
             taken.add(name)
             zf.write(copy, name)
     return {"written": len(taken)}
+
+
+def _placed(label: str, filename: str, image_hash: str, taken) -> str:
+    """`<label folder>/<filename>` in gather's layout ("unlabelled" for no label), with
+    the image's hash in front of the name when `taken(name)` says it is in use."""
+    folder = _safe(label or "unlabelled")
+    name = f"{folder}/{filename}"
+    return f"{folder}/{image_hash[:12]}_{filename}" if taken(name) else name
 
 
 def _safe(name: str) -> str:

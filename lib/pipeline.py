@@ -560,15 +560,14 @@ def _attribution_sample(scanned: Scanned, table, config: RunConfig):
     few to look at."""
     if not config.attribution or scanned.embeddings:
         return None
-    picked = []
+    paths, picked = table["path"].to_numpy(), []
     for rows in scanned.rows.values():
-        with_file = rows[table["path"].to_numpy()[rows] != ""]
+        with_file = rows[paths[rows] != ""]
         picked.append(with_file[sample_indices(len(with_file), config.attribution, config.seed)])
-    rows = np.concatenate(picked)
     if min(len(p) for p in picked) < 10:  # too few for an AUC with an interval
         return None
-    paths = table["path"].to_numpy()[rows].tolist()
-    return paths, rows, table["domain"].to_numpy()[rows] == "synthetic"
+    rows = np.concatenate(picked)
+    return paths[rows].tolist(), rows, table["domain"].to_numpy()[rows] == "synthetic"
 
 
 def attribute_gap(sample, scores, seed: int) -> dict:
