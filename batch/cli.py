@@ -17,6 +17,7 @@ from batch.options import options_from
 from lib.caricature_job import CaricatureJob
 from lib.errors import GapscopeError
 from lib.pipeline import RunConfig
+from lib.whatif import WhatIfJob
 
 app = typer.Typer(
     help="gapscope batch runner: compare how a model sees real and synthetic images.",
@@ -98,12 +99,23 @@ def example(
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 64,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing example.")] = False,
+    sharpened: Annotated[
+        bool,
+        typer.Option(
+            help="Instead, a case with a known answer: real digits against other real digits "
+            "sharpened with a little noise (a gap of filters only; README, What if). "
+            "--n-real digits per domain (default 400)."
+        ),
+    ] = False,
 ) -> None:
     """Build the bundled example: scikit-learn's handwritten digits vs font-rendered ones."""
     _setup_logging(False)
-    from lib.example import build_example
+    from lib.example import build_example, build_filter_gap
 
-    summary = build_example(out, n_real, n_synthetic, size, seed, overwrite)
+    if sharpened:
+        summary = build_filter_gap(out, n_real or 400, size, seed, overwrite)
+    else:
+        summary = build_example(out, n_real, n_synthetic, size, seed, overwrite)
     typer.echo(
         f"wrote {summary.real} real and {summary.synthetic} synthetic {size}×{size} images "
         f"to {summary.root} (with metadata.csv)"
@@ -132,6 +144,40 @@ def caricature(
             f"  {item['model']} {item['layer']} {item['image']}: cosine "
             f"{item['start_cosine']:.2f} → {item['cosine']:.2f}"
         )
+
+
+@app.command()
+@options_from(WhatIfJob)
+def whatif(
+    job: WhatIfJob,
+    results: ResultsOpt = RESULTS,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Which change to the synthetic images closes the gap: each transform at each
+    strength, features extracted again, the gap measured per level; in a new run."""
+    _setup_logging(verbose)
+    from batch.progress import progress_for_terminal
+    from lib.store import RunStore
+    from lib.whatif import run_whatif
+
+    with progress_for_terminal(_stderr()) as progress:
+        published = run_whatif(job, RunStore(results), progress)
+    out = published.whatif
+    typer.echo(f"published run {published.id} with {len(out['variants'])} what-if variants "
+               f"of {out['samples']['synthetic']} synthetic images "
+               f"({out['images_per_second']:.1f} images × variants per second)")  # fmt: skip
+    for line in out["findings"]:
+        typer.echo(f"  {line}")
+
+
+@app.command()
+def transforms() -> None:
+    """List the transforms `whatif --transform` accepts, with their default strengths."""
+    from lib.transforms import TRANSFORMS
+
+    for t in TRANSFORMS.values():
+        strengths = ",".join(f"{s:g}" for s in t.defaults)
+        typer.echo(f"{t.name:<10} {t.parameter}: {strengths}   {t.description}")
 
 
 @app.command()

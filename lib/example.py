@@ -205,8 +205,7 @@ def to_rgb(digits: np.ndarray, size: int = 64) -> np.ndarray:
     digits = np.asarray(digits)
     if digits.ndim != 3 or digits.shape[1:] != (8, 8):
         raise ValueError(f"expected digits of shape (n, 8, 8), got {digits.shape}")
-    if size < 8:
-        raise GapscopeError(f"size must be at least 8 pixels, got {size}")
+    _check_size(size)
     idx = (np.arange(size) * 8) // size
     big = digits[:, idx][:, :, idx].astype(np.int64)
     grey = (255 - np.rint(np.clip(big, 0, LEVELS) * 255 / LEVELS)).astype(np.uint8)
@@ -245,6 +244,63 @@ def build_example(
     The example is built in a temporary sibling directory and renamed into place at the end,
     so an interrupted build never leaves a half-written example behind.
     """
+    _check_count(n_synthetic, "n_synthetic")
+    _check_size(size)
+    real, real_labels = real_digits(n_real, seed=seed)
+    synthetic, synthetic_labels, fonts = _render_synthetic(n_synthetic, seed)
+    domains = {
+        "real": (to_rgb(real, size), real_labels, ["handwritten"] * len(real_labels)),
+        "synthetic": (to_rgb(synthetic, size), synthetic_labels, fonts),
+    }
+    return _write_example(out, domains, overwrite, size, seed)
+
+
+def soft_rgb(digits: np.ndarray, size: int = 64) -> np.ndarray:
+    """(n, 8, 8) 0..16 → (n, size, size, 3) uint8 photo-like digits: bilinear upscale (no
+    blocks), ink dark on white."""
+    grey = [(255 - d.astype(float) * 255 / LEVELS).astype(np.uint8) for d in digits]
+    return np.stack([np.asarray(Image.fromarray(g).resize((size, size), Image.BILINEAR)
+                                .convert("RGB")) for g in grey])  # fmt: skip
+
+
+def sharpen(images: np.ndarray, noise: float = 4.0, seed: int = 0) -> np.ndarray:
+    """Unsharp mask (radius 2, 200 %) plus grey Gaussian noise of this std (0..255 units)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for image in images:
+        sharp = np.asarray(Image.fromarray(image).filter(ImageFilter.UnsharpMask(2, 200, 0)))
+        grain = rng.normal(0, noise, (*image.shape[:2], 1))
+        out.append(np.clip(sharp.astype(float) + grain, 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def build_filter_gap(out: Path, n: int = 400, size: int = 64, seed: int = 0,
+                     overwrite: bool = False) -> ExampleSummary:  # fmt: skip
+    """A case with a known answer: n real digits against n other real digits sharpened
+    (unsharp mask) with a little noise, both bilinear photo-like (`soft_rgb`). The gap is
+    one of filters only, so attribution must name sharpness and noise, and a what-if blur
+    must close most of the shallow levels' gap (README, What if)."""
+    _check_size(size)
+    digits, labels = real_digits(2 * n, seed=seed)  # balanced classes, dealt to each domain
+    order = np.random.default_rng(seed).permutation(2 * n)
+    real, synthetic = order[:n], order[n:]
+    domains = {
+        "real": (soft_rgb(digits[real], size), labels[real], ["none"] * n),
+        "synthetic": (sharpen(soft_rgb(digits[synthetic], size), seed=seed), labels[synthetic],
+                      ["unsharp mask + noise"] * n),
+    }  # fmt: skip
+    return _write_example(out, domains, overwrite, size, seed, column="filter")
+
+
+def _check_size(size: int) -> None:
+    if size < 8:
+        raise GapscopeError(f"size must be at least 8 pixels, got {size}")
+
+
+def _write_example(out: Path, domains: dict, overwrite: bool, size: int, seed: int,
+                   column: str = "font") -> ExampleSummary:  # fmt: skip
+    """Each domain's (images, labels, a metadata value per image) as PNGs under
+    out/<domain>/<label>/ with one metadata.csv, written aside and renamed into place."""
     out = Path(out)
     if out.exists() or out.is_symlink():
         if not out.is_dir():
@@ -253,33 +309,27 @@ def build_example(
             raise GapscopeError(
                 f"{out} already exists and is not empty: pass overwrite to replace it"
             )
-    _check_count(n_synthetic, "n_synthetic")
-    if size < 8:
-        raise GapscopeError(f"size must be at least 8 pixels, got {size}")
-
-    real, real_labels = real_digits(n_real, seed=seed)
-    synthetic, synthetic_labels, fonts = _render_synthetic(n_synthetic, seed)
-
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         os.chmod(tmp, 0o755)
-        handwritten = ["handwritten"] * len(real_labels)
-        rows = _write_domain(tmp, "real", to_rgb(real, size), real_labels, handwritten)
-        rows += _write_domain(tmp, "synthetic", to_rgb(synthetic, size), synthetic_labels, fonts)
+        rows = []
+        for domain, (rgb, labels, values) in domains.items():
+            rows += _write_domain(tmp, domain, rgb, labels, values)
         rows.sort()
         with open(tmp / "metadata.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(("filename", "domain", "category", "font"))
+            writer.writerow(("filename", "domain", "category", column))
             writer.writerows(rows)
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info(
-        "wrote example to %s: %d real, %d synthetic, %d px", out, len(real), len(synthetic), size
-    )
-    return ExampleSummary(root=out, real=len(real), synthetic=len(synthetic), size=size, seed=seed)
+    counts = {d: len(v[1]) for d, v in domains.items()}
+    logger.info("wrote %s: %d real, %d synthetic, %d px", out, counts["real"],
+                counts["synthetic"], size)  # fmt: skip
+    return ExampleSummary(root=out, real=counts["real"], synthetic=counts["synthetic"],
+                          size=size, seed=seed)  # fmt: skip
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

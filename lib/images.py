@@ -9,6 +9,7 @@ and reported, never silently dropped.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import logging
 import os
@@ -120,6 +121,37 @@ class ImageSet:
         else:
             rgb = decode_rgb(Path(record.path))
         return prepare.apply(rgb)
+
+
+def load_recorded(
+    path: str, source: str, relpath: str, image_hash: str, prepare: Prepare
+) -> np.ndarray:
+    """The prepared image a published run recorded (its images table's path, source,
+    relpath and hash), read again; a file or array row that changed since, or is gone,
+    is an error: what is read must be what the run measured."""
+    if path:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise GapscopeError(f"{path}: cannot read it again ({first_line(exc)})") from None
+        if hashlib.sha256(data).hexdigest() != image_hash:
+            raise GapscopeError(f"{path} changed since the run measured it: run `batch run` again")
+        return prepare.apply(decode_rgb(Path(path)))
+    array, scale = _recorded_array(source)
+    rgb = array_row_to_uint8(array[int(relpath.removeprefix("row "))], scale)
+    h, w = rgb.shape[:2]
+    if hashlib.sha256(rgb.tobytes() + f"{h}x{w}".encode()).hexdigest() != image_hash:
+        raise GapscopeError(f"{source} changed since the run measured it: run `batch run` again")
+    return prepare.apply(rgb)
+
+
+@functools.lru_cache(maxsize=4)
+def _recorded_array(source: str) -> tuple[np.ndarray, float]:
+    try:
+        array = np.load(source, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise GapscopeError(f"{source}: cannot read it again ({first_line(exc)})") from None
+    return array, array_scale(array)
 
 
 # ---- decoding -------------------------------------------------------------------------

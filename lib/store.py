@@ -20,6 +20,7 @@ go through typed methods per artefact (`RunWriter.features`, `Run.neighbors`, ..
     thumbs/<domain>_<hash>.png    thumbnails (named in images.parquet's `thumb` column)
     web/<domain>_<hash>.jpg       web copies of images larger than a thumbnail (`web`)
     caricatures/manifest.json, caricatures/inputs/<image>.png, caricatures/<item png/npy>
+    whatif/results.json, whatif/pairs/<image>_<transform>_<strength>.png   what-if runs
 
 `with store.writing() as writer:` writes a run under `runs/.partial-<run-id>/`, renames it
 into place and switches `latest` when the block succeeds, and removes it when the block
@@ -66,6 +67,7 @@ PLOTS = "plots"
 THUMBS = "thumbs"
 WEB = "web"
 CARICATURES = "caricatures"
+WHATIF = "whatif"
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -178,20 +180,30 @@ class RunWriter:
         return self._path(f"{WEB}/{web_name(domain, image_hash)}")
 
     def new_caricatures_dir(self) -> Path:
-        """An empty folder for caricature images, each named in the caricature manifest.
-        What a derived run linked from its base is removed first: a new caricature set
-        replaces the old one, and writing never reaches a file a published run shares."""
-        path = self.dir / CARICATURES
+        """An empty folder for caricature images, each named in the caricature manifest."""
+        return self._fresh_dir(CARICATURES)
+
+    def new_whatif_dir(self) -> Path:
+        """An empty folder for what-if before/after pairs, each named in the results."""
+        return self._fresh_dir(f"{WHATIF}/pairs")
+
+    def _fresh_dir(self, rel: str) -> Path:
+        """An empty folder. What a derived run linked from its base is removed first: a new
+        set replaces the old one, and writing never reaches a file a published run shares."""
+        path = self.dir / rel.split("/")[0]
         if path.exists():
             shutil.rmtree(path)
-        path.mkdir(parents=True)
-        return path
+        (self.dir / rel).mkdir(parents=True)
+        return self.dir / rel
 
     def caricature_input(self, image: str) -> Path:
         return self._path(_caricature_input_file(image))
 
     def caricature_manifest(self, manifest: dict) -> None:
         self._json(f"{CARICATURES}/{MANIFEST}", manifest)
+
+    def whatif(self, results: dict) -> None:
+        self._json(f"{WHATIF}/results.json", results)
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -535,3 +547,13 @@ class Run:
 
     def caricature_input(self, image: str) -> Path:
         return self.dir / _caricature_input_file(image)
+
+    @cached_property
+    def whatif(self) -> dict | None:
+        """whatif/results.json: each transform's gap per level (lib.whatif)."""
+        path = self.dir / WHATIF / "results.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def whatif_pair(self, name: str) -> Path:
+        """A before/after image named in the what-if results' `pairs`."""
+        return self.dir / WHATIF / "pairs" / name

@@ -63,6 +63,31 @@ def published_run(example_dir, results_dir):
     return run(example_config(example_dir), RunStore(results_dir))
 
 
+WHATIF_N = 300  # per domain in the constructed case
+
+
+@pytest.fixture(scope="session")
+def filter_gap_store(tmp_path_factory):
+    """The constructed case with a known answer (lib.example.build_filter_gap: real
+    digits against sharpened, noisier ones), run, then a what-if run of it: blur at two
+    strengths and histogram matching, at c2 and c3. Returns its run store."""
+    from lib.example import build_filter_gap
+    from lib.pipeline import RunConfig, run
+    from lib.store import RunStore
+    from lib.whatif import WhatIfJob, run_whatif
+
+    root = tmp_path_factory.mktemp("filter_gap")
+    build_filter_gap(root / "data", n=WHATIF_N)
+    store = RunStore(root / "results")
+    config = RunConfig(real=root / "data" / "real", synthetic=root / "data" / "synthetic",
+                       projections=("pca",), atlas_level="none", attribution=0, plots=False)  # fmt: skip
+    run(config, store)
+    job = WhatIfJob(transforms=["blur=0.75,1.5", "histmatch=1"], levels=["c2", "c3"],
+                    synthetic=WHATIF_N, real=WHATIF_N, resamples=50, pairs=3)  # fmt: skip
+    run_whatif(job, store)
+    return store
+
+
 def one_line(exc: pytest.ExceptionInfo) -> str:
     """The message of a raised GapscopeError, checked to be the one line users see."""
     text = str(exc.value)

@@ -5,16 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from lib.attribution import explained, sentences, separation
 from lib.photometry import STATISTICS, jpeg_quality, statistics
-
-
-def soft(digit: np.ndarray) -> np.ndarray:
-    """An 8×8 digit (0..16) as a 64×64 RGB photo-like image: bilinear, ink dark."""
-    grey = (255 - digit.astype(float) * 255 / 16).astype(np.uint8)
-    return np.asarray(Image.fromarray(grey).resize((64, 64), Image.BILINEAR).convert("RGB"))
 
 
 def table(images: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -42,17 +36,10 @@ def pixel_classifier(images: list[np.ndarray], synthetic: np.ndarray) -> np.ndar
 def sharpened():
     """Real digits against the same kind of digits sharpened (unsharp mask) with a
     little grey noise: a gap of filters only."""
-    from lib.example import real_digits
+    from lib.example import real_digits, sharpen, soft_rgb
 
     digits, _ = real_digits(400, seed=0)
-    rng = np.random.default_rng(1)
-
-    def filtered(digit):
-        image = Image.fromarray(soft(digit)).filter(ImageFilter.UnsharpMask(2, 200, 0))
-        noise = rng.normal(0, 4, (64, 64, 1))
-        return np.clip(np.asarray(image, dtype=float) + noise, 0, 255).astype(np.uint8)
-
-    images = [soft(d) for d in digits[:200]] + [filtered(d) for d in digits[200:]]
+    images = list(soft_rgb(digits[:200])) + list(sharpen(soft_rgb(digits[200:]), seed=1))
     return images, np.r_[np.zeros(200, bool), np.ones(200, bool)]
 
 
@@ -69,15 +56,13 @@ def test_a_sharpened_noisier_synthetic_set_is_attributed_to_sharpness_and_noise(
 
 
 def test_photometry_explains_a_filter_gap_and_not_a_content_gap(sharpened):
-    from lib.example import real_digits
+    from lib.example import real_digits, soft_rgb
 
     images, synthetic = sharpened
     filters = explained(table(images), pixel_classifier(images, synthetic), repeats=2)
     # content only: real digits 0-4 against real digits 5-9, the same photometry
     digits, labels = real_digits(None)
-    content = [soft(d) for d in digits[labels < 5][:200]] + [
-        soft(d) for d in digits[labels >= 5][:200]
-    ]
+    content = list(soft_rgb(digits[labels < 5][:200])) + list(soft_rgb(digits[labels >= 5][:200]))
     p = pixel_classifier(content, synthetic)
     from sklearn.metrics import roc_auc_score
 
@@ -113,12 +98,12 @@ def test_a_jpegs_quality_is_read_back_from_its_tables(tmp_path, quality):
 def test_the_fast_auc_is_sklearns():
     from sklearn.metrics import roc_auc_score
 
-    from lib.attribution import _auc
+    from lib.gap.classifier import rank_auc
 
     rng = np.random.default_rng(0)
     y = rng.random(300) < 0.4
     v = np.round(rng.normal(size=300) + y, 1)  # with ties
-    assert _auc(y, v) == pytest.approx(roc_auc_score(y, v), abs=1e-12)
+    assert rank_auc(y, v) == pytest.approx(roc_auc_score(y, v), abs=1e-12)
 
 
 # ---- in a run and its report -------------------------------------------------------------

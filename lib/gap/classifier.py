@@ -38,10 +38,11 @@ def classifier_test(
         oof[test] = clf.predict_proba(x[test])[:, 1]
     auc = float(roc_auc_score(y, oof))
     boot = []
+    labels = y.astype(bool)
     for _ in range(resamples):
         s = rng.integers(0, len(y), len(y))
         if 0 < y[s].sum() < len(s):
-            boot.append(roc_auc_score(y[s], oof[s]))
+            boot.append(rank_auc(labels[s], oof[s]))
     final = LogisticRegression(max_iter=500, class_weight="balanced").fit(x, y)
     p_real = np.full(len(real), np.nan)
     p_fake = np.full(len(fake), np.nan)
@@ -57,6 +58,18 @@ def classifier_test(
         "p_synthetic_fake": p_fake,
         "model": final,  # fitted on every sampled image: for images outside the sample
     }
+
+
+def rank_auc(y: np.ndarray, v: np.ndarray) -> float:
+    """ROC AUC of `v` for the boolean labels `y` by the rank-sum (Mann-Whitney U)
+    identity, ties halved: sklearn's roc_auc_score gives the same, at 20× the cost in a
+    bootstrap loop."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(v)
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def _choice(n: int, m: int, rng) -> np.ndarray:

@@ -1,0 +1,215 @@
+"""What-if experiments: the transforms (lib.transforms), paired comparisons
+(lib.gap.paired), the job on a case with a known answer (lib.whatif), its CLI errors and
+the demo's What if tab (demo.whatif)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lib.errors import GapscopeError
+from lib.transforms import TRANSFORMS, Reference, channel_histogram, parse_transform, reference_cdf
+from tests.conftest import one_line
+from tests.test_cli import assert_one_line_error, batch
+
+
+def digits_batch(n: int = 8) -> torch.Tensor:
+    """(n, 3, 64, 64) uint8 photo-like digits."""
+    from lib.example import real_digits, soft_rgb
+
+    digits, _ = real_digits(n, seed=3)
+    return torch.from_numpy(soft_rgb(digits)).permute(0, 3, 1, 2).contiguous()
+
+
+def apply(name: str, strength: float, batch: torch.Tensor, seed: int = 0, reference=None):
+    generator = torch.Generator().manual_seed(seed)
+    return TRANSFORMS[name].apply(batch, strength, generator, reference or Reference())
+
+
+def sharpness(batch: torch.Tensor) -> float:
+    """Mean variance of the Laplacian over the batch."""
+    from scipy.ndimage import laplace
+
+    return float(np.mean([laplace(x[0].numpy().astype(float)).var() for x in batch]))
+
+
+# ---- transforms ------------------------------------------------------------------------
+
+
+def test_blur_and_jpeg_lose_detail_the_stronger_they_are():
+    x = digits_batch()
+    blurred = [sharpness(apply("blur", s, x)) for s in (0.5, 1, 2)]
+    assert sharpness(x) > blurred[0] > blurred[1] > blurred[2]
+    rng = np.random.default_rng(0)
+    texture = torch.from_numpy(rng.integers(0, 256, (2, 3, 64, 64), dtype=np.uint8))
+    errors = [(apply("jpeg", q, texture).float() - texture.float()).abs().mean() for q in (90, 30)]
+    assert 0 < errors[0] < errors[1]
+
+
+def test_noise_has_the_asked_spread_and_poisson_grows_with_brightness():
+    grey = torch.full((4, 3, 64, 64), 128, dtype=torch.uint8)
+    spread = (apply("noise", 0.04, grey).float() - 128).std().item()
+    assert spread == pytest.approx(0.04 * 255, rel=0.1)
+    ramp = torch.linspace(20, 235, 64).round().to(torch.uint8).expand(4, 3, 64, 64).contiguous()
+    shot = apply("poisson", 100, ramp).float() - ramp.float()
+    dark, bright = shot[..., :16].std().item(), shot[..., -16:].std().item()
+    assert bright > 1.8 * dark  # shot noise: variance ∝ signal (√(235/40) ≈ 2.4 in std)
+
+
+def test_random_transforms_repeat_with_their_seed():
+    x = digits_batch(4)
+    for name in ("noise", "poisson", "colour"):
+        t = TRANSFORMS[name]
+        assert torch.equal(apply(name, t.defaults[-1], x, 1), apply(name, t.defaults[-1], x, 1))
+        assert not torch.equal(apply(name, t.defaults[-1], x, 1), apply(name, t.defaults[-1], x, 2))
+
+
+def test_histogram_matching_takes_the_real_histogram():
+    x = digits_batch()
+    dark = (x.float() * 0.5).to(torch.uint8)  # the "real" images: everything darker
+    cdf = reference_cdf(channel_histogram(dark))
+    matched = apply("histmatch", 1.0, x, reference=Reference(cdf=cdf))
+    own = reference_cdf(channel_histogram(matched))
+    before = reference_cdf(channel_histogram(x))
+    assert (own - cdf).abs().max() < 0.1 < (before - cdf).abs().max()
+    half = apply("histmatch", 0.5, x, reference=Reference(cdf=cdf)).float().mean()
+    assert matched.float().mean() < half < x.float().mean()
+
+
+def test_fda_takes_the_low_frequencies_from_the_real_image_and_keeps_the_shapes():
+    x = digits_batch(4)
+    style = torch.full_like(x, 60)  # a dark, flat real image: its mean is its lowest frequency
+    out = apply("fda", 0.05, x, reference=Reference(style=style))
+    assert out.float().mean() == pytest.approx(60, abs=8)  # the brightness came over
+    flat = lambda t: t.float().flatten(1)  # noqa: E731
+    corr = torch.nn.functional.cosine_similarity(flat(out) - flat(out).mean(1, keepdim=True),
+                                                 flat(x) - flat(x).mean(1, keepdim=True))  # fmt: skip
+    assert corr.min() > 0.8  # the digits are still the digits
+
+
+def test_every_transform_keeps_shape_and_type_at_every_default():
+    x = digits_batch(2)
+    ref = Reference(cdf=reference_cdf(channel_histogram(x)), style=x.flip(0))
+    for t in TRANSFORMS.values():
+        for s in t.defaults:
+            y = t.apply(x, s, torch.Generator().manual_seed(0), ref)
+            assert y.dtype == torch.uint8 and y.shape == x.shape, t.name
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("blurr", ["unknown transform 'blurr'", "blur, noise"]),
+        ("jpeg=0", ["jpeg", "quality must be a whole number in [1, 100]"]),
+        ("jpeg=55.5", ["whole number"]),
+        ("blur=-1", ["sigma (px) must be (0, 20]"]),
+        ("gamma=fast", ["'fast' is not a number", "gamma=0.7,0.85"]),
+        ("noise=nan", ["not a finite number"]),
+    ],
+)
+def test_bad_transforms_are_one_line_errors(text, words):
+    with pytest.raises(GapscopeError) as exc:
+        parse_transform(text)
+    for word in words:
+        assert word in one_line(exc)
+
+
+# ---- paired comparisons ------------------------------------------------------------------
+
+
+def test_a_variant_that_undoes_the_shift_closes_the_gap_and_a_copy_is_within_noise():
+    from lib.gap import GapParams
+    from lib.gap.paired import Comparison
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(300, 8))
+    fake = rng.normal(size=(300, 8)) + 0.6
+    comparison = Comparison(real, GapParams(resamples=100))
+    base = comparison.measure(fake)
+    fixed = comparison.measure(fake - 0.6)
+    same = comparison.measure(fake.copy())
+    change = comparison.change(base, fixed)
+    assert change["fd"]["gap_closed"] > 0.9 and not change["fd"]["within_noise"]
+    assert change["auc"]["value"] < -0.2 and not change["auc"]["within_noise"]
+    assert change["coverage"]["value"] > 0.2 and not change["coverage"]["within_noise"]
+    unchanged = comparison.change(base, same)
+    assert all(unchanged[m]["within_noise"] and unchanged[m]["value"] == 0 for m in unchanged)
+
+
+# ---- the job on a case with a known answer ---------------------------------------------
+
+
+def test_blur_closes_most_of_a_sharpening_gap_and_histogram_matching_does_not(filter_gap_store):
+    run = filter_gap_store.open()
+    results = run.whatif
+    by = {v["key"]: v["levels"] for v in results["variants"]}
+    for level in ("c2", "c3"):
+        blur = by["blur=1.5"][level]["change"]
+        # measured (300 + 300 images): c2 97 %, c3 79 % of FD; histmatch −30 %, −8 %
+        assert blur["fd"]["gap_closed"] > 0.7 and not blur["fd"]["within_noise"]
+        assert by["blur=1.5"][level]["change"]["coverage"]["value"] >= 0
+        assert by["histmatch=1"][level]["change"]["fd"]["gap_closed"] < 0.1
+        assert results["best"][level]["fd"]["key"].startswith("blur=")
+    assert by["blur=1.5"]["c3"]["change"]["fd"]["gap_closed"] > (
+        by["blur=0.75"]["c3"]["change"]["fd"]["gap_closed"]
+    )
+    assert all("blur sigma=" in line for line in results["findings"])
+    assert results["samples"] == {"real": 300, "synthetic": 300}
+
+
+def test_a_whatif_run_is_derived_and_keeps_before_after_pairs(filter_gap_store):
+    from PIL import Image
+
+    derived = filter_gap_store.open()
+    base = filter_gap_store.open(derived.whatif["base_run"])
+    assert derived.manifest["derived_from"] == base.id and base.whatif is None
+    assert (derived.dir / "metrics.json").samefile(base.dir / "metrics.json")  # a hard link
+    pairs = derived.whatif["pairs"]
+    assert set(pairs) == {"none", "blur=0.75", "blur=1.5", "histmatch=1"}
+    original = np.asarray(Image.open(derived.whatif_pair(pairs["none"][0])), dtype=float)
+    blurred = np.asarray(Image.open(derived.whatif_pair(pairs["blur=1.5"][0])), dtype=float)
+    assert original.shape == blurred.shape and np.abs(original - blurred).mean() > 1
+
+
+def test_whatif_errors_are_one_line_and_publish_nothing(filter_gap_store):
+    before = filter_gap_store.run_ids()
+    results = filter_gap_store.root
+    assert_one_line_error(batch("whatif", "--results", results, "--transform", "sharpen"),
+                          "unknown transform 'sharpen'")  # fmt: skip
+    assert_one_line_error(
+        batch("whatif", "--results", results, "--transform", "blur=1", "--level", "p9"),
+        "--level p9", "c1, c2",
+    )
+    assert filter_gap_store.run_ids() == before
+
+
+# ---- the demo's What if tab -------------------------------------------------------------
+
+
+def test_the_tab_draws_a_panel_per_transform_and_the_pairs(filter_gap_store):
+    from demo import whatif as view
+
+    run = filter_gap_store.open()
+    out = view.on_run(filter_gap_store, run.id, "fd")
+    assert out[1].startswith("### What if: 3 variants of 300 synthetic images")
+    assert "blur sigma=1.5 closes" in out[1]
+    fig = out[3]
+    assert [t.name for t in fig.data] == ["blur", "histmatch"]
+    assert list(fig.data[0].x) == [0.75, 1.5]
+    assert [row[0] for row in out[4]] == ["c2", "c3"] and out[4][0][1] == "blur sigma=1.5"
+    gallery = out[6]
+    assert [caption for _, caption in gallery[:3]] == [
+        "image 1: untransformed", "blur sigma=0.75", "blur sigma=1.5",
+    ]  # fmt: skip
+    assert len(gallery) == 3 * 3 and all(path.endswith(".png") for path, _ in gallery)
+    histmatch = view.show_pairs(filter_gap_store, run.id, "histmatch")
+    assert [c for _, c in histmatch[:2]] == ["image 1: untransformed", "histmatch share=1"]
+
+
+def test_a_run_without_whatif_says_how_to_make_one(filter_gap_store):
+    from demo import whatif as view
+
+    base = filter_gap_store.open(filter_gap_store.open().whatif["base_run"])
+    out = view.on_run(filter_gap_store, base.id, "fd")
+    assert "python -m batch whatif" in out[1] and out[3] is None
