@@ -146,7 +146,7 @@ def build(store: RunStore, first: Run) -> Tab:
         run_id = gr.Textbox(first.id, visible=False)
         note = gr.Markdown(elem_id="whatif_note")
         with gr.Row():
-            level = gr.Dropdown(label="Level", allow_custom_value=True, elem_id="whatif_level")
+            level = gr.Dropdown(label="At level", allow_custom_value=True, elem_id="whatif_level")
             metric = gr.Radio([(label.split(" (")[0], m) for m, label in METRICS.items()],
                               value="fd", label="Gap measured by")  # fmt: skip
         plot = gr.Plot(label="Gap against each transform's strength", elem_id="whatif_curves")

@@ -633,3 +633,48 @@ def test_on_200k_points_the_atlas_draws_them_all_and_a_hotspot_selects_its_clust
         "() => document.querySelector('#atlas_hotspots .caption-label')?.innerText"
         ".startsWith('the big blob · ')", timeout=20_000,
     )  # fmt: skip
+
+
+# ---- the What if tab ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def whatif_page(browser, filter_gap_store):
+    """The constructed filter-gap case's what-if run (conftest), served."""
+    from conftest import serve_demo
+
+    with serve_demo(filter_gap_store.root) as url, visit(browser, url) as page:
+        yield page
+
+
+def test_the_whatif_tab_shows_curves_with_tooltips_the_best_change_and_pairs(whatif_page):
+    page = whatif_page
+    page.get_by_role("tab", name="What if").click()
+    page.wait_for_selector("#whatif_curves .js-plotly-plot .scatterlayer .points path",
+                           timeout=30_000)  # fmt: skip
+    assert "blur sigma=1.5 closes" in page.inner_text("#whatif_note")
+    assert "blur sigma=1.5" in page.inner_text("#whatif_best")
+    # hover the stronger blur's marker, as a person reads a point: its tooltip
+    blur_panel = page.query_selector_all("#whatif_curves .scatterlayer")[0]  # one per panel
+    points = blur_panel.query_selector_all(".points path")
+    box = points[-1].bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_selector("#whatif_curves .hovertext", timeout=5_000)
+    tip = page.evaluate("() => document.querySelector('#whatif_curves .hovertext').textContent")
+    assert "blur sigma=1.5" in tip and "gap closed" in tip
+    # the classifier's view: the y axis says so
+    page.get_by_text("classifier AUC", exact=True).click()
+    page.wait_for_function(
+        "() => document.querySelector('#whatif_curves').textContent.includes('0.5: indist')",
+        timeout=20_000,
+    )
+    # before / after: the histogram-matched images next to the untransformed ones
+    page.get_by_label("Before / after", exact=True).click()
+    page.get_by_role("option", name="histmatch").click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#whatif_pairs .caption-label')]"
+        ".some(e => e.innerText.includes('histmatch share=1'))",
+        timeout=20_000,
+    )
+    images = page.query_selector_all("#whatif_pairs img")
+    assert len(images) == 6 and all(i.evaluate("e => e.naturalWidth") > 0 for i in images)
