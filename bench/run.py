@@ -4,7 +4,7 @@ Not tests: nothing here asserts a time. Each section reports what it measured, o
 machine, and the ratio between the two ways of doing the same work.
 
     python bench/run.py [--sections gap,prdc,pipeline,umap,knn,extraction,caricature,scale,demo,
-                         resume,atlas]
+                         resume,atlas,whatif]
                         [--out results/bench.json]
 """
 
@@ -614,6 +614,63 @@ def bench_atlas(sizes=(100_000, 1_000_000)) -> dict:
     return measure(sizes)
 
 
+def bench_whatif(n: int | None = None, side: int = 512, job=None, example_n=None) -> dict:
+    """What a what-if run costs. (1) Each transform alone at its middle default strength
+    on side×side photos, on the device a run uses (images per second). (2) The whole job
+    on the bundled example, every transform at every default strength (25 variants of
+    500 synthetic images against 1,000 real): images × variants per second, by step.
+    `job` (a WhatIfJob) and `example_n` (images per domain) make it smaller, for tests."""
+    import torch
+
+    from lib.backend import choose_backend
+    from lib.example import build_example
+    from lib.pipeline import RunConfig, run
+    from lib.store import RunStore
+    from lib.transforms import TRANSFORMS, Reference, channel_histogram, reference_cdf
+    from lib.whatif import WhatIfJob, run_whatif
+
+    device = choose_backend("auto").device
+    n = n or (1024 if device == "cuda" else 64)
+    rng = np.random.default_rng(0)
+    small = torch.from_numpy(rng.integers(0, 256, (8, 3, 14, 16), dtype=np.uint8)).float()
+    photos = torch.nn.functional.interpolate(small, (side, side), mode="bicubic")
+    batch = photos.clamp(0, 255).to(torch.uint8).repeat(4, 1, 1, 1).to(device)  # 32 images
+    reference = Reference(cdf=reference_cdf(channel_histogram(batch.cpu())), style=batch.flip(0))
+    per_transform = {}
+    for name, t in TRANSFORMS.items():
+        strength = t.defaults[len(t.defaults) // 2]
+        generator = torch.Generator().manual_seed(0)
+        t.apply(batch, strength, generator, reference)  # warm-up
+        start = time.perf_counter()
+        for _ in range(max(1, n // len(batch))):
+            t.apply(batch, strength, generator, reference)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        per_transform[name] = round(max(n, len(batch)) / (time.perf_counter() - start), 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = build_example(Path(tmp) / "example", example_n, example_n or 1000)
+        store = RunStore(Path(tmp) / "results")
+        run(RunConfig(real=summary.root / "real", synthetic=summary.root / "synthetic",
+                      projections=("pca",), atlas_level="none", attribution=0, plots=False),
+            store)  # fmt: skip
+        t = time.perf_counter()
+        results = run_whatif(job or WhatIfJob(), store).whatif
+        total = time.perf_counter() - t
+    variants = len(results["variants"])
+    images = results["samples"]["synthetic"] * variants
+    return {
+        "what": f"what-if: transforms alone on {side}×{side} photos, {device}; the whole job on "
+        f"the bundled example ({variants} variants × {results['samples']['synthetic']} "
+        f"synthetic images, {len(results['levels'])} levels, efficientnet-lite0)",
+        "transform_images_per_s": per_transform,
+        "job_seconds": round(total, 1),
+        "job_images_x_variants_per_s": round(images / total, 1),
+        "job_seconds_by_step": results["seconds"],
+        "extract_share": round(results["seconds"]["extract"] / total, 3),
+        "measure_share": round(results["seconds"]["measure"] / total, 3),
+    }
+
+
 SECTIONS = {
     "gap": bench_gap,
     "prdc": bench_prdc,
@@ -626,6 +683,7 @@ SECTIONS = {
     "demo": bench_demo,
     "resume": bench_resume,
     "atlas": bench_atlas,
+    "whatif": bench_whatif,
 }
 
 

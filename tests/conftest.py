@@ -79,8 +79,9 @@ def filter_gap_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("filter_gap")
     build_filter_gap(root / "data", n=WHATIF_N)
     store = RunStore(root / "results")
-    config = RunConfig(real=root / "data" / "real", synthetic=root / "data" / "synthetic",
-                       projections=("pca",), atlas_level="none", attribution=0, plots=False)  # fmt: skip
+    data = root / "data"
+    config = RunConfig(real=data / "real", synthetic=data / "synthetic", projections=("pca",),
+                       atlas_level="none", attribution=0, plots=False)  # fmt: skip
     run(config, store)
     job = WhatIfJob(transforms=["blur=0.75,1.5", "histmatch=1"], levels=["c2", "c3"],
                     synthetic=WHATIF_N, real=WHATIF_N, resamples=50, pairs=3)  # fmt: skip

@@ -83,3 +83,16 @@ def test_atlas_section_draws_and_lassoes_with_the_demos_own_renderer(bench):
         assert row["points"] == 3000 and row["render_ms"] > 0, row
         # the mouse lasso over the middle ninth catches some points, not all
         assert 0 < row["lasso_result"]["points"] < 3000, row
+
+
+def test_whatif_section_times_every_transform_and_the_job_by_step(bench):
+    from lib.transforms import TRANSFORMS
+    from lib.whatif import WhatIfJob
+
+    job = WhatIfJob(transforms=["blur=1"], synthetic=40, real=40, levels=["c3"], resamples=20)
+    out = bench.bench_whatif(n=32, side=64, job=job, example_n=60)
+
+    assert set(out["transform_images_per_s"]) == set(TRANSFORMS)
+    assert all(v > 0 for v in out["transform_images_per_s"].values())
+    assert {"decode", "transform", "extract", "measure"} <= set(out["job_seconds_by_step"])
+    assert "1 variants × 40 synthetic images" in out["what"]

@@ -199,6 +199,8 @@ def test_whatif_errors_are_one_line_and_publish_nothing(filter_gap_store):
     results = filter_gap_store.root
     assert_one_line_error(batch("whatif", "--results", results, "--transform", "sharpen"),
                           "unknown transform 'sharpen'")  # fmt: skip
+    assert_one_line_error(batch("whatif", "--results", results, "--transform", "jpeg=0,50"),
+                          "--transform jpeg: strength 0 is out of range")  # fmt: skip
     assert_one_line_error(
         batch("whatif", "--results", results, "--transform", "blur=1", "--level", "p9"),
         "--level p9",
