@@ -63,7 +63,11 @@ class Transform:
             )
 
     def label(self, strength: float) -> str:
-        return f"{self.name} {self.parameter.split(' ')[0]}={strength:g}"
+        """e.g. "blur sigma=1.5"; "gamma=1.2" where the parameter is the name."""
+        word = self.parameter.split(" ")[0]
+        return (
+            f"{self.name}={strength:g}" if word == self.name else f"{self.name} {word}={strength:g}"
+        )
 
 
 TRANSFORMS: dict[str, Transform] = {}

@@ -366,6 +366,10 @@ def best_per_level(baseline: dict, variants: list[dict]) -> dict:
     return out
 
 
+def _share(x: float) -> str:
+    return "<1%" if 0 < x < 0.005 else f"{x:.0%}"
+
+
 def findings(results: dict) -> list[str]:
     """The results in words, a line per level: the change that closes most of the FD gap,
     the one that moves the classifier most (or that nothing does), and the transforms
@@ -379,12 +383,12 @@ def findings(results: dict) -> list[str]:
             continue
         parts = []
         if fd is not None:
-            parts.append(f"{fd['label']} closes {fd['gap_closed']:.0%} of the FD gap "
+            parts.append(f"{fd['label']} closes {_share(fd['gap_closed'])} of the FD gap "
                          f"({fd['before']:.3g} → {fd['after']:.3g})")  # fmt: skip
         if auc is not None:
             same = fd is not None and fd["key"] == auc["key"]
             who = "and" if same else f"{auc['label']} closes"
-            parts.append(f"{who} {auc['gap_closed']:.0%} of the classifier's "
+            parts.append(f"{who} {_share(auc['gap_closed'])} of the classifier's "
                          f"(AUC {auc['before']:.2f} → {auc['after']:.2f})")  # fmt: skip
         else:
             base = results["baseline"][level]["auc"]["value"]
