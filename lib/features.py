@@ -201,6 +201,7 @@ def extract(
     workers: int = 0,
     precision: str = "fp32",
     allocate: Callable[[str, tuple[int, int]], np.ndarray] | None = None,
+    remote: Callable | None = None,
 ) -> Extraction:
     """Pooled vectors for every (image set, record), in order, per level.
 
@@ -208,7 +209,9 @@ def extract(
     is lib.backend's choice) while the model runs; pooling happens on the device, so only
     pooled vectors cross to the host. Vectors are written into the arrays `allocate(level,
     (N, D))` returns (the run's memory-mapped feature files; in memory by default), and
-    into the cache a shard at a time, so memory does not grow with N.
+    into the cache a shard at a time, so memory does not grow with N. `remote(items,
+    todo, out, progress)` computes the images not cached elsewhere instead (lib.cluster:
+    on Dask workers), putting each image's vectors into `out`.
     """
     from torch.utils.data import DataLoader
 
@@ -226,6 +229,9 @@ def extract(
         progress(cached)
     if cached:
         log.info("feature cache: %d of %d images already computed", cached, len(items))
+    if remote is not None:
+        remote(items, todo, out, progress or (lambda n: None))
+        return Extraction(vectors=out.arrays, cached=cached)
     backbone.module.to(device)
     if device.startswith("cuda"):
         import torch

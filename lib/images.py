@@ -408,6 +408,7 @@ def open_folder(
     web: Callable[[ImageRecord], Path] | None = None,
     web_size: int = WEB_SIZE,
     follow_symlinks: bool = False,
+    mapper: Callable | None = None,
 ) -> ImageSet:
     """Scan a folder: hash and decode every image (so broken files are found now, not
     halfway through extraction), write thumbnails of what the model will see (to
@@ -453,7 +454,7 @@ def open_folder(
         ), rgb
 
     copies = _Copies(prepare, thumbs, web, web_size)
-    image_set = _finish(domain, folder, files, scan, copies, workers)
+    image_set = _finish(domain, folder, files, scan, copies, workers, mapper)
     image_set.skipped[:0] = refused
     return image_set
 
@@ -524,8 +525,9 @@ class _Copies:
             web_copy_jpeg(rgb, self.web(record), self.web_size)
 
 
-def _finish(domain, source, items, scan, copies: _Copies, workers) -> ImageSet:
-    """Run `scan` over items in a thread pool (decoding releases the GIL), keep order,
+def _finish(domain, source, items, scan, copies: _Copies, workers, mapper=None) -> ImageSet:
+    """Run `scan` over items in a thread pool (decoding releases the GIL), or through
+    `mapper(fn, items)` (an ordered map: lib.cluster's runs it on Dask workers), keep order,
     and write thumbnails and web copies; decoded pixels are not kept, so memory stays
     flat."""
     records: list[ImageRecord] = []
@@ -540,7 +542,7 @@ def _finish(domain, source, items, scan, copies: _Copies, workers) -> ImageSet:
         return record
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        for result in pool.map(work, items):
+        for result in (mapper or pool.map)(work, items):
             if isinstance(result, Skipped):
                 log.info("skipped %s: %s", result.path, result.reason)
                 skipped.append(result)
@@ -558,7 +560,8 @@ def open_images(source: Path, domain: str, prepare: Prepare, **kwargs) -> ImageS
     """A folder or a `.npy` array, whichever `source` is."""
     source = Path(source)
     if source.suffix.lower() == ".npy":
-        for folder_only in ("workers", "web", "web_size", "follow_symlinks"):
+        # an array's rows are scanned here even on a cluster: no decoding to spread
+        for folder_only in ("workers", "web", "web_size", "follow_symlinks", "mapper"):
             kwargs.pop(folder_only, None)
         return open_array(source, domain, prepare, **kwargs)
     return open_folder(source, domain, prepare, **kwargs)

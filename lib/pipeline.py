@@ -8,6 +8,7 @@ run stays served.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lib.atlas import AtlasProjector, middle_level
+from lib.cluster import ScanMap, connect, worker_precision
 from lib.embeddings import EmbeddingSet, describe_embeddings, is_embeddings
 from lib.errors import GapscopeError
 from lib.gap import GapParams
@@ -126,6 +128,11 @@ class RunConfig:
         "gap (README, What differs); 0: none. Image inputs only.",
         minimum=0,
     )
+    dask: str | None = param(
+        None,
+        "A Dask scheduler (tcp://host:8786) or local:N (N worker processes here): decoding "
+        "and extraction run as tasks on its workers (README, Beyond one machine).",
+    )
     backend: str = param("auto", "auto | cuml | cpu")
     plots: bool = param(True, "Write the static 3D PNGs.")
     gap: GapParams = field(default_factory=GapParams)
@@ -194,9 +201,7 @@ class Scanned:
 
 def run(config: RunConfig, store: RunStore, progress: Progress | None = None) -> Run:
     """Compute and publish one run. Raises GapscopeError for anything the user can fix."""
-    import pandas as pd
-
-    from lib.backend import check_choices, choose_backend
+    from lib.backend import check_choices
     from lib.features import pooling_fn
 
     stages = Stages(progress or Silent())
@@ -205,13 +210,24 @@ def run(config: RunConfig, store: RunStore, progress: Progress | None = None) ->
     check_choices(config.backend, config.precision)
     prepare = Prepare(crop=config.crop, resize=config.resize)
     started = datetime.now(timezone.utc)
+    with contextlib.ExitStack() as stack:  # a Dask client, closed when the run ends
+        client = stack.enter_context(connect(config.dask)) if config.dask else None
+        return _run(config, store, stages, projectors, prepare, started, client)
+
+
+def _run(config, store, stages, projectors, prepare, started, client) -> Run:
+    import pandas as pd
+
+    from lib.backend import choose_backend
+
     with store.writing() as writer:
         with stages("scan", f"{config.real} and {config.synthetic}") as stage:
-            scanned = scan(config, prepare, projectors, writer, store.root)
+            scanned = scan(config, prepare, projectors, writer, store.root,
+                           ScanMap(client) if client else None)  # fmt: skip
             stage.summary = ", ".join(f"{len(s)} {d}" for d, s in scanned.sets.items())
-        backend = choose_backend(
-            config.backend, config.precision, config.workers, n_images=len(scanned)
-        )
+        precision = worker_precision(client, config.precision) if client else config.precision
+        backend = choose_backend(config.backend, precision, config.workers,
+                                 n_images=len(scanned))  # fmt: skip
         projectors = _projectors(config, backend.projection)
         if scanned.embeddings:
             with stages("features", f"{len(scanned)} vectors given"):
@@ -220,10 +236,12 @@ def run(config: RunConfig, store: RunStore, progress: Progress | None = None) ->
         else:
             with stages("model"):
                 backbone = load_backbone(config)
-            with stages("extract", f"{len(scanned)} images") as stage:
+            where = f" on Dask ({client.dashboard_link})" if client else ""
+            with stages("extract", f"{len(scanned)} images{where}") as stage:
                 vectors, cached = extract_features(
-                    config, scanned, prepare, backbone, backend, store, writer, stages.progress
-                )
+                    config, scanned, prepare, backbone, backend, store, writer, stages.progress,
+                    client,
+                )  # fmt: skip
                 stage.summary = f"{len(scanned)} images, {cached} from the feature cache"
             source = backbone.describe()
         with stages("project", ", ".join(config.projections)):
@@ -265,6 +283,7 @@ def run(config: RunConfig, store: RunStore, progress: Progress | None = None) ->
                 dict(stages),
                 searches,
                 projected,
+                client,
             )  # fmt: skip
         )
     return writer.published
@@ -289,11 +308,17 @@ def _projectors(config: RunConfig, implementation: str = "cpu") -> list:
 
 
 def scan(
-    config: RunConfig, prepare: Prepare, projectors: list, writer: RunWriter, results: Path
+    config: RunConfig,
+    prepare: Prepare,
+    projectors: list,
+    writer: RunWriter,
+    results: Path,
+    mapper=None,
 ) -> Scanned:
-    """Find, hash and check every image (thumbnails written on the way), or read the
-    given embeddings; apply the users' annotations kept in `results` when asked; check
-    there are enough images for every projection."""
+    """Find, hash and check every image (thumbnails written on the way; through `mapper`
+    on Dask workers when given), or read the given embeddings; apply the users'
+    annotations kept in `results` when asked; check there are enough images for every
+    projection."""
     kinds = {d: is_embeddings(getattr(config, d)) for d in DOMAINS}
     if len(set(kinds.values())) > 1:
         given = next(d for d, k in kinds.items() if k)
@@ -314,7 +339,8 @@ def scan(
         sets = {
             domain: open_images(getattr(config, domain), domain, prepare, thumbs=thumb,
                                 web=web, web_size=config.web_size, sample=config.sample,
-                                seed=config.seed, follow_symlinks=config.follow_symlinks)
+                                seed=config.seed, follow_symlinks=config.follow_symlinks,
+                                mapper=mapper)
             for domain in DOMAINS
         }  # fmt: skip
         scanned = Scanned(sets, check_common_size(list(sets.values()), prepare))
@@ -423,22 +449,41 @@ def extract_features(
     store: RunStore,
     writer: RunWriter,
     progress: Progress,
+    client=None,
 ) -> tuple[dict[str, np.ndarray], int]:
-    """Pooled vectors per level (the feature cache skips images already computed)."""
+    """Pooled vectors per level (the feature cache skips images already computed), on
+    the Dask cluster's workers when given its client."""
     from lib.features import FeatureCache, cache_key, extract
 
     items = scanned.items
     key = cache_key(backbone, config.pooling, prepare, backend.precision)
+    cache = FeatureCache(store.cache_dir, key, config.shard)
+    remote = None
+    if client is not None:
+        from lib.cluster import ModelSpec, extract_on_cluster
+
+        model = ModelSpec(config.backbone, _str(config.checkpoint), config.random_weights,
+                          _str(config.detectron2_config), backbone.fingerprint())  # fmt: skip
+
+        def remote(items, todo, out, advance):
+            extract_on_cluster(client, model, items, todo, prepare, config.pooling,
+                               config.batch_size, backend.precision, cache, out,
+                               advance)  # fmt: skip
+
     progress.start("extract", len(items))
     extraction = extract(
         backbone, items, prepare, pooling=config.pooling, batch_size=config.batch_size,
-        cache=FeatureCache(store.cache_dir, key, config.shard), device=backend.device,
+        cache=cache, device=backend.device,
         progress=lambda n: progress.advance("extract", n), workers=backend.workers,
-        precision=backend.precision, allocate=writer.features_array,
+        precision=backend.precision, allocate=writer.features_array, remote=remote,
     )  # fmt: skip
     for array in extraction.vectors.values():
         array.flush()
     return {lv: writer.features_read(lv) for lv in extraction.vectors}, extraction.cached
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
 
 
 def atlas_level(choice: str, levels: list[str], n: int, umap: UMAPParams) -> str | None:
@@ -632,7 +677,10 @@ def manifest(
     timings: dict,
     searches: dict,
     projected: dict,
+    client=None,
 ) -> dict:
+    from lib.cluster import describe
+
     sets = scanned.sets.values()
     return {
         "status": "complete",
@@ -643,6 +691,7 @@ def manifest(
         "image_size": list(scanned.size) if scanned.size else None,
         "backbone": source,
         "backend": backend.describe(),
+        "dask": describe(client) if client is not None else None,
         "inputs": [_input_summary(s) for s in sets],
         "skipped": [
             {"domain": s.domain, "path": sk.path, "reason": sk.reason}

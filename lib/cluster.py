@@ -1,0 +1,226 @@
+"""The batch job on a Dask cluster (`batch run --dask ADDRESS`).
+
+Image discovery stays on the client. The scan's decoding (hashes, checks, thumbnails,
+web copies) and the feature extraction run as Dask tasks over chunks and shards of images
+on the workers. Each worker process builds the model once (a per-process cache keyed by
+the model's spec; its fingerprint must equal the client's, so a checkpoint that differs
+on a worker is an error, not wrong features) and writes each shard's vectors into the
+feature cache exactly as a local run does, so a killed client's rerun resumes from the
+completed shards. The client gathers the vectors, writes the run's files and publishes as
+always. A worker that dies mid-task has its tasks retried on the others (Dask's own
+scheduling). The results folder and the input folders must be on storage every worker
+sees (one machine, NFS, a cluster file system).
+
+`local:N` starts an in-process `LocalCluster` of N worker processes (one thread each).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lib.errors import GapscopeError, first_line
+
+log = logging.getLogger(__name__)
+
+SCAN_CHUNK = 256  # images a scan task decodes: ~4,000 tasks at a million images
+CONNECT_TIMEOUT_S = 5
+
+
+@contextmanager
+def connect(address: str) -> Iterator[object]:
+    """A dask.distributed Client for `address` (tcp://host:8786, or local:N), closed (with
+    its local cluster) afterwards. A scheduler that does not answer is a one-line error."""
+    from dask.distributed import Client, LocalCluster
+
+    logging.getLogger("distributed").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
+    if address.startswith("local:"):
+        n = address.removeprefix("local:")
+        if not n.isdigit() or int(n) < 1:
+            raise GapscopeError(f"--dask {address}: say how many worker processes, e.g. local:2")
+        cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
+                               dashboard_address=":0", silence_logs=logging.ERROR)  # fmt: skip
+        client = Client(cluster)
+    else:
+        cluster = None
+        try:
+            client = Client(address, timeout=CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise GapscopeError(
+                f"--dask {address}: no Dask scheduler answers there ({first_line(exc)}); "
+                "start one with `dask scheduler`, or use local:N"
+            ) from None
+    try:
+        workers = len(client.scheduler_info(n_workers=-1)["workers"])
+        log.info("dask: %d workers at %s (dashboard %s)", workers, client.scheduler.address,
+                 client.dashboard_link)  # fmt: skip
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def describe(client) -> dict:
+    """What the manifest records of the cluster."""
+    info = client.scheduler_info(n_workers=-1)
+    return {
+        "scheduler": client.scheduler.address,
+        "workers": len(info["workers"]),
+        "threads": sum(w["nthreads"] for w in info["workers"].values()),
+        "dashboard": client.dashboard_link,
+    }
+
+
+def worker_precision(client, precision: str) -> str:
+    """ "auto" as the workers' hardware decides it: bf16 when every worker has a GPU, fp32
+    otherwise (the client's own hardware does not matter: it extracts nothing)."""
+    if precision != "auto":
+        return precision
+    gpus = client.run(_has_gpu)
+    return "bf16" if gpus and all(gpus.values()) else "fp32"
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class ScanMap:
+    """An ordered map for lib.images' scan, run on the workers in chunks."""
+
+    def __init__(self, client, chunk: int = SCAN_CHUNK):
+        self.client, self.chunk = client, chunk
+
+    def __call__(self, fn, items) -> Iterator:
+        items = list(items)
+        chunks = [items[i : i + self.chunk] for i in range(0, len(items), self.chunk)]
+        # the function (closing over the scan's settings, e.g. every file's category)
+        # goes to each worker once, not with every task
+        [shared] = self.client.scatter([fn], broadcast=True, hash=False)
+        futures = self.client.map(_each, [shared] * len(chunks), chunks, pure=False, retries=2)
+        for future in futures:  # in order, each as soon as it is done
+            yield from future.result()
+        # a failed scan raises from .result(): the run publishes nothing
+
+
+def _each(fn, chunk: list) -> list:
+    return [fn(item) for item in chunk]
+
+
+# ---- extraction -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a worker builds the run's model (lib.backbones.create_backbone's arguments) and
+    what its fingerprint must be."""
+
+    spec: str | None
+    checkpoint: str | None
+    random_weights: bool
+    config: str | None
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """An image set reduced to what a worker needs to load its images (an ImageSet
+    pickled whole would carry a memory-mapped array's data)."""
+
+    domain: str
+    source: str
+    array: bool
+    array_scale: float
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_model(model: ModelSpec):
+    """The model, built once per worker process."""
+    from lib.backbones import create_backbone
+
+    backbone = create_backbone(model.spec, model.checkpoint, model.random_weights, model.config)
+    if backbone.fingerprint() != model.fingerprint:
+        raise GapscopeError(
+            f"the model built on a Dask worker differs from the client's ({backbone.weights}): "
+            "put its checkpoint on storage every worker sees"
+        )
+    return backbone
+
+
+@functools.lru_cache(maxsize=4)
+def _worker_set(source: Source):
+    from lib.images import ImageSet
+
+    array = np.load(source.source, mmap_mode="r") if source.array else None
+    return ImageSet(source.domain, Path(source.source), [], array=array,
+                    array_scale=source.array_scale)  # fmt: skip
+
+
+def _extract_shard(model: ModelSpec, sources: dict, records: list, prepare, pooling: str,
+                   batch_size: int, precision: str, cache_dir: str, key: str,
+                   shard: int) -> dict[str, np.ndarray]:  # fmt: skip
+    """One shard's pooled vectors per level, on a worker (its GPU when it has one), also
+    written into the feature cache as one complete shard."""
+    import torch
+
+    from lib.features import FeatureCache, extract
+
+    backbone = _worker_model(model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    items = [(_worker_set(sources[r.domain]), r) for r in records]
+    vectors = extract(backbone, items, prepare, pooling=pooling, batch_size=batch_size,
+                      device=device, precision=precision).vectors  # fmt: skip
+    FeatureCache(Path(cache_dir), key, shard).put([r.hash for r in records], vectors)
+    return vectors
+
+
+def shard_size(n: int, workers: int, batch_size: int, most: int) -> int:
+    """Images per extraction task: at most a cache shard, small enough that every worker
+    gets about 4 tasks (a lost worker costs little, the last tasks finish together), and
+    whole batches, as a local run's are."""
+    per_task = -(-n // max(1, 4 * workers))
+    size = min(most, per_task)
+    return max(batch_size, -(-size // batch_size) * batch_size)
+
+
+def extract_on_cluster(client, model: ModelSpec, items, todo: list[int], prepare, pooling: str,
+                       batch_size: int, precision: str, cache, out, progress) -> None:  # fmt: skip
+    """Every image of `todo` (positions in `items`) extracted on the workers, a cache shard
+    per task; each finished shard's vectors are put into `out` (lib.features' output) as
+    it arrives. Shards hold whole batches, as a local run's do, so the vectors are the
+    same bit for bit (fp32 on the CPU)."""
+    from dask.distributed import as_completed
+
+    sources = {}
+    for image_set, _ in items:
+        if image_set.domain not in sources:
+            sources[image_set.domain] = Source(image_set.domain, str(image_set.source),
+                                               image_set.array is not None,
+                                               float(image_set.array_scale))  # fmt: skip
+    size = shard_size(len(todo), len(client.scheduler_info(n_workers=-1)["workers"]),
+                      batch_size, cache.shard)  # fmt: skip
+    shards = [todo[i : i + size] for i in range(0, len(todo), size)]
+    [model_f, sources_f, prepare_f] = client.scatter([model, sources, prepare], broadcast=True)
+    futures = {
+        client.submit(
+            _extract_shard, model_f, sources_f, [items[i][1] for i in part], prepare_f, pooling,
+            batch_size, precision, str(cache.dir.parent), cache.dir.name, size,
+            pure=False, retries=3, key=f"extract-{cache.dir.name}-{n}-{time.time_ns()}",
+        ): part
+        for n, part in enumerate(shards)
+    }  # fmt: skip
+    for future in as_completed(futures):
+        part, vectors = futures.pop(future), future.result()
+        for j, i in enumerate(part):
+            out.put(i, {lv: v[j] for lv, v in vectors.items()})
+        progress(len(part))
+        future.release()

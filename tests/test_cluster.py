@@ -1,0 +1,138 @@
+"""`batch run --dask`: the scan and extraction on a local Dask cluster of worker processes
+(lib.cluster), against the same run without Dask."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+from tests.test_cli import assert_one_line_error, batch
+
+pytestmark = pytest.mark.slow
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Extraction with n torch threads: a Dask worker runs one (fp32 sums split by thread
+    count round differently, ~1e-5), so the reference run does too."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def inputs(example_dir, tmp_path_factory):
+    """The session's example plus one corrupt file among the synthetic images."""
+    root = tmp_path_factory.mktemp("dask_inputs")
+    shutil.copytree(example_dir, root / "example")
+    (root / "example" / "synthetic" / "3" / "broken.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + b"0" * 50
+    )
+    return root / "example"
+
+
+def config(inputs, **kwargs):
+    from lib.pipeline import RunConfig
+
+    return RunConfig(real=inputs / "real", synthetic=inputs / "synthetic", k=8,
+                     projections=("umap", "pca"), atlas_level="none", attribution=0,
+                     plots=False, batch_size=8, **kwargs)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(inputs, tmp_path_factory):
+    from lib.pipeline import run
+    from lib.store import RunStore
+
+    with torch_threads(1):
+        return run(config(inputs), RunStore(tmp_path_factory.mktemp("local") / "results"))
+
+
+def assert_same_run(a, b) -> None:
+    for level in a.levels:
+        assert np.array_equal(a.features(level), b.features(level)), level
+        assert np.array_equal(a.neighbors(level)[0], b.neighbors(level)[0]), level
+    cols = ["id", "level", "method", "fit_on", "x", "y", "z"]
+    assert a.projections[cols].equals(b.projections[cols])
+    assert a.images[["path", "hash", "domain"]].equals(b.images[["path", "hash", "domain"]])
+    assert a.manifest["skipped"] == b.manifest["skipped"]
+
+
+def test_a_run_through_dask_is_the_run_without_it(inputs, reference, tmp_path):
+    from lib.pipeline import run
+    from lib.store import RunStore
+
+    published = run(config(inputs, dask="local:2"), RunStore(tmp_path / "results"))
+    assert_same_run(reference, published)
+    # the corrupt file was decoded on a worker and is listed as a local run lists it
+    assert [s["path"].rsplit("/", 1)[-1] for s in published.manifest["skipped"]] == ["broken.png"]
+    assert published.manifest["dask"]["workers"] == 2
+    assert len(list((tmp_path / "results" / "cache").rglob("hashes.npy"))) >= 2  # shards
+
+
+def test_a_worker_killed_mid_run_still_gives_the_same_run(inputs, reference, tmp_path):
+    """A worker is SIGKILLed once the first feature shard is written; its tasks are retried
+    on the other worker (the nanny restarts it) and the run is the same."""
+    from dask.distributed import Client, LocalCluster
+
+    from lib.pipeline import run
+    from lib.store import RunStore
+
+    results = tmp_path / "results"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+        pids = client.run(os.getpid)
+        killed = {}
+
+        def kill_when_extracting():
+            deadline = time.time() + 120
+            while time.time() < deadline and "pid" not in killed:
+                shards = list((results / "cache").rglob("hashes.npy"))
+                if shards:
+                    killed["pid"], killed["shards"] = next(iter(pids.values())), len(shards)
+                    os.kill(killed["pid"], signal.SIGKILL)
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=kill_when_extracting, daemon=True)
+        watcher.start()
+        published = run(config(inputs, dask=cluster.scheduler_address), RunStore(results))
+        watcher.join(timeout=5)
+        total = len(list((results / "cache").rglob("hashes.npy")))
+    assert "pid" in killed and killed["shards"] < total  # killed while shards were left
+    assert_same_run(reference, published)
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line_before_any_work(inputs, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    results = tmp_path / "results"
+    out = batch("run", "--real", inputs / "real", "--synthetic", inputs / "synthetic",
+                "--results", results, "--dask", f"tcp://127.0.0.1:{port}")  # fmt: skip
+    assert_one_line_error(out, f"--dask tcp://127.0.0.1:{port}: no Dask scheduler answers")
+    assert not (results / "runs").exists()
+    out = batch("run", "--real", inputs / "real", "--synthetic", inputs / "synthetic",
+                "--results", results, "--dask", "local:many")  # fmt: skip
+    assert_one_line_error(out, "--dask local:many: say how many worker processes")
+
+
+def test_shards_hold_whole_batches_and_spread_over_the_workers():
+    from lib.cluster import shard_size
+
+    assert shard_size(2797, 2, 32, 4096) == 352  # ~4 tasks per worker, 11 batches each
+    assert shard_size(1_000_000, 8, 64, 4096) == 4096  # never more than a cache shard
+    assert shard_size(10, 4, 8, 4096) == 8  # at least a batch
