@@ -4,7 +4,7 @@ Not tests: nothing here asserts a time. Each section reports what it measured, o
 machine, and the ratio between the two ways of doing the same work.
 
     python bench/run.py [--sections gap,prdc,pipeline,umap,knn,extraction,caricature,scale,demo,
-                         resume,atlas,whatif]
+                         resume,atlas,whatif,dask]
                         [--out results/bench.json]
 """
 
@@ -671,6 +671,39 @@ def bench_whatif(n: int | None = None, side: int = 512, job=None, example_n=None
     }
 
 
+def bench_dask(n: int | None = None, side: int = 256, workers=(1, 2)) -> dict:
+    """The scan and extraction through Dask (`--dask local:N`, N worker processes of one
+    thread) against the single-process run, the same JPEGs, the default model, fresh
+    feature caches: images per second of scan + extract (the stages Dask runs; worker
+    start-up before them, the model's load on each worker inside)."""
+    from lib.pipeline import RunConfig, run
+    from lib.store import RunStore
+
+    n = n or 512
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for domain, seed in (("real", 0), ("synthetic", 1)):
+            _write_photos(Path(tmp) / domain, n // 2, seed)
+        for name in ["single process", *(f"local:{w}" for w in workers)]:
+            config = RunConfig(real=Path(tmp) / "real", synthetic=Path(tmp) / "synthetic",
+                               resize=side, projections=("pca",), atlas_level="none",
+                               attribution=0, plots=False,
+                               dask=None if name == "single process" else name)  # fmt: skip
+            t = run(config, RunStore(Path(tmp) / name.replace(":", "_"))).manifest["timings_s"]
+            seconds = t["scan"] + t["extract"]
+            out[name] = {"scan_s": t["scan"], "extract_s": t["extract"],
+                         "images_per_s": round(n / seconds, 1)}  # fmt: skip
+    single = out["single process"]["images_per_s"]
+    return {
+        "what": f"scan + extract of {n} JPEGs (640×560, resized to {side}), efficientnet-lite0, "
+        f"{os.cpu_count()} cores",
+        **out,
+        "ratio_to_single_process": {
+            k: round(v["images_per_s"] / single, 2) for k, v in out.items() if k != "single process"
+        },  # fmt: skip
+    }
+
+
 SECTIONS = {
     "gap": bench_gap,
     "prdc": bench_prdc,
@@ -684,6 +717,7 @@ SECTIONS = {
     "resume": bench_resume,
     "atlas": bench_atlas,
     "whatif": bench_whatif,
+    "dask": bench_dask,
 }
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,8 @@ from lib.errors import GapscopeError, first_line
 log = logging.getLogger(__name__)
 
 SCAN_CHUNK = 256  # images a scan task decodes: ~4,000 tasks at a million images
+SCAN_THREADS = 4  # decoding threads within a scan task (decoders release the GIL)
+TORCH_THREADS = "GAPSCOPE_TORCH_THREADS"  # a worker's torch threads (default: torch's own)
 CONNECT_TIMEOUT_S = 5
 
 
@@ -45,8 +48,11 @@ def connect(address: str) -> Iterator[object]:
         n = address.removeprefix("local:")
         if not n.isdigit() or int(n) < 1:
             raise GapscopeError(f"--dask {address}: say how many worker processes, e.g. local:2")
+        # each worker's torch gets its share of the cores (Dask's nanny starts it at one)
+        threads = max(1, (os.cpu_count() or 1) // int(n))
         cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
-                               dashboard_address=":0", silence_logs=logging.ERROR)  # fmt: skip
+                               dashboard_address=":0", silence_logs=logging.ERROR,
+                               env={TORCH_THREADS: str(threads)})  # fmt: skip
         client = Client(cluster)
     else:
         cluster = None
@@ -113,7 +119,10 @@ class ScanMap:
 
 
 def _each(fn, chunk: list) -> list:
-    return [fn(item) for item in chunk]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(SCAN_THREADS) as pool:
+        return list(pool.map(fn, chunk))
 
 
 # ---- extraction -------------------------------------------------------------------------
@@ -144,8 +153,13 @@ class Source:
 
 @functools.lru_cache(maxsize=2)
 def _worker_model(model: ModelSpec):
-    """The model, built once per worker process."""
+    """The model, built once per worker process (torch's threads set then)."""
+    import torch
+
     from lib.backbones import create_backbone
+
+    if os.environ.get(TORCH_THREADS, "").isdigit():
+        torch.set_num_threads(int(os.environ[TORCH_THREADS]))
 
     backbone = create_backbone(model.spec, model.checkpoint, model.random_weights, model.config)
     if backbone.fingerprint() != model.fingerprint:
@@ -193,11 +207,13 @@ def shard_size(n: int, workers: int, batch_size: int, most: int) -> int:
 
 
 def extract_on_cluster(client, model: ModelSpec, items, todo: list[int], prepare, pooling: str,
-                       batch_size: int, precision: str, cache, out, progress) -> None:  # fmt: skip
+                       batch_size: int, precision: str, cache, out, advance,
+                       progress=None) -> None:  # fmt: skip
     """Every image of `todo` (positions in `items`) extracted on the workers, a cache shard
     per task; each finished shard's vectors are put into `out` (lib.features' output) as
-    it arrives. Shards hold whole batches, as a local run's do, so the vectors are the
-    same bit for bit (fp32 on the CPU)."""
+    it arrives, `advance(images)` called, and the Progress `progress` counts the shards
+    done. Shards hold whole batches, as a local run's do, so the vectors are the same bit
+    for bit (fp32 on the CPU, at equal torch threads per process)."""
     from dask.distributed import as_completed
 
     sources = {}
@@ -218,9 +234,14 @@ def extract_on_cluster(client, model: ModelSpec, items, todo: list[int], prepare
         ): part
         for n, part in enumerate(shards)
     }  # fmt: skip
+    task = f"shards on {len(client.scheduler_info(n_workers=-1)['workers'])} Dask workers"
+    if progress is not None:
+        progress.start(task, len(shards))
     for future in as_completed(futures):
         part, vectors = futures.pop(future), future.result()
         for j, i in enumerate(part):
             out.put(i, {lv: v[j] for lv, v in vectors.items()})
-        progress(len(part))
+        advance(len(part))
+        if progress is not None:
+            progress.advance(task)
         future.release()

@@ -467,8 +467,8 @@ def extract_features(
 
         def remote(items, todo, out, advance):
             extract_on_cluster(client, model, items, todo, prepare, config.pooling,
-                               config.batch_size, backend.precision, cache, out,
-                               advance)  # fmt: skip
+                               config.batch_size, backend.precision, cache, out, advance,
+                               progress)  # fmt: skip
 
     progress.start("extract", len(items))
     extraction = extract(

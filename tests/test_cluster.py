@@ -18,10 +18,13 @@ from tests.test_cli import assert_one_line_error, batch
 pytestmark = pytest.mark.slow
 
 
+WORKER_THREADS = max(1, (os.cpu_count() or 1) // 2)  # what local:2 gives each worker
+
+
 @contextmanager
 def torch_threads(n: int):
-    """Extraction with n torch threads: a Dask worker runs one (fp32 sums split by thread
-    count round differently, ~1e-5), so the reference run does too."""
+    """Extraction with n torch threads, as many as each local:2 worker's (fp32 sums split
+    by thread count round differently, ~1e-5), so the reference matches bit for bit."""
     import torch
 
     before = torch.get_num_threads()
@@ -56,7 +59,7 @@ def reference(inputs, tmp_path_factory):
     from lib.pipeline import run
     from lib.store import RunStore
 
-    with torch_threads(1):
+    with torch_threads(WORKER_THREADS):
         return run(config(inputs), RunStore(tmp_path_factory.mktemp("local") / "results"))
 
 
@@ -91,8 +94,9 @@ def test_a_worker_killed_mid_run_still_gives_the_same_run(inputs, reference, tmp
     from lib.store import RunStore
 
     results = tmp_path / "results"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+    env = {"GAPSCOPE_TORCH_THREADS": str(WORKER_THREADS)}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      env=env) as cluster, Client(cluster) as client:  # fmt: skip
         pids = client.run(os.getpid)
         killed = {}
 
@@ -136,3 +140,40 @@ def test_shards_hold_whole_batches_and_spread_over_the_workers():
     assert shard_size(2797, 2, 32, 4096) == 352  # ~4 tasks per worker, 11 batches each
     assert shard_size(1_000_000, 8, 64, 4096) == 4096  # never more than a cache shard
     assert shard_size(10, 4, 8, 4096) == 8  # at least a batch
+
+
+def test_a_client_killed_mid_run_resumes_from_the_shards_the_workers_finished(
+    inputs, reference, tmp_path
+):
+    """`batch run --dask local:2` killed (the whole process group: client, nannies,
+    workers) once a shard is in the cache; the rerun takes the finished shards from it and
+    publishes the same run."""
+    import subprocess
+    import sys
+
+    from lib.store import RunStore
+    from tests.conftest import ROOT
+
+    store = tmp_path / "results"
+    cmd = [sys.executable, "-m", "batch", "run", "--real", str(inputs / "real"),
+           "--synthetic", str(inputs / "synthetic"), "--results", str(store), "--k", "8",
+           "--projection", "umap", "--projection", "pca", "--atlas-level", "none",
+           "--attribution", "0", "--no-plots", "--batch-size", "8",
+           "--dask", "local:2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list((store / "cache").rglob("hashes.npy")):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list((store / "cache").rglob("hashes.npy")))
+    assert RunStore(store).run_ids() == [] and 1 <= done < 5  # 5 shards of 16 images
+
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=600)
+    resumed = RunStore(store).open()
+    assert resumed.manifest["cached_images"] >= 16 * done
+    assert_same_run(reference, resumed)

@@ -192,10 +192,20 @@ def test_requirements_installed_exist_and_torch_pins_come_from_requirements():
     assert set(pins) == {"torch", "torchvision"}, "requirements.txt should pin both"
     for dockerfile in DOCKERFILES:
         runs = " ".join(rest for word, rest in instructions(dockerfile) if word == "RUN")
+        derived = re.search(r"(grep -v .*?requirements\.txt) > (\S+)", runs)
         for req in re.findall(r"-r\s+(\S+)", runs):
+            if derived and req == derived.group(2):
+                continue  # made from requirements.txt in the image: checked below
             assert (ROOT / req).is_file(), f"{dockerfile} installs {req}, which does not exist"
             assert any(req in srcs for srcs, _ in copies(dockerfile)), f"{req} is not copied"
-        assert "-r requirements.txt" in runs
+        if derived:  # the GPU image keeps RAPIDS' own dask: all of requirements.txt but it
+            assert f"-r {derived.group(2)}" in runs
+            out = subprocess.run(["sh", "-c", derived.group(1)], cwd=ROOT, capture_output=True,
+                                 text=True)  # fmt: skip
+            dropped = set(requirements.splitlines()) - set(out.stdout.splitlines())
+            assert {d.split("==")[0] for d in dropped} == {"dask", "distributed"}, dropped
+        else:
+            assert "-r requirements.txt" in runs
         text = dockerfile.read_text()
         for version in pins.values():
             assert version not in text, f"{dockerfile} repeats the pin {version}"
@@ -263,11 +273,15 @@ def test_ports_agree_with_the_demo_default(monkeypatch):
     space = yaml.safe_load(front)
     assert space["sdk"] == "docker" and str(space["app_port"]) == port
     for name, service in compose()["services"].items():
+        container_ports = [str(p).rsplit(":", 1)[-1].split("/")[0]
+                           for p in service.get("ports", [])]  # fmt: skip
         if name == "demo":
-            container_ports = [str(p).rsplit(":", 1)[-1].split("/")[0] for p in service["ports"]]
             assert container_ports == [port]
+        elif name == "scheduler":  # Dask's port and its dashboard, as its command sets them
+            assert container_ports == ["8786", "8787"]
+            assert service["command"][2:6] == ["--port", "8786", "--dashboard-address", ":8787"]
         else:
-            assert "ports" not in service
+            assert not container_ports, name
 
 
 def healthcheck_command(dockerfile: Path) -> list[str]:
@@ -334,20 +348,30 @@ def test_images_run_as_a_non_root_user_with_volumes_for_results_and_data():
 def test_compose_services_profile_gpu_and_volumes():
     spec = compose()
     services = spec["services"]
-    assert set(services) == {"demo", "batch"}
+    assert set(services) == {"demo", "batch", "scheduler", "worker", "batch-dask"}
     assert "profiles" not in services["demo"], "the demo starts with a plain `up`"
     assert services["batch"]["profiles"] == ["batch"]
     assert "command" not in services["demo"], "the demo runs the image's entrypoint"
-    command = services["batch"]["command"]
-    assert command[:4] == ["python", "-m", "batch", "run"]
-    options = dict(zip(command[4::2], command[5::2], strict=True))
-    assert options == {
+    batch_options = {
         "--real": "${REAL:-/data/real}",
         "--synthetic": "${SYNTHETIC:-/data/synthetic}",
         "--results": f"{APP}/results",
         "--backend": "auto",
     }
+    for name, extra in (("batch", {}), ("batch-dask", {"--dask": "tcp://scheduler:8786"})):
+        command = services[name]["command"]
+        assert command[:4] == ["python", "-m", "batch", "run"]
+        assert dict(zip(command[4::2], command[5::2], strict=True)) == batch_options | extra
+    # the cluster: its own profile; workers on the GPUs, one per GPU (dask-cuda), pointed
+    # at the scheduler the batch job names; the scheduler needs no GPU
+    for name in ("scheduler", "worker", "batch-dask"):
+        assert services[name]["profiles"] == ["dask"], name
+    assert services["worker"]["command"] == ["dask", "cuda", "worker", "tcp://scheduler:8786"]
+    assert services["scheduler"]["command"][:4] == ["dask", "scheduler", "--port", "8786"]
+    assert services["scheduler"]["deploy"] == {}
     for name, service in services.items():
+        if name == "scheduler":
+            continue
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]} in devices, name
         targets = [volume_parts(v)[1] for v in service["volumes"]]
