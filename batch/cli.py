@@ -30,6 +30,7 @@ app.add_typer(annotations.app, name="annotations")
 
 RESULTS = Path("results")
 ResultsOpt = Annotated[Path, typer.Option("--results", help="Run store directory.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log every stage.")]
 KeepOpt = Annotated[
     int | None,
     typer.Option(
@@ -62,7 +63,7 @@ def _stderr():
 def run(
     config: RunConfig,
     results: ResultsOpt = RESULTS,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every stage.")] = False,
+    verbose: VerboseOpt = False,
     keep: KeepOpt = None,
 ) -> None:
     """Compute features, projections, neighbours and the gap for two domains; publish a run."""
@@ -127,7 +128,7 @@ def example(
 def caricature(
     job: CaricatureJob,
     results: ResultsOpt = RESULTS,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Caricatures (feature visualisations) for every model × layer × image, in a new run."""
     _setup_logging(verbose)
@@ -151,7 +152,7 @@ def caricature(
 def whatif(
     job: WhatIfJob,
     results: ResultsOpt = RESULTS,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Which change to the synthetic images closes the gap: each transform at each
     strength, features extracted again, the gap measured per level; in a new run."""

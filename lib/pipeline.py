@@ -216,6 +216,7 @@ def run(config: RunConfig, store: RunStore, progress: Progress | None = None) ->
 
 
 def _run(config, store, stages, projectors, prepare, started, client) -> Run:
+    """The stages, inside `store.writing()`: `run`'s body, given the Dask client (or None)."""
     import pandas as pd
 
     from lib.backend import choose_backend
