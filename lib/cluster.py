@@ -245,3 +245,58 @@ def extract_on_cluster(client, model: ModelSpec, items, todo: list[int], prepare
         if progress is not None:
             progress.advance(task)
         future.release()
+
+
+# ---- neighbours -------------------------------------------------------------------------
+
+SEARCH_BLOCK = 65_536  # query rows per task
+
+
+def search_on_cluster(client, folder: Path, index, X: np.ndarray, k: int, metric: str,
+                      block: int = SEARCH_BLOCK):  # fmt: skip
+    """lib.neighbors.search_all with the queries spread over the workers: the built index
+    is written to `folder` (shared storage: the partial run) and each worker reads it once
+    (memory-mapped where FAISS can), the queries' rows from X's file. The same indices and
+    distances as a local search. X not backed by a file: searched here."""
+    import secrets
+
+    import faiss
+
+    from lib.neighbors import search_all
+
+    source = getattr(X, "filename", None)
+    if source is None or len(X) <= block:
+        return search_all(index, X, k, metric)
+    path = Path(folder) / f".hnsw-{secrets.token_hex(4)}.faiss"
+    faiss.write_index(index, str(path))
+    try:
+        starts = list(range(0, len(X), block))
+        futures = client.map(
+            _search_block, starts, index=str(path), ef=int(index.hnsw.efSearch),
+            features=str(source), n=len(X), k=k, metric=metric, block=block, pure=False,
+            retries=3,
+        )  # fmt: skip
+        parts = client.gather(futures)
+    finally:
+        path.unlink(missing_ok=True)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_index(path: str):
+    import faiss
+
+    try:
+        return faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError:  # an index type FAISS cannot map: read whole
+        return faiss.read_index(path)
+
+
+def _search_block(start: int, index: str, ef: int, features: str, n: int, k: int,
+                  metric: str, block: int):  # fmt: skip
+    from lib.neighbors import _search_blocks
+
+    built = _worker_index(index)
+    built.hnsw.efSearch = ef
+    X = np.load(features, mmap_mode="r")
+    return _search_blocks(built, X, k, metric, np.arange(start, min(start + block, n)))

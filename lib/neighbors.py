@@ -91,9 +91,12 @@ def knn_report(
     col_chunk: int = 65536,
     engine: str = "auto",
     seed: int = 0,
+    search=None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """`knn`, plus what was done: {"engine", "exact"} and, for an approximate search,
-    its measured recall@k on a seeded probe and the search settings."""
+    its measured recall@k on a seeded probe and the search settings. `search(index, X, k,
+    metric)` runs an approximate search's queries of every row elsewhere (lib.cluster:
+    on Dask workers); the same (indices, distances) as here."""
     if metric not in METRICS:
         raise GapscopeError(f"unknown neighbour metric {metric!r}: choose cosine or euclidean")
     n = len(X)
@@ -104,7 +107,7 @@ def knn_report(
         raise GapscopeError("neighbours need at least two images")
     chosen = choose_engine(n, device, engine)
     if chosen == "hnsw":
-        return _knn_hnsw(X, k, metric, seed)
+        return _knn_hnsw(X, k, metric, seed, search)
     if chosen == "faiss":
         return (*_knn_faiss(X, k, metric), {"engine": "faiss", "exact": True})
     return (
@@ -251,7 +254,12 @@ def _search_blocks(index, X, k: int, metric: str, rows: np.ndarray):
     return indices, distances
 
 
-def _knn_hnsw(X: np.ndarray, k: int, metric: str, seed: int):
+def search_all(index, X: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's k nearest other rows from a built index, a block at a time."""
+    return _search_blocks(index, X, k, metric, np.arange(len(X)))
+
+
+def _knn_hnsw(X: np.ndarray, k: int, metric: str, seed: int, search=None):
     """Approximate neighbours from an HNSW graph, searched as widely as the probe needs
     to reach TARGET_RECALL against exact search (or as widely as EF_SEARCH allows)."""
     import faiss
@@ -267,7 +275,7 @@ def _knn_hnsw(X: np.ndarray, k: int, metric: str, seed: int):
         recall = recall_at_k(found, truth)
         if recall >= TARGET_RECALL:
             break
-    indices, distances = _search_blocks(index, X, k, metric, np.arange(n))
+    indices, distances = (search or search_all)(index, X, k, metric)
     report = {
         "engine": "hnsw",
         "exact": False,

@@ -256,7 +256,7 @@ def _run(config, store, stages, projectors, prepare, started, client) -> Run:
                 frame, projected = pd.concat([frame, layout], ignore_index=True), projected | report
         writer.projections(frame)
         with stages("neighbors", f"k={config.k}, {backend.knn_engine}") as stage:
-            searches = find_neighbours(vectors, config, backend, writer)
+            searches = find_neighbours(vectors, config, backend, writer, client)
             stage.summary = _recall_summary(searches)
         with stages("gap", f"{len(vectors)} levels"):
             metrics, scores = measure_gap(vectors, scanned.rows, config.gap, backend, writer,
@@ -565,16 +565,21 @@ def _projection_frame(rows: np.ndarray, level: str, projector, fit_on: str, coor
     )
 
 
-def find_neighbours(vectors, config: RunConfig, backend, writer: RunWriter) -> dict:
+def find_neighbours(vectors, config: RunConfig, backend, writer: RunWriter, client=None) -> dict:
     """Each level's neighbour table; returns what was done per level (engine, and the
-    measured recall@k of an approximate search)."""
+    measured recall@k of an approximate search). On a Dask cluster an approximate
+    search's queries run on the workers (lib.cluster.search_on_cluster)."""
+    from functools import partial
+
+    from lib.cluster import search_on_cluster
     from lib.neighbors import knn_report
 
+    search = partial(search_on_cluster, client, writer.dir) if client else None
     reports = {}
     for level, X in vectors.items():
         idx, dist, reports[level] = knn_report(
             X, config.k, config.metric, backend.device, engine=backend.knn_engine,
-            seed=config.seed,
+            seed=config.seed, search=search,
         )  # fmt: skip
         writer.neighbors(level, idx, dist)
     return reports

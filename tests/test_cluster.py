@@ -177,3 +177,24 @@ def test_a_client_killed_mid_run_resumes_from_the_shards_the_workers_finished(
     resumed = RunStore(store).open()
     assert resumed.manifest["cached_images"] >= 16 * done
     assert_same_run(reference, resumed)
+
+
+def test_an_approximate_search_spread_over_the_workers_finds_the_same_neighbours(tmp_path):
+    import faiss
+    from dask.distributed import Client, LocalCluster
+
+    from lib.cluster import search_on_cluster
+    from lib.neighbors import prepared, search_all
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "features.npy", rng.normal(size=(5000, 16)).astype(np.float32))
+    X = np.load(tmp_path / "features.npy", mmap_mode="r")  # as the run's feature files are
+    index = faiss.IndexHNSWFlat(16, 32)
+    index.add(prepared(X, "cosine"))
+    index.hnsw.efSearch = 48
+    here = search_all(index, X, 8, "cosine")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+        there = search_on_cluster(client, tmp_path, index, X, 8, "cosine", block=1000)
+    assert np.array_equal(here[0], there[0]) and np.array_equal(here[1], there[1])
+    assert list(tmp_path.glob(".hnsw-*")) == []  # the shared index file is gone
