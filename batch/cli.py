@@ -17,6 +17,7 @@ from batch.options import options_from
 from lib.caricature_job import CaricatureJob
 from lib.errors import GapscopeError
 from lib.pipeline import RunConfig
+from lib.retrieval import RetrievalJob
 from lib.whatif import WhatIfJob
 
 app = typer.Typer(
@@ -27,6 +28,8 @@ app = typer.Typer(
 )
 
 app.add_typer(annotations.app, name="annotations")
+evaluate = typer.Typer(help="Evaluate a run's features.", no_args_is_help=True)
+app.add_typer(evaluate, name="evaluate")
 
 RESULTS = Path("results")
 ResultsOpt = Annotated[Path, typer.Option("--results", help="Run store directory.")]
@@ -169,6 +172,26 @@ def whatif(
                f"({out['images_per_second']:.1f} images × variants per second)")  # fmt: skip
     for line in out["findings"]:
         typer.echo(f"  {line}")
+
+
+@evaluate.command("retrieval")
+@options_from(RetrievalJob)
+def retrieval(job: RetrievalJob, results: ResultsOpt = RESULTS) -> None:
+    """Does each query image find its own label among its nearest gallery images? Pass
+    rate, per-rank accuracy, recall@1/5/10 and mAP@R per level, in a new run."""
+    _setup_logging(False)
+    from lib.retrieval import run_retrieval
+    from lib.store import RunStore
+
+    published = run_retrieval(job, RunStore(results))
+    out = published.retrievals[job.name]
+    typer.echo(f"published run {published.id}: {out['n_query']} {job.query} queries against "
+               f"{out['n_gallery']} {job.gallery} images (k={job.k})")  # fmt: skip
+    for level, m in out["levels"].items():
+        r = m["recall_at"]
+        typer.echo(f"  {level}: pass {m['pass']['value']:.3f}  recall@1 {r['1']['value']:.3f}  "
+                   f"@5 {r['5']['value']:.3f}  @10 {r['10']['value']:.3f}  "
+                   f"mAP@R {m['map_at_r']['value']:.3f}")  # fmt: skip
 
 
 @app.command()

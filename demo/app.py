@@ -1,6 +1,6 @@
 """The Gradio app: a run picker and banner over one tab per module (demo.overlap,
-demo.atlas, demo.report, demo.whatif, demo.caricatures), each building its own gr.Blocks,
-rendered here.
+demo.atlas, demo.report, demo.whatif, demo.retrieval, demo.caricatures), each building its
+own gr.Blocks, rendered here.
 
 The app reads published runs only. Switching runs calls each tab's `on_run`; the tabs'
 own events take the run from a hidden textbox the tab keeps, so no state is global.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from demo import atlas, caricatures, overlap, report, whatif
+from demo import atlas, caricatures, overlap, report, retrieval, whatif
 from demo.curation import Editing
 from demo.runs import ASSETS, banner, open_id, open_run, run_choices
 from demo.static_paths import set_static_paths
@@ -80,6 +80,7 @@ def build_app(
         "Atlas": atlas.build(store, first, editing),
         "Gap report": report.build(store, first),
         "What if": whatif.build(store, first),
+        "Retrieval": retrieval.build(store, first),
         "Caricatures": caricatures.build(store, first),
     }
     with gr.Blocks(title="gapscope") as app:

@@ -21,6 +21,7 @@ go through typed methods per artefact (`RunWriter.features`, `Run.neighbors`, ..
     web/<domain>_<hash>.jpg       web copies of images larger than a thumbnail (`web`)
     caricatures/manifest.json, caricatures/inputs/<image>.png, caricatures/<item png/npy>
     whatif/results.json, whatif/pairs/<image>_<transform>_<strength>.png   what-if runs
+    retrieval/<query>-vs-<gallery>/results.json, .../<level>.parquet   retrieval evaluations
 
 `with store.writing() as writer:` writes a run under `runs/.partial-<run-id>/`, renames it
 into place and switches `latest` when the block succeeds, and removes it when the block
@@ -68,6 +69,7 @@ THUMBS = "thumbs"
 WEB = "web"
 CARICATURES = "caricatures"
 WHATIF = "whatif"
+RETRIEVAL = "retrieval"
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -187,10 +189,11 @@ class RunWriter:
         """An empty folder for what-if before/after pairs, each named in the results."""
         return self._fresh_dir(f"{WHATIF}/pairs")
 
-    def _fresh_dir(self, rel: str) -> Path:
-        """An empty folder. What a derived run linked from its base is removed first: a new
-        set replaces the old one, and writing never reaches a file a published run shares."""
-        path = self.dir / rel.split("/")[0]
+    def _fresh_dir(self, rel: str, keep_siblings: bool = False) -> Path:
+        """An empty folder. What a derived run linked from its base is removed first (its
+        top folder, or only `rel` with `keep_siblings`): a new set replaces the old one,
+        and writing never reaches a file a published run shares."""
+        path = self.dir / (rel if keep_siblings else rel.split("/")[0])
         if path.exists():
             shutil.rmtree(path)
         (self.dir / rel).mkdir(parents=True)
@@ -204,6 +207,14 @@ class RunWriter:
 
     def whatif(self, results: dict) -> None:
         self._json(f"{WHATIF}/results.json", results)
+
+    def retrieval(self, name: str, results: dict, tables: dict) -> None:
+        """One retrieval evaluation: its metrics and a per-query table per level. One of
+        the same name linked from the base run is replaced whole."""
+        folder = self._fresh_dir(f"{RETRIEVAL}/{name}", keep_siblings=True)
+        self._json(f"{RETRIEVAL}/{name}/results.json", results)
+        for level, frame in tables.items():
+            frame.to_parquet(folder / f"{level}.parquet", index=False)
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -557,3 +568,18 @@ class Run:
     def whatif_pair(self, name: str) -> Path:
         """A before/after image named in the what-if results' `pairs`."""
         return self.dir / WHATIF / "pairs" / name
+
+    @cached_property
+    def retrievals(self) -> dict[str, dict]:
+        """Every retrieval evaluation in the run: name → its results.json."""
+        folder = self.dir / RETRIEVAL
+        if not folder.is_dir():
+            return {}
+        return {p.parent.name: json.loads(p.read_text())
+                for p in sorted(folder.glob("*/results.json"))}  # fmt: skip
+
+    def retrieval_table(self, name: str, level: str):
+        """One evaluation's per-query table at one level."""
+        import pandas as pd
+
+        return pd.read_parquet(self.dir / RETRIEVAL / name / f"{level}.parquet")

@@ -635,20 +635,27 @@ def test_on_200k_points_the_atlas_draws_them_all_and_a_hotspot_selects_its_clust
     )  # fmt: skip
 
 
-# ---- the What if tab ------------------------------------------------------------------
+# ---- the What if and Retrieval tabs -----------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def whatif_page(browser, filter_gap_store):
-    """The constructed filter-gap case's what-if run (conftest), served."""
+def filter_gap_page(browser, filter_gap_store, tmp_path_factory):
+    """The constructed filter-gap case (conftest): its what-if run, and a retrieval
+    evaluation derived from it, in a copy of its store, served: one demo for both tabs."""
     from conftest import serve_demo
 
-    with serve_demo(filter_gap_store.root) as url, visit(browser, url) as page:
+    from lib.retrieval import RetrievalJob, run_retrieval
+    from lib.store import RunStore
+
+    results = tmp_path_factory.mktemp("filter_gap_ui") / "results"
+    shutil.copytree(filter_gap_store.root, results, symlinks=True)
+    run_retrieval(RetrievalJob(query="synthetic", gallery="real"), RunStore(results))
+    with serve_demo(results) as url, visit(browser, url) as page:
         yield page
 
 
-def test_the_whatif_tab_shows_curves_with_tooltips_the_best_change_and_pairs(whatif_page):
-    page = whatif_page
+def test_the_whatif_tab_shows_curves_with_tooltips_the_best_change_and_pairs(filter_gap_page):
+    page = filter_gap_page
     page.get_by_role("tab", name="What if").click()
     page.wait_for_selector("#whatif_curves .js-plotly-plot .scatterlayer .points path",
                            timeout=30_000)  # fmt: skip
@@ -678,3 +685,28 @@ def test_the_whatif_tab_shows_curves_with_tooltips_the_best_change_and_pairs(wha
     )
     images = page.query_selector_all("#whatif_pairs img")
     assert len(images) == 6 and all(i.evaluate("e => e.naturalWidth") > 0 for i in images)
+
+
+def test_the_retrieval_tab_shows_metrics_and_a_class_s_failed_queries(filter_gap_page):
+    page = filter_gap_page
+    page.get_by_role("tab", name="Retrieval").click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('#retrieval_queries .caption-label').length >= 6",
+        timeout=30_000,
+    )
+    assert "300 synthetic queries against 300 real images" in page.inner_text("#retrieval_note")
+    assert "c1" in page.inner_text("#retrieval_table") and "mAP@R" in page.inner_text("body")
+    page.wait_for_selector("#retrieval_ranks .js-plotly-plot", timeout=20_000)
+    # a class: only its queries, each failed, each neighbour marked wrong among the k = 5
+    page.get_by_label("Of class", exact=True).click()
+    page.get_by_role("option", name="7", exact=True).click()
+    page.wait_for_function(
+        "() => { const c = [...document.querySelectorAll('#retrieval_queries .caption-label')]"
+        ".map(e => e.innerText); return c.length && c.filter(t => t.startsWith('query'))"
+        ".every(t => t.includes('· 7 · failed')); }",
+        timeout=20_000,
+    )
+    captions = [
+        e.inner_text() for e in page.query_selector_all("#retrieval_queries .caption-label")
+    ]
+    assert all(c.startswith(("query #", "✗")) for c in captions)

@@ -1,0 +1,245 @@
+"""Retrieval evaluation: do a query set's images find images of their own label in a
+gallery set, level by level? (`python -m batch evaluate retrieval`)
+
+The definitions are the ones the tools gapscope replaces used, written out here so they
+can be checked by hand (tests/test_retrieval.py):
+
+- neighbours: each query's k nearest gallery images by the run's metric, never itself
+  (when query and gallery share images); equal distances are ordered by gallery row, so
+  ties always resolve the same way;
+- pass (snap-vision): the query's label is among its k nearest (k = 5); also the share of
+  queries right at each rank (per-rank accuracy, ranks 1..10);
+- recall@k for k = 1, 5, 10: the share of queries with at least one right neighbour among
+  their k nearest (what metric-learning papers call Recall@k);
+- mAP@R (Musgrave et al. 2020, "A Metric Learning Reality Check"): R is the number of
+  gallery images with the query's label (itself excluded); AP@R = (1/R) Σ_{i≤R} P(i)·rel(i)
+  over the R nearest; R is capped at `R_CAP` neighbours;
+- a query with no image of its label in the gallery can only fail: it counts in the pass
+  and recall rates, is left out of mAP@R, and is reported (`no_match`).
+
+Sets are named as `--query`/`--gallery` take them: `real`, `synthetic`, `all`, or
+`tag:NAME` (images users tagged NAME in the demo).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lib.errors import GapscopeError
+from lib.gap.records import mean_ci, record, wilson
+from lib.params import check_minimums, param
+
+RANKS = 10  # per-rank accuracy and neighbours kept per query
+RECALL_AT = (1, 5, 10)
+R_CAP = 1000  # mAP@R looks at most this many neighbours deep
+QUERY_BLOCK = 512
+
+
+@dataclass
+class Retrieved:
+    """Each query's neighbours in the gallery, nearest first (gallery positions; −1 where
+    the gallery has fewer), and the labels to judge them by."""
+
+    neighbours: np.ndarray  # (n_queries, depth) int64
+    distances: np.ndarray  # (n_queries, depth) float32
+    right: np.ndarray  # (n_queries, depth) bool: the neighbour has the query's label
+    same_label: np.ndarray  # (n_queries,) R: gallery images with the query's label
+
+
+def retrieve(queries: np.ndarray, gallery: np.ndarray, query_labels, gallery_labels,
+             metric: str = "cosine", same: np.ndarray | None = None,
+             depth: int | None = None) -> Retrieved:  # fmt: skip
+    """Exact neighbours of every query among `gallery` (read a block of queries at a
+    time). `same[i]`: the gallery position of query i itself (−1: not in the gallery), never
+    its own neighbour. `depth`: neighbours kept (default: enough for mAP@R, ≤ R_CAP)."""
+    from lib.neighbors import prepared
+
+    query_labels, gallery_labels = np.asarray(query_labels), np.asarray(gallery_labels)
+    same = np.full(len(queries), -1) if same is None else np.asarray(same)
+    kinds, counts = np.unique(gallery_labels, return_counts=True)
+    per_label = dict(zip(kinds.tolist(), counts.tolist(), strict=True))
+    r = np.array([per_label.get(y, 0) for y in query_labels.tolist()]) - (same >= 0)
+    depth = depth or max(RANKS, min(int(r.max(initial=0)), R_CAP))
+    depth = min(depth, len(gallery) - (1 if (same >= 0).any() else 0))
+    g = prepared(np.asarray(gallery, dtype=np.float32), metric).astype(np.float64)
+    g2 = (g * g).sum(1)
+    neighbours = np.full((len(queries), depth), -1, dtype=np.int64)
+    distances = np.full((len(queries), depth), np.inf, dtype=np.float32)
+    for s in range(0, len(queries), QUERY_BLOCK):
+        q = prepared(np.asarray(queries[s : s + QUERY_BLOCK], dtype=np.float32), metric)
+        q = q.astype(np.float64)
+        d2 = np.maximum((q * q).sum(1)[:, None] - 2 * q @ g.T + g2[None, :], 0)
+        own = same[s : s + len(q)]
+        d2[np.flatnonzero(own >= 0), own[own >= 0]] = np.inf
+        for j, row in enumerate(d2):
+            nearest = _nearest_first(row, depth)
+            neighbours[s + j, : len(nearest)] = nearest
+            distances[s + j, : len(nearest)] = np.sqrt(row[nearest])
+    found = neighbours >= 0
+    right = found & (gallery_labels[np.maximum(neighbours, 0)] == query_labels[:, None])
+    return Retrieved(neighbours, distances, right, r)
+
+
+def _nearest_first(d2: np.ndarray, depth: int) -> np.ndarray:
+    """The `depth` smallest finite entries' positions, by value then position: every entry
+    tied with the last one kept is a candidate, so ties resolve by position."""
+    finite = np.isfinite(d2).sum()
+    depth = min(depth, int(finite))
+    if depth == 0:
+        return np.empty(0, dtype=np.int64)
+    last = np.partition(d2, depth - 1)[depth - 1]
+    candidates = np.flatnonzero(d2 <= last)
+    order = np.lexsort((candidates, d2[candidates]))
+    return candidates[order][:depth]
+
+
+def scores(found: Retrieved, k: int = 5) -> tuple[dict, dict[str, np.ndarray]]:
+    """The metrics (each in lib.gap.records' shape) and per-query columns."""
+    right, r = found.right, found.same_label
+    n = len(right)
+    matched = r > 0
+    passed = right[:, :k].any(axis=1)
+    ap = np.full(n, np.nan)
+    for i in np.flatnonzero(matched):
+        depth = min(int(r[i]), R_CAP, right.shape[1])
+        hits = right[i, :depth]
+        precision_at = np.cumsum(hits) / np.arange(1, depth + 1)
+        ap[i] = float((precision_at * hits).sum() / min(int(r[i]), R_CAP))
+    per_rank = right[:, :RANKS].mean(axis=0) if n else np.zeros(0)
+    metrics = {
+        "n": n,
+        "k": k,
+        "no_match": int((~matched).sum()),
+        "pass": record(passed.mean() if n else 0.0, wilson(int(passed.sum()), n), n),
+        "recall_at": {
+            str(j): record(
+                right[:, :j].any(axis=1).mean() if n else 0.0,
+                wilson(int(right[:, :j].any(axis=1).sum()), n),
+                n,
+            )
+            for j in RECALL_AT
+        },  # fmt: skip
+        "map_at_r": record(
+            np.nanmean(ap) if matched.any() else 0.0,
+            mean_ci(ap[matched]) if matched.sum() > 1 else None,
+            int(matched.sum()),
+        ),  # fmt: skip
+        "per_rank_accuracy": [float(v) for v in per_rank],
+    }
+    return metrics, {"pass": passed, "ap_at_r": ap, "same_label": r}
+
+
+def resolve_set(spec: str, images, results=None) -> np.ndarray:
+    """The run's rows a set names: real, synthetic, all, or tag:NAME (annotations in
+    `results`)."""
+    if spec in ("real", "synthetic"):
+        rows = np.flatnonzero(images["domain"].to_numpy() == spec)
+    elif spec == "all":
+        rows = np.arange(len(images))
+    elif spec.startswith("tag:") and spec[4:].strip():
+        from lib.annotations import Annotations
+
+        tagged = Annotations.of(results).tagged(spec[4:].strip())
+        keys = zip(images["hash"].tolist(), images["relpath"].tolist(), strict=True)
+        rows = np.array([i for i, key in enumerate(keys) if key in tagged], dtype=np.int64)
+    else:
+        raise GapscopeError(f"unknown set {spec!r}: name real, synthetic, all or tag:NAME")
+    if len(rows) == 0:
+        raise GapscopeError(f"the set {spec!r} holds no images of this run")
+    return rows
+
+
+# ---- the job: a run's levels, published in a derived run ---------------------------------
+
+
+@dataclass
+class RetrievalJob:
+    """A retrieval evaluation's settings; every field is also an option of `batch
+    evaluate retrieval`."""
+
+    query: str = param("synthetic", "Query set: real, synthetic, all or tag:NAME.")
+    gallery: str = param("real", "Gallery set: real, synthetic, all or tag:NAME.")
+    k: int = param(5, "A query passes when its label is among its k nearest.", flag="--k",
+                   minimum=1)  # fmt: skip
+    levels: list[str] = param([], "Level to evaluate, repeatable (default: all).",
+                              flag="--level")  # fmt: skip
+    labels_from_annotations: bool = param(
+        False, "Judge by the labels users corrected (results/annotations.sqlite)."
+    )
+    run_id: str | None = param(None, "Base run (default: latest).", flag="--run")
+
+    def __post_init__(self):
+        check_minimums(self)
+
+    @property
+    def name(self) -> str:
+        """The evaluation's folder in the run, e.g. synthetic-vs-real."""
+        return f"{self.query}-vs-{self.gallery}".replace(":", "-").replace("/", "-")
+
+
+def evaluate(run, job: RetrievalJob) -> tuple[dict, dict]:
+    """(results, per-query tables by level) of one run's retrieval from query to gallery."""
+    import pandas as pd
+
+    images = run.images
+    unknown = [lv for lv in job.levels if lv not in run.levels]
+    if unknown:
+        raise GapscopeError(f"--level {unknown[0]}: run {run.id} has no such level "
+                            f"({', '.join(run.levels)})")  # fmt: skip
+    query, gallery = (resolve_set(s, images, run.results) for s in (job.query, job.gallery))
+    labels = _labels(run, job.labels_from_annotations)
+    if (labels[gallery] == "").all():
+        raise GapscopeError("the gallery's images have no labels (categories): nothing to "
+                            "judge retrieval by (give metadata.csv or class folders)")  # fmt: skip
+    position = np.full(len(images), -1)
+    position[gallery] = np.arange(len(gallery))
+    metric = run.manifest["config"].get("metric", "cosine")
+    results = {"query": job.query, "gallery": job.gallery, "k": job.k, "metric": metric,
+               "labels": "corrected" if job.labels_from_annotations else "category",
+               "n_query": len(query), "n_gallery": len(gallery), "levels": {}}  # fmt: skip
+    tables = {}
+    for level in job.levels or run.levels:
+        X = run.features(level)
+        found = retrieve(_rows(X, query), _rows(X, gallery), labels[query], labels[gallery],
+                         metric, same=position[query])  # fmt: skip
+        results["levels"][level], per_query = scores(found, job.k)
+        kept = found.neighbours[:, :RANKS]
+        tables[level] = pd.DataFrame({
+            "query": query, "label": labels[query], **per_query,
+            "neighbours": [gallery[row[row >= 0]].tolist() for row in kept],
+            "right": [r[: (row >= 0).sum()].tolist() for r, row in zip(found.right, kept,
+                                                                         strict=True)],
+        })  # fmt: skip
+    return results, tables
+
+
+def _rows(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    order = np.argsort(rows)  # memory-mapped: read in file order
+    out = np.empty((len(rows), X.shape[1]), np.float32)
+    out[order] = X[rows[order]]
+    return out
+
+
+def _labels(run, corrected: bool) -> np.ndarray:
+    labels = run.images["category"].fillna("").astype(str).to_numpy()
+    if corrected:
+        from lib.annotations import Annotations
+
+        fixed = {(k.hash, k.relpath): v[1] for k, v in Annotations.of(run.results).labels().items()}
+        keys = zip(run.images["hash"].tolist(), run.images["relpath"].tolist(), strict=True)
+        labels = np.array([fixed.get(key, old) for key, old in zip(keys, labels, strict=True)])
+    return labels
+
+
+def run_retrieval(job: RetrievalJob, store) -> object:
+    """Evaluate, then publish the results in a run derived from the base run (earlier
+    evaluations of other sets are kept; one of the same sets is replaced)."""
+    base = store.open(job.run_id)
+    results, tables = evaluate(base, job)
+    results["base_run"] = base.id
+    with store.writing(derive_from=base) as writer:
+        writer.retrieval(job.name, results, tables)
+        writer.manifest({**base.manifest, "derived_from": base.id}, schema=base.schema)
+    return writer.published
