@@ -29,12 +29,14 @@ import numpy as np
 
 from lib.errors import GapscopeError
 from lib.gap.records import mean_ci, record, wilson
+from lib.images import sample_indices
 from lib.params import check_minimums, param
 
 RANKS = 10  # per-rank accuracy and neighbours kept per query
 RECALL_AT = (1, 5, 10)
 R_CAP = 1000  # mAP@R looks at most this many neighbours deep
 QUERY_BLOCK = 512
+GALLERY_CELLS = 2**25  # query × gallery distances held at once (256 MiB in float64)
 
 
 @dataclass
@@ -67,8 +69,9 @@ def retrieve(queries: np.ndarray, gallery: np.ndarray, query_labels, gallery_lab
     g2 = (g * g).sum(1)
     neighbours = np.full((len(queries), depth), -1, dtype=np.int64)
     distances = np.full((len(queries), depth), np.inf, dtype=np.float32)
-    for s in range(0, len(queries), QUERY_BLOCK):
-        q = prepared(np.asarray(queries[s : s + QUERY_BLOCK], dtype=np.float32), metric)
+    block = max(1, min(QUERY_BLOCK, GALLERY_CELLS // max(1, len(gallery))))  # bounded memory
+    for s in range(0, len(queries), block):
+        q = prepared(np.asarray(queries[s : s + block], dtype=np.float32), metric)
         q = q.astype(np.float64)
         d2 = np.maximum((q * q).sum(1)[:, None] - 2 * q @ g.T + g2[None, :], 0)
         own = same[s : s + len(q)]
@@ -165,6 +168,11 @@ class RetrievalJob:
                    minimum=1)  # fmt: skip
     levels: list[str] = param([], "Level to evaluate, repeatable (default: all).",
                               flag="--level")  # fmt: skip
+    query_sample: int = param(
+        10_000, "Evaluate a seeded sample of at most this many queries (exact search).",
+        minimum=1,
+    )  # fmt: skip
+    seed: int = param(0, "Seed of the query sample.")
     labels_from_annotations: bool = param(
         False, "Judge by the labels users corrected (results/annotations.sqlite)."
     )
@@ -189,6 +197,7 @@ def evaluate(run, job: RetrievalJob) -> tuple[dict, dict]:
         raise GapscopeError(f"--level {unknown[0]}: run {run.id} has no such level "
                             f"({', '.join(run.levels)})")  # fmt: skip
     query, gallery = (resolve_set(s, images, run.results) for s in (job.query, job.gallery))
+    query = query[sample_indices(len(query), job.query_sample, job.seed)]
     labels = _labels(run, job.labels_from_annotations)
     if (labels[gallery] == "").all():
         raise GapscopeError("the gallery's images have no labels (categories): nothing to "
