@@ -75,15 +75,15 @@ def queries(run: Run, name: str, level: str, outcome: str, label: str) -> list[t
     if label and label != "all":
         frame = frame[frame["label"].astype(str) == label]
     k = run.retrievals[name]["k"]
-    category = run.column("category")
     out = []
     for _, row in frame.head(SHOWN).iterrows():
         verdict = "passed" if row["pass"] else "failed"
         out.append(
             (_thumb(run, row["query"]), f"query #{row['query']} · {row['label']} · {verdict}")
         )
-        for n, right in list(zip(row["neighbours"], row["right"], strict=True))[:k]:
-            out.append((_thumb(run, n), f"{'✓' if right else '✗'} {category[n] or '–'} · #{n}"))
+        judged = zip(row["neighbours"], row["neighbour_labels"], row["right"], strict=True)
+        for n, theirs, right in list(judged)[:k]:  # the labels they were judged by
+            out.append((_thumb(run, n), f"{'✓' if right else '✗'} {theirs or '–'} · #{n}"))
     return out
 
 
@@ -106,6 +106,8 @@ def show_evaluation(store: RunStore, run_id: str, name: str, outcome: str):
     """Everything of one evaluation: its summary, table, chart, level and class pickers,
     and the queries of its first level."""
     run = open_id(store, run_id)
+    if name not in run.retrievals:
+        raise gr.Error(f"this run has no evaluation {name!r}: pick one from the list")
     results = run.retrievals[name]
     level = next(iter(results["levels"]))
     return (

@@ -127,3 +127,16 @@ def choose_backend(
         backend.workers, backend.knn_engine, backend.projection, backend.clustering,
     )  # fmt: skip
     return backend
+
+
+def check_device(device: str) -> None:
+    """A one-line error for a --device other than auto, cpu, cuda or cuda:N, or cuda on a
+    machine without a usable GPU."""
+    import re
+
+    if device in ("auto", "cpu"):
+        return
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise GapscopeError(f"--device {device}: choose auto, cpu, cuda or cuda:N")
+    if not _cuda_available():
+        raise GapscopeError(f"--device {device}: no usable CUDA GPU here; use cpu or auto")

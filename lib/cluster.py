@@ -31,6 +31,7 @@ from lib.errors import GapscopeError, first_line
 
 log = logging.getLogger(__name__)
 
+WORKERS_TIMEOUT_S = 60  # a scheduler without workers: how long to wait for one
 SCAN_CHUNK = 256  # images a scan task decodes: ~4,000 tasks at a million images
 SCAN_THREADS = 4  # decoding threads within a scan task (decoders release the GIL)
 TORCH_THREADS = "GAPSCOPE_TORCH_THREADS"  # a worker's torch threads (default: torch's own)
@@ -64,6 +65,13 @@ def connect(address: str) -> Iterator[object]:
                 "start one with `dask scheduler`, or use local:N"
             ) from None
     try:
+        try:
+            client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
+        except TimeoutError:
+            raise GapscopeError(
+                f"--dask {address}: the scheduler has no workers (waited "
+                f"{WORKERS_TIMEOUT_S} s): start some with `dask worker {address}`"
+            ) from None
         workers = len(client.scheduler_info(n_workers=-1)["workers"])
         log.info("dask: %d workers at %s (dashboard %s)", workers, client.scheduler.address,
                  client.dashboard_link)  # fmt: skip
@@ -219,7 +227,8 @@ def extract_on_cluster(client, model: ModelSpec, items, todo: list[int], prepare
     sources = {}
     for image_set, _ in items:
         if image_set.domain not in sources:
-            sources[image_set.domain] = Source(image_set.domain, str(image_set.source),
+            sources[image_set.domain] = Source(image_set.domain,
+                                               str(Path(image_set.source).resolve()),
                                                image_set.array is not None,
                                                float(image_set.array_scale))  # fmt: skip
     size = shard_size(len(todo), len(client.scheduler_info(n_workers=-1)["workers"]),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -210,6 +210,10 @@ def run(config: RunConfig, store: RunStore, progress: Progress | None = None) ->
     check_choices(config.backend, config.precision)
     prepare = Prepare(crop=config.crop, resize=config.resize)
     started = datetime.now(timezone.utc)
+    if config.dask:  # workers elsewhere may start in another folder: absolute paths only
+        store = RunStore(store.root.resolve())
+        config = replace(config, real=Path(config.real).resolve(),
+                         synthetic=Path(config.synthetic).resolve())  # fmt: skip
     with contextlib.ExitStack() as stack:  # a Dask client, closed when the run ends
         client = stack.enter_context(connect(config.dask)) if config.dask else None
         return _run(config, store, stages, projectors, prepare, started, client)

@@ -32,6 +32,7 @@ from lib.gap.records import mean_ci, record, wilson
 from lib.images import sample_indices
 from lib.params import check_minimums, param
 
+UNLABELLED = ""  # an image's label when it has none: never right, never counted in R
 RANKS = 10  # per-rank accuracy and neighbours kept per query
 RECALL_AT = (1, 5, 10)
 R_CAP = 1000  # mAP@R looks at most this many neighbours deep
@@ -62,18 +63,19 @@ def retrieve(queries: np.ndarray, gallery: np.ndarray, query_labels, gallery_lab
     same = np.full(len(queries), -1) if same is None else np.asarray(same)
     kinds, counts = np.unique(gallery_labels, return_counts=True)
     per_label = dict(zip(kinds.tolist(), counts.tolist(), strict=True))
+    per_label.pop(UNLABELLED, None)  # an image without a label is nobody's match
     r = np.array([per_label.get(y, 0) for y in query_labels.tolist()]) - (same >= 0)
-    depth = depth or max(RANKS, min(int(r.max(initial=0)), R_CAP))
-    depth = min(depth, len(gallery) - (1 if (same >= 0).any() else 0))
-    g = prepared(np.asarray(gallery, dtype=np.float32), metric).astype(np.float64)
-    g2 = (g * g).sum(1)
+    r = np.maximum(r, 0)
+    depth = min(depth or max(RANKS, min(int(r.max(initial=0)), R_CAP)), len(gallery))
+    g = prepared(np.asarray(gallery, dtype=np.float32), metric)  # float32: 4 bytes a value
+    g2 = (g.astype(np.float64) ** 2).sum(1)
     neighbours = np.full((len(queries), depth), -1, dtype=np.int64)
     distances = np.full((len(queries), depth), np.inf, dtype=np.float32)
     block = max(1, min(QUERY_BLOCK, GALLERY_CELLS // max(1, len(gallery))))  # bounded memory
     for s in range(0, len(queries), block):
         q = prepared(np.asarray(queries[s : s + block], dtype=np.float32), metric)
-        q = q.astype(np.float64)
-        d2 = np.maximum((q * q).sum(1)[:, None] - 2 * q @ g.T + g2[None, :], 0)
+        q2 = (q.astype(np.float64) ** 2).sum(1)
+        d2 = np.maximum(q2[:, None] - 2 * (q @ g.T).astype(np.float64) + g2[None, :], 0)
         own = same[s : s + len(q)]
         d2[np.flatnonzero(own >= 0), own[own >= 0]] = np.inf
         for j, row in enumerate(d2):
@@ -81,7 +83,8 @@ def retrieve(queries: np.ndarray, gallery: np.ndarray, query_labels, gallery_lab
             neighbours[s + j, : len(nearest)] = nearest
             distances[s + j, : len(nearest)] = np.sqrt(row[nearest])
     found = neighbours >= 0
-    right = found & (gallery_labels[np.maximum(neighbours, 0)] == query_labels[:, None])
+    theirs = gallery_labels[np.maximum(neighbours, 0)]
+    right = found & (theirs == query_labels[:, None]) & (theirs != UNLABELLED)
     return Retrieved(neighbours, distances, right, r)
 
 
@@ -172,7 +175,7 @@ class RetrievalJob:
         10_000, "Evaluate a seeded sample of at most this many queries (exact search).",
         minimum=1,
     )  # fmt: skip
-    seed: int = param(0, "Seed of the query sample.")
+    seed: int = param(0, "Seed of the query sample.", minimum=0)
     labels_from_annotations: bool = param(
         False, "Judge by the labels users corrected (results/annotations.sqlite)."
     )
@@ -197,9 +200,16 @@ def evaluate(run, job: RetrievalJob) -> tuple[dict, dict]:
         raise GapscopeError(f"--level {unknown[0]}: run {run.id} has no such level "
                             f"({', '.join(run.levels)})")  # fmt: skip
     query, gallery = (resolve_set(s, images, run.results) for s in (job.query, job.gallery))
-    query = query[sample_indices(len(query), job.query_sample, job.seed)]
     labels = _labels(run, job.labels_from_annotations)
-    if (labels[gallery] == "").all():
+    unlabelled = int((labels[query] == UNLABELLED).sum())
+    query = query[labels[query] != UNLABELLED]  # nothing to judge them by
+    if len(query) == 0:
+        raise GapscopeError(
+            f"none of the {job.query} images has a label (category): nothing to judge "
+            "retrieval by (give metadata.csv or class folders)"
+        )
+    query = query[sample_indices(len(query), job.query_sample, job.seed)]
+    if (labels[gallery] == UNLABELLED).all():
         raise GapscopeError("the gallery's images have no labels (categories): nothing to "
                             "judge retrieval by (give metadata.csv or class folders)")  # fmt: skip
     position = np.full(len(images), -1)
@@ -207,7 +217,8 @@ def evaluate(run, job: RetrievalJob) -> tuple[dict, dict]:
     metric = run.manifest["config"].get("metric", "cosine")
     results = {"query": job.query, "gallery": job.gallery, "k": job.k, "metric": metric,
                "labels": "corrected" if job.labels_from_annotations else "category",
-               "n_query": len(query), "n_gallery": len(gallery), "levels": {}}  # fmt: skip
+               "n_query": len(query), "n_gallery": len(gallery), "unlabelled": unlabelled,
+               "levels": {}}  # fmt: skip
     tables = {}
     for level in job.levels or run.levels:
         X = run.features(level)
@@ -218,6 +229,7 @@ def evaluate(run, job: RetrievalJob) -> tuple[dict, dict]:
         tables[level] = pd.DataFrame({
             "query": query, "label": labels[query], **per_query,
             "neighbours": [gallery[row[row >= 0]].tolist() for row in kept],
+            "neighbour_labels": [labels[gallery[row[row >= 0]]].tolist() for row in kept],
             "right": [r[: (row >= 0).sum()].tolist() for r, row in zip(found.right, kept,
                                                                          strict=True)],
         })  # fmt: skip

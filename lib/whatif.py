@@ -60,11 +60,14 @@ class WhatIfJob:
     pairs: int = param(4, "Before/after image pairs kept per transform and strength.", minimum=0)
     resamples: int = param(200, "Resamples for every interval.", minimum=20)
     batch_size: int = param(32, "Images per forward pass.", minimum=1)
-    seed: int = param(0, "Seed of the samples and of the random transforms.")
+    seed: int = param(0, "Seed of the samples and of the random transforms.", minimum=0)
     device: str = param("auto", "cpu, cuda, or auto: a GPU when there is one (lib.backend).")
 
     def __post_init__(self):
         check_minimums(self)
+        from lib.backend import check_device
+
+        check_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -314,8 +317,10 @@ def _measure(real, features, variants, job, base, device, progress) -> dict:
     from lib.gap.paired import Comparison
 
     run_params = (base.metrics or {}).get("params", {})
+    n = max(len(next(iter(real.values()))), len(next(iter(features[BASELINE].values()))))
+    # classifier_max = n: every image scored, so the AUC change pairs them all
     params = GapParams(k=run_params.get("k", 5), folds=run_params.get("folds", 5),
-                       resamples=job.resamples, seed=job.seed)  # fmt: skip
+                       resamples=job.resamples, seed=job.seed, classifier_max=n)  # fmt: skip
     progress.start("what-if gaps", len(real) * len(variants))
     baseline, by_variant = {}, {v.key: {} for v in variants[1:]}
     for level, x in real.items():

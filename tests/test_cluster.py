@@ -198,3 +198,16 @@ def test_an_approximate_search_spread_over_the_workers_finds_the_same_neighbours
         there = search_on_cluster(client, tmp_path, index, X, 8, "cosine", block=1000)
     assert np.array_equal(here[0], there[0]) and np.array_equal(here[1], there[1])
     assert list(tmp_path.glob(".hnsw-*")) == []  # the shared index file is gone
+
+
+def test_a_scheduler_without_workers_is_one_line(monkeypatch):
+    from dask.distributed import LocalCluster
+
+    from lib import cluster
+    from lib.errors import GapscopeError
+
+    monkeypatch.setattr(cluster, "WORKERS_TIMEOUT_S", 2)
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty:
+        with pytest.raises(GapscopeError) as exc, cluster.connect(empty.scheduler_address):
+            pass
+    assert "the scheduler has no workers (waited 2 s)" in str(exc.value)

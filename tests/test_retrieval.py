@@ -132,3 +132,25 @@ def test_the_tab_shows_the_table_and_failed_queries_with_their_neighbours(store)
     label = classes["choices"][1]
     only = view.queries(run, "synthetic-vs-real", level, "all", label)
     assert only and all(f"· {label} ·" in c for _, c in only[::4])
+
+
+def test_an_unlabelled_image_is_nobodys_match():
+    gallery = on_a_line(0, 1, 2, 3, 4)
+    found = retrieve(on_a_line(0.1, 1.1, 2.1), gallery, ["", "a", "a"], ["", "", "a", "a", "a"],
+                     "euclidean")  # fmt: skip
+    assert not found.right[0].any() and found.same_label.tolist() == [0, 3, 3]
+    # 1.1 → rows 1 (''), 2, 0 (''), 3, 4; 2.1 → rows 2, 3, 1 (''), 4, 0 ('')
+    assert found.right[1].tolist() == [False, True, False, True, True]
+    assert found.right[2].tolist() == [True, True, False, True, False]
+    metrics, _ = scores(found, k=1)
+    assert metrics["no_match"] == 1 and metrics["pass"]["value"] == 1 / 3
+
+
+def test_map_at_r_sees_the_whole_class_when_it_fills_the_gallery():
+    """Queries outside a one-class gallery: R is the whole gallery, and perfect retrieval
+    is AP 1 (it was cut one short when any query sat in the gallery)."""
+    gallery = on_a_line(0, 1, 2)
+    found = retrieve(on_a_line(0.5, 5), gallery, ["a", "a"], ["a", "a", "a"], "euclidean",
+                     same=np.array([-1, -1]))  # fmt: skip
+    metrics, per_query = scores(found)
+    assert per_query["ap_at_r"].tolist() == [1.0, 1.0] and metrics["map_at_r"]["value"] == 1.0

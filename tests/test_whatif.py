@@ -238,3 +238,22 @@ def test_a_run_without_whatif_says_how_to_make_one(filter_gap_store):
     base = filter_gap_store.open(filter_gap_store.open().whatif["base_run"])
     out = view.on_run(filter_gap_store, base.id, "fd")
     assert "python -m batch whatif" in out[1] and out[3] is None
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu"])
+def test_a_device_that_is_not_one_is_a_one_line_error(device):
+    from lib.whatif import WhatIfJob
+
+    with pytest.raises(GapscopeError) as exc:
+        WhatIfJob(device=device)
+    assert f"--device {device}: choose auto, cpu, cuda or cuda:N" in one_line(exc)
+
+
+def test_cuda_without_a_gpu_is_a_one_line_error():
+    from lib.whatif import WhatIfJob
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(GapscopeError) as exc:
+        WhatIfJob(device="cuda")
+    assert "no usable CUDA GPU here" in one_line(exc)

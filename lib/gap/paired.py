@@ -128,7 +128,8 @@ class Comparison:
                    for v in (other, base)]  # fmt: skip
             halves.append(fds[0] - fds[1])
         halves = np.asarray(halves)
-        return _change(value, value + (halves - np.median(halves)))
+        rate = np.sqrt((n // 2) / (n - n // 2))  # as lib.gap.frechet: 1 for even n
+        return _change(value, value + rate * (halves - np.median(halves)))
 
 
 def _change(value: float, resampled: np.ndarray) -> dict:
