@@ -18,6 +18,7 @@ from lib.caricature_job import CaricatureJob
 from lib.errors import GapscopeError
 from lib.pipeline import RunConfig
 from lib.retrieval import RetrievalJob
+from lib.training import TrainJob
 from lib.whatif import WhatIfJob
 
 app = typer.Typer(
@@ -30,6 +31,8 @@ app = typer.Typer(
 app.add_typer(annotations.app, name="annotations")
 evaluate = typer.Typer(help="Evaluate a run's features.", no_args_is_help=True)
 app.add_typer(evaluate, name="evaluate")
+train = typer.Typer(help="Train models to use as backbones.", no_args_is_help=True)
+app.add_typer(train, name="train")
 
 RESULTS = Path("results")
 ResultsOpt = Annotated[Path, typer.Option("--results", help="Run store directory.")]
@@ -192,6 +195,25 @@ def retrieval(job: RetrievalJob, results: ResultsOpt = RESULTS) -> None:
         typer.echo(f"  {level}: pass {m['pass']['value']:.3f}  recall@1 {r['1']['value']:.3f}  "
                    f"@5 {r['5']['value']:.3f}  @10 {r['10']['value']:.3f}  "
                    f"mAP@R {m['map_at_r']['value']:.3f}")  # fmt: skip
+
+
+@train.command("classifier")
+@options_from(TrainJob)
+def train_classifier(job: TrainJob, results: ResultsOpt = RESULTS,
+                     verbose: VerboseOpt = False) -> None:  # fmt: skip
+    """Fine-tune a backbone with a classification head on labelled images; resumes a
+    killed job from its last finished epoch. Then: --backbone trained:NAME."""
+    _setup_logging(verbose)
+    from lib.training import train_classifier as train_it
+
+    def report(epoch: int, epochs: int, row: dict) -> None:
+        typer.echo(f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, validation "
+                   f"loss {row['val_loss']:.4f}, accuracy {row['val_accuracy']:.3f} "
+                   f"({row['seconds']:.1f} s)")  # fmt: skip
+
+    out = train_it(job, results, report)
+    typer.echo(f"model in {out} (best.pt, training.csv): use it with --backbone "
+               f"trained:{job.name}")  # fmt: skip
 
 
 @app.command()

@@ -210,6 +210,8 @@ def run(config: RunConfig, store: RunStore, progress: Progress | None = None) ->
     check_choices(config.backend, config.precision)
     prepare = Prepare(crop=config.crop, resize=config.resize)
     started = datetime.now(timezone.utc)
+    if config.backbone and config.backbone.startswith("trained:"):
+        config = replace(config, backbone=_trained_spec(config.backbone, store.root))
     if config.dask:  # workers elsewhere may start in another folder: absolute paths only
         store = RunStore(store.root.resolve())
         config = replace(config, real=Path(config.real).resolve(),
@@ -485,6 +487,14 @@ def extract_features(
     for array in extraction.vectors.values():
         array.flush()
     return {lv: writer.features_read(lv) for lv in extraction.vectors}, extraction.cached
+
+
+def _trained_spec(spec: str, results: Path) -> str:
+    """trained:NAME → trained:<results>/models/NAME (a path is kept as given)."""
+    name = spec.removeprefix("trained:")
+    if "/" in name or Path(name).exists():
+        return spec
+    return f"trained:{(Path(results) / 'models' / name).resolve()}"
 
 
 def _str(path: Path | None) -> str | None:

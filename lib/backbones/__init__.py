@@ -23,6 +23,7 @@ IMPLEMENTATIONS = (
     "lib.backbones.torchvision_models",
     "lib.backbones.detectron2",
     "lib.backbones.torchscript",
+    "lib.backbones.trained",
 )
 
 

@@ -1,0 +1,255 @@
+"""Fine-tuning a backbone as a classifier on labelled images (`batch train classifier`).
+
+pixplotml's recipe is the default: AdamW (lr 1e-3), batch 64, 20 epochs, a cosine schedule
+after 5 warm-up epochs, a seeded 10 % validation split, the best checkpoint kept. Its bug
+is not repeated: a trained model is only ever used for features in eval mode (lib.backbones
+builds every backbone in eval mode, a trained one too), so BatchNorm keeps its statistics.
+Training stops early when validation accuracy has not improved for `patience` epochs;
+bf16 autocast on a GPU.
+
+After every epoch the whole state (weights, optimiser, schedule, random state, history)
+is written atomically to `last.pt`, so a killed job resumes from the last finished epoch
+and ends where an uninterrupted one would (seeded, on the CPU: tested). Output, under the
+run store: `models/<name>/best.pt` (weights and what the backbone needs: usable as
+`--backbone trained:<name>`), `last.pt`, and `training.csv` (epoch, losses, accuracy,
+learning rate, seconds).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lib.errors import GapscopeError
+from lib.params import REQUIRED, check_minimums, param
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds")
+
+
+@dataclass
+class TrainJob:
+    """A classifier fine-tuning's settings; every field is also a `batch train classifier`
+    option."""
+
+    name: str = param(REQUIRED, "The model's name: results/models/NAME, --backbone trained:NAME.")
+    data: list[Path] = param(
+        REQUIRED,
+        "A folder of labelled images (class subfolders or metadata.csv), repeatable.",
+        flag="--data",
+    )
+    arch: str = param("efficientnet-lite0", "The backbone to fine-tune (see `backbones`).")
+    epochs: int = param(20, "Epochs at most.", minimum=1)
+    batch_size: int = param(64, "Images per step.", minimum=1)
+    lr: float = param(1e-3, "AdamW's peak learning rate.")
+    weight_decay: float = param(0.01, "AdamW's weight decay.")
+    warmup_epochs: int = param(5, "Epochs of linear warm-up before the cosine decay.", minimum=0)
+    val_share: float = param(0.1, "Share of the images held out for validation (seeded).")
+    patience: int = param(5, "Stop after this many epochs without a better accuracy.", minimum=1)
+    image_size: int = param(224, "Images resized (shorter side) and centre-cropped to this.",
+                            minimum=8)  # fmt: skip
+    seed: int = param(0, "Seed of the split, the order and the head's initial weights.",
+                      minimum=0)  # fmt: skip
+    device: str = param("auto", "cpu, cuda, or auto: a GPU when there is one.")
+
+    def __post_init__(self):
+        check_minimums(self)
+        if not 0 < self.val_share < 1:
+            raise GapscopeError(f"--val-share {self.val_share}: give a share between 0 and 1")
+        from lib.backend import check_device
+
+        check_device(self.device)
+
+    def settings(self) -> dict:
+        """What must match for a resume (the epochs may grow)."""
+        d = asdict(self)
+        d["data"] = [str(Path(p).resolve()) for p in self.data]
+        d.pop("epochs")
+        d.pop("device")
+        return d
+
+
+def model_dir(results: Path, name: str) -> Path:
+    if not name or "/" in name or name.startswith("."):
+        raise GapscopeError(f"--name {name!r}: give a plain name (letters, digits, - or _)")
+    return Path(results) / "models" / name
+
+
+class Classifier:
+    """A backbone with a linear head on its last level's pooled features."""
+
+    def __init__(self, backbone, n_classes: int, image_size: int):
+        import torch
+
+        self.backbone = backbone
+        self.level = backbone.levels[-1]
+        probe = np.zeros((1, image_size, image_size, 3), np.uint8)
+        with torch.no_grad():
+            dim = backbone.module(backbone.preprocess(probe))[self.level].shape[1]
+        self.head = torch.nn.Linear(dim, n_classes)
+        self.modules = torch.nn.ModuleDict({"body": backbone.module, "head": self.head})
+
+    def logits(self, images, device: str):
+        x = self.backbone.preprocess(images, device)
+        return self.head(self.backbone.module(x)[self.level].mean(dim=(2, 3)))
+
+
+def _images(job: TrainJob):
+    """(image sets, [(set, record)], class names) of every labelled image of the data."""
+    from lib.images import Prepare, open_folder
+
+    prepare = Prepare(resize=job.image_size)
+    sets = [open_folder(Path(p), "train", prepare) for p in job.data]
+    items = [(s, r) for s in sets for r in s.records if r.category]
+    classes = sorted({r.category for _, r in items})
+    if len(classes) < 2:
+        raise GapscopeError(
+            f"training a classifier needs images of at least two labels, found {len(classes)} "
+            "(give class subfolders or a metadata.csv with a category column)"
+        )
+    return items, classes, prepare
+
+
+def _split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * share)))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _schedule(job: TrainJob, steps_per_epoch: int):
+    """Linear warm-up, then cosine decay to 0, per step."""
+    warm, total = job.warmup_epochs * steps_per_epoch, job.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return factor
+
+
+def train_classifier(job: TrainJob, results: Path, progress=None) -> Path:
+    """Train (or resume) and return the model's folder."""
+    import torch
+
+    from lib.backbones import create_backbone
+    from lib.backend import choose_backend
+
+    out = model_dir(results, job.name)
+    items, classes, prepare = _images(job)
+    train_rows, val_rows = _split(len(items), job.val_share, job.seed)
+    backend = choose_backend("auto")
+    device = backend.device if job.device == "auto" else job.device
+    torch.manual_seed(job.seed)
+    model = Classifier(create_backbone(job.arch), len(classes), job.image_size)
+    model.modules.to(device)
+    optimizer = torch.optim.AdamW(model.modules.parameters(), lr=job.lr,
+                                  weight_decay=job.weight_decay)  # fmt: skip
+    steps = math.ceil(len(train_rows) / job.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(job, steps))
+    state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "history": []}
+    last = out / "last.pt"
+    if last.is_file():
+        saved = torch.load(last, map_location=device, weights_only=True)
+        if saved["settings"] != job.settings():
+            raise GapscopeError(f"{out} holds a model trained with other settings: choose "
+                                "another --name, or delete it")  # fmt: skip
+        model.modules.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"])
+        state = {k: saved[k] for k in state}
+        log.info("resuming %s after epoch %d", job.name, state["epoch"])
+    out.mkdir(parents=True, exist_ok=True)
+    label_of = {c: i for i, c in enumerate(classes)}
+    labels = np.array([label_of[r.category] for _, r in items])
+    precision = backend.precision if device.startswith("cuda") else "fp32"
+    for epoch in range(state["epoch"] + 1, job.epochs + 1):
+        if epoch - state["best_epoch"] > job.patience and state["best_epoch"]:
+            log.info("no better accuracy for %d epochs: stopped", job.patience)
+            break
+        t = time.perf_counter()
+        order = train_rows[np.random.default_rng([job.seed, epoch]).permutation(len(train_rows))]
+        model.modules.train()
+        losses = []
+        for s in range(0, len(order), job.batch_size):
+            batch = order[s : s + job.batch_size]
+            with torch.autocast(torch.device(device).type, torch.bfloat16,
+                                enabled=precision == "bf16"):  # fmt: skip
+                logits = model.logits(_pixels(items, batch, prepare), device)
+                loss = torch.nn.functional.cross_entropy(
+                    logits.float(), torch.as_tensor(labels[batch], device=device)
+                )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item() * len(batch))
+        val_loss, accuracy = _validate(model, items, val_rows, labels, prepare, device, job)
+        row = {"epoch": epoch, "train_loss": sum(losses) / len(order), "val_loss": val_loss,
+               "val_accuracy": accuracy, "lr": scheduler.get_last_lr()[0],
+               "seconds": round(time.perf_counter() - t, 3)}  # fmt: skip
+        state["history"].append(row)
+        state["epoch"] = epoch
+        if accuracy > state["best"]:
+            state["best"], state["best_epoch"] = accuracy, epoch
+            _save(out / "best.pt", _best(model, job, classes, epoch, accuracy))
+        _save(last, {"settings": job.settings(), "model": model.modules.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "rng": torch.get_rng_state(), **state})  # fmt: skip
+        _write_csv(out / "training.csv", state["history"])
+        if progress:
+            progress(epoch, job.epochs, row)
+    return out
+
+
+def _pixels(items, rows, prepare) -> np.ndarray:
+    return np.stack([items[i][0].load(items[i][1], prepare) for i in rows])
+
+
+def _validate(model, items, rows, labels, prepare, device, job) -> tuple[float, float]:
+    import torch
+
+    model.modules.eval()
+    loss, right = 0.0, 0
+    with torch.inference_mode():
+        for s in range(0, len(rows), job.batch_size):
+            batch = rows[s : s + job.batch_size]
+            logits = model.logits(_pixels(items, batch, prepare), device).float()
+            target = torch.as_tensor(labels[batch], device=device)
+            loss += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+            right += int((logits.argmax(1) == target).sum())
+    return loss / len(rows), right / len(rows)
+
+
+def _best(model, job: TrainJob, classes, epoch: int, accuracy: float) -> dict:
+    return {"arch": job.arch, "classes": classes, "image_size": job.image_size,
+            "level": model.level, "epoch": epoch, "val_accuracy": accuracy,
+            "body": model.backbone.module.state_dict(),
+            "head": model.head.state_dict()}  # fmt: skip
+
+
+def _save(path: Path, obj) -> None:
+    """Written aside and renamed into place: a kill never leaves half a checkpoint."""
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, history: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)

@@ -1,0 +1,110 @@
+"""`batch train classifier` (lib.training) and its models as backbones
+(lib.backbones.trained): tiny CPU runs on the session's example."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from lib.errors import GapscopeError
+from lib.training import TrainJob, train_classifier
+from tests.conftest import ROOT, one_line
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"epochs": 4, "batch_size": 16, "image_size": 32, "warmup_epochs": 1}
+
+
+def job(example_dir, **kwargs) -> TrainJob:
+    return TrainJob(name="digits", data=[example_dir / "real", example_dir / "synthetic"],
+                    **{**SMALL, **kwargs})  # fmt: skip
+
+
+def rows(folder) -> list[dict]:
+    with open(folder / "training.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(example_dir, tmp_path_factory):
+    """Four epochs on the example's 80 digits, uninterrupted."""
+    results = tmp_path_factory.mktemp("train") / "results"
+    return train_classifier(job(example_dir), results)
+
+
+def test_training_lowers_the_loss_and_keeps_the_best_epoch(trained):
+    history = rows(trained)
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3, 4]
+    losses = [float(r["train_loss"]) for r in history]
+    assert losses[-1] < 0.7 * losses[0]
+    best = torch.load(trained / "best.pt", weights_only=True)
+    accuracies = [float(r["val_accuracy"]) for r in history]
+    assert best["epoch"] == 1 + int(np.argmax(accuracies))  # the first best epoch
+    assert best["classes"] == [str(d) for d in range(10)]
+    lrs = [float(r["lr"]) for r in history]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(0, abs=1e-9)  # cosine
+
+
+def test_a_killed_training_resumes_to_the_same_model(example_dir, trained, tmp_path):
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "batch", "train", "classifier", "--name", "digits",
+           "--data", str(example_dir / "real"), "--data", str(example_dir / "synthetic"),
+           "--results", str(results), "--epochs", "4", "--batch-size", "16",
+           "--image-size", "32", "--warmup-epochs", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = results / "models" / "digits"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "training.csv").is_file() and len(rows(out)) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the training ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(rows(out))
+    assert 2 <= done < 4
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    resumed, whole = (torch.load(d / "last.pt", weights_only=True) for d in (out, trained))
+    for key, value in whole["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in rows(out)]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in rows(trained)]
+
+
+def test_a_trained_model_is_a_backbone_whose_extraction_leaves_batchnorm_alone(trained):
+    from lib.backbones import create_backbone
+    from lib.example import real_digits, to_rgb
+
+    backbone = create_backbone(f"trained:{trained}")
+    assert backbone.levels == ("c1", "c2", "c3", "c4", "c5")
+    assert "trained digits from efficientnet-lite0" in backbone.weights
+    stats = {k: v.clone() for k, v in backbone.module.state_dict().items() if "running" in k}
+    assert stats and not backbone.module.training
+    images = to_rgb(real_digits(8)[0], 32)
+    alone = backbone(images[:1])["c3"]
+    together = backbone(images)["c3"][:1]  # another batch: train-mode BN would differ
+    torch.testing.assert_close(alone, together, rtol=1e-4, atol=1e-5)
+    after = backbone.module.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in stats.items())
+
+
+def test_training_errors_are_one_line(example_dir, trained, tmp_path):
+    with pytest.raises(GapscopeError) as exc:  # the same name, other settings
+        train_classifier(job(example_dir, lr=0.01), trained.parent.parent)
+    assert "trained with other settings" in one_line(exc)
+    with pytest.raises(GapscopeError) as exc:
+        TrainJob(name="x", data=[example_dir], val_share=1.5)
+    assert "--val-share 1.5" in one_line(exc)
+    from lib.backbones import create_backbone
+
+    with pytest.raises(GapscopeError) as exc:
+        create_backbone(f"trained:{tmp_path / 'nothing'}")
+    assert "no trained model at" in one_line(exc)
