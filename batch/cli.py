@@ -18,7 +18,7 @@ from lib.caricature_job import CaricatureJob
 from lib.errors import GapscopeError
 from lib.pipeline import RunConfig
 from lib.retrieval import RetrievalJob
-from lib.training import TrainJob
+from lib.training import ProtocolJob, TrainJob
 from lib.whatif import WhatIfJob
 
 app = typer.Typer(
@@ -214,6 +214,24 @@ def train_classifier(job: TrainJob, results: ResultsOpt = RESULTS,
     out = train_it(job, results, report)
     typer.echo(f"model in {out} (best.pt, training.csv): use it with --backbone "
                f"trained:{job.name}")  # fmt: skip
+
+
+@train.command("protocol")
+@options_from(ProtocolJob)
+def train_protocol(job: ProtocolJob, results: ResultsOpt = RESULTS,
+                   verbose: VerboseOpt = False) -> None:  # fmt: skip
+    """The sim-to-real protocol: classifiers trained on synthetic only, real only and
+    both, each tested on the same held-out real images."""
+    _setup_logging(verbose)
+    from lib.training import run_protocol
+
+    out = run_protocol(job, results)
+    typer.echo(f"accuracy on {out['test']} held-out real images:")
+    for variant, m in out["models"].items():
+        acc = m["real_test_accuracy"]
+        typer.echo(f"  trained on {variant:<9} ({m['trained_on']:>6} images): {acc['value']:.3f} "
+                   f"[{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}]")  # fmt: skip
+    typer.echo(f"  adding the synthetic images to the real ones: {out['synthetic_buys']:+.3f}")
 
 
 @app.command()

@@ -102,13 +102,18 @@ class Classifier:
         return self.head(self.backbone.module(x)[self.level].mean(dim=(2, 3)))
 
 
-def _images(job: TrainJob):
-    """(image sets, [(set, record)], class names) of every labelled image of the data."""
+def labelled(folders, image_size: int):
+    """([(image set, record)] of every labelled image in the folders, how to prepare them)."""
     from lib.images import Prepare, open_folder
 
-    prepare = Prepare(resize=job.image_size)
-    sets = [open_folder(Path(p), "train", prepare) for p in job.data]
-    items = [(s, r) for s in sets for r in s.records if r.category]
+    prepare = Prepare(resize=image_size)
+    sets = [open_folder(Path(p), "train", prepare) for p in folders]
+    return [(s, r) for s in sets for r in s.records if r.category], prepare
+
+
+def _images(job: TrainJob):
+    """([(set, record)], class names, prepare) of every labelled image of the data."""
+    items, prepare = labelled(job.data, job.image_size)
     classes = sorted({r.category for _, r in items})
     if len(classes) < 2:
         raise GapscopeError(
@@ -136,15 +141,16 @@ def _schedule(job: TrainJob, steps_per_epoch: int):
     return factor
 
 
-def train_classifier(job: TrainJob, results: Path, progress=None) -> Path:
-    """Train (or resume) and return the model's folder."""
+def train_classifier(job: TrainJob, results: Path, progress=None, images=None) -> Path:
+    """Train (or resume) and return the model's folder. `images`: (items, classes,
+    prepare) chosen by the caller (the sim-to-real protocol) instead of all of `job.data`."""
     import torch
 
     from lib.backbones import create_backbone
     from lib.backend import choose_backend
 
     out = model_dir(results, job.name)
-    items, classes, prepare = _images(job)
+    items, classes, prepare = images or _images(job)
     train_rows, val_rows = _split(len(items), job.val_share, job.seed)
     backend = choose_backend("auto")
     device = backend.device if job.device == "auto" else job.device
@@ -253,3 +259,89 @@ def _write_csv(path: Path, history: list[dict]) -> None:
         writer.writeheader()
         writer.writerows(history)
     os.replace(tmp, path)
+
+
+def accuracy(model_folder: Path, items, prepare, batch_size: int = 64) -> tuple[float, int]:
+    """(share right, n) of a trained classifier (its best epoch) on labelled images."""
+    import torch
+
+    from lib.backbones import create_backbone
+
+    saved = torch.load(Path(model_folder) / "best.pt", map_location="cpu", weights_only=True)
+    backbone = create_backbone(f"trained:{model_folder}")
+    model = Classifier(backbone, len(saved["classes"]), saved["image_size"])
+    model.head.load_state_dict(saved["head"])
+    label_of = {c: i for i, c in enumerate(saved["classes"])}
+    labels = np.array([label_of.get(r.category, -1) for _, r in items])
+    rows = np.arange(len(items))
+    right = 0
+    with torch.inference_mode():
+        for s in range(0, len(rows), batch_size):
+            batch = rows[s : s + batch_size]
+            predicted = model.logits(_pixels(items, batch, prepare), "cpu").argmax(1).numpy()
+            right += int((predicted == labels[batch]).sum())
+    return right / len(items), len(items)
+
+
+# ---- the sim-to-real protocol ----------------------------------------------------------
+
+
+@dataclass
+class ProtocolJob:
+    """Train on synthetic only, on real only and on both; test each on the same held-out
+    real images. Every field is also a `batch train protocol` option."""
+
+    real: Path = param(REQUIRED, "Labelled real images (class subfolders or metadata.csv).")
+    synthetic: Path = param(REQUIRED, "Labelled synthetic images.")
+    name: str = param("sim2real", "Models are NAME-synthetic, NAME-real, NAME-both.")
+    test_share: float = param(0.3, "Share of the real images held out for the test (seeded).")
+    arch: str = param("efficientnet-lite0", "The backbone to fine-tune.")
+    epochs: int = param(20, "Epochs at most, per model.", minimum=1)
+    batch_size: int = param(64, "Images per step.", minimum=1)
+    lr: float = param(1e-3, "AdamW's peak learning rate.")
+    warmup_epochs: int = param(5, "Warm-up epochs.", minimum=0)
+    image_size: int = param(224, "Training and test image side.", minimum=8)
+    seed: int = param(0, "Seed of the splits and the training.", minimum=0)
+    device: str = param("auto", "cpu, cuda, or auto.")
+
+    def __post_init__(self):
+        check_minimums(self)
+        if not 0 < self.test_share < 1:
+            raise GapscopeError(f"--test-share {self.test_share}: give a share between 0 and 1")
+
+
+def run_protocol(job: ProtocolJob, results: Path, progress=None) -> dict:
+    """The three models and their accuracy on the held-out real images, with Wilson
+    intervals; written to models/NAME-protocol.json and returned."""
+    import json
+
+    from lib.gap.records import record, wilson
+
+    real, prepare = labelled([job.real], job.image_size)
+    synthetic, _ = labelled([job.synthetic], job.image_size)
+    if not real or not synthetic:
+        raise GapscopeError("both --real and --synthetic need labelled images")
+    test_rows, train_rows = _split(len(real), 1 - job.test_share, job.seed)
+    test, real_train = [real[i] for i in test_rows], [real[i] for i in train_rows]
+    classes = sorted({r.category for _, r in real + synthetic})
+    table = {}
+    for variant, items in (("synthetic", synthetic), ("real", real_train),
+                           ("both", synthetic + real_train)):  # fmt: skip
+        train_job = TrainJob(name=f"{job.name}-{variant}", data=[job.real, job.synthetic],
+                             arch=job.arch, epochs=job.epochs, batch_size=job.batch_size,
+                             lr=job.lr, warmup_epochs=min(job.warmup_epochs, job.epochs - 1),
+                             image_size=job.image_size, seed=job.seed,
+                             device=job.device)  # fmt: skip
+        folder = train_classifier(train_job, results, progress, (items, classes, prepare))
+        share, n = accuracy(folder, test, prepare, job.batch_size)
+        right = wilson(round(share * n), n)
+        table[variant] = {"trained_on": len(items), "model": str(folder),
+                          "real_test_accuracy": record(share, right, n)}  # fmt: skip
+    out = {"real": str(Path(job.real).resolve()), "synthetic": str(Path(job.synthetic).resolve()),
+           "test": len(test), "classes": classes, "models": table,
+           "synthetic_buys": table["both"]["real_test_accuracy"]["value"]
+           - table["real"]["real_test_accuracy"]["value"]}  # fmt: skip
+    path = model_dir(results, f"{job.name}-protocol").with_suffix(".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    return out

@@ -108,3 +108,24 @@ def test_training_errors_are_one_line(example_dir, trained, tmp_path):
     with pytest.raises(GapscopeError) as exc:
         create_backbone(f"trained:{tmp_path / 'nothing'}")
     assert "no trained model at" in one_line(exc)
+
+
+def test_the_protocol_tests_three_models_on_the_same_held_out_real_images(example_dir, tmp_path):
+    import json
+
+    from lib.training import ProtocolJob, run_protocol
+
+    out = run_protocol(ProtocolJob(real=example_dir / "real", synthetic=example_dir / "synthetic",
+                                   epochs=2, warmup_epochs=1, batch_size=16, image_size=32),
+                       tmp_path)  # fmt: skip
+    assert out["test"] == 12  # 30 % of the 40 real digits, the same for every model
+    trained_on = {v: m["trained_on"] for v, m in out["models"].items()}
+    assert trained_on == {"synthetic": 40, "real": 28, "both": 68}
+    for m in out["models"].values():
+        acc = m["real_test_accuracy"]
+        assert acc["n"] == 12 and acc["ci95"][0] <= acc["value"] <= acc["ci95"][1]
+        assert (tmp_path / "models" / m["model"].rsplit("/", 1)[-1] / "best.pt").is_file()
+    both, real = (out["models"][v]["real_test_accuracy"]["value"] for v in ("both", "real"))
+    assert out["synthetic_buys"] == pytest.approx(both - real)
+    saved = json.loads((tmp_path / "models" / "sim2real-protocol.json").read_text())
+    assert saved["models"].keys() == out["models"].keys()
