@@ -6,6 +6,7 @@ marked, filtered by outcome and class. Plain functions of the run, then the tab.
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import gradio as gr
 
@@ -49,6 +50,31 @@ def per_rank_figure(results: dict):
     fig.update_layout(height=320, margin={"t": 40, "b": 40, "l": 50, "r": 10},
                       title="Right at each rank", xaxis_title="rank",
                       yaxis_title="share of queries", yaxis_range=[0, 1])  # fmt: skip
+    return fig
+
+
+def training_figure(run: Run):
+    """The run's model's training curves (a model from `batch train classifier`), or None."""
+    import csv
+
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    path = run.manifest.get("backbone", {}).get("training_csv")
+    if not path or not Path(path).is_file():
+        return None
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    epochs = [int(r["epoch"]) for r in rows]
+    fig = make_subplots(cols=2, subplot_titles=("loss", "validation accuracy"))
+    for key, name in (("train_loss", "training"), ("val_loss", "validation")):
+        fig.add_trace(go.Scatter(x=epochs, y=[float(r[key]) for r in rows], name=name,
+                                 mode="lines+markers"), row=1, col=1)  # fmt: skip
+    fig.add_trace(go.Scatter(x=epochs, y=[float(r["val_accuracy"]) for r in rows],
+                             name="accuracy", mode="lines+markers"), row=1, col=2)  # fmt: skip
+    fig.update_layout(height=300, margin={"t": 50, "b": 40, "l": 50, "r": 10},
+                      title=f"Training of {run.manifest['backbone']['name']}")  # fmt: skip
+    fig.update_xaxes(title_text="epoch")
     return fig
 
 
@@ -123,11 +149,12 @@ def show_evaluation(store: RunStore, run_id: str, name: str, outcome: str):
 def on_run(store: RunStore, run_id: str, outcome: str):
     run = open_id(store, run_id)
     names = list(run.retrievals)
+    training = training_figure(run)
     if not names:
         empty = gr.update(choices=[], value=None)
-        return run.id, empty, HOW_TO, [], None, empty, empty, []
+        return run.id, empty, HOW_TO, [], None, empty, empty, [], training
     return (run.id, gr.update(choices=names, value=names[0]),
-            *show_evaluation(store, run.id, names[0], outcome))  # fmt: skip
+            *show_evaluation(store, run.id, names[0], outcome), training)  # fmt: skip
 
 
 def build(store: RunStore, first: Run) -> Tab:
@@ -151,6 +178,8 @@ def build(store: RunStore, first: Run) -> Tab:
                          [note, metrics, chart, level, label, gallery])  # fmt: skip
         gr.on([level.input, outcome.input, label.input], partial(show, store),
               [run_id, evaluation, level, outcome, label], gallery)  # fmt: skip
-        outputs = [run_id, evaluation, note, metrics, chart, level, label, gallery]
+        training = gr.Plot(label="Training (a model from batch train classifier)",
+                           elem_id="retrieval_training")  # fmt: skip
+        outputs = [run_id, evaluation, note, metrics, chart, level, label, gallery, training]
         blocks.load(partial(on_run, store), [run_id, outcome], outputs)
     return Tab(blocks, run_id, on_run, [outcome], outputs)

@@ -129,3 +129,21 @@ def test_the_protocol_tests_three_models_on_the_same_held_out_real_images(exampl
     assert out["synthetic_buys"] == pytest.approx(both - real)
     saved = json.loads((tmp_path / "models" / "sim2real-protocol.json").read_text())
     assert saved["models"].keys() == out["models"].keys()
+
+
+def test_a_run_with_the_trained_model_shows_its_training_curves(example_dir, trained):
+    from demo import retrieval as view
+    from lib.pipeline import RunConfig, run
+    from lib.store import RunStore
+
+    store = RunStore(trained.parent.parent)  # the results folder the model was trained in
+    config = RunConfig(real=example_dir / "real", synthetic=example_dir / "synthetic",
+                       backbone="trained:digits", projections=("pca",), atlas_level="none",
+                       attribution=0, plots=False)  # fmt: skip
+    published = run(config, store)
+    assert published.manifest["backbone"]["name"] == "trained:digits"
+    assert published.manifest["feature_dims"]["c5"] == 320
+    figure = view.training_figure(published)
+    assert [t.name for t in figure.data] == ["training", "validation", "accuracy"]
+    assert list(figure.data[0].x) == [1, 2, 3, 4]
+    assert view.on_run(store, published.id, "failed")[-1].data[0].name == "training"

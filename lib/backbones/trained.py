@@ -44,4 +44,5 @@ def trained(checkpoint=None, random_weights: bool = False) -> Backbone:
         weights = "RANDOM WEIGHTS (asked for with --random-weights)"
     return replace(base, name=f"trained:{path.parent.name}", weights=weights,
                    random_weights=random_weights,
-                   info={**base.info, "classes": saved["classes"]})  # fmt: skip
+                   info={**base.info, "classes": saved["classes"],
+                         "training_csv": str(path.parent / "training.csv")})  # fmt: skip
