@@ -18,7 +18,7 @@ from lib.caricature_job import CaricatureJob
 from lib.errors import GapscopeError
 from lib.pipeline import RunConfig
 from lib.retrieval import RetrievalJob
-from lib.training import ProtocolJob, TrainJob
+from lib.training import MetricJob, ProtocolJob, TrainJob
 from lib.whatif import WhatIfJob
 
 app = typer.Typer(
@@ -214,6 +214,25 @@ def train_classifier(job: TrainJob, results: ResultsOpt = RESULTS,
     out = train_it(job, results, report)
     typer.echo(f"model in {out} (best.pt, training.csv): use it with --backbone "
                f"trained:{job.name}")  # fmt: skip
+
+
+@train.command("metric")
+@options_from(MetricJob)
+def train_metric(job: MetricJob, results: ResultsOpt = RESULTS,
+                 verbose: VerboseOpt = False) -> None:  # fmt: skip
+    """Metric learning: triplet margin loss on hard triplets (pytorch-metric-learning),
+    validated by precision@1; resumes like `train classifier`. Then: --backbone
+    trained:NAME."""
+    _setup_logging(verbose)
+    from lib.training import train_metric as train_it
+
+    def report(epoch: int, epochs: int, row: dict) -> None:
+        typer.echo(f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, "
+                   f"validation loss {row['val_loss']:.4f}, "
+                   f"precision@1 {row['val_accuracy']:.3f}")  # fmt: skip
+
+    out = train_it(job, results, report)
+    typer.echo(f"model in {out}: use it with --backbone trained:{job.name}")
 
 
 @train.command("protocol")

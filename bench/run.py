@@ -710,21 +710,21 @@ def bench_training(n: int | None = None, side: int | None = None, epochs: int = 
     pass over the 10 % held out), on the device a run uses."""
     from lib.backend import choose_backend
     from lib.example import build_example
-    from lib.training import TrainJob, train_classifier
+    from lib.training import Schedule, TrainJob, train_classifier
 
     gpu = choose_backend("auto").device == "cuda"
     side = side or (224 if gpu else 64)
     with tempfile.TemporaryDirectory() as tmp:
         summary = build_example(Path(tmp) / "example", n, n or 1000)
         data = [summary.root / "real", summary.root / "synthetic"]
-        job = TrainJob(name="bench", data=data, epochs=epochs, warmup_epochs=1,
-                       image_size=side, batch_size=64)  # fmt: skip
+        schedule = Schedule(epochs=epochs, warmup_epochs=1, image_size=side, batch_size=64)
+        job = TrainJob(name="bench", data=data, schedule=schedule)
         out = train_classifier(job, Path(tmp) / "results")
         import csv
 
         with open(out / "training.csv") as f:
             history = list(csv.DictReader(f))
-    n_train = round((summary.real + summary.synthetic) * (1 - job.val_share))
+    n_train = round((summary.real + summary.synthetic) * (1 - schedule.val_share))
     per_epoch = [float(r["seconds"]) for r in history]
     return {
         "what": f"fine-tuning efficientnet-lite0 on {summary.real + summary.synthetic} digits at "

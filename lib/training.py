@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +36,10 @@ COLUMNS = ("epoch", "train_loss", "val_loss", "val_accuracy", "lr", "seconds")
 
 
 @dataclass
-class TrainJob:
-    """A classifier fine-tuning's settings; every field is also a `batch train classifier`
-    option."""
+class Schedule:
+    """How a classifier is trained (pixplotml's recipe by default): options of both `batch
+    train classifier` and `batch train protocol`."""
 
-    name: str = param(REQUIRED, "The model's name: results/models/NAME, --backbone trained:NAME.")
-    data: list[Path] = param(
-        REQUIRED,
-        "A folder of labelled images (class subfolders or metadata.csv), repeatable.",
-        flag="--data",
-    )
     arch: str = param("efficientnet-lite0", "The backbone to fine-tune (see `backbones`).")
     epochs: int = param(20, "Epochs at most.", minimum=1)
     batch_size: int = param(64, "Images per step.", minimum=1)
@@ -56,7 +50,7 @@ class TrainJob:
     patience: int = param(5, "Stop after this many epochs without a better accuracy.", minimum=1)
     image_size: int = param(224, "Images resized (shorter side) and centre-cropped to this.",
                             minimum=8)  # fmt: skip
-    seed: int = param(0, "Seed of the split, the order and the head's initial weights.",
+    seed: int = param(0, "Seed of the splits, the order and the head's initial weights.",
                       minimum=0)  # fmt: skip
     device: str = param("auto", "cpu, cuda, or auto: a GPU when there is one.")
 
@@ -68,13 +62,37 @@ class TrainJob:
 
         check_device(self.device)
 
+
+@dataclass
+class TrainJob:
+    """A classifier fine-tuning: every field is also a `batch train classifier` option."""
+
+    name: str = param(REQUIRED, "The model's name: results/models/NAME, --backbone trained:NAME.")
+    data: list[Path] = param(
+        REQUIRED,
+        "A folder of labelled images (class subfolders or metadata.csv), repeatable.",
+        flag="--data",
+    )
+    schedule: Schedule = field(default_factory=Schedule)
+
     def settings(self) -> dict:
-        """What must match for a resume (the epochs may grow)."""
+        """What must match for a resume (the epochs may grow, the device change)."""
         d = asdict(self)
         d["data"] = [str(Path(p).resolve()) for p in self.data]
-        d.pop("epochs")
-        d.pop("device")
+        d["schedule"].pop("epochs")
+        d["schedule"].pop("device")
         return d
+
+
+@dataclass
+class MetricJob(TrainJob):
+    """Metric learning: every field is also a `batch train metric` option."""
+
+    margin: float = param(1.0, "Triplet margin (snap-vision's).")
+    embedding: int = param(128, "Embedding size (the head's outputs).", minimum=2)
+
+    def __post_init__(self):
+        check_minimums(self)
 
 
 def model_dir(results: Path, name: str) -> Path:
@@ -84,9 +102,10 @@ def model_dir(results: Path, name: str) -> Path:
 
 
 class Classifier:
-    """A backbone with a linear head on its last level's pooled features."""
+    """A backbone with a linear head on its last level's pooled features: class logits
+    (a classifier) or an embedding (metric learning)."""
 
-    def __init__(self, backbone, n_classes: int, image_size: int):
+    def __init__(self, backbone, outputs: int, image_size: int):
         import torch
 
         self.backbone = backbone
@@ -94,12 +113,88 @@ class Classifier:
         probe = np.zeros((1, image_size, image_size, 3), np.uint8)
         with torch.no_grad():
             dim = backbone.module(backbone.preprocess(probe))[self.level].shape[1]
-        self.head = torch.nn.Linear(dim, n_classes)
+        self.head = torch.nn.Linear(dim, outputs)
         self.modules = torch.nn.ModuleDict({"body": backbone.module, "head": self.head})
 
     def logits(self, images, device: str):
         x = self.backbone.preprocess(images, device)
         return self.head(self.backbone.module(x)[self.level].mean(dim=(2, 3)))
+
+
+class _Classification:
+    """Cross-entropy over the labels; validated by accuracy."""
+
+    kind = "classifier"
+
+    def outputs(self, n_classes: int) -> int:
+        return n_classes
+
+    def loss(self, out, target):
+        import torch
+
+        return torch.nn.functional.cross_entropy(out.float(), target)
+
+    def validate(self, model, items, rows, labels, prepare, device, batch_size, train_rows):
+        import torch
+
+        out = _outputs(model, items, rows, prepare, device, batch_size)
+        target = torch.as_tensor(labels[rows])
+        loss = float(torch.nn.functional.cross_entropy(out, target))
+        return loss, float((out.argmax(1) == target).float().mean())
+
+
+@dataclass
+class _Metric:
+    """pytorch-metric-learning's triplet margin loss on L2-normalised embeddings, with its
+    miner's hard triplets in each batch; validated by precision@1 of the validation images
+    against the training images (lib.retrieval)."""
+
+    margin: float
+    dim: int
+    kind = "metric"
+
+    def outputs(self, n_classes: int) -> int:
+        return self.dim
+
+    def loss(self, out, target):
+        import torch
+        from pytorch_metric_learning import losses, miners
+
+        e = torch.nn.functional.normalize(out.float(), dim=1)
+        hard = miners.TripletMarginMiner(margin=self.margin, type_of_triplets="hard")(e, target)
+        return losses.TripletMarginLoss(margin=self.margin)(e, target, hard)
+
+    def validate(self, model, items, rows, labels, prepare, device, batch_size, train_rows):
+        import torch
+        from pytorch_metric_learning import losses
+
+        from lib.retrieval import retrieve, scores
+
+        val = torch.nn.functional.normalize(
+            _outputs(model, items, rows, prepare, device, batch_size), dim=1
+        )
+        gallery = torch.nn.functional.normalize(
+            _outputs(model, items, train_rows, prepare, device, batch_size), dim=1
+        )
+        loss = float(
+            losses.TripletMarginLoss(margin=self.margin)(val, torch.as_tensor(labels[rows]))
+        )
+        found = retrieve(val.numpy(), gallery.numpy(), labels[rows].astype(str),
+                         labels[train_rows].astype(str), "euclidean", depth=1)  # fmt: skip
+        return loss, scores(found, k=1)[0]["recall_at"]["1"]["value"]
+
+
+def _outputs(model, items, rows, prepare, device, batch_size):
+    """The model's outputs for some images, in eval mode, on the CPU."""
+    import torch
+
+    model.modules.eval()
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            parts.append(model.logits(_pixels(items, batch, prepare), device).float().cpu())
+    return torch.cat(parts)
 
 
 def labelled(folders, image_size: int):
@@ -113,7 +208,7 @@ def labelled(folders, image_size: int):
 
 def _images(job: TrainJob):
     """([(set, record)], class names, prepare) of every labelled image of the data."""
-    items, prepare = labelled(job.data, job.image_size)
+    items, prepare = labelled(job.data, job.schedule.image_size)
     classes = sorted({r.category for _, r in items})
     if len(classes) < 2:
         raise GapscopeError(
@@ -129,9 +224,9 @@ def _split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def _schedule(job: TrainJob, steps_per_epoch: int):
+def _lr_factor(s: Schedule, steps_per_epoch: int):
     """Linear warm-up, then cosine decay to 0, per step."""
-    warm, total = job.warmup_epochs * steps_per_epoch, job.epochs * steps_per_epoch
+    warm, total = s.warmup_epochs * steps_per_epoch, s.epochs * steps_per_epoch
 
     def factor(step: int) -> float:
         if step < warm:
@@ -144,23 +239,32 @@ def _schedule(job: TrainJob, steps_per_epoch: int):
 def train_classifier(job: TrainJob, results: Path, progress=None, images=None) -> Path:
     """Train (or resume) and return the model's folder. `images`: (items, classes,
     prepare) chosen by the caller (the sim-to-real protocol) instead of all of `job.data`."""
+    return _train(job, results, _Classification(), progress, images)
+
+
+def train_metric(job: MetricJob, results: Path, progress=None) -> Path:
+    """Metric learning (triplets): train (or resume) and return the model's folder."""
+    return _train(job, results, _Metric(job.margin, job.embedding), progress)
+
+
+def _train(job: TrainJob, results: Path, objective, progress=None, images=None) -> Path:
     import torch
 
     from lib.backbones import create_backbone
     from lib.backend import choose_backend
 
-    out = model_dir(results, job.name)
+    out, s = model_dir(results, job.name), job.schedule
     items, classes, prepare = images or _images(job)
-    train_rows, val_rows = _split(len(items), job.val_share, job.seed)
+    train_rows, val_rows = _split(len(items), s.val_share, s.seed)
     backend = choose_backend("auto")
-    device = backend.device if job.device == "auto" else job.device
-    torch.manual_seed(job.seed)
-    model = Classifier(create_backbone(job.arch), len(classes), job.image_size)
+    device = backend.device if s.device == "auto" else s.device
+    torch.manual_seed(s.seed)
+    model = Classifier(create_backbone(s.arch), objective.outputs(len(classes)), s.image_size)
     model.modules.to(device)
-    optimizer = torch.optim.AdamW(model.modules.parameters(), lr=job.lr,
-                                  weight_decay=job.weight_decay)  # fmt: skip
-    steps = math.ceil(len(train_rows) / job.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(job, steps))
+    optimizer = torch.optim.AdamW(model.modules.parameters(), lr=s.lr,
+                                  weight_decay=s.weight_decay)  # fmt: skip
+    steps = math.ceil(len(train_rows) / s.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(s, steps))
     state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "history": []}
     last = out / "last.pt"
     if last.is_file():
@@ -178,16 +282,16 @@ def train_classifier(job: TrainJob, results: Path, progress=None, images=None) -
     label_of = {c: i for i, c in enumerate(classes)}
     labels = np.array([label_of[r.category] for _, r in items])
     precision = backend.precision if device.startswith("cuda") else "fp32"
-    for epoch in range(state["epoch"] + 1, job.epochs + 1):
-        if epoch - state["best_epoch"] > job.patience and state["best_epoch"]:
-            log.info("no better accuracy for %d epochs: stopped", job.patience)
+    for epoch in range(state["epoch"] + 1, s.epochs + 1):
+        if epoch - state["best_epoch"] > s.patience and state["best_epoch"]:
+            log.info("no better accuracy for %d epochs: stopped", s.patience)
             break
         t = time.perf_counter()
-        order = train_rows[np.random.default_rng([job.seed, epoch]).permutation(len(train_rows))]
+        order = train_rows[np.random.default_rng([s.seed, epoch]).permutation(len(train_rows))]
         model.modules.train()
         losses = []
-        for s in range(0, len(order), job.batch_size):
-            batch = order[s : s + job.batch_size]
+        for start in range(0, len(order), s.batch_size):
+            batch = order[start : start + s.batch_size]
             with torch.autocast(torch.device(device).type, torch.bfloat16,
                                 enabled=precision == "bf16"):  # fmt: skip
                 logits = model.logits(_pixels(items, batch, prepare), device)
@@ -199,7 +303,8 @@ def train_classifier(job: TrainJob, results: Path, progress=None, images=None) -
             optimizer.step()
             scheduler.step()
             losses.append(loss.item() * len(batch))
-        val_loss, accuracy = _validate(model, items, val_rows, labels, prepare, device, job)
+        val_loss, accuracy = objective.validate(model, items, val_rows, labels, prepare, device,
+                                                s.batch_size, train_rows)  # fmt: skip
         row = {"epoch": epoch, "train_loss": sum(losses) / len(order), "val_loss": val_loss,
                "val_accuracy": accuracy, "lr": scheduler.get_last_lr()[0],
                "seconds": round(time.perf_counter() - t, 3)}  # fmt: skip
@@ -207,13 +312,13 @@ def train_classifier(job: TrainJob, results: Path, progress=None, images=None) -
         state["epoch"] = epoch
         if accuracy > state["best"]:
             state["best"], state["best_epoch"] = accuracy, epoch
-            _save(out / "best.pt", _best(model, job, classes, epoch, accuracy))
+            _save(out / "best.pt", _best(model, job, classes, epoch, accuracy, objective.kind))
         _save(last, {"settings": job.settings(), "model": model.modules.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "rng": torch.get_rng_state(), **state})  # fmt: skip
         _write_csv(out / "training.csv", state["history"])
         if progress:
-            progress(epoch, job.epochs, row)
+            progress(epoch, s.epochs, row)
     return out
 
 
@@ -221,23 +326,9 @@ def _pixels(items, rows, prepare) -> np.ndarray:
     return np.stack([items[i][0].load(items[i][1], prepare) for i in rows])
 
 
-def _validate(model, items, rows, labels, prepare, device, job) -> tuple[float, float]:
-    import torch
-
-    model.modules.eval()
-    loss, right = 0.0, 0
-    with torch.inference_mode():
-        for s in range(0, len(rows), job.batch_size):
-            batch = rows[s : s + job.batch_size]
-            logits = model.logits(_pixels(items, batch, prepare), device).float()
-            target = torch.as_tensor(labels[batch], device=device)
-            loss += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
-            right += int((logits.argmax(1) == target).sum())
-    return loss / len(rows), right / len(rows)
-
-
-def _best(model, job: TrainJob, classes, epoch: int, accuracy: float) -> dict:
-    return {"arch": job.arch, "classes": classes, "image_size": job.image_size,
+def _best(model, job: TrainJob, classes, epoch: int, accuracy: float, kind: str) -> dict:
+    return {"kind": kind, "arch": job.schedule.arch, "classes": classes,
+            "image_size": job.schedule.image_size,
             "level": model.level, "epoch": epoch, "val_accuracy": accuracy,
             "body": model.backbone.module.state_dict(),
             "head": model.head.state_dict()}  # fmt: skip
@@ -295,17 +386,9 @@ class ProtocolJob:
     synthetic: Path = param(REQUIRED, "Labelled synthetic images.")
     name: str = param("sim2real", "Models are NAME-synthetic, NAME-real, NAME-both.")
     test_share: float = param(0.3, "Share of the real images held out for the test (seeded).")
-    arch: str = param("efficientnet-lite0", "The backbone to fine-tune.")
-    epochs: int = param(20, "Epochs at most, per model.", minimum=1)
-    batch_size: int = param(64, "Images per step.", minimum=1)
-    lr: float = param(1e-3, "AdamW's peak learning rate.")
-    warmup_epochs: int = param(5, "Warm-up epochs.", minimum=0)
-    image_size: int = param(224, "Training and test image side.", minimum=8)
-    seed: int = param(0, "Seed of the splits and the training.", minimum=0)
-    device: str = param("auto", "cpu, cuda, or auto.")
+    schedule: Schedule = field(default_factory=Schedule)
 
     def __post_init__(self):
-        check_minimums(self)
         if not 0 < self.test_share < 1:
             raise GapscopeError(f"--test-share {self.test_share}: give a share between 0 and 1")
 
@@ -317,23 +400,22 @@ def run_protocol(job: ProtocolJob, results: Path, progress=None) -> dict:
 
     from lib.gap.records import record, wilson
 
-    real, prepare = labelled([job.real], job.image_size)
-    synthetic, _ = labelled([job.synthetic], job.image_size)
+    s = job.schedule
+    real, prepare = labelled([job.real], s.image_size)
+    synthetic, _ = labelled([job.synthetic], s.image_size)
     if not real or not synthetic:
         raise GapscopeError("both --real and --synthetic need labelled images")
-    test_rows, train_rows = _split(len(real), 1 - job.test_share, job.seed)
+    test_rows, train_rows = _split(len(real), 1 - job.test_share, s.seed)
     test, real_train = [real[i] for i in test_rows], [real[i] for i in train_rows]
     classes = sorted({r.category for _, r in real + synthetic})
     table = {}
     for variant, items in (("synthetic", synthetic), ("real", real_train),
                            ("both", synthetic + real_train)):  # fmt: skip
+        warmup = min(s.warmup_epochs, s.epochs - 1)
         train_job = TrainJob(name=f"{job.name}-{variant}", data=[job.real, job.synthetic],
-                             arch=job.arch, epochs=job.epochs, batch_size=job.batch_size,
-                             lr=job.lr, warmup_epochs=min(job.warmup_epochs, job.epochs - 1),
-                             image_size=job.image_size, seed=job.seed,
-                             device=job.device)  # fmt: skip
+                             schedule=replace(s, warmup_epochs=warmup))  # fmt: skip
         folder = train_classifier(train_job, results, progress, (items, classes, prepare))
-        share, n = accuracy(folder, test, prepare, job.batch_size)
+        share, n = accuracy(folder, test, prepare, s.batch_size)
         right = wilson(round(share * n), n)
         table[variant] = {"trained_on": len(items), "model": str(folder),
                           "real_test_accuracy": record(share, right, n)}  # fmt: skip

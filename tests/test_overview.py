@@ -48,6 +48,7 @@ def lopsided(tmp_path_factory):
     real = write_domain(root / "v", "real", 2_000, seed=1, dim=16)
     fake = write_domain(root / "v", "synthetic", 80_000, seed=2, dim=16, shift=1.0)
     config = RunConfig(real=real, synthetic=fake, k=8, projections=("pca",), plots=False,
+                       atlas_level="none",  # the overlap view's test: no atlas UMAP (30 s)
                        gap=GapParams(sample=1000, resamples=20))  # fmt: skip
     return run(config, RunStore(root / "results"))
 
