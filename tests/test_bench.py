@@ -40,12 +40,12 @@ def test_caricature_section_compares_like_with_like(bench):
 
 
 def test_scale_section_runs_the_whole_job_and_reports_each_figure(bench):
-    out = bench.bench_scale(sizes=(2000,), d=16)["2000+2000"]
+    out = bench.bench_scale(sizes=(1000,), d=16)["1000+1000"]
     assert set(out["stages_s"]) >= {"scan", "features", "project", "neighbors", "gap"}
     assert out["peak_rss_gib"] > 0 and out["end_to_end_s"] > 0
     assert out["neighbors"]["engine"] in ("torch", "faiss")  # exact below 200k rows
-    assert out["gap_sample"] == {"real": 2000, "synthetic": 2000}
-    assert out["overlap_plot"]["3D"]["points"] == 4000  # under the budget: every point
+    assert out["gap_sample"] == {"real": 1000, "synthetic": 1000}
+    assert out["overlap_plot"]["3D"]["points"] == 2000  # under the budget: every point
     assert out["click_to_gallery_ms"]["median_of_next_20"] > 0
     assert "first_render_s" in out["demo"] or out["demo"] == {"skipped": "no chromium"}
 

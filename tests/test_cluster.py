@@ -96,8 +96,9 @@ def test_a_worker_killed_mid_run_still_gives_the_same_run(inputs, reference, tmp
     results = tmp_path / "results"
     env = {"GAPSCOPE_TORCH_THREADS": str(WORKER_THREADS)}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      env=env) as cluster, Client(cluster) as client:  # fmt: skip
-        pids = client.run(os.getpid)
+                      env=env) as cluster:  # fmt: skip
+        with Client(cluster) as client:  # closed before the run's own client: one at a time
+            pids = client.run(os.getpid)
         killed = {}
 
         def kill_when_extracting():

@@ -27,12 +27,12 @@ def _photos(folder, n: int, seed: int, side: int = 160) -> None:
 
 
 def _batch(tmp_path, results) -> list[str]:
-    """A run slow enough to be killed mid-extraction: ResNet-50 (fixed random weights,
+    """A run slow enough to be killed mid-extraction: ResNet-18 (fixed random weights,
     saved as a checkpoint so every run has the same), 4 images a batch, 8 a shard."""
     return [
         sys.executable, "-m", "batch", "run", "--real", str(tmp_path / "real"),
         "--synthetic", str(tmp_path / "synthetic"), "--results", str(results),
-        "--backbone", f"resnet50:{tmp_path / 'resnet50.pth'}",
+        "--backbone", f"resnet18:{tmp_path / 'resnet18.pth'}",
         "--batch-size", "4", "--shard", "8", "--workers", "0", "--no-plots",
         "--projection", "pca",
     ]  # fmt: skip
@@ -43,7 +43,7 @@ def test_a_run_killed_during_extraction_resumes_with_identical_features(tmp_path
     import torchvision
 
     torch.manual_seed(0)
-    torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "resnet50.pth")
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
     _photos(tmp_path / "real", 48, seed=1)
     _photos(tmp_path / "synthetic", 48, seed=2)
     cmd = _batch(tmp_path, tmp_path / "store")
