@@ -197,6 +197,19 @@ def retrieval(job: RetrievalJob, results: ResultsOpt = RESULTS) -> None:
                    f"mAP@R {m['map_at_r']['value']:.3f}")  # fmt: skip
 
 
+def _train(train_it, job, results: Path, validated_by: str) -> None:
+    """Run a training, a line per epoch, and say how to use the model."""
+
+    def report(epoch: int, epochs: int, row: dict) -> None:
+        typer.echo(f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, validation "
+                   f"loss {row['val_loss']:.4f}, {validated_by} {row['val_accuracy']:.3f} "
+                   f"({row['seconds']:.1f} s)")  # fmt: skip
+
+    out = train_it(job, results, report)
+    typer.echo(f"model in {out} (best.pt, training.csv): use it with --backbone "
+               f"trained:{job.name}")  # fmt: skip
+
+
 @train.command("classifier")
 @options_from(TrainJob)
 def train_classifier(job: TrainJob, results: ResultsOpt = RESULTS,
@@ -206,14 +219,7 @@ def train_classifier(job: TrainJob, results: ResultsOpt = RESULTS,
     _setup_logging(verbose)
     from lib.training import train_classifier as train_it
 
-    def report(epoch: int, epochs: int, row: dict) -> None:
-        typer.echo(f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, validation "
-                   f"loss {row['val_loss']:.4f}, accuracy {row['val_accuracy']:.3f} "
-                   f"({row['seconds']:.1f} s)")  # fmt: skip
-
-    out = train_it(job, results, report)
-    typer.echo(f"model in {out} (best.pt, training.csv): use it with --backbone "
-               f"trained:{job.name}")  # fmt: skip
+    _train(train_it, job, results, "accuracy")
 
 
 @train.command("metric")
@@ -226,13 +232,7 @@ def train_metric(job: MetricJob, results: ResultsOpt = RESULTS,
     _setup_logging(verbose)
     from lib.training import train_metric as train_it
 
-    def report(epoch: int, epochs: int, row: dict) -> None:
-        typer.echo(f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, "
-                   f"validation loss {row['val_loss']:.4f}, "
-                   f"precision@1 {row['val_accuracy']:.3f}")  # fmt: skip
-
-    out = train_it(job, results, report)
-    typer.echo(f"model in {out}: use it with --backbone trained:{job.name}")
+    _train(train_it, job, results, "precision@1")
 
 
 @train.command("protocol")
