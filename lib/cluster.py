@@ -231,8 +231,8 @@ def extract_on_cluster(client, model: ModelSpec, items, todo: list[int], prepare
                                                str(Path(image_set.source).resolve()),
                                                image_set.array is not None,
                                                float(image_set.array_scale))  # fmt: skip
-    size = shard_size(len(todo), len(client.scheduler_info(n_workers=-1)["workers"]),
-                      batch_size, cache.shard)  # fmt: skip
+    workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    size = shard_size(len(todo), workers, batch_size, cache.shard)
     shards = [todo[i : i + size] for i in range(0, len(todo), size)]
     [model_f, sources_f, prepare_f] = client.scatter([model, sources, prepare], broadcast=True)
     futures = {
@@ -243,7 +243,7 @@ def extract_on_cluster(client, model: ModelSpec, items, todo: list[int], prepare
         ): part
         for n, part in enumerate(shards)
     }  # fmt: skip
-    task = f"shards on {len(client.scheduler_info(n_workers=-1)['workers'])} Dask workers"
+    task = f"shards on {workers} Dask workers"
     if progress is not None:
         progress.start(task, len(shards))
     for future in as_completed(futures):

@@ -139,8 +139,7 @@ def load_recorded(
         return prepare.apply(decode_rgb(Path(path)))
     array, scale = _recorded_array(source)
     rgb = array_row_to_uint8(array[int(relpath.removeprefix("row "))], scale)
-    h, w = rgb.shape[:2]
-    if hashlib.sha256(rgb.tobytes() + f"{h}x{w}".encode()).hexdigest() != image_hash:
+    if array_row_hash(rgb) != image_hash:
         raise GapscopeError(f"{source} changed since the run measured it: run `batch run` again")
     return prepare.apply(rgb)
 
@@ -221,6 +220,12 @@ def array_scale(array: np.ndarray) -> float:
     if np.issubdtype(array.dtype, np.floating) and float(np.nanmax(array)) <= 1.0:
         return 255.0
     return 1.0
+
+
+def array_row_hash(rgb: np.ndarray) -> str:
+    """An array row's content hash: its uint8 pixels and its size (a file's is its bytes')."""
+    h, w = rgb.shape[:2]
+    return hashlib.sha256(rgb.tobytes() + f"{h}x{w}".encode()).hexdigest()
 
 
 def array_row_to_uint8(row: np.ndarray, scale: float = 1.0) -> np.ndarray:
@@ -494,7 +499,7 @@ def open_array(
             domain=domain,
             source=str(path.resolve()),
             relpath=f"row {row}",
-            hash=hashlib.sha256(rgb.tobytes() + f"{h}x{w}".encode()).hexdigest(),
+            hash=array_row_hash(rgb),
             width=w,
             height=h,
             row=int(row),

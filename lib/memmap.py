@@ -27,3 +27,12 @@ def release(array: np.ndarray) -> None:
         region.madvise(mmap.MADV_DONTNEED)
     except (OSError, ValueError):  # a closed map, or a platform that refuses: harmless
         pass
+
+
+def read_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`array[rows]` as float32, in the order of `rows`, read in file order (a memory map
+    read at scattered rows seeks back and forth)."""
+    order = np.argsort(rows)
+    out = np.empty((len(rows), array.shape[1]), np.float32)
+    out[order] = array[rows[order]]
+    return out

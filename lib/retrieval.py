@@ -30,6 +30,7 @@ import numpy as np
 from lib.errors import GapscopeError
 from lib.gap.records import mean_ci, record, wilson
 from lib.images import sample_indices
+from lib.memmap import read_rows
 from lib.params import check_minimums, param
 
 UNLABELLED = ""  # an image's label when it has none: never right, never counted in R
@@ -222,8 +223,8 @@ def evaluate(run, job: RetrievalJob) -> tuple[dict, dict]:
     tables = {}
     for level in job.levels or run.levels:
         X = run.features(level)
-        found = retrieve(_rows(X, query), _rows(X, gallery), labels[query], labels[gallery],
-                         metric, same=position[query])  # fmt: skip
+        found = retrieve(read_rows(X, query), read_rows(X, gallery), labels[query],
+                         labels[gallery], metric, same=position[query])  # fmt: skip
         results["levels"][level], per_query = scores(found, job.k)
         kept = found.neighbours[:, :RANKS]
         tables[level] = pd.DataFrame({
@@ -234,13 +235,6 @@ def evaluate(run, job: RetrievalJob) -> tuple[dict, dict]:
                                                                          strict=True)],
         })  # fmt: skip
     return results, tables
-
-
-def _rows(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    order = np.argsort(rows)  # memory-mapped: read in file order
-    out = np.empty((len(rows), X.shape[1]), np.float32)
-    out[order] = X[rows[order]]
-    return out
 
 
 def _labels(run, corrected: bool) -> np.ndarray:

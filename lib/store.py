@@ -211,10 +211,10 @@ class RunWriter:
     def retrieval(self, name: str, results: dict, tables: dict) -> None:
         """One retrieval evaluation: its metrics and a per-query table per level. One of
         the same name linked from the base run is replaced whole."""
-        folder = self._fresh_dir(f"{RETRIEVAL}/{name}", keep_siblings=True)
+        self._fresh_dir(f"{RETRIEVAL}/{name}", keep_siblings=True)
         self._json(f"{RETRIEVAL}/{name}/results.json", results)
         for level, frame in tables.items():
-            frame.to_parquet(folder / f"{level}.parquet", index=False)
+            self._table(f"{RETRIEVAL}/{name}/{level}.parquet", frame)
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

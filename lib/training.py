@@ -364,13 +364,8 @@ def accuracy(model_folder: Path, items, prepare, batch_size: int = 64) -> tuple[
     model.head.load_state_dict(saved["head"])
     label_of = {c: i for i, c in enumerate(saved["classes"])}
     labels = np.array([label_of.get(r.category, -1) for _, r in items])
-    rows = np.arange(len(items))
-    right = 0
-    with torch.inference_mode():
-        for s in range(0, len(rows), batch_size):
-            batch = rows[s : s + batch_size]
-            predicted = model.logits(_pixels(items, batch, prepare), "cpu").argmax(1).numpy()
-            right += int((predicted == labels[batch]).sum())
+    outputs = _outputs(model, items, np.arange(len(items)), prepare, "cpu", batch_size)
+    right = int((outputs.argmax(1).numpy() == labels).sum())
     return right / len(items), len(items)
 
 

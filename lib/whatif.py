@@ -23,6 +23,7 @@ import numpy as np
 
 from lib.errors import GapscopeError
 from lib.gap.paired import METRICS
+from lib.memmap import read_rows
 from lib.params import check_minimums, param
 from lib.progress import Progress, Silent
 from lib.store import Run, RunStore
@@ -109,7 +110,7 @@ def run_whatif(job: WhatIfJob, store: RunStore, progress: Progress | None = None
     backbone, prepare, precision = _model_of(base)
     device = _device(job.device)
     rows = _samples(base, job)
-    real_features = {lv: _rows_of(base.features(lv), rows["real"]) for lv in levels}
+    real_features = {lv: read_rows(base.features(lv), rows["real"]) for lv in levels}
     reference = _Reference(base, rows, prepare, variants, job.seed)
     seconds = {"reference": reference.seconds}
     with store.writing(derive_from=base) as writer:
@@ -195,13 +196,6 @@ def _samples(base: Run, job: WhatIfJob) -> dict[str, np.ndarray]:
         if len(rows) <= 10:
             raise GapscopeError(f"run {base.id} has {len(rows)} {name} images: too few to compare")
         out[name] = rows[rng.permutation(len(rows))[:size]]
-    return out
-
-
-def _rows_of(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    order = np.argsort(rows)  # memory-mapped: read in file order
-    out = np.empty((len(rows), features.shape[1]), np.float32)
-    out[order] = features[rows[order]]
     return out
 
 
