@@ -32,27 +32,44 @@ WEB_SIZE = 1024  # longest side of the copy the demo shows large
 
 @dataclass(frozen=True)
 class Prepare:
-    """How every image is brought to one size before the model sees it.
+    """How every image is brought to the size the model sees.
 
     crop: centre crop to crop×crop; images smaller than that are padded with black.
-    resize: scale the shorter side to `resize`, then centre crop resize×resize.
+    resize: scale the shorter side to `resize`, then centre crop resize×resize; or
+    "detector": detectron2's test-time `ResizeShortestEdge` to `test_size` (its
+    INPUT.MIN_SIZE_TEST and MAX_SIZE_TEST), no crop, so sizes may differ.
     Neither: images must all have one size already.
     """
 
     crop: int | None = None
-    resize: int | None = None
+    resize: int | str | None = None
+    test_size: tuple[int, int] = (800, 1333)  # detectron2's defaults
 
     def __post_init__(self):
+        if isinstance(self.resize, str) and self.resize != DETECTOR:
+            try:  # "--resize 224" arrives as text
+                object.__setattr__(self, "resize", int(self.resize))
+            except ValueError:
+                raise GapscopeError(
+                    f"--resize {self.resize}: give a side in pixels or `detector`"
+                ) from None
         if self.crop and self.resize:
             raise GapscopeError("--crop and --resize exclude each other: pass one of them")
         for name in ("crop", "resize"):
             value = getattr(self, name)
-            if value is not None and value < 8:
+            if isinstance(value, int) and value < 8:
                 raise GapscopeError(f"--{name} {value} is too small: use at least 8 pixels")
+
+    @property
+    def detector(self) -> bool:
+        return self.resize == DETECTOR
 
     def describe(self) -> str:
         if self.crop:
             return f"centre crop {self.crop}×{self.crop} (smaller images padded)"
+        if self.detector:
+            low, high = self.test_size
+            return f"detector test-time resize: shortest edge {low}, longest at most {high}"
         if self.resize:
             return f"resize shorter side to {self.resize}, centre crop {self.resize}×{self.resize}"
         return "as is"
@@ -64,9 +81,48 @@ class Prepare:
     def apply(self, rgb: np.ndarray) -> np.ndarray:
         if self.crop:
             return center_crop(rgb, self.crop)
+        if self.detector:
+            return resize_shortest_edge(rgb, *self.test_size)
         if self.resize:
             return resize_crop(rgb, self.resize)
         return rgb
+
+    def prepared_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) of an image of this size once prepared."""
+        if self.crop:
+            return self.crop, self.crop
+        if self.detector:
+            return shortest_edge_size(height, width, *self.test_size)
+        if self.resize:
+            return self.resize, self.resize
+        return height, width
+
+    def box_geometry(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """(sx, sy, dx, dy): where a point (x, y) of an image of this size lands once
+        prepared, x · sx + dx, y · sy + dy (boxes follow their image exactly)."""
+        if self.crop:
+            c = self.crop
+            ph, pw = max(c - height, 0), max(c - width, 0)
+            top, left = (height + ph - c) // 2, (width + pw - c) // 2
+            return 1.0, 1.0, float(pw // 2 - left), float(ph // 2 - top)
+        if self.detector:
+            nh, nw = shortest_edge_size(height, width, *self.test_size)
+            return nw / width, nh / height, 0.0, 0.0
+        if self.resize:
+            nh, nw = _resized_shape(height, width, self.resize)
+            top, left = (nh - self.resize) // 2, (nw - self.resize) // 2
+            return nw / width, nh / height, float(-left), float(-top)
+        return 1.0, 1.0, 0.0, 0.0
+
+    def apply_with_boxes(self, rgb: np.ndarray, boxes: np.ndarray):
+        """The prepared image and its boxes (N, 4: x0 y0 x1 y1 in the image's pixels) in
+        the prepared image's pixels, float32 (as detectron2's `apply_box`)."""
+        sx, sy, dx, dy = self.box_geometry(*rgb.shape[:2])
+        moved = np.asarray(boxes, np.float64).reshape(-1, 4) * [sx, sy, sx, sy] + [dx, dy, dx, dy]
+        return self.apply(rgb), moved.astype(np.float32)
+
+
+DETECTOR = "detector"
 
 
 @dataclass
@@ -247,16 +303,44 @@ def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(rgb[top : top + size, left : left + size])
 
 
+def _resized_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    scale = size / min(h, w)
+    return max(size, round(h * scale)), max(size, round(w * scale))
+
+
 def resize_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     """Scale the shorter side to `size` (bilinear), then centre crop size×size."""
     from PIL import Image
 
     h, w = rgb.shape[:2]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    nh, nw = _resized_shape(h, w, size)
     if (nh, nw) != (h, w):
         rgb = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
     return center_crop(rgb, size)
+
+
+def shortest_edge_size(h: int, w: int, short: int, longest: int) -> tuple[int, int]:
+    """detectron2's `ResizeShortestEdge.get_output_shape`: the shorter side to `short`
+    unless the longer would then pass `longest`; rounded half up."""
+    scale = short / min(h, w)
+    nh, nw = (short, scale * w) if h < w else (scale * h, short)
+    if max(nh, nw) > longest:
+        factor = longest / max(nh, nw)
+        nh, nw = nh * factor, nw * factor
+    return int(nh + 0.5), int(nw + 0.5)
+
+
+def resize_shortest_edge(rgb: np.ndarray, short: int, longest: int) -> np.ndarray:
+    """The detector's test-time resize, with Pillow's bilinear resize of the uint8 image
+    as detectron2's `ResizeTransform` does (torch's interpolate differs by ±1 grey level
+    in a fifth of the pixels)."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    nh, nw = shortest_edge_size(h, w, short, longest)
+    if (nh, nw) == (h, w):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
 
 
 def thumbnail_png(rgb: np.ndarray, out: Path, size: int = THUMB_SIZE) -> None:
@@ -573,7 +657,10 @@ def open_images(source: Path, domain: str, prepare: Prepare, **kwargs) -> ImageS
 
 
 def check_common_size(sets: list[ImageSet], prepare: Prepare) -> tuple[int, int]:
-    """The (H, W) every prepared image will have, or an error saying what to pass."""
+    """The (H, W) every prepared image will have (None for the detector's resize, which
+    keeps each image's aspect), or an error saying what to pass."""
+    if prepare.detector:
+        return None
     if prepare.crop:
         return prepare.crop, prepare.crop
     if prepare.resize:

@@ -50,15 +50,7 @@ class Backbone:
         """
         import torch
 
-        if not isinstance(images, torch.Tensor):
-            images = torch.from_numpy(np.ascontiguousarray(images))
-        x = images.to(device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float()
-        if self.input_format == "BGR":
-            x = x.flip(1)
-        mean = torch.tensor(self.pixel_mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.pixel_std, device=device).view(1, 3, 1, 1)
-        x = (x - mean) / std
+        x = self._normalise(images, device)
         if self.size_divisibility > 1:
             d = self.size_divisibility
             h, w = x.shape[-2:]
@@ -67,11 +59,48 @@ class Backbone:
                 x = torch.nn.functional.pad(x, (0, pw, 0, ph))
         return x
 
+    def _normalise(self, images, device: str):
+        import torch
+
+        if not isinstance(images, torch.Tensor):
+            images = torch.from_numpy(np.ascontiguousarray(images))
+        x = images.to(device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float()
+        if self.input_format == "BGR":
+            x = x.flip(1)
+        mean = torch.tensor(self.pixel_mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.pixel_std, device=device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
     def __call__(
         self, images, device: str = "cpu", precision: str = "fp32"
     ) -> dict[str, torch.Tensor]:
         """Feature maps per level. precision "bf16" runs under autocast (convolutions in
         bfloat16, accumulation in float32); on a GPU the input is channels_last."""
+        return self._forward(lambda: self.preprocess(images, device), device, precision)
+
+    def forward_padded(
+        self, images: list, device: str = "cpu", precision: str = "fp32"
+    ) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
+        """Images of different sizes in one batch, as detectron2's `ImageList.from_tensors`
+        batches them: each normalised, then zero-padded at the bottom and right to the
+        batch's largest height and width, rounded up to the size divisibility. Returns the
+        maps and that padded (H, W)."""
+        import torch
+
+        d = max(self.size_divisibility, 1)
+        h = -(-max(im.shape[0] for im in images) // d) * d
+        w = -(-max(im.shape[1] for im in images) // d) * d
+
+        def batch():
+            x = torch.zeros((len(images), 3, h, w), device=device)
+            for i, im in enumerate(images):
+                x[i, :, : im.shape[0], : im.shape[1]] = self._normalise(im[None], device)[0]
+            return x
+
+        return self._forward(batch, device, precision), (h, w)
+
+    def _forward(self, inputs, device: str, precision: str) -> dict[str, torch.Tensor]:
         import torch
 
         if precision not in PRECISIONS:
@@ -81,7 +110,7 @@ class Backbone:
             torch.inference_mode(),
             torch.autocast(device_type, torch.bfloat16, enabled=precision == "bf16"),
         ):
-            x = self.preprocess(images, device)
+            x = inputs()
             if device_type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             out = self.module(x)

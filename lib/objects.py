@@ -1,0 +1,298 @@
+"""Per-object features, the way a detector's ROI heads see its objects.
+
+The backbone runs once on the whole image (as prepared for the run: as is, centre crop,
+resize, or the detector's own test-time resize); each box, carried through that
+preparation exactly, is pooled by `RoiPooler` — detectron2's `ROIPooler` for the box
+head: ROIAlign (`torchvision.ops.roi_align`, aligned, adaptive sampling, 7×7) on the FPN
+level the box's size assigns it to, `floor(4 + log2(sqrt(area) / 224))` clamped to the
+pooled levels — and averaged to one vector per object. Three modes:
+
+- `roi`: that vector, one level named `roi` (what the box head receives);
+- `levels`: the box pooled on every level of the backbone (p2..p6), so the per-level
+  analysis works per object;
+- `crop`: for classifiers, each box cropped with a context margin, resized square and
+  run through the backbone like an image (the crop-and-run path the original tool took,
+  kept for networks without ROI heads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lib.errors import GapscopeError
+
+log = logging.getLogger(__name__)
+
+MODES = ("roi", "levels", "crop")
+ROI_LEVEL = "roi"
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise GapscopeError(f"unknown object mode {mode!r}: choose one of {', '.join(MODES)}")
+    return mode
+
+
+@dataclass(frozen=True)
+class RoiPooler:
+    """detectron2's box-head pooler. Defaults are its standard FPN config's
+    (Base-RCNN-FPN.yaml): ROI_HEADS.IN_FEATURES p2..p5, ROI_BOX_HEAD.POOLER_RESOLUTION 7,
+    POOLER_SAMPLING_RATIO 0 (adaptive), POOLER_TYPE ROIAlignV2 (aligned=True), and the
+    ROIPooler's canonical box size 224 at level 4 (not configurable in detectron2)."""
+
+    in_features: tuple[str, ...] = ("p2", "p3", "p4", "p5")
+    resolution: int = 7
+    sampling_ratio: int = 0
+    aligned: bool = True
+    canonical_box_size: float = 224.0
+    canonical_level: int = 4
+
+    @classmethod
+    def for_backbone(cls, backbone) -> RoiPooler:
+        """The pooler a detectron2 config names (kept in the backbone's info), else the
+        standard one over the backbone's levels it covers (FPN p2..p5 when it has them)."""
+        given = backbone.info.get("roi_pooler")
+        if given:
+            return cls(tuple(given["in_features"]), int(given["resolution"]),
+                       int(given["sampling_ratio"]), bool(given["aligned"]))  # fmt: skip
+        standard = tuple(lv for lv in cls.in_features if lv in backbone.levels)
+        return cls(standard or tuple(backbone.levels[:4]))
+
+    def describe(self) -> dict:
+        return {
+            "in_features": list(self.in_features),
+            "resolution": self.resolution,
+            "sampling_ratio": self.sampling_ratio,
+            "aligned": self.aligned,
+            "canonical_box_size": self.canonical_box_size,
+            "canonical_level": self.canonical_level,
+        }
+
+    def assign(self, boxes, strides: Sequence[int]):
+        """Index into `in_features` of the level each box (N, 4) in input pixels is
+        pooled from: detectron2's `assign_boxes_to_levels`."""
+        import torch
+
+        levels = [int(round(math.log2(s))) for s in strides]
+        lo, hi = levels[0], levels[-1]
+        widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        sizes = torch.sqrt(widths * heights)
+        k = torch.floor(self.canonical_level + torch.log2(sizes / self.canonical_box_size + 1e-8))
+        return (torch.clamp(k, min=lo, max=hi).to(torch.int64) - lo)
+
+    def pool(self, maps: dict, boxes: list, input_size: tuple[int, int],
+             every_level: bool = False) -> dict:  # fmt: skip
+        """Mean of each box's ROIAlign grid: {level: (N, C)} for the boxes of every image
+        in the batch (`boxes[i]`: (n_i, 4) float32 x0 y0 x1 y1 in the input's pixels),
+        in order. `every_level`: each box on each of `maps`' levels; otherwise one level,
+        `roi`, each box on the level `assign` gives it."""
+        import torch
+        from torchvision.ops import roi_align
+
+        rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], dim=1)
+                          for i, b in enumerate(boxes)])  # fmt: skip
+        if every_level:
+            return {lv: self._align(roi_align, fmap, rois, input_size) for lv, fmap in maps.items()}
+        names = [lv for lv in self.in_features if lv in maps]
+        strides = [stride(maps[lv], input_size) for lv in names]
+        assigned = self.assign(rois[:, 1:], strides)
+        channels = {maps[lv].shape[1] for lv in names}
+        if len(channels) != 1:
+            raise GapscopeError(
+                f"the pooled levels {', '.join(names)} differ in channels ({sorted(channels)}): "
+                "object mode roi needs an FPN; use --objects levels or crop"
+            )
+        out = torch.zeros((len(rois), channels.pop()), dtype=torch.float32)
+        for j, lv in enumerate(names):
+            take = torch.nonzero(assigned == j).squeeze(1)
+            if len(take):
+                out[take] = self._align(roi_align, maps[lv], rois[take], input_size)
+        return {ROI_LEVEL: out}
+
+    def _align(self, roi_align, fmap, rois, input_size):
+        s = stride(fmap, input_size)
+        pooled = roi_align(fmap.float(), rois.to(fmap.device), self.resolution,
+                           spatial_scale=1.0 / s, sampling_ratio=self.sampling_ratio,
+                           aligned=self.aligned)  # fmt: skip
+        return pooled.mean(dim=(2, 3)).cpu()
+
+
+def stride(fmap, input_size: tuple[int, int]) -> int:
+    """A level's stride: the input's width over the map's, to the nearest power of two
+    (maps of unpadded inputs are ceil(W / stride) wide)."""
+    ratio = input_size[1] / fmap.shape[-1]
+    return 2 ** round(math.log2(ratio))
+
+
+def level_number(name: str) -> int | None:
+    match = re.fullmatch(r"[a-z]+(\d)", name)
+    return int(match.group(1)) if match else None
+
+
+def object_key(image_hash: str, box, mode: str, margin: float = 0.0) -> str:
+    """The feature cache's key for one object: its image, box and how it is pooled."""
+    text = f"{image_hash}|{mode}|{margin:g}|" + ",".join(f"{float(v):.4f}" for v in box)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ---- crop mode ------------------------------------------------------------------------
+
+
+def crop_box(rgb: np.ndarray, box, margin: float, size: int) -> np.ndarray:
+    """The box and `margin` (a share of its longer side) around it on every side, as a
+    square centred on the box, zero-padded past the image's edges, resized to size×size
+    (Pillow, bilinear)."""
+    from PIL import Image
+
+    x0, y0, x1, y1 = (float(v) for v in box)
+    side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left, top = int(math.floor(cx - side / 2)), int(math.floor(cy - side / 2))
+    n = max(1, int(math.ceil(side)))
+    h, w = rgb.shape[:2]
+    out = np.zeros((n, n, 3), dtype=np.uint8)
+    sx0, sy0, sx1, sy1 = max(left, 0), max(top, 0), min(left + n, w), min(top + n, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = rgb[sy0:sy1, sx0:sx1]
+    if n != size:
+        out = np.asarray(Image.fromarray(out).resize((size, size), Image.BILINEAR))
+    return out
+
+
+# ---- extraction ------------------------------------------------------------------------
+
+
+@dataclass
+class ObjectImages:
+    """The images with objects, each with its boxes (original pixels) and cache keys."""
+
+    items: list  # (ImageSet, ImageRecord) per image
+    boxes: list[np.ndarray]  # (n_i, 4) float32 per image
+    keys: list[list[str]]  # cache key per object, per image
+
+    @property
+    def n_objects(self) -> int:
+        return sum(len(b) for b in self.boxes)
+
+
+class _Decoded:
+    """Map-style dataset: image i prepared for the model, with its boxes carried through
+    the preparation (or, in crop mode, its boxes' crops)."""
+
+    def __init__(self, images: ObjectImages, todo: list[int], prepare, mode: str,
+                 margin: float, crop_size: int):  # fmt: skip
+        self.images, self.todo, self.prepare = images, todo, prepare
+        self.mode, self.margin, self.crop_size = mode, margin, crop_size
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, j: int):
+        i = self.todo[j]
+        image_set, record = self.images.items[i]
+        rgb = image_set.load(record, _AS_IS)
+        boxes = self.images.boxes[i]
+        if self.mode == "crop":
+            return i, np.stack([crop_box(rgb, b, self.margin, self.crop_size) for b in boxes]), None
+        prepared, boxes = self.prepare.apply_with_boxes(rgb, boxes)
+        return i, prepared, boxes
+
+
+class _AsIs:
+    def apply(self, rgb):
+        return rgb
+
+
+_AS_IS = _AsIs()
+
+
+def _keep(batch):
+    return batch
+
+
+def extract_objects(
+    backbone,
+    images: ObjectImages,
+    prepare,
+    mode: str = "roi",
+    pooler: RoiPooler | None = None,
+    pooling: str = "gap",
+    margin: float = 0.25,
+    crop_size: int = 224,
+    batch_size: int = 8,
+    cache=None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    workers: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, np.ndarray], int]:
+    """Every object's vector per level, in the order of `images` (image by image, box by
+    box), and how many came from the cache. `roi`/`levels`: `batch_size` images per
+    forward pass (mixed sizes padded as detectron2 pads them); `crop`: `batch_size`
+    crops per pass, pooled by `pooling`."""
+    from torch.utils.data import DataLoader
+
+    from lib.features import _Output, _Shard, pool
+
+    check_mode(mode)
+    pooler = pooler or RoiPooler.for_backbone(backbone)
+    keys = [k for ks in images.keys for k in ks]
+    out = _Output(len(keys))
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in images.boxes])])
+    levels = (ROI_LEVEL,) if mode == "roi" else tuple(backbone.levels)
+    done = np.zeros(len(keys), dtype=bool)
+    for i, vectors in cache.read(keys, levels) if cache else ():
+        out.put(i, vectors)
+        done[i] = True
+    todo = [i for i in range(len(images.items))
+            if len(images.boxes[i]) and not done[offsets[i]:offsets[i + 1]].all()]  # fmt: skip
+    cached = int(done.sum())
+    if progress and cached:
+        progress(cached)
+    backbone.module.to(device)
+    loader = DataLoader(
+        _Decoded(images, todo, prepare, mode, margin, crop_size),
+        batch_size=1 if mode == "crop" else batch_size,
+        num_workers=workers if len(todo) > batch_size else 0,
+        collate_fn=_keep,
+    )
+    shard = _Shard(cache)
+    for batch in loader:
+        if mode == "crop":
+            i, crops, _ = batch[0]
+            pooled = {lv: [] for lv in levels}
+            for start in range(0, len(crops), batch_size):
+                maps = backbone(crops[start : start + batch_size], device, precision)
+                for lv in levels:
+                    pooled[lv].append(pool(maps[lv], pooling).cpu().numpy())
+            pooled = {lv: np.concatenate(v) for lv, v in pooled.items()}
+            owners = [i]
+        else:
+            owners = [i for i, _, _ in batch]
+            maps, size = backbone.forward_padded([rgb for _, rgb, _ in batch], device, precision)
+            boxes = [_tensor(b) for _, _, b in batch]
+            pooled = pooler.pool(maps, boxes, size, every_level=mode == "levels")
+            pooled = {lv: v.numpy() for lv, v in pooled.items()}
+        rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in owners])
+        for j, row in enumerate(rows):
+            out.put(int(row), {lv: pooled[lv][j] for lv in levels})
+        shard.add([keys[r] for r in rows], pooled)
+        if progress:
+            progress(len(rows))
+    shard.flush()
+    if len(keys) and not out.arrays:
+        raise GapscopeError("no objects to pool")
+    return out.arrays, cached
+
+
+def _tensor(boxes: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32))
