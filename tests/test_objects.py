@@ -148,3 +148,102 @@ def test_a_crop_is_the_box_with_its_margin_square_and_padded_past_the_edge():
     assert crop.shape == (40, 40, 3)
     # the box fills the middle half; the margin past the right edge is black padding
     assert crop[12:28, 12:28].min() > 200 and crop[:, 32:].max() == 0 and crop[:8].max() == 0
+
+
+# ---- end to end through a detectron2 detector's own FPN (a small one, random weights)
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    from lib.backbones import create_backbone
+    from tests.test_detectron2 import Spec, build
+
+    root = tmp_path_factory.mktemp("d2")
+    config, ckpt = build(root, Spec(), INPUT={"MIN_SIZE_TEST": 448, "MAX_SIZE_TEST": 800})
+    return create_backbone("detectron2", ckpt, config=config)
+
+
+@pytest.fixture(scope="module")
+def object_images(tmp_path_factory):
+    """Two images of different sizes and aspects, boxes of every level's size."""
+    from PIL import Image
+
+    from lib.images import open_folder
+    from lib.objects import ObjectImages, object_key
+
+    root = tmp_path_factory.mktemp("objects")
+    rng = np.random.default_rng(3)
+    for name, (h, w) in {"a.png": (90, 120), "b.png": (70, 70)}.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name)
+    image_set = open_folder(root, "real", Prepare())
+    boxes = [np.array([[0, 0, 120, 90], [10, 10, 70, 60], [30, 20, 55, 45], [100, 70, 112, 85]],
+                      np.float32),
+             np.array([[5, 5, 40, 60], [60, 60, 70, 70]], np.float32)]  # fmt: skip
+    items = [(image_set, r) for r in image_set.records]
+    keys = [[object_key(r.hash, b, "roi") for b in bs] for (_, r), bs in zip(items, boxes)]
+    return ObjectImages(items, boxes, keys)
+
+
+def test_objects_are_pooled_from_the_maps_of_the_image_the_detector_sees(detector, object_images):
+    """Each image alone, resized by the notes' formula with Pillow, through the backbone;
+    each box scaled with it and pooled by the reference on the reference's level."""
+    from PIL import Image
+
+    from lib.objects import extract_objects
+
+    assert detector.info["test_size"] == [448, 800]
+    assert detector.info["roi_pooler"]["in_features"] == ["p2", "p3", "p4", "p5"]
+    prepare = Prepare(resize="detector", test_size=(448, 800))
+    vectors, cached = extract_objects(detector, object_images, prepare, "roi", batch_size=1)
+    assert cached == 0 and list(vectors) == ["roi"] and vectors["roi"].shape == (6, 16)
+    row, levels = 0, []
+    for (image_set, record), boxes in zip(object_images.items, object_images.boxes):
+        rgb = np.asarray(Image.open(record.path).convert("RGB"))
+        h, w = rgb.shape[:2]
+        scale = 448 / min(h, w)
+        nh, nw = (int(h * scale + 0.5), int(w * scale + 0.5))
+        if max(nh, nw) > 800:
+            nh, nw = int(h * 800 / max(h, w) + 0.5), int(w * 800 / max(h, w) + 0.5)
+        resized = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
+        maps = detector(resized[None])
+        for box in boxes:
+            scaled = box * np.array([nw / w, nh / h, nw / w, nh / h])
+            k = reference_level(scaled)
+            levels.append(k)
+            want = reference_roi_mean(maps[f"p{k}"][0].numpy().astype(np.float64), scaled, 1 / 2**k)
+            got = vectors["roi"][row]
+            assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), (box, k)
+            row += 1
+    assert sorted(set(levels)) == [2, 3, 4, 5]
+
+
+def test_a_batch_pads_as_detectron2_and_its_largest_image_pools_as_alone(detector, object_images):
+    from lib.objects import extract_objects
+
+    prepare = Prepare(resize="detector", test_size=(448, 800))
+    alone, _ = extract_objects(detector, object_images, prepare, "levels", batch_size=1)
+    batched, _ = extract_objects(detector, object_images, prepare, "levels", batch_size=2)
+    assert sorted(alone) == ["p2", "p3", "p4", "p5", "p6"]
+    for lv in alone:  # image a (448×597) sets the batch's size; b is padded to it
+        assert np.allclose(alone[lv][:4], batched[lv][:4], rtol=1e-5, atol=1e-5)
+        assert alone[lv].shape == (6, 16)
+
+
+def test_crop_mode_runs_each_box_crop_as_an_image_and_the_cache_keeps_objects(
+    detector, object_images, tmp_path
+):
+    from lib.features import FeatureCache, pool
+    from lib.objects import crop_box, extract_objects
+
+    cache = FeatureCache(tmp_path, "objects")
+    first, cached = extract_objects(detector, object_images, Prepare(), "crop", margin=0.25,
+                                    crop_size=64, batch_size=4, cache=cache)  # fmt: skip
+    assert cached == 0 and sorted(first) == ["p2", "p3", "p4", "p5", "p6"]
+    image_set, record = object_images.items[1]
+    rgb = image_set.load(record, Prepare())
+    crop = crop_box(rgb, object_images.boxes[1][0], 0.25, 64)
+    want = pool(detector(crop[None])["p4"], "gap").numpy()[0]
+    assert np.allclose(first["p4"][4], want, atol=1e-5)
+    again, cached = extract_objects(detector, object_images, Prepare(), "crop", margin=0.25,
+                                    crop_size=64, batch_size=4, cache=cache)  # fmt: skip
+    assert cached == 6 and all(np.array_equal(first[lv], again[lv]) for lv in first)

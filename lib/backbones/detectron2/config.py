@@ -50,9 +50,16 @@ DEFAULTS: dict[str, Any] = {
             "DEFORM_NUM_GROUPS": 1,
         },
         "FPN": {"IN_FEATURES": [], "OUT_CHANNELS": 256, "NORM": "", "FUSE_TYPE": "sum"},
+        "ROI_HEADS": {"IN_FEATURES": ["res4"]},
+        "ROI_BOX_HEAD": {
+            "POOLER_RESOLUTION": 14,
+            "POOLER_SAMPLING_RATIO": 0,
+            "POOLER_TYPE": "ROIAlignV2",
+        },
     },
-    "INPUT": {"FORMAT": "BGR"},
+    "INPUT": {"FORMAT": "BGR", "MIN_SIZE_TEST": 800, "MAX_SIZE_TEST": 1333},
 }
+POOLER_TYPES = {"ROIAlignV2": True, "ROIAlign": False}  # → ROIAlign's `aligned`
 
 
 # ----------------------------------------------------------------------------- yaml
@@ -199,6 +206,7 @@ class Arch:
         if self.norm == "GN" or self.fpn_norm == "GN":
             self._check_group_norm()
         self._read_input(cfg)
+        self._read_box_pooler(cfg)
 
     # -- the parts of a config, each read and checked
     def _read_detector(self, cfg: dict) -> None:
@@ -307,6 +315,30 @@ class Arch:
             self._refuse("MODEL.PIXEL_STD", list(self.pixel_std), "a std of 0 divides by zero")
         self.input_format = self._one_of(cfg, "INPUT.FORMAT", ("BGR", "RGB"))
 
+    def _read_box_pooler(self, cfg: dict) -> None:
+        """What the box head pools (for per-object features) and the test-time resize.
+        Read leniently: a detector without ROI heads over FPN levels (a RetinaNet, a
+        C4 model) still gives its FPN levels; object mode says what is missing."""
+        self.test_size = (self._int(cfg, "INPUT.MIN_SIZE_TEST"),
+                          self._int(cfg, "INPUT.MAX_SIZE_TEST"))  # fmt: skip
+        in_features = _get(cfg, "MODEL.ROI_HEADS.IN_FEATURES")
+        kind = _get(cfg, "MODEL.ROI_BOX_HEAD.POOLER_TYPE")
+        self.box_pooler = None
+        if (
+            self.meta != "RetinaNet"
+            and isinstance(in_features, list | tuple)
+            and in_features
+            and set(in_features) <= {"p2", "p3", "p4", "p5", "p6"}
+            and kind in POOLER_TYPES
+        ):
+            self.box_pooler = {
+                "in_features": list(in_features),
+                "resolution": self._int(cfg, "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"),
+                "sampling_ratio": _get(cfg, "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO"),
+                "aligned": POOLER_TYPES[kind],
+                "type": kind,
+            }
+
     # -- typed reads, each refusing with the key and value at fault
     def _refuse(self, key: str, value: Any, why: str):
         raise GapscopeError(
@@ -356,4 +388,6 @@ class Arch:
             "fpn_norm": self.fpn_norm,
             "fuse_type": self.fuse_type,
             "strides": [4, 8, 16, 32, 64],
+            "test_size": list(self.test_size),
+            "roi_pooler": self.box_pooler,
         }
