@@ -86,7 +86,13 @@ def run(
     m = published.manifest
     typer.echo(f"published run {published.id} in {published.dir}")
     counts = ", ".join(f"{n} {d}" for d, n in m["counts"].items())
-    typer.echo(f"  images: {counts}; backbone {m['backbone']['name']}: {m['backbone']['weights']}")
+    unit = f"objects ({m['objects']['mode']})" if m.get("objects") else "images"
+    typer.echo(f"  {unit}: {counts}; backbone {m['backbone']['name']}: {m['backbone']['weights']}")
+    skipped_boxes = (m.get("objects") or {}).get("skipped", [])
+    if skipped_boxes:
+        typer.echo(f"  skipped {len(skipped_boxes)} boxes (listed in manifest.json):")
+        for s in skipped_boxes[:5]:
+            typer.echo(f"    {s['domain']} {s['file']} {s['source']}: {s['reason']}")
     if m["skipped"]:
         typer.echo(f"  skipped {len(m['skipped'])} unusable files (listed in manifest.json):")
         for s in m["skipped"][:5]:
@@ -114,11 +120,27 @@ def example(
             "--n-real digits per domain (default 400)."
         ),
     ] = False,
+    objects: Annotated[
+        bool,
+        typer.Option(
+            help="Instead, scenes of 2-5 digits each on canvases of mixed sizes with a COCO "
+            "instances file per domain (real.json, synthetic.json): the object example "
+            "(README, Objects)."
+        ),
+    ] = False,
+    scenes: Annotated[int, typer.Option(help="--objects: scenes per domain.")] = 300,
 ) -> None:
     """Build the bundled example: scikit-learn's handwritten digits vs font-rendered ones."""
     _setup_logging(False)
-    from lib.example import build_example, build_filter_gap
+    from lib.example import build_example, build_filter_gap, build_object_example
 
+    if objects:
+        summary = build_object_example(out, scenes, seed, overwrite)
+        typer.echo(
+            f"wrote {summary.real} real and {summary.synthetic} synthetic scenes with COCO "
+            f"boxes to {summary.root} (real.json, synthetic.json)"
+        )
+        return
     if sharpened:
         summary = build_filter_gap(out, n_real or 400, size, seed, overwrite)
     else:

@@ -257,7 +257,7 @@ def _coordinates(run_dir: str, layout: str) -> np.ndarray:
     if level is None:
         raise GapscopeError("this run has no atlas layout (rerun it without --atlas-level none)")
     view, _ = projection_view(run, level, layouts.METHOD, "both")
-    umap = np.zeros((len(run.images), 2), dtype=np.float32)
+    umap = np.zeros((len(run.rows), 2), dtype=np.float32)
     umap[view["id"]] = np.column_stack([view["x"], view["y"]])
     if layout == "grid":
         return layouts.grid_layout(umap)
@@ -292,7 +292,7 @@ def row_scores(run: Run):
 @lru_cache(maxsize=8)
 def _row_scores(run_dir: str):
     run = open_run(run_dir)
-    return level_scores(run, atlas_level(run)).reindex(range(len(run.images)))
+    return level_scores(run, atlas_level(run)).reindex(range(len(run.rows)))
 
 
 def clusters_of(run: Run) -> np.ndarray:
@@ -303,7 +303,7 @@ def clusters_of(run: Run) -> np.ndarray:
 def colours(store: RunStore, run: Run, color_by: str) -> tuple[np.ndarray, list, list]:
     """Per-row colour codes (uint8), the palette they index and the legend
     [(name, colour, count)] for one colouring of the map."""
-    n = len(run.images)
+    n = len(run.rows)
     if color_by in SCORES:
         values = row_scores(run)[SCORES[color_by]].to_numpy(float)
         top = SCORE_TOP[color_by]
@@ -313,8 +313,8 @@ def colours(store: RunStore, run: Run, color_by: str) -> tuple[np.ndarray, list,
         names = [f"{a}–{b}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
         names[-1] = f"≥ {edges[-2]}" if color_by == "realism" else names[-1]
         return _coded(codes, [*names, "n/a"], [*BINS, NONE])
-    if color_by.startswith(METADATA_PREFIX) and color_by in run.images.columns:
-        return _metadata_colours(run.images[color_by].fillna("").astype(str).to_numpy())
+    if color_by.startswith(METADATA_PREFIX) and color_by in run.rows.columns:
+        return _metadata_colours(run.rows[color_by].fillna("").astype(str).to_numpy())
     if color_by == "domain":
         names = image_column(run, "domain").astype(str)
     elif color_by == "category":  # as corrected: a relabelled image joins its new group
@@ -356,7 +356,7 @@ def _is_number(text: str) -> bool:
 def colour_choices(run: Run) -> list[tuple[str, str]]:
     """What the map can be coloured by: the run's scores and tags, and every column its
     inputs' metadata.csv gave (as "<column> (metadata)")."""
-    meta = [c for c in run.images.columns if c.startswith(METADATA_PREFIX)]
+    meta = [c for c in run.rows.columns if c.startswith(METADATA_PREFIX)]
     return [(c, c) for c in COLOR_BY] + [
         (f"{c[len(METADATA_PREFIX) :]} (metadata)", c) for c in meta
     ]
@@ -397,7 +397,7 @@ def _coded(codes: np.ndarray, names: list[str], palette: list[str]):
 def keep_mask(store: RunStore, run: Run, domains, categories, clusters, realism, tags):
     """Rows passing the filters (None: no filter). Realism bounds synthetic images only
     (real ones have none); tags: any of them."""
-    n = len(run.images)
+    n = len(run.rows)
     keep = np.ones(n, dtype=bool)
     if domains is not None and set(domains) != {"real", "synthetic"}:
         keep &= np.isin(image_column(run, "domain").astype(str), list(domains))
@@ -426,7 +426,7 @@ def view(store: RunStore, run_id: str, layout: str, color_by: str, mask=None, se
     codes, palette, legend = colours(store, run, color_by)
     key = LAYOUT_LABELS.get(layout, layout)
     return json.dumps({
-        "run": run.id, "n": len(run.images), "layout": key,
+        "run": run.id, "n": len(run.rows), "layout": key,
         "points_url": f"/atlas/{run.id}/points.bin?layout={key}",
         "codes": base64.b64encode(codes.tobytes()).decode(),
         "palette": palette, "legend": legend,
@@ -597,8 +597,8 @@ def refilter(store: RunStore, run_id: str, layout: str, color_by: str, domains, 
              clusters, lo: float, hi: float, tags):  # fmt: skip
     run = open_id(store, run_id)
     mask = keep_mask(store, run, domains, categories, clusters, (lo, hi), tags)
-    shown = len(run.images) if mask is None else int(mask.sum())
-    return view(store, run_id, layout, color_by, mask), mask, f"{shown} of {len(run.images)} shown"
+    shown = len(run.rows) if mask is None else int(mask.sum())
+    return view(store, run_id, layout, color_by, mask), mask, f"{shown} of {len(run.rows)} shown"
 
 
 def build(store: RunStore, first: Run, editing: Editing | None = None) -> Tab:
@@ -748,7 +748,7 @@ def router(store: RunStore):
     @api.get("/{run_id}/thumb/{row}")
     def thumb(run_id: str, row: int) -> FileResponse:
         run = published(run_id)
-        path = run.thumb(row) if 0 <= row < len(run.images) else None
+        path = run.thumb(row) if 0 <= row < len(run.rows) else None
         if path is None or not Path(path).exists():
             raise HTTPException(404, "no thumbnail")
         return FileResponse(path, headers=forever)

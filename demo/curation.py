@@ -59,14 +59,14 @@ def selection_notes(store: RunStore, run_id: str, row: int | None) -> tuple[str,
     """The notes on the selected image (its tags and a corrected label), and its label
     for the label box."""
     run = open_id(store, run_id)
-    if row is None or not 0 <= row < len(run.images):
+    if row is None or not 0 <= row < len(run.rows):
         return "", ""
-    (key,) = keys_of(run.images, [row])
+    (key,) = keys_of(run.rows, [row])
     tags, label = Annotations.of(store.root).about(key)
     parts = [f"tags: {', '.join(sorted(tags))}" if tags else "no tags"]
     if label:
         parts.append(f"label corrected: {label[0] or '–'} → **{label[1]}**")
-    shown = label[1] if label else str(run.images.at[row, "category"])
+    shown = label[1] if label else str(run.rows.at[row, "category"])
     return f"#{row}: " + "; ".join(parts), shown
 
 
@@ -98,7 +98,7 @@ def change_tags(store: RunStore, run, rows: list[int], tag: str, who: str,
     notes = Annotations.of(store.root)
     try:
         change = notes.untag if untag else notes.tag
-        n = change(keys_of(run.images, rows), tag, who or "anonymous")
+        n = change(keys_of(run.rows, rows), tag, who or "anonymous")
     except GapscopeError as exc:
         raise gr.Error(str(exc)) from None
     return f"{'untagged' if untag else 'tagged'} {n} of {len(rows)} images {tag.strip()!r}."
@@ -112,10 +112,10 @@ def save_label(store: RunStore, editing: Editing, run_id: str, row, label: str, 
                token: str) -> str:  # fmt: skip
     editing.check(token)
     run, (r,) = open_id(store, run_id), _selected(row)
-    (key,) = keys_of(run.images, [r])
+    (key,) = keys_of(run.rows, [r])
     try:
         changed = Annotations.of(store.root).set_label(
-            key, str(run.images.at[r, "category"]), label, who or "anonymous"
+            key, str(run.rows.at[r, "category"]), label, who or "anonymous"
         )
     except GapscopeError as exc:
         raise gr.Error(str(exc)) from None

@@ -341,7 +341,7 @@ def neighbour_gallery(run: Run, level: str, row: int, source: str = NEIGHBOURS_F
 def filtered_neighbours(store: RunStore, run_id: str, level: str, row, source: str):
     """The selected image's gallery from the chosen domains (the "Neighbours from" radio)."""
     run = open_id(store, run_id)
-    if row is None or not 0 <= int(row) < len(run.images) or level not in run.levels:
+    if row is None or not 0 <= int(row) < len(run.rows) or level not in run.levels:
         return gr.skip()
     return neighbour_gallery(run, level, int(row), source)
 
@@ -460,7 +460,7 @@ def pick_neighbour(store: RunStore, run_id: str, level: str, row, source: str, p
     """A click on a neighbour's thumbnail adds it to the picked images (or takes it off):
     a multi-select to tag with “Apply to: the picked images”."""
     run = open_id(store, run_id)
-    if row is None or not 0 <= int(row) < len(run.images) or level not in run.levels:
+    if row is None or not 0 <= int(row) < len(run.rows) or level not in run.levels:
         return gr.skip(), gr.skip()
     rows = neighbours_of(run, level, int(row), source)[0]
     if not 0 <= index < len(rows):
@@ -487,7 +487,7 @@ def find_image(store: RunStore, roots: list[str], query: str, run_id: str, level
     query = (query or "").strip()
     if not query:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    if query.lstrip("#").isdigit() and int(query.lstrip("#")) < len(run.images):
+    if query.lstrip("#").isdigit() and int(query.lstrip("#")) < len(run.rows):
         return _selection(run, roots, int(query.lstrip("#")), level)
     paths = image_column(run, "relpath")
     hits = np.flatnonzero(np.char.find(paths.astype(str), query) >= 0)
@@ -503,7 +503,7 @@ def _selection(run: Run, roots: list[str], row: int | None, level: str):
     """(image, neighbours, what was selected, its row). The image's caption is in the text, not its
     label: a label update makes Gradio rebuild the component's JSON schema on every click
     (a fifth of a click's server time)."""
-    if row is None or not 0 <= row < len(run.images) or level not in run.levels:
+    if row is None or not 0 <= row < len(run.rows) or level not in run.levels:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     return (
         picture(shown_image(run, row, roots)),  # a value, not an update: see the docstring

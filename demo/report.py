@@ -95,7 +95,7 @@ def summary_table(run: Run) -> list[list]:
 def blame_galleries(run: Run, level: str, n: int = 16) -> dict[str, list[tuple[str, str]]]:
     """Thumbnails of the images behind the gap at one level, worst first."""
     scores = level_scores(run, level)
-    images = run.images
+    images = run.rows
     synth = scores.loc[images.index[images["domain"] == "synthetic"]]
     real = scores.loc[images.index[images["domain"] == "real"]]
 

@@ -151,6 +151,8 @@ def level_dropdown(label: str, run: Run):
 def caption(run: Run, row: int, distance: float | None = None) -> str:
     domain, category = image_column(run, "domain")[row], image_column(run, "category")[row]
     text = f"#{row} {domain} · {category or '–'}"
+    if run.objects is not None:  # an object's size stratum, as the gap report names them
+        text += f" · {image_column(run, 'size')[row]}"
     return text if distance is None else f"{text} · d={distance:.3f}"
 
 
@@ -189,7 +191,7 @@ def _by_row(run: Run, by_key: dict) -> dict[int, object]:
 def with_tags(run: Run, items: list[tuple], rows: list[int]) -> list[tuple]:
     """Gallery items (picture, caption) with what users decided in each caption (a
     corrected label, the tags): it shows wherever the image appears."""
-    notes = Annotations.of(run.results).about_many(keys_of(run.images, rows))
+    notes = Annotations.of(run.results).about_many(keys_of(run.rows, rows))
     out = []
     for (picture, text), (tags, label) in zip(items, notes, strict=True):
         text += f" · label → {label}" if label else ""

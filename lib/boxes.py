@@ -142,7 +142,8 @@ class _Boxes:
 
 
 def _fmt(values) -> str:
-    return "(" + ", ".join(f"{v:g}" if isinstance(v, int | float) else repr(v) for v in values) + ")"
+    shown = (f"{v:g}" if isinstance(v, int | float) else repr(v) for v in values)
+    return "(" + ", ".join(shown) + ")"
 
 
 def _coco(path: Path, images: _Images, label: str) -> BoxSet:
@@ -184,8 +185,8 @@ def _coco(path: Path, images: _Images, label: str) -> BoxSet:
             file = files.get(image_id, {}).get("file_name", f"image {image_id}")
             boxes.skip(str(file), source, "its image is not among the scanned images")
         elif category is None:
-            boxes.skip(images.records[i].relpath, source,
-                       f"category {ann['category_id']} is not in the file's categories")  # fmt: skip
+            why = f"category {ann['category_id']} is not in the file's categories"
+            boxes.skip(images.records[i].relpath, source, why)
         elif ann.get("iscrowd"):
             boxes.skip(images.records[i].relpath, source, "a crowd region, not one object")
         else:

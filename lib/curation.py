@@ -31,7 +31,7 @@ def annotated(run, notes: Annotations, tag: str | None = None):
     is flagged for removal; in the run's row order."""
     import pandas as pd
 
-    images = run.images
+    images = run.rows
     tags = {(k.hash, k.relpath): v for k, v in notes.tags().items()}
     labels = {(k.hash, k.relpath): v for k, v in notes.labels().items()}
     rows = []
@@ -150,7 +150,7 @@ def gather_zip(run, notes: Annotations, tag: str, out: Path) -> dict:
         for row, label, image_hash in zip(frame["id"], frame["label"], frame["hash"],
                                           strict=True):  # fmt: skip
             copy = run.web(int(row)) or run.thumb(int(row))
-            stem = Path(run.images.at[int(row), "relpath"]).stem
+            stem = Path(run.rows.at[int(row), "relpath"]).stem
             name = _placed(label, f"{stem}{copy.suffix}", image_hash, taken.__contains__)
             taken.add(name)
             zf.write(copy, name)

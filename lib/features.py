@@ -183,6 +183,21 @@ class _Pixels:
         return image_set.load(record, self.prepare)
 
 
+def pool_valid(fmap, sizes: list[tuple[int, int]], padded: tuple[int, int], pooling: str):
+    """Each image's vector from its own (unpadded) part of a padded batch's map: the
+    first ceil(h / stride) rows and ceil(w / stride) columns."""
+    import math
+
+    sh, sw = padded[0] / fmap.shape[-2], padded[1] / fmap.shape[-1]
+    rows = [pool(fmap[i : i + 1, :, : math.ceil(h / sh), : math.ceil(w / sw)], pooling)
+            for i, (h, w) in enumerate(sizes)]  # fmt: skip
+    return np.concatenate([r.cpu().numpy() for r in rows])
+
+
+def _as_list(batch: list[np.ndarray]) -> list[np.ndarray]:
+    return batch
+
+
 def _stack(batch: list[np.ndarray]):
     import torch
 
@@ -237,18 +252,24 @@ def extract(
         import torch
 
         backbone.module.to(memory_format=torch.channels_last)
+    mixed = prepare.detector  # the detector's resize keeps each image's own size
     loader = DataLoader(
         _Pixels(items, todo, prepare),
         batch_size=batch_size,
         num_workers=workers if len(todo) > batch_size else 0,  # not worth a process
-        pin_memory=device.startswith("cuda"),
-        collate_fn=_stack,
+        pin_memory=device.startswith("cuda") and not mixed,
+        collate_fn=_as_list if mixed else _stack,
     )
     shard = _Shard(cache)
     for start, pixels in zip(range(0, len(todo), batch_size), loader, strict=True):
         batch = todo[start : start + batch_size]
-        maps = backbone(pixels, device=device, precision=precision)
-        pooled = {lv: pool(maps[lv], pooling).cpu().numpy() for lv in levels}
+        if mixed:
+            maps, size = backbone.forward_padded(pixels, device=device, precision=precision)
+            sizes = [p.shape[:2] for p in pixels]
+            pooled = {lv: pool_valid(maps[lv], sizes, size, pooling) for lv in levels}
+        else:
+            maps = backbone(pixels, device=device, precision=precision)
+            pooled = {lv: pool(maps[lv], pooling).cpu().numpy() for lv in levels}
         for j, i in enumerate(batch):
             out.put(i, {lv: pooled[lv][j] for lv in levels})
         shard.add([hashes[i] for i in batch], pooled)

@@ -21,9 +21,10 @@ import numpy as np
 from lib.atlas import AtlasProjector, middle_level
 from lib.cluster import ScanMap, connect, worker_precision
 from lib.embeddings import EmbeddingSet, describe_embeddings, is_embeddings
-from lib.errors import GapscopeError
+from lib.errors import GapscopeError, first_line
 from lib.gap import GapParams
 from lib.images import (
+    DETECTOR,
     WEB_SIZE,
     ImageRecord,
     ImageSet,
@@ -55,6 +56,24 @@ class RunConfig:
         "with a CSV of paths, or a folder of them (see README, Large datasets).",
     )
     synthetic: Path = param(REQUIRED, "Synthetic images or embeddings, as for --real.")
+    real_boxes: Path | None = param(
+        None,
+        "Object boxes on the real images: a COCO instances .json, or a folder of YOLO .txt "
+        "(with classes.txt) or Pascal VOC .xml files. With --synthetic-boxes the run's rows "
+        "are objects (README, Objects).",
+    )
+    synthetic_boxes: Path | None = param(None, "Object boxes on the synthetic images, as above.")
+    objects: str = param(
+        "auto",
+        "How each box becomes a vector: roi (ROIAlign on the FPN level the detector's ROI "
+        "heads assign it), levels (ROIAlign on every level), crop (the box and its margin "
+        "cropped and run as an image); auto: roi for an FPN, else levels.",
+    )
+    object_margin: float = param(
+        0.25, "--objects crop: context around the box, a share of its longer side.", minimum=0
+    )
+    object_size: int = param(224, "--objects crop: side of the square crop the model sees.",
+                             minimum=8)  # fmt: skip
     backbone: str | None = param(
         None,
         "ARCH[:CHECKPOINT][@CONFIG] (see `backbones`). Default: resnet50-fpn with "
@@ -72,7 +91,12 @@ class RunConfig:
     )
     pooling: str = param("gap", "gap | channel-sum | channel-mean")
     crop: int | None = param(None, "Centre crop N×N, padding smaller images.")
-    resize: int | None = param(None, "Shorter side to N, then centre crop N×N.")
+    resize: str | None = param(
+        None,
+        "N: shorter side to N, then centre crop N×N. detector: the detector's test-time "
+        "resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST; the default for detectron2 models "
+        "when image sizes differ), each image keeping its aspect.",
+    )
     sample: int | None = param(None, "Use a random N images per domain.", minimum=1)
     follow_symlinks: bool = param(
         False, "Follow symlinks that lead outside the input folders (skipped and listed otherwise)."
@@ -144,7 +168,8 @@ class RunConfig:
         d = asdict(self)
         d["projections"] = list(self.projections)
         d["exclude_tags"] = list(self.exclude_tags)
-        for key in ("real", "synthetic", "checkpoint", "detectron2_config"):
+        for key in ("real", "synthetic", "real_boxes", "synthetic_boxes", "checkpoint",
+                    "detectron2_config"):  # fmt: skip
             d[key] = str(d[key]) if d[key] is not None else None
         return d
 
@@ -156,6 +181,7 @@ class Scanned:
     sets: dict[str, ImageSet | EmbeddingSet]
     size: tuple[int, int] | None  # what every prepared image measures; None for embeddings
     annotations: dict | None = None  # what applying the users' annotations did
+    prepare: Prepare | None = None  # how the images were prepared, when the scan chose it
 
     @property
     def embeddings(self) -> bool:
@@ -208,7 +234,9 @@ def run(config: RunConfig, store: RunStore, progress: Progress | None = None) ->
     projectors = _projectors(config)  # misspelt choices fail before any work
     pooling_fn(config.pooling)
     check_choices(config.backend, config.precision)
-    prepare = Prepare(crop=config.crop, resize=config.resize)
+    prepare = _prepare(config)
+    if config.dask and (config.real_boxes or config.synthetic_boxes):
+        raise GapscopeError("object runs (--real-boxes) do not run on Dask yet: leave out --dask")
     started = datetime.now(timezone.utc)
     if config.backbone and config.backbone.startswith("trained:"):
         config = replace(config, backbone=_trained_spec(config.backbone, store.root))
@@ -232,6 +260,14 @@ def _run(config, store, stages, projectors, prepare, started, client) -> Run:
             scanned = scan(config, prepare, projectors, writer, store.root,
                            ScanMap(client) if client else None)  # fmt: skip
             stage.summary = ", ".join(f"{len(s)} {d}" for d, s in scanned.sets.items())
+        prepare = scanned.prepare or prepare
+        objects = None
+        if config.real_boxes or config.synthetic_boxes:
+            with stages("objects", f"{config.real_boxes} and {config.synthetic_boxes}") as stage:
+                objects = scan_run_objects(config, scanned, prepare, projectors, writer)
+                stage.summary = ", ".join(f"{len(r)} {d}" for d, r in objects.rows.items())
+        rows = objects.rows if objects else scanned.rows
+        n_rows = sum(len(r) for r in rows.values())
         precision = worker_precision(client, config.precision) if client else config.precision
         backend = choose_backend(config.backend, precision, config.workers,
                                  n_images=len(scanned))  # fmt: skip
@@ -244,20 +280,27 @@ def _run(config, store, stages, projectors, prepare, started, client) -> Run:
             with stages("model"):
                 backbone = load_backbone(config)
             where = f" on Dask ({client.dashboard_link})" if client else ""
-            with stages("extract", f"{len(scanned)} images{where}") as stage:
-                vectors, cached = extract_features(
-                    config, scanned, prepare, backbone, backend, store, writer, stages.progress,
-                    client,
-                )  # fmt: skip
-                stage.summary = f"{len(scanned)} images, {cached} from the feature cache"
+            what = f"{n_rows} objects ({config.objects})" if objects else f"{n_rows} images"
+            with stages("extract", f"{what}{where}") as stage:
+                if objects:
+                    vectors, cached = extract_object_features(
+                        config, objects, prepare, backbone, backend, store, writer,
+                        stages.progress,
+                    )  # fmt: skip
+                else:
+                    vectors, cached = extract_features(
+                        config, scanned, prepare, backbone, backend, store, writer,
+                        stages.progress, client,
+                    )  # fmt: skip
+                stage.summary = f"{what}, {cached} from the feature cache"
             source = backbone.describe()
         with stages("project", ", ".join(config.projections)):
-            frame, projected = project(vectors, scanned.rows, projectors, stages.progress)
-        level = atlas_level(config.atlas_level, list(vectors), len(scanned), config.umap)
+            frame, projected = project(vectors, rows, projectors, stages.progress)
+        level = atlas_level(config.atlas_level, list(vectors), n_rows, config.umap)
         if level is not None:
             with stages("atlas", f"2D UMAP of both domains at {level}"):
                 atlas = [AtlasProjector(config.umap, backend.projection)]
-                layout, report = project({level: vectors[level]}, scanned.rows, atlas,
+                layout, report = project({level: vectors[level]}, rows, atlas,
                                          stages.progress)  # fmt: skip
                 frame, projected = pd.concat([frame, layout], ignore_index=True), projected | report
         writer.projections(frame)
@@ -265,17 +308,22 @@ def _run(config, store, stages, projectors, prepare, started, client) -> Run:
             searches = find_neighbours(vectors, config, backend, writer, client)
             stage.summary = _recall_summary(searches)
         with stages("gap", f"{len(vectors)} levels"):
-            metrics, scores = measure_gap(vectors, scanned.rows, config.gap, backend, writer,
+            metrics, scores = measure_gap(vectors, rows, config.gap, backend, writer,
                                           stages.progress)  # fmt: skip
         table = scanned.table()
-        sample = _attribution_sample(scanned, table, config)
+        if objects:
+            object_table = objects.table(table)
+            with stages("strata", "gap per class and per object size"):
+                metrics["objects"] = strata_gap(vectors, rows, object_table, config.gap, backend)
+            writer.objects(object_table)
+        sample = None if objects else _attribution_sample(scanned, table, config)
         if sample is not None:
             with stages("attribution", f"{len(sample[0])} images' photometry"):
                 metrics["attribution"] = attribute_gap(sample, scores, config.seed)
         writer.metrics(metrics)
         if config.plots:
             with stages("plots"):
-                save_plots(frame, scanned.rows, projectors, writer)
+                save_plots(frame, rows, projectors, writer)
         writer.images(table)
         writer.manifest(
             manifest(
@@ -291,6 +339,7 @@ def _run(config, store, stages, projectors, prepare, started, client) -> Run:
                 searches,
                 projected,
                 client,
+                objects,
             )  # fmt: skip
         )
     return writer.published
@@ -350,13 +399,59 @@ def scan(
                                 mapper=mapper)
             for domain in DOMAINS
         }  # fmt: skip
-        scanned = Scanned(sets, check_common_size(list(sets.values()), prepare))
+        size, chosen = _common_size(sets, prepare, config)
+        scanned = Scanned(sets, size, prepare=chosen)
     if config.exclude_tags or config.labels_from_annotations:
         scanned = _annotated(scanned, config, results)
     for projector in projectors:
         for domain, image_set in scanned.sets.items():
             projector.check(len(image_set), len(scanned), domain)
     return scanned
+
+
+def _prepare(config: RunConfig) -> Prepare:
+    """The run's image preparation; a detectron2 config gives the detector's test size."""
+    test_size = Prepare.test_size
+    if config.detectron2_config and not config.crop and config.resize in (None, DETECTOR):
+        from lib.backbones.detectron2 import load_config
+        from lib.backbones.detectron2.config import Arch
+
+        path = Path(config.detectron2_config)
+        test_size = Arch(load_config(path), path).test_size
+    return Prepare(crop=config.crop, resize=config.resize, test_size=test_size)
+
+
+def _common_size(sets: dict, prepare: Prepare, config: RunConfig):
+    """(the size every prepared image has, or None; the preparation): images of mixed
+    sizes get a detectron2 model's own test-time resize; objects' images are fine as
+    they are (each pooled from its part of a padded batch); otherwise they are an error."""
+    try:
+        return check_common_size(list(sets.values()), prepare), prepare
+    except GapscopeError as exc:
+        if config.detectron2_config:
+            log.info("%s: using the detector's test-time resize", first_line(exc))
+            return None, replace(prepare, resize=DETECTOR)
+        if config.real_boxes or config.synthetic_boxes:
+            return None, prepare
+        raise
+
+
+def scan_run_objects(config: RunConfig, scanned: Scanned, prepare: Prepare, projectors: list,
+                     writer: RunWriter):  # fmt: skip
+    """The run's objects (lib.objects), their thumbnails and pictures written, checked to
+    be enough for every projection."""
+    from lib.objects import scan_objects, write_object_pictures
+
+    if scanned.embeddings:
+        raise GapscopeError("--real-boxes and --synthetic-boxes need images, not embeddings")
+    objects = scan_objects(scanned.sets, scanned.rows,
+                           {"real": config.real_boxes, "synthetic": config.synthetic_boxes},
+                           prepare, config.objects)  # fmt: skip
+    for projector in projectors:
+        for domain, rows in objects.rows.items():
+            projector.check(len(rows), len(objects), domain)
+    write_object_pictures(objects, writer.thumb, writer.web)
+    return objects
 
 
 def _annotated(scanned: Scanned, config: RunConfig, results: Path) -> Scanned:
@@ -379,7 +474,7 @@ def _annotated(scanned: Scanned, config: RunConfig, results: Path) -> Scanned:
     record = {"database": str(notes.path.resolve()), "audit_seq": notes.last_seq(),
               "exclude_tags": list(config.exclude_tags),
               "labels_from_annotations": config.labels_from_annotations, **applied}  # fmt: skip
-    return Scanned(sets, scanned.size, record)
+    return Scanned(sets, scanned.size, record, scanned.prepare)
 
 
 def _scan_embeddings(config: RunConfig, writer: RunWriter) -> Scanned:
@@ -487,6 +582,46 @@ def extract_features(
     for array in extraction.vectors.values():
         array.flush()
     return {lv: writer.features_read(lv) for lv in extraction.vectors}, extraction.cached
+
+
+def extract_object_features(config: RunConfig, objects, prepare: Prepare, backbone, backend,
+                            store: RunStore, writer: RunWriter, progress: Progress):  # fmt: skip
+    """Every object's vector per level (lib.objects), into the run's feature files; the
+    feature cache keeps objects by image, box and how they are pooled."""
+    from lib.features import FeatureCache, cache_key
+    from lib.objects import RoiPooler, extract_objects, resolve_mode
+
+    pooler = RoiPooler.for_backbone(backbone)
+    mode = resolve_mode(config.objects, backbone)
+    how = f"objects {mode} {pooler.describe()} {config.pooling}"
+    if mode == "crop":
+        how += f" margin {config.object_margin:g} side {config.object_size}"
+    cache = FeatureCache(store.cache_dir, cache_key(backbone, how, prepare, backend.precision),
+                         config.shard)  # fmt: skip
+    progress.start("extract", len(objects))
+    vectors, cached = extract_objects(
+        backbone, objects.images, prepare, mode, pooler, config.pooling,
+        config.object_margin, config.object_size, config.batch_size, cache, backend.device,
+        backend.precision, backend.workers, lambda n: progress.advance("extract", n),
+        allocate=writer.features_array,
+    )  # fmt: skip
+    for array in vectors.values():
+        array.flush()
+    return {lv: writer.features_read(lv) for lv in vectors}, cached
+
+
+def strata_gap(vectors, rows, objects, params: GapParams, backend) -> dict:
+    """lib.gap.strata per class and per COCO size stratum (and all objects: the run's
+    levels)."""
+    from lib.gap.strata import gap_by
+
+    real, synthetic = rows["real"], rows["synthetic"]
+    return {
+        "by_class": gap_by(vectors, real, synthetic, objects["category"].to_numpy(), params,
+                           backend.device),
+        "by_size": gap_by(vectors, real, synthetic, objects["size"].to_numpy(), params,
+                          backend.device),
+    }  # fmt: skip
 
 
 def _trained_spec(spec: str, results: Path) -> str:
@@ -698,10 +833,12 @@ def manifest(
     searches: dict,
     projected: dict,
     client=None,
+    objects=None,
 ) -> dict:
     from lib.cluster import describe
 
     sets = scanned.sets.values()
+    rows = objects.rows if objects else scanned.rows
     return {
         "status": "complete",
         "created": started.isoformat(timespec="seconds"),
@@ -719,8 +856,11 @@ def manifest(
             for sk in s.skipped
         ],
         "padded": 0 if scanned.embeddings else sum(r.padded for _, r in scanned.items),
-        "counts": {d: int(len(r)) for d, r in scanned.rows.items()},
+        "counts": {d: int(len(r)) for d, r in rows.items()},
+        "test_size": list(prepare.test_size) if prepare.detector else None,
+        "objects": _objects_summary(config, objects, source, vectors) if objects else None,
         "annotations": scanned.annotations,
+        "levels": list(vectors),
         "feature_dims": {level: int(v.shape[1]) for level, v in vectors.items()},
         "cached_images": cached,
         "neighbors": searches,
@@ -728,6 +868,22 @@ def manifest(
         "timings_s": timings,
         "versions": _versions(),
     }
+
+
+def _objects_summary(config: RunConfig, objects, source: dict, vectors: dict) -> dict:
+    from lib.objects import RoiPooler
+
+    pooler = RoiPooler.of(source, source["levels"])
+    mode = "roi" if "roi" in vectors else "crop" if config.objects == "crop" else "levels"
+    return {
+        "mode": mode,
+        "pooler": pooler.describe() if mode != "crop" else None,
+        "crop": {"margin": config.object_margin, "size": config.object_size}
+        if mode == "crop" else None,
+        "formats": objects.formats,
+        "images": {d: sum(dd == d for dd in objects.domains) for d in DOMAINS},
+        "skipped": objects.skipped,
+    }  # fmt: skip
 
 
 def _input_summary(image_set: ImageSet | EmbeddingSet) -> dict:

@@ -195,7 +195,7 @@ def evaluate(run, job: RetrievalJob) -> tuple[dict, dict]:
     """(results, per-query tables by level) of one run's retrieval from query to gallery."""
     import pandas as pd
 
-    images = run.images
+    images = run.rows
     unknown = [lv for lv in job.levels if lv not in run.levels]
     if unknown:
         raise GapscopeError(f"--level {unknown[0]}: run {run.id} has no such level "
@@ -238,12 +238,12 @@ def evaluate(run, job: RetrievalJob) -> tuple[dict, dict]:
 
 
 def _labels(run, corrected: bool) -> np.ndarray:
-    labels = run.images["category"].fillna("").astype(str).to_numpy()
+    labels = run.rows["category"].fillna("").astype(str).to_numpy()
     if corrected:
         from lib.annotations import Annotations
 
         fixed = {(k.hash, k.relpath): v[1] for k, v in Annotations.of(run.results).labels().items()}
-        keys = zip(run.images["hash"].tolist(), run.images["relpath"].tolist(), strict=True)
+        keys = zip(run.rows["hash"].tolist(), run.rows["relpath"].tolist(), strict=True)
         labels = np.array([fixed.get(key, old) for key, old in zip(keys, labels, strict=True)])
     return labels
 

@@ -10,7 +10,10 @@ go through typed methods per artefact (`RunWriter.features`, `Run.neighbors`, ..
 
     manifest.json                 config, versions, backend, timings; `schema` (SCHEMA)
     images.parquet                one row per image
-    features/<level>.npy          float32 (N, D)
+    objects.parquet               one row per object, when boxes were given: then the
+                                  run's rows (features, projections, neighbours, scores)
+                                  are objects, and `Run.rows` is this table
+    features/<level>.npy          float32 (N, D), one row per image (or object)
     projections.parquet           id, level, method, fit_on, x, y, z
     neighbors/<level>.npy         int32 (N, k) row indices, nearest first
     neighbors/<level>.distances.npy  float32 (N, k)
@@ -59,6 +62,7 @@ OWNER = ".owner.json"  # in a partial run: the pid and host writing it
 SERVING = ".serving"  # in the store: one file per demo process, naming the runs it shows
 MANIFEST = "manifest.json"
 IMAGES = "images.parquet"
+OBJECTS = "objects.parquet"
 PROJECTIONS = "projections.parquet"
 SCORES = "scores.parquet"
 METRICS = "metrics.json"
@@ -141,6 +145,9 @@ class RunWriter:
 
     def images(self, frame) -> None:
         self._table(IMAGES, frame)
+
+    def objects(self, frame) -> None:
+        self._table(OBJECTS, frame)
 
     def features(self, level: str, vectors: np.ndarray) -> None:
         self._array(_features_file(level), np.asarray(vectors, dtype=np.float32))
@@ -462,13 +469,29 @@ class Run:
 
     @property
     def levels(self) -> list[str]:
-        return list(self.manifest["backbone"]["levels"])
+        """The levels the run's features are at: the backbone's, or for objects pooled on
+        the ROI heads' levels, `roi` (runs before object runs name only the backbone's)."""
+        return list(self.manifest.get("levels") or self.manifest["backbone"]["levels"])
 
     @cached_property
     def images(self):
         import pandas as pd
 
         return pd.read_parquet(self.dir / IMAGES)
+
+    @cached_property
+    def objects(self):
+        """One row per object (None for a run of whole images)."""
+        import pandas as pd
+
+        path = self.dir / OBJECTS
+        return pd.read_parquet(path) if path.is_file() else None
+
+    @property
+    def rows(self):
+        """The table of what the run's rows are: its objects when it has them, else its
+        images. Features, projections, neighbours and scores index this table."""
+        return self.images if self.objects is None else self.objects
 
     @cached_property
     def projections(self):
@@ -514,10 +537,11 @@ class Run:
         return {}
 
     def column(self, name: str) -> np.ndarray:
-        """One column of the images table as an array indexed by row id, read once: a
-        row's fields without building a pandas row (the demo reads 17 rows a click)."""
+        """One column of the rows table (images, or objects) as an array indexed by row
+        id, read once: a row's fields without building a pandas row (the demo reads 17
+        rows a click)."""
         if name not in self._columns:
-            values = self.images[name]
+            values = self.rows[name]
             self._columns[name] = values.to_numpy(dtype=object if values.dtype == object else None)
         return self._columns[name]
 
@@ -533,7 +557,7 @@ class Run:
     def web(self, row: int) -> Path | None:
         """The row's web copy (longest side ≤ 1,024 px), for images larger than a
         thumbnail; None otherwise, and for runs from before web copies."""
-        name = self.column("web")[row] if "web" in self.images.columns else ""
+        name = self.column("web")[row] if "web" in self.rows.columns else ""
         return self.dir / WEB / name if name else None
 
     def image_file(self, row: int) -> Path | None:

@@ -154,3 +154,31 @@ def served(url: str, path) -> int:
             return r.status
     except urllib.error.HTTPError as err:
         return err.code
+
+
+OBJECT_SCENES = 45  # per domain: ~160 objects each, every size stratum
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory):
+    """The object example (digits placed on canvases of mixed sizes, COCO boxes) run
+    through `python -m batch run` with a small detectron2 detector (random weights, its
+    config's test size 320): (the results folder, the example's folder)."""
+    from tests.test_detectron2 import Spec, build
+
+    root = tmp_path_factory.mktemp("objects")
+    data = root / "data"
+    subprocess.run([sys.executable, "-m", "batch", "example", "--objects", "--scenes",
+                    str(OBJECT_SCENES), "--out", str(data)], cwd=ROOT, check=True,
+                   capture_output=True, timeout=300)  # fmt: skip
+    config, ckpt = build(root / "d2", Spec(), INPUT={"MIN_SIZE_TEST": 320, "MAX_SIZE_TEST": 400})
+    result = subprocess.run(
+        [sys.executable, "-m", "batch", "run", "--real", str(data / "real"), "--synthetic",
+         str(data / "synthetic"), "--real-boxes", str(data / "real.json"), "--synthetic-boxes",
+         str(data / "synthetic.json"), "--detectron2-config", str(config), "--checkpoint",
+         str(ckpt), "--results", str(root / "results"), "--k", "8", "--projection", "umap",
+         "--atlas-level", "none", "--no-plots"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return root / "results", data

@@ -24,8 +24,9 @@ def coco(tmp_path, annotations, images=None, categories=None):
             {"id": 2, "file_name": "sub/b.png", "width": 64, "height": 64},
         ],
         "categories": categories or [{"id": 7, "name": "plane"}, {"id": 9, "name": "car"}],
-        "annotations": [{"id": n, "image_id": 1, "category_id": 7, **a}
-                        for n, a in enumerate(annotations)],  # fmt: skip
+        "annotations": [
+            {"id": n, "image_id": 1, "category_id": 7, **a} for n, a in enumerate(annotations)
+        ],  # fmt: skip
     }
     path = tmp_path / "instances.json"
     path.write_text(json.dumps(data))
@@ -102,7 +103,9 @@ def test_yolo_labels_with_a_names_file(tmp_path):
     labels = tmp_path / "labels"
     (labels / "sub").mkdir(parents=True)
     (labels / "classes.txt").write_text("plane\ncar\n")
-    (labels / "a.txt").write_text("0 0.5 0.5 0.2 0.25\n1 0.95 0.5 0.2 0.5\n\n5 0.5 0.5 0.1 0.1\nbad\n")
+    (labels / "a.txt").write_text(
+        "0 0.5 0.5 0.2 0.25\n1 0.95 0.5 0.2 0.5\n\n5 0.5 0.5 0.1 0.1\nbad\n"
+    )
     (labels / "sub" / "b.txt").write_text("1 0.25 0.25 0.5 0.5\n")
     (labels / "ghost.txt").write_text("0 0.5 0.5 0.1 0.1\n")
     got = read_boxes(labels, RECORDS)
@@ -141,9 +144,7 @@ def test_pascal_voc_boxes_start_at_one_as_detectron2_reads_them(tmp_path):
     (tmp_path / "c.xml").write_text("<annotation><filename>")
     got = read_boxes(tmp_path, RECORDS)
     assert got.format == "voc"
-    assert [(b.category, b.x0, b.y0, b.x1, b.y1) for b in got.boxes] == [
-        ("plane", 10, 20, 40, 60)
-    ]
+    assert [(b.category, b.x0, b.y0, b.x1, b.y1) for b in got.boxes] == [("plane", 10, 20, 40, 60)]
     why = reasons(got)
     assert ("a.xml object 2", "needs name and bndbox xmin ymin xmax ymax") in why
     assert ("a.xml object 3", "has no class name") in why

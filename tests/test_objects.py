@@ -180,7 +180,7 @@ def object_images(tmp_path_factory):
                       np.float32),
              np.array([[5, 5, 40, 60], [60, 60, 70, 70]], np.float32)]  # fmt: skip
     items = [(image_set, r) for r in image_set.records]
-    keys = [[object_key(r.hash, b, "roi") for b in bs] for (_, r), bs in zip(items, boxes)]
+    keys = [[object_key(r.hash, b) for b in bs] for (_, r), bs in zip(items, boxes, strict=True)]
     return ObjectImages(items, boxes, keys)
 
 
@@ -197,7 +197,7 @@ def test_objects_are_pooled_from_the_maps_of_the_image_the_detector_sees(detecto
     vectors, cached = extract_objects(detector, object_images, prepare, "roi", batch_size=1)
     assert cached == 0 and list(vectors) == ["roi"] and vectors["roi"].shape == (6, 16)
     row, levels = 0, []
-    for (image_set, record), boxes in zip(object_images.items, object_images.boxes):
+    for (_, record), boxes in zip(object_images.items, object_images.boxes, strict=True):
         rgb = np.asarray(Image.open(record.path).convert("RGB"))
         h, w = rgb.shape[:2]
         scale = 448 / min(h, w)
