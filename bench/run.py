@@ -136,11 +136,12 @@ def bench_pipeline() -> dict:
         }
 
 
-def bench_resume(n_per_domain: int | None = None) -> dict:
+def bench_resume(n_per_domain: int | None = None, options: tuple[str, ...] = ()) -> dict:
     """What a kill costs: the bundled example's batch job cold (`python -m batch run`,
     empty feature cache); into another store, the same job SIGKILLed as projection
     starts (every feature extracted and cached, nothing published), then its rerun, which
-    resumes from the cache. Each in a fresh process, as cron runs them."""
+    resumes from the cache. Each in a fresh process, as cron runs them; `options` are
+    added to each (the tests' lighter job)."""
     import subprocess
 
     from lib.example import build_example
@@ -158,7 +159,8 @@ def bench_resume(n_per_domain: int | None = None) -> dict:
 
         def batch(results: str, *python: str) -> tuple[float, int]:
             args = ["run", "--real", str(example / "real"), "--synthetic",
-                    str(example / "synthetic"), "--results", str(Path(tmp) / results)]  # fmt: skip
+                    str(example / "synthetic"), "--results", str(Path(tmp) / results),
+                    *options]  # fmt: skip
             t = time.perf_counter()
             done = subprocess.run([sys.executable, *python, *args], cwd=ROOT,
                                   capture_output=True, text=True)  # fmt: skip

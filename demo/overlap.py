@@ -47,6 +47,8 @@ DIRECTIONS = {  # label → the domain the projection was fitted on
     direction_title("real"): "real",
     direction_title("synthetic"): "synthetic",
 }
+ALL = "all"
+SIZES = (ALL, "small", "medium", "large")  # COCO's object size strata (lib.boxes)
 COLOR_BY = ("domain", "category", "cluster", "realism", "p(synthetic)", "tags")
 SCORE_COLUMNS = {"realism": "realism", "p(synthetic)": "p_synthetic"}
 CATEGORY_COLORS = (
@@ -134,13 +136,16 @@ def overlap_figure(
     view: str = "3D",
     box: list[float] | None = None,
     contours: bool = False,
+    category: str = ALL,
+    size: str = ALL,
 ):
     """Interactive scatter of one level, projection and direction; customdata holds row
     ids. A joint projection (t-SNE) has one view, whatever `fit_on`, and is 2D; `view` "2D"
     shows a 3D projection's first two axes. Large runs are thinned (demo.thinning): each
     domain's count and how many are shown are in the legend. `box` [x0, x1, y0, y1] (2D):
     the region zoomed into, shown with every point the budget allows. `contours` (2D):
-    each domain's density as contour lines, from all its points."""
+    each domain's density as contour lines, from all its points. `category` and `size`
+    (an object run's class and size stratum): only those rows."""
     import plotly.graph_objects as go
 
     proj, fit_on = projection_view(run, level, method, fit_on)
@@ -149,6 +154,7 @@ def overlap_figure(
     coords = np.column_stack([proj[a] for a in axes_used])
     domains = image_column(run, "domain")[proj["id"]]
     inside = _in_box(coords, box) if flat and box else np.ones(len(coords), bool)
+    inside &= object_filter(run, proj["id"], category, size)
     order = _draw_order(domains, fit_on)
     rows = {d: np.flatnonzero((domains == d) & inside) for d in order}
     kind = "2D" if flat else "3D"
@@ -209,6 +215,26 @@ def overlap_figure(
 
 
 DETAILED_UP_TO = 20_000  # points shown with a full tooltip (domain · category · path)
+
+
+def object_filter(run: Run, ids: np.ndarray, category: str = ALL, size: str = ALL) -> np.ndarray:
+    """Which of the rows `ids` an object run's class and size choice keeps (all of them
+    for a run of images, or a choice this run does not have)."""
+    keep = np.ones(len(ids), bool)
+    if run.objects is None:
+        return keep
+    for column, value in (("category", category), ("size", size)):
+        values = image_column(run, column).astype(str)
+        if value not in (ALL, None, "") and value in set(values):
+            keep &= values[ids] == value
+    return keep
+
+
+def class_choices(run: Run) -> list[str]:
+    """ "all" and an object run's classes (none for a run of images)."""
+    if run.objects is None:
+        return [ALL]
+    return [ALL, *sorted(set(image_column(run, "category").astype(str)))]
 
 
 def view_key(run: Run, level: str, method: str, fit_on: str, kind: str) -> str:
@@ -401,14 +427,17 @@ VIEWS = ("3D", "2D")
 
 
 def show_plot(store: RunStore, run_id: str, level: str, direction: str, color_by: str,
-              method: str, view: str, contours: bool, zoom: str = ""):  # fmt: skip
+              method: str, view: str, contours: bool, zoom: str = "", category: str = ALL,
+              size: str = ALL):  # fmt: skip
     """The plot for the user's choices; `zoom`: the browser's last 2D zoom ({"key", "box"}),
-    applied when it was made in this same view."""
+    applied when it was made in this same view; `category`, `size`: an object run's
+    class and size stratum."""
     run = open_id(store, run_id)
     level = level if level in run.levels else default_level(run)
     method, fit_on = pick_method(run, method), DIRECTIONS.get(direction, "real")
     box = parse_zoom(zoom, run, level, method, fit_on)
-    return overlap_figure(run, level, fit_on, color_by, method, view, box, contours)
+    return overlap_figure(run, level, fit_on, color_by, method, view, box, contours,
+                          category, size)  # fmt: skip
 
 
 def parse_zoom(payload: str, run: Run, level: str, method: str, fit_on: str):
@@ -546,6 +575,11 @@ def build(store: RunStore, roots: list[str], first: Run, editing: Editing | None
             contours = gr.Checkbox(False, label="Density contours (2D)", elem_id="contours")
             search = gr.Textbox(label="Find an image", placeholder="row id or part of a file name",
                                 elem_id="find_image", scale=2)  # fmt: skip
+        with gr.Row(visible=first.objects is not None):  # an object run's class and size
+            category = gr.Dropdown(class_choices(first), value=ALL, label="Objects of class",
+                                   elem_id="object_class", allow_custom_value=True)  # fmt: skip
+            size = gr.Radio(list(SIZES), value=ALL, label="Object size (COCO: small < 32², "
+                            "large ≥ 96² px)", elem_id="object_size")  # fmt: skip
         with gr.Row():
             with gr.Column(scale=3):
                 figure = overlap_figure(first, default_level(first), "real",
@@ -582,8 +616,9 @@ def build(store: RunStore, roots: list[str], first: Run, editing: Editing | None
         # .input: the user's choices only; a run switch sets these and draws the plot itself
         gr.on(
             [level.input, direction.input, color_by.input, method.input, view.input,
-             contours.input, zoom_box.change],  # the zoom box is only ever set by the browser
-            partial(show_plot, store), [*choices, zoom_box], plot,
+             contours.input, zoom_box.change,  # the zoom box is only ever set by the browser
+             category.input, size.input],
+            partial(show_plot, store), [*choices, zoom_box, category, size], plot,
         )  # fmt: skip
         click_box.change(
             partial(select_point, store, roots), [click_box, run_id, level],

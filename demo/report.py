@@ -213,7 +213,7 @@ def what_differs(run: Run) -> tuple[str, object]:
     a chart of each statistic's AUC and of what photometry explains per level."""
     found = (run.metrics or {}).get("attribution")
     if not found:
-        return ("### What differs\nThis run has no photometric attribution (embeddings, "
+        return ("### What differs\nThis run has no photometric attribution (embeddings, objects, "
                 "`--attribution 0`, or a run from before it).", None)  # fmt: skip
     lines = ["### What differs", ""]
     lines += [f"- {s}" for s in found["sentences"]] or ["- no clear photometric difference"]
@@ -234,6 +234,56 @@ def what_differs(run: Run) -> tuple[str, object]:
             f" | {s['real_median']:.4g} | {s['synthetic_median']:.4g} |"
         )
     return "\n".join(lines), attribution_figure(found)
+
+
+def objects_section(run: Run) -> str:
+    """An object run's gap per class and per size stratum, level by level: FD and the
+    domain classifier's AUC with their intervals (lib.gap.strata); "" for image runs."""
+    strata = (run.metrics or {}).get("objects")
+    if not strata:
+        return ""
+    levels = run.levels
+    lines = [
+        "### Objects: the gap per class and per size",
+        "",
+        "Per level, the Fréchet distance and the domain classifier's AUC (0.5: no gap), "
+        "with 95 % intervals, among the objects of one class or size stratum only (COCO's: "
+        "small < 32², large ≥ 96² px). Strata with fewer than 20 objects in a domain have "
+        "no figures.",
+        "",
+        "| objects | N real + synthetic | "
+        + " | ".join(f"{lv} FD | {lv} AUC" for lv in levels) + " |",
+        "|---|---|" + "---|---|" * len(levels),
+    ]  # fmt: skip
+    for title, key in (("class", "by_class"), ("size", "by_size")):
+        for name, entry in strata[key].items():
+            cells = [f"{title} **{name}**", f"{entry['n']['real']} + {entry['n']['synthetic']}"]
+            for lv in levels:
+                rec = entry.get("levels", {}).get(lv)
+                cells += [_with_interval(rec["fd"]), _with_interval(rec["auc"], ".2f")] if rec \
+                    else ["–", "–"]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _with_interval(rec: dict, fmt: str = ".3g") -> str:
+    ci = interval(rec)
+    return f"{rec['value']:{fmt}}" + (f" ({ci[0]:{fmt}}–{ci[1]:{fmt}})" if ci else "")
+
+
+def least_realistic_per_class(run: Run, level: str, per_class: int = 2) -> list[tuple]:
+    """An object run's least realistic synthetic objects, `per_class` of each class."""
+    if run.objects is None:
+        return []
+    scores = level_scores(run, level)
+    objects = run.rows
+    synth = objects[objects["domain"] == "synthetic"]
+    items = []
+    for _, group in synth.groupby("category", sort=True):
+        worst = scores.loc[group.index].sort_values("realism").head(per_class)
+        items += [(picture(run.thumb(int(i))), f"{caption(run, int(i))} · realism "
+                   f"{row['realism']:.2f}") for i, row in worst.iterrows()]  # fmt: skip
+    return items
 
 
 def attribution_figure(found: dict):
@@ -276,13 +326,15 @@ def show_report(store: RunStore, run_id: str, level: str, metric: str):
     `level`, history."""
     run = open_id(store, run_id)
     if not run.metrics:
-        return NO_METRICS, None, None, "", None, [], [], [], [], None
+        return NO_METRICS, None, None, "", "", None, [], [], [], [], [], None
     level = level if level in run.levels else default_level(run)
     blame = blame_galleries(run, level)
     return (
         notes_markdown(run),
         summary_table(run),
         levels_figure(run),
+        objects_section(run),
+        gr.update(value=least_realistic_per_class(run, level), visible=run.objects is not None),
         *what_differs(run),
         blame["least_realistic"],
         blame["most_synthetic"],
@@ -312,6 +364,9 @@ def build(store: RunStore, first: Run) -> Tab:
         notes = gr.Markdown(elem_id="report_notes")
         table = gr.Dataframe(headers=SUMMARY_HEADERS, label="Gap per level", elem_id="gap_table")
         chart = gr.Plot(label="Metrics across levels (95% intervals; KID ± 1 std)")
+        objects = gr.Markdown(elem_id="objects_gap")
+        per_class = _gallery("Least realistic synthetic objects of each class (at the level "
+                             "below)", "objects_to_blame")  # fmt: skip
         differs = gr.Markdown(elem_id="what_differs")
         differs_chart = gr.Plot(label="What differs", elem_id="what_differs_chart")
         with gr.Row():
@@ -328,7 +383,8 @@ def build(store: RunStore, first: Run) -> Tab:
                      "invented)", "one_domain_clusters"),
         ]  # fmt: skip
         history = gr.Plot(label="Over all published runs")
-        outputs = [notes, table, chart, differs, differs_chart, *galleries, history]
+        outputs = [notes, table, chart, objects, per_class, differs, differs_chart, *galleries,
+                   history]  # fmt: skip
         gr.on([level.input, metric.input], partial(show_report, store),
               [run_id, level, metric], outputs)  # fmt: skip
         # filled on load too: the report is the slowest part of a run to draw

@@ -164,13 +164,11 @@ def object_store(tmp_path_factory):
     """The object example (digits placed on canvases of mixed sizes, COCO boxes) run
     through `python -m batch run` with a small detectron2 detector (random weights, its
     config's test size 320): (the results folder, the example's folder)."""
+    from lib.example import build_object_example
     from tests.test_detectron2 import Spec, build
 
     root = tmp_path_factory.mktemp("objects")
-    data = root / "data"
-    subprocess.run([sys.executable, "-m", "batch", "example", "--objects", "--scenes",
-                    str(OBJECT_SCENES), "--out", str(data)], cwd=ROOT, check=True,
-                   capture_output=True, timeout=300)  # fmt: skip
+    data = build_object_example(root / "data", OBJECT_SCENES).root
     config, ckpt = build(root / "d2", Spec(), INPUT={"MIN_SIZE_TEST": 320, "MAX_SIZE_TEST": 400})
     result = subprocess.run(
         [sys.executable, "-m", "batch", "run", "--real", str(data / "real"), "--synthetic",

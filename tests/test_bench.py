@@ -40,12 +40,12 @@ def test_caricature_section_compares_like_with_like(bench):
 
 
 def test_scale_section_runs_the_whole_job_and_reports_each_figure(bench):
-    out = bench.bench_scale(sizes=(1000,), d=16)["1000+1000"]
+    out = bench.bench_scale(sizes=(400,), d=16)["400+400"]
     assert set(out["stages_s"]) >= {"scan", "features", "project", "neighbors", "gap"}
     assert out["peak_rss_gib"] > 0 and out["end_to_end_s"] > 0
     assert out["neighbors"]["engine"] in ("torch", "faiss")  # exact below 200k rows
-    assert out["gap_sample"] == {"real": 1000, "synthetic": 1000}
-    assert out["overlap_plot"]["3D"]["points"] == 2000  # under the budget: every point
+    assert out["gap_sample"] == {"real": 400, "synthetic": 400}
+    assert out["overlap_plot"]["3D"]["points"] == 800  # under the budget: every point
     assert out["click_to_gallery_ms"]["median_of_next_20"] > 0
     assert "first_render_s" in out["demo"] or out["demo"] == {"skipped": "no chromium"}
 
@@ -59,7 +59,8 @@ def test_demo_section_loads_the_server_with_clients_and_counts_errors(bench):
 
 
 def test_resume_section_times_a_cold_run_and_the_rerun_after_a_kill(bench):
-    out = bench.bench_resume(n_per_domain=20)
+    light = ("--projection", "pca", "--atlas-level", "none", "--attribution", "0", "--no-plots")
+    out = bench.bench_resume(n_per_domain=20, options=light)
     assert out["images"] == 40
     assert out["cold_s"] > 0 and out["rerun_after_kill_s"] > 0
     assert "extract" in str(out["rerun_stages_s"])

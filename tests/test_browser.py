@@ -48,7 +48,7 @@ def visit(browser, url: str):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
     page.wait_for_selector("#overlap_plot .js-plotly-plot canvas", timeout=60_000)
-    page.wait_for_timeout(1500)
+    page.wait_for_timeout(600)
     yield page
     page.close()
 
@@ -711,3 +711,55 @@ def test_the_retrieval_tab_shows_metrics_and_a_class_s_failed_queries(filter_gap
         e.inner_text() for e in page.query_selector_all("#retrieval_queries .caption-label")
     ]
     assert all(c.startswith(("query #", "✗")) for c in captions)
+
+
+# ---- an object run -----------------------------------------------------------------------
+
+
+def test_an_object_is_clicked_in_its_class_and_shown_with_its_box_and_nearest_objects(
+    browser, object_store
+):
+    """The object example's run: pick a class and a size, click a point where its tooltip
+    shows; the object beside its image with the box, its nearest objects (each caption
+    naming class and size); the gap report's class × level table."""
+    from conftest import serve_demo
+
+    from lib.store import RunStore
+
+    results, _ = object_store
+    run = RunStore(results).open()
+    objects = run.objects
+    medium = objects[objects["size"] == "medium"]
+    klass = medium["category"].value_counts().index[0]
+    with serve_demo(results) as url, visit(browser, url) as page:
+        page.get_by_label("Objects of class", exact=True).click()
+        page.get_by_role("option", name=str(klass), exact=True).click()
+        page.get_by_text("medium", exact=True).click()
+        wanted = int((medium["category"] == klass).sum())
+        page.wait_for_function(
+            "(n) => { const p = document.querySelector('#overlap_plot .js-plotly-plot');"
+            " return p && p._fullData && p._fullData.reduce((s, t) => s + (t.customdata || [])"
+            ".length, 0)"
+            " === n; }",
+            arg=wanted, timeout=20_000,
+        )  # fmt: skip
+        page.wait_for_timeout(600)
+        ((x, y, row),) = points_with_tooltips(page)
+        assert objects.at[row, "category"] == klass and objects.at[row, "size"] == "medium"
+        click_here(page, x, y)
+        wait_selected(page, row)
+        page.wait_for_function(
+            "() => document.querySelectorAll('#neighbours .caption-label').length >= 8",
+            timeout=20_000,
+        )
+        assert all(c.split(" · ")[2].split(" ")[0] in ("small", "medium", "large")
+                   for c in gallery_captions(page))  # fmt: skip
+        src = page.get_attribute("#selected_image img", "src")
+        assert src.endswith(run.web(row).name)  # the object beside its image, box drawn
+        page.get_by_role("tab", name="Gap report").click()
+        page.wait_for_function(
+            "() => document.querySelectorAll('#objects_to_blame .caption-label').length >= 10",
+            timeout=30_000,
+        )
+        table = page.inner_text("#objects_gap")
+        assert "the gap per class and per size" in table and "size medium" in table

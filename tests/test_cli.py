@@ -66,7 +66,9 @@ def messy(example_dir, tmp_path_factory) -> tuple[Path, Path]:
 
 def test_messy_folders_publish_a_run_listing_skipped_files(messy, tmp_path):
     real, synthetic = messy
-    result = batch("run", "--real", real, "--synthetic", synthetic, "--results", tmp_path, "--k", 5)
+    result = batch("run", "--real", real, "--synthetic", synthetic, "--results", tmp_path,
+                   "--k", 5, "--projection", "pca", "--atlas-level", "none", "--attribution", 0,
+                   "--no-plots")  # the stages after the scan are the cron test's  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "skipped 2 unusable files" in result.stdout
     run_dir = (tmp_path / "latest").resolve()

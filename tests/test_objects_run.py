@@ -106,3 +106,23 @@ def test_boxes_for_one_domain_only_or_none_usable_are_one_line_errors(object_sto
     assert_one_line_error(result, "no usable boxes on the synthetic images",
                           "its image is not among the scanned images")  # fmt: skip
     assert not (tmp_path / "results" / "latest").exists()
+
+
+def test_the_overlap_view_keeps_one_class_and_size_and_the_report_tabulates_them(run):
+    from demo import overlap as views
+    from demo.report import least_realistic_per_class, objects_section
+
+    assert views.class_choices(run) == ["all", *[str(d) for d in range(10)]]
+    objects = run.objects
+    fig = views.overlap_figure(run, "roi", "real", category="3", size="small")
+    ids = np.concatenate([np.asarray(t.customdata) for t in fig.data])
+    want = objects.index[(objects["category"] == "3") & (objects["size"] == "small")]
+    assert sorted(ids.tolist()) == sorted(want.tolist()) and len(ids)
+    every = views.overlap_figure(run, "roi", "real", category="no such class")
+    assert sum(len(t.customdata) for t in every.data) == len(objects)  # unknown: all kept
+    table = objects_section(run)
+    assert "| class **7** |" in table and "| size **small** |" in table and "roi AUC" in table
+    worst = least_realistic_per_class(run, "roi")
+    classes = [c.split(" · ")[1] for _, c in worst]
+    assert classes == sorted(classes) and len(set(classes)) == 10
+    assert all(c.split(" ")[1] == "synthetic" and "· realism " in c for _, c in worst)
