@@ -737,6 +737,58 @@ def bench_training(n: int | None = None, side: int | None = None, epochs: int = 
     }
 
 
+def bench_objects(n_scenes: int = 40, test_size: tuple[int, int] = (480, 640)) -> dict:
+    """Per-object features on the object example (`n_scenes` scenes a domain, 2-5 digits
+    each): ROIAlign on the level the ROI heads assign (`roi`), on every level (`levels`),
+    each after one forward pass per image at the detector's test-time resize (shortest
+    edge test_size[0]; and roi at the images' own size), against cropping each box (25 %
+    margin) and running the crop at 224 px (`crop`): the same boxes, the same
+    ResNet-50-FPN (random weights: speed does not depend on them), objects per second.
+    ROI pooling costs one forward pass per image whatever its number of objects; a crop
+    costs one per object."""
+    from lib.backbones import create_backbone
+    from lib.boxes import read_boxes
+    from lib.example import build_object_example
+    from lib.images import Prepare, open_folder
+    from lib.objects import ObjectImages, extract_objects, object_key
+
+    backbone = create_backbone("resnet50-fpn", random_weights=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = build_object_example(Path(tmp) / "objects", n_scenes).root
+        items, boxes, keys = [], [], []
+        for domain in ("real", "synthetic"):
+            image_set = open_folder(root / domain, domain, Prepare())
+            found = read_boxes(root / f"{domain}.json", image_set.records)
+            for i, record in enumerate(image_set.records):
+                mine = [(b.x0, b.y0, b.x1, b.y1) for b in found.boxes if b.image == i]
+                items.append((image_set, record))
+                boxes.append(np.array(mine, np.float32).reshape(-1, 4))
+                keys.append([object_key(record.hash, b) for b in mine])
+        images = ObjectImages(items, boxes, keys)
+        n = images.n_objects
+        out = {}
+        detector = Prepare(resize="detector", test_size=test_size)
+        for name, mode, prepare, batch in (
+            ("roi", "roi", detector, 4),
+            ("levels", "levels", detector, 4),
+            ("roi at the images' own size", "roi", Prepare(), 4),
+            ("crop", "crop", Prepare(), 16),
+        ):
+            t = time.perf_counter()
+            extract_objects(backbone, images, prepare, mode, batch_size=batch, crop_size=224)
+            seconds = time.perf_counter() - t
+            out[name] = {"seconds": round(seconds, 2), "objects_per_s": round(n / seconds, 1),
+                         "images_per_s": round(len(items) / seconds, 2)}  # fmt: skip
+    crop = out["crop"]["objects_per_s"]
+    return {
+        "what": f"{n} objects on {len(items)} images (scenes of 192-240 × 240-288 px, resized "
+        f"to a shortest edge of {test_size[0]}, or as they are), resnet50-fpn, fp32, "
+        f"{os.cpu_count()} cores; crop: each box with a 25 % margin at 224 px",
+        **out,
+        "ratio_to_crop": {m: round(v["objects_per_s"] / crop, 2) for m, v in out.items()},
+    }
+
+
 SECTIONS = {
     "gap": bench_gap,
     "prdc": bench_prdc,
@@ -752,6 +804,7 @@ SECTIONS = {
     "whatif": bench_whatif,
     "dask": bench_dask,
     "training": bench_training,
+    "objects": bench_objects,
 }
 
 

@@ -12,6 +12,7 @@ from functools import partial
 import gradio as gr
 import numpy as np
 
+from demo.overlap import ALL, SIZES, class_choices, object_filter
 from demo.runs import (
     PathGallery,
     Tab,
@@ -92,12 +93,15 @@ def summary_table(run: Run) -> list[list]:
     return rows
 
 
-def blame_galleries(run: Run, level: str, n: int = 16) -> dict[str, list[tuple[str, str]]]:
-    """Thumbnails of the images behind the gap at one level, worst first."""
+def blame_galleries(run: Run, level: str, n: int = 16, category: str = ALL,
+                    size: str = ALL) -> dict[str, list[tuple[str, str]]]:  # fmt: skip
+    """Thumbnails of the images behind the gap at one level, worst first; of an object
+    run, only the objects of `category` and `size` when chosen."""
     scores = level_scores(run, level)
     images = run.rows
-    synth = scores.loc[images.index[images["domain"] == "synthetic"]]
-    real = scores.loc[images.index[images["domain"] == "real"]]
+    keep = object_filter(run, images.index.to_numpy(), category, size)
+    synth = scores.loc[images.index[keep & (images["domain"] == "synthetic").to_numpy()]]
+    real = scores.loc[images.index[keep & (images["domain"] == "real").to_numpy()]]
 
     def items(frame, label):
         return [
@@ -321,14 +325,15 @@ def attribution_figure(found: dict):
     return fig
 
 
-def show_report(store: RunStore, run_id: str, level: str, metric: str):
+def show_report(store: RunStore, run_id: str, level: str, metric: str, category: str = ALL,
+                size: str = ALL):  # fmt: skip
     """The gap report of a run: notes, table, chart, what differs, images to blame at
-    `level`, history."""
+    `level` (an object run's: of `category` and `size`), history."""
     run = open_id(store, run_id)
     if not run.metrics:
         return NO_METRICS, None, None, "", "", None, [], [], [], [], [], None
     level = level if level in run.levels else default_level(run)
-    blame = blame_galleries(run, level)
+    blame = blame_galleries(run, level, category=category, size=size)
     return (
         notes_markdown(run),
         summary_table(run),
@@ -373,6 +378,11 @@ def build(store: RunStore, first: Run) -> Tab:
             level = level_dropdown("Images to blame at level", first)
             metric = gr.Dropdown(label="History of", value="auc",
                                  choices=[(METRICS[m][0], m) for m in METRICS])  # fmt: skip
+        with gr.Row(visible=first.objects is not None):  # an object run's class and size
+            category = gr.Dropdown(class_choices(first), value=ALL, label="To blame: class",
+                                   elem_id="blame_class", allow_custom_value=True)  # fmt: skip
+            size = gr.Radio(list(SIZES), value=ALL, label="To blame: object size",
+                            elem_id="blame_size")  # fmt: skip
         galleries = [
             _gallery("Least realistic synthetic images (realism score; < 1 = outside the real "
                      "manifold)", "least_realistic"),
@@ -385,8 +395,9 @@ def build(store: RunStore, first: Run) -> Tab:
         history = gr.Plot(label="Over all published runs")
         outputs = [notes, table, chart, objects, per_class, differs, differs_chart, *galleries,
                    history]  # fmt: skip
-        gr.on([level.input, metric.input], partial(show_report, store),
-              [run_id, level, metric], outputs)  # fmt: skip
+        choices = [run_id, level, metric, category, size]
+        gr.on([level.input, metric.input, category.input, size.input],
+              partial(show_report, store), choices, outputs)  # fmt: skip
         # filled on load too: the report is the slowest part of a run to draw
-        blocks.load(partial(show_report, store), [run_id, level, metric], outputs)
+        blocks.load(partial(show_report, store), choices, outputs)
     return Tab(blocks, run_id, on_run, [metric], [run_id, level, *outputs])

@@ -355,20 +355,21 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 # ---- the object example: several digits per scene, with COCO boxes -----------------------
 
-SCENE_SIZES = ((128, 160), (144, 192), (160, 160))  # (H, W): mixed, as real datasets are
-DIGIT_SIDES = (20, 120)  # box sides from small (< 32 px) to large (≥ 96 px), COCO's strata
+SCENE_SIZES = ((192, 256), (224, 288), (240, 240))  # (H, W): mixed, as real datasets are
+DIGIT_SIDES = (16, 128)  # box sides from small (< 32 px) to large (≥ 96 px), COCO's strata
+DIGITS_PER_SCENE = (2, 7)
 
 
 def build_object_example(out: Path, n_scenes: int = 300, seed: int = 0,
                          overwrite: bool = False) -> ExampleSummary:  # fmt: skip
-    """Scenes of 2–5 digits each on white canvases of mixed sizes: real scenes from the
+    """Scenes of 2–7 digits each on white canvases of mixed sizes: real scenes from the
     handwritten digits, synthetic ones from the font-rendered digits, each digit upscaled
-    to a box of 20–120 px (so COCO's small, medium and large strata all occur) and placed
+    to a box of 16–128 px (so COCO's small, medium and large strata all occur) and placed
     without overlap; out/real/, out/synthetic/ and a COCO instances file per domain,
     out/real.json and out/synthetic.json (categories "0".."9"). README, Objects."""
     _check_count(n_scenes, "n_scenes")
     rng = np.random.default_rng(seed)
-    per_domain = n_scenes * 5
+    per_domain = n_scenes * DIGITS_PER_SCENE[1]
     sources = {
         "real": real_digits(min(per_domain, 1797), seed=seed),
         "synthetic": render_synthetic_digits(per_domain, seed=seed),
@@ -399,7 +400,7 @@ def _scenes(folder: Path, digits: np.ndarray, labels: np.ndarray, n: int, rng) -
         h, w = SCENE_SIZES[int(rng.integers(len(SCENE_SIZES)))]
         canvas = np.full((h, w), 255, dtype=np.uint8)
         placed: list[tuple[int, int, int, int]] = []
-        for _ in range(int(rng.integers(2, 6))):
+        for _ in range(int(rng.integers(*DIGITS_PER_SCENE, endpoint=True))):
             side = int(rng.integers(DIGIT_SIDES[0], min(DIGIT_SIDES[1], h, w) + 1))
             for _try in range(20):
                 x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))

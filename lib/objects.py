@@ -379,7 +379,6 @@ class ObjectScan:
             "path": of_image["path"].to_numpy(),
             "source": of_image["source"].to_numpy(),
             "relpath": of_image["relpath"].to_numpy(),
-            "label": of_image["label"].to_numpy() if "label" in of_image else "",
             "thumb": [thumb_name(d, k) for d, k in zip(domains, keys, strict=True)],
             "web": [web_name(d, k) for d, k in zip(domains, keys, strict=True)],
         })  # fmt: skip

@@ -164,6 +164,11 @@ def _model_of(base: Run):
             f"run {base.id} was made from given embeddings: what-if needs images and the "
             "model that saw them (a run made from image folders or arrays)"
         )
+    if m.get("objects") or m.get("test_size"):
+        raise GapscopeError(
+            f"run {base.id} measured objects or images at the detector's own sizes: what-if "
+            "runs need whole images of one size (a run with --crop or --resize N)"
+        )
     config = m["config"]
     backbone = create_backbone(config["backbone"], config["checkpoint"],
                                config["random_weights"], config["detectron2_config"])  # fmt: skip

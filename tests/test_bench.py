@@ -97,3 +97,10 @@ def test_whatif_section_times_every_transform_and_the_job_by_step(bench):
     assert all(v > 0 for v in out["transform_images_per_s"].values())
     assert {"decode", "transform", "extract", "measure"} <= set(out["job_seconds_by_step"])
     assert "1 variants × 40 synthetic images" in out["what"]
+
+
+def test_objects_section_times_each_way_of_pooling_the_same_boxes(bench):
+    out = bench.bench_objects(n_scenes=1, test_size=(96, 128))
+    for mode in ("roi", "levels", "crop"):
+        assert out[mode]["objects_per_s"] > 0
+    assert out["ratio_to_crop"]["crop"] == 1.0 and "objects on 2 images" in out["what"]

@@ -247,3 +247,18 @@ def test_crop_mode_runs_each_box_crop_as_an_image_and_the_cache_keeps_objects(
     again, cached = extract_objects(detector, object_images, Prepare(), "crop", margin=0.25,
                                     crop_size=64, batch_size=4, cache=cache)  # fmt: skip
     assert cached == 6 and all(np.array_equal(first[lv], again[lv]) for lv in first)
+
+
+def test_images_of_mixed_sizes_pool_only_their_own_part_of_a_padded_batch(detector, object_images):
+    from lib.features import extract, pool_valid
+
+    fmap = torch.zeros(2, 3, 8, 8)
+    fmap[1, :, :4, :6] = 1.0
+    fmap[1, :, 4:, :], fmap[1, :, :, 6:] = 1e6, 1e6  # the padding: never in the mean
+    assert np.allclose(pool_valid(fmap, [(32, 32), (16, 24)], (32, 32), "gap")[1], 1.0)
+    prepare = Prepare(resize="detector", test_size=(448, 800))
+    batched = extract(detector, object_images.items, prepare, batch_size=2).vectors
+    alone = extract(detector, object_images.items[:1], prepare, batch_size=1).vectors
+    assert sorted(batched) == ["p2", "p3", "p4", "p5", "p6"]
+    for lv in batched:  # the batch's largest image sets its size: as alone
+        assert np.allclose(batched[lv][0], alone[lv][0], rtol=1e-5, atol=1e-5)

@@ -110,7 +110,7 @@ def test_boxes_for_one_domain_only_or_none_usable_are_one_line_errors(object_sto
 
 def test_the_overlap_view_keeps_one_class_and_size_and_the_report_tabulates_them(run):
     from demo import overlap as views
-    from demo.report import least_realistic_per_class, objects_section
+    from demo.report import blame_galleries, least_realistic_per_class, objects_section
 
     assert views.class_choices(run) == ["all", *[str(d) for d in range(10)]]
     objects = run.objects
@@ -122,6 +122,9 @@ def test_the_overlap_view_keeps_one_class_and_size_and_the_report_tabulates_them
     assert sum(len(t.customdata) for t in every.data) == len(objects)  # unknown: all kept
     table = objects_section(run)
     assert "| class **7** |" in table and "| size **small** |" in table and "roi AUC" in table
+    blame = blame_galleries(run, "roi", category="7", size="medium")
+    shown = [c for gallery in ("least_realistic", "uncovered_real") for _, c in blame[gallery]]
+    assert shown and all(" · 7 · medium" in c for c in shown)
     worst = least_realistic_per_class(run, "roi")
     classes = [c.split(" · ")[1] for _, c in worst]
     assert classes == sorted(classes) and len(set(classes)) == 10

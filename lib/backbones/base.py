@@ -63,7 +63,8 @@ class Backbone:
         import torch
 
         if not isinstance(images, torch.Tensor):
-            images = torch.from_numpy(np.ascontiguousarray(images))
+            # writable: a decoded image may be a read-only view (torch warns on those)
+            images = torch.from_numpy(np.require(images, requirements=["C", "W"]))
         x = images.to(device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float()
         if self.input_format == "BGR":
