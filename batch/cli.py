@@ -262,17 +262,20 @@ def train_metric(job: MetricJob, results: ResultsOpt = RESULTS,
 def train_protocol(job: ProtocolJob, results: ResultsOpt = RESULTS,
                    verbose: VerboseOpt = False) -> None:  # fmt: skip
     """The sim-to-real protocol: classifiers trained on synthetic only, real only and
-    both, each tested on the same held-out real images."""
+    both, each tested on the same held-out real images (--test-on synthetic: the
+    reverse)."""
     _setup_logging(verbose)
     from lib.training import run_protocol
 
     out = run_protocol(job, results)
-    typer.echo(f"accuracy on {out['test']} held-out real images:")
+    tested = out["tested_on"]
+    other = "synthetic" if tested == "real" else "real"
+    typer.echo(f"accuracy on {out['test']} held-out {tested} images:")
     for variant, m in out["models"].items():
-        acc = m["real_test_accuracy"]
+        acc = m["test_accuracy"]
         typer.echo(f"  trained on {variant:<9} ({m['trained_on']:>6} images): {acc['value']:.3f} "
                    f"[{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}]")  # fmt: skip
-    typer.echo(f"  adding the synthetic images to the real ones: {out['synthetic_buys']:+.3f}")
+    typer.echo(f"  adding the {other} images to the {tested} ones: {out[f'{other}_buys']:+.3f}")
 
 
 @app.command()

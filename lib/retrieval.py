@@ -17,8 +17,10 @@ can be checked by hand (tests/test_retrieval.py):
 - a query with no image of its label in the gallery can only fail: it counts in the pass
   and recall rates, is left out of mAP@R, and is reported (`no_match`).
 
-Sets are named as `--query`/`--gallery` take them: `real`, `synthetic`, `all`, or
-`tag:NAME` (images users tagged NAME in the demo).
+Sets are named as `--query`/`--gallery` take them: `real`, `synthetic`, `all`,
+`tag:NAME` (images users tagged NAME in the demo), `split:NAME` (images whose
+metadata.csv `split` column says NAME: a dataset's own held-out split), and either of the
+last two within a domain, `real/split:test` or `synthetic/tag:odd`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 
 from lib.errors import GapscopeError
 from lib.gap.records import mean_ci, record, wilson
-from lib.images import sample_indices
+from lib.images import METADATA_PREFIX, sample_indices
 from lib.memmap import read_rows
 from lib.params import check_minimums, param
 
@@ -138,21 +140,38 @@ def scores(found: Retrieved, k: int = 5) -> tuple[dict, dict[str, np.ndarray]]:
     return metrics, {"pass": passed, "ap_at_r": ap, "same_label": r}
 
 
+SPLIT_COLUMN = METADATA_PREFIX + "split"  # metadata.csv's `split` column, as the run keeps it
+SETS = "real, synthetic, all, tag:NAME, split:NAME, or DOMAIN/tag:NAME or DOMAIN/split:NAME"
+
+
 def resolve_set(spec: str, images, results=None) -> np.ndarray:
-    """The run's rows a set names: real, synthetic, all, or tag:NAME (annotations in
-    `results`)."""
-    if spec in ("real", "synthetic"):
-        rows = np.flatnonzero(images["domain"].to_numpy() == spec)
-    elif spec == "all":
-        rows = np.arange(len(images))
-    elif spec.startswith("tag:") and spec[4:].strip():
+    """The run's rows a set names (module docstring); tags are read from the annotations
+    in `results`."""
+    domain, _, kind = spec.rpartition("/") if "/" in spec else ("", "", spec)
+    if domain not in ("", "real", "synthetic") or (domain and kind in ("real", "synthetic")):
+        raise GapscopeError(f"unknown set {spec!r}: name {SETS}")
+    if kind in ("real", "synthetic"):
+        keep = images["domain"].to_numpy() == kind
+    elif kind == "all":
+        keep = np.ones(len(images), bool)
+    elif kind.startswith("tag:") and kind[4:].strip():
         from lib.annotations import Annotations
 
-        tagged = Annotations.of(results).tagged(spec[4:].strip())
+        tagged = Annotations.of(results).tagged(kind[4:].strip())
         keys = zip(images["hash"].tolist(), images["relpath"].tolist(), strict=True)
-        rows = np.array([i for i, key in enumerate(keys) if key in tagged], dtype=np.int64)
+        keep = np.array([key in tagged for key in keys], dtype=bool)
+    elif kind.startswith("split:") and kind[6:].strip():
+        if SPLIT_COLUMN not in images.columns:
+            raise GapscopeError(
+                f"the set {spec!r}: this run's images have no split (a `split` column in "
+                "their metadata.csv, e.g. train / val / test)"
+            )
+        keep = images[SPLIT_COLUMN].fillna("").astype(str).to_numpy() == kind[6:].strip()
     else:
-        raise GapscopeError(f"unknown set {spec!r}: name real, synthetic, all or tag:NAME")
+        raise GapscopeError(f"unknown set {spec!r}: name {SETS}")
+    if domain:
+        keep &= images["domain"].to_numpy() == domain
+    rows = np.flatnonzero(keep).astype(np.int64)
     if len(rows) == 0:
         raise GapscopeError(f"the set {spec!r} holds no images of this run")
     return rows
@@ -166,8 +185,12 @@ class RetrievalJob:
     """A retrieval evaluation's settings; every field is also an option of `batch
     evaluate retrieval`."""
 
-    query: str = param("synthetic", "Query set: real, synthetic, all or tag:NAME.")
-    gallery: str = param("real", "Gallery set: real, synthetic, all or tag:NAME.")
+    query: str = param(
+        "synthetic",
+        "Query set: real, synthetic, all, tag:NAME, split:NAME "
+        "(metadata.csv's split column), or DOMAIN/tag:NAME, DOMAIN/split:NAME.",
+    )
+    gallery: str = param("real", "Gallery set, named as the query set.")
     k: int = param(5, "A query passes when its label is among its k nearest.", flag="--k",
                    minimum=1)  # fmt: skip
     levels: list[str] = param([], "Level to evaluate, repeatable (default: all).",

@@ -90,9 +90,21 @@ class MetricJob(TrainJob):
 
     margin: float = param(1.0, "Triplet margin (snap-vision's).")
     embedding: int = param(128, "Embedding size (the head's outputs).", minimum=2)
+    mining: str = param(
+        "offline",
+        "offline: each epoch, every image's embedding, then per anchor a random positive "
+        "and negatives drawn until one is nearer than the positive (snap-vision's); "
+        "online: pytorch-metric-learning's TripletMarginMiner within each batch.",
+    )
+    tries: int = param(10, "Offline mining: negatives drawn per anchor at most.", minimum=1)
 
     def __post_init__(self):
         check_minimums(self)
+        if self.mining not in MINING:
+            raise GapscopeError(f"--mining {self.mining}: choose {' or '.join(MINING)}")
+
+
+MINING = ("offline", "online")
 
 
 def model_dir(results: Path, name: str) -> Path:
@@ -129,7 +141,12 @@ class _Classification:
     def outputs(self, n_classes: int) -> int:
         return n_classes
 
-    def loss(self, out, target):
+    def batches(self, model, items, order, labels, prepare, device, batch_size, rng):
+        """The epoch's batches: rows, and what the loss needs besides their labels."""
+        for start in range(0, len(order), batch_size):
+            yield order[start : start + batch_size], None
+
+    def loss(self, out, target, extra=None):
         import torch
 
         return torch.nn.functional.cross_entropy(out.float(), target)
@@ -151,18 +168,46 @@ class _Metric:
 
     margin: float
     dim: int
+    mining: str = "offline"
+    tries: int = 10
     kind = "metric"
 
     def outputs(self, n_classes: int) -> int:
         return self.dim
 
-    def loss(self, out, target):
+    def batches(self, model, items, order, labels, prepare, device, batch_size, rng):
+        """Online: the epoch's rows in batches, triplets mined in each. Offline: every
+        training image embedded once with the epoch's starting weights, a triplet mined
+        per anchor (`mine_triplets`); each batch holds `batch_size` anchors with their
+        positives and negatives, and the indices of its triplets."""
+        import torch
+
+        if self.mining == "online":
+            yield from _Classification.batches(self, model, items, order, labels, prepare,
+                                               device, batch_size, rng)  # fmt: skip
+            return
+        e = torch.nn.functional.normalize(_outputs(model, items, order, prepare, device,
+                                                  batch_size), dim=1).numpy()  # fmt: skip
+        model.modules.train()
+        a, p, n = mine_triplets(e, labels[order], rng, self.tries)
+        for start in range(0, len(a), batch_size):
+            chunk = slice(start, start + batch_size)
+            rows, index = np.unique(np.concatenate([a[chunk], p[chunk], n[chunk]]),
+                                    return_inverse=True)  # fmt: skip
+            k = len(a[chunk])
+            triplets = tuple(torch.as_tensor(index[i * k : (i + 1) * k]) for i in range(3))
+            yield order[rows], triplets
+
+    def loss(self, out, target, extra=None):
         import torch
         from pytorch_metric_learning import losses, miners
 
         e = torch.nn.functional.normalize(out.float(), dim=1)
-        hard = miners.TripletMarginMiner(margin=self.margin, type_of_triplets="hard")(e, target)
-        return losses.TripletMarginLoss(margin=self.margin)(e, target, hard)
+        if extra is None:  # online: the library's miner picks the batch's hard triplets
+            extra = miners.TripletMarginMiner(margin=self.margin, type_of_triplets="hard")(
+                e, target
+            )
+        return losses.TripletMarginLoss(margin=self.margin)(e, target, extra)
 
     def validate(self, model, items, rows, labels, prepare, device, batch_size, train_rows):
         import torch
@@ -182,6 +227,37 @@ class _Metric:
         found = retrieve(val.numpy(), gallery.numpy(), labels[rows].astype(str),
                          labels[train_rows].astype(str), "euclidean", depth=1)  # fmt: skip
         return loss, scores(found, k=1)[0]["recall_at"]["1"]["value"]
+
+
+def mine_triplets(embeddings: np.ndarray, labels: np.ndarray, rng, tries: int = 10):
+    """snap-vision's offline mining, over (N, D) embeddings: for each anchor with another
+    image of its label, a random such positive, and random images of other labels drawn
+    until one is nearer the anchor than the positive (at most `tries`; else the nearest
+    drawn). Returns (anchors, positives, negatives) as positions into `embeddings`."""
+    by_label: dict = {}
+    for i, label in enumerate(labels.tolist()):
+        by_label.setdefault(label, []).append(i)
+    out = ([], [], [])
+    for a, label in enumerate(labels.tolist()):
+        same = by_label[label]
+        if len(same) < 2 or len(same) == len(labels):
+            continue
+        p = same[rng.integers(len(same) - 1)]
+        p = p if p != a else same[-1]  # any other image of the label, uniformly
+        d_ap = float(np.sum((embeddings[a] - embeddings[p]) ** 2))
+        best, best_d = -1, np.inf
+        for _ in range(tries):
+            n = int(rng.integers(len(labels)))
+            while labels[n] == label:
+                n = int(rng.integers(len(labels)))
+            d_an = float(np.sum((embeddings[a] - embeddings[n]) ** 2))
+            if d_an < best_d:
+                best, best_d = n, d_an
+            if d_an < d_ap:
+                break
+        for part, value in zip(out, (a, p, best), strict=True):
+            part.append(value)
+    return tuple(np.array(part, dtype=np.int64) for part in out)
 
 
 def _outputs(model, items, rows, prepare, device, batch_size):
@@ -244,7 +320,8 @@ def train_classifier(job: TrainJob, results: Path, progress=None, images=None) -
 
 def train_metric(job: MetricJob, results: Path, progress=None) -> Path:
     """Metric learning (triplets): train (or resume) and return the model's folder."""
-    return _train(job, results, _Metric(job.margin, job.embedding), progress)
+    return _train(job, results, _Metric(job.margin, job.embedding, job.mining, job.tries),
+                  progress)  # fmt: skip
 
 
 def _train(job: TrainJob, results: Path, objective, progress=None, images=None) -> Path:
@@ -287,25 +364,27 @@ def _train(job: TrainJob, results: Path, objective, progress=None, images=None) 
             log.info("no better accuracy for %d epochs: stopped", s.patience)
             break
         t = time.perf_counter()
-        order = train_rows[np.random.default_rng([s.seed, epoch]).permutation(len(train_rows))]
+        rng = np.random.default_rng([s.seed, epoch])
+        order = train_rows[rng.permutation(len(train_rows))]
         model.modules.train()
-        losses = []
-        for start in range(0, len(order), s.batch_size):
-            batch = order[start : start + s.batch_size]
+        losses, seen = [], 0
+        batches = objective.batches(model, items, order, labels, prepare, device, s.batch_size,
+                                    rng)  # fmt: skip
+        for batch, extra in batches:
             with torch.autocast(torch.device(device).type, torch.bfloat16,
                                 enabled=precision == "bf16"):  # fmt: skip
                 logits = model.logits(_pixels(items, batch, prepare), device)
-                loss = torch.nn.functional.cross_entropy(
-                    logits.float(), torch.as_tensor(labels[batch], device=device)
-                )
+                target = torch.as_tensor(labels[batch], device=device)
+                loss = objective.loss(logits, target, extra)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
             losses.append(loss.item() * len(batch))
+            seen += len(batch)
         val_loss, accuracy = objective.validate(model, items, val_rows, labels, prepare, device,
                                                 s.batch_size, train_rows)  # fmt: skip
-        row = {"epoch": epoch, "train_loss": sum(losses) / len(order), "val_loss": val_loss,
+        row = {"epoch": epoch, "train_loss": sum(losses) / max(seen, 1), "val_loss": val_loss,
                "val_accuracy": accuracy, "lr": scheduler.get_last_lr()[0],
                "seconds": round(time.perf_counter() - t, 3)}  # fmt: skip
         state["history"].append(row)
@@ -375,22 +454,37 @@ def accuracy(model_folder: Path, items, prepare, batch_size: int = 64) -> tuple[
 @dataclass
 class ProtocolJob:
     """Train on synthetic only, on real only and on both; test each on the same held-out
-    real images. Every field is also a `batch train protocol` option."""
+    real images (or, `test_on="synthetic"`, the reverse: held-out synthetic images).
+    Every field is also a `batch train protocol` option."""
 
     real: Path = param(REQUIRED, "Labelled real images (class subfolders or metadata.csv).")
     synthetic: Path = param(REQUIRED, "Labelled synthetic images.")
     name: str = param("sim2real", "Models are NAME-synthetic, NAME-real, NAME-both.")
-    test_share: float = param(0.3, "Share of the real images held out for the test (seeded).")
+    test_share: float = param(0.3, "Share of the tested domain held out for the test (seeded).")
+    test_on: str = param(
+        "real",
+        "real: the sim-to-real protocol; synthetic: the reverse, every model tested on "
+        "held-out synthetic images (models NAME-on-synthetic-*).",
+    )
     schedule: Schedule = field(default_factory=Schedule)
 
     def __post_init__(self):
         if not 0 < self.test_share < 1:
             raise GapscopeError(f"--test-share {self.test_share}: give a share between 0 and 1")
+        if self.test_on not in ("real", "synthetic"):
+            raise GapscopeError(f"--test-on {self.test_on}: choose real or synthetic")
+
+    @property
+    def prefix(self) -> str:
+        """The models' and the table's name: NAME, or NAME-on-synthetic for the reverse."""
+        return self.name if self.test_on == "real" else f"{self.name}-on-synthetic"
 
 
 def run_protocol(job: ProtocolJob, results: Path, progress=None) -> dict:
-    """The three models and their accuracy on the held-out real images, with Wilson
-    intervals; written to models/NAME-protocol.json and returned."""
+    """The three models and their accuracy on the held-out images of the tested domain
+    (`job.test_on`), with Wilson intervals; written to models/<prefix>-protocol.json and
+    returned. `<other>_buys`: what adding the other domain's images to the tested
+    domain's own training images changes."""
     import json
 
     from lib.gap.records import record, wilson
@@ -400,25 +494,28 @@ def run_protocol(job: ProtocolJob, results: Path, progress=None) -> dict:
     synthetic, _ = labelled([job.synthetic], s.image_size)
     if not real or not synthetic:
         raise GapscopeError("both --real and --synthetic need labelled images")
-    test_rows, train_rows = _split(len(real), 1 - job.test_share, s.seed)
-    test, real_train = [real[i] for i in test_rows], [real[i] for i in train_rows]
+    sets = {"real": real, "synthetic": synthetic}
+    tested, other = job.test_on, "synthetic" if job.test_on == "real" else "real"
+    test_rows, train_rows = _split(len(sets[tested]), 1 - job.test_share, s.seed)
+    test = [sets[tested][i] for i in test_rows]
+    sets[tested] = [sets[tested][i] for i in train_rows]
     classes = sorted({r.category for _, r in real + synthetic})
     table = {}
-    for variant, items in (("synthetic", synthetic), ("real", real_train),
-                           ("both", synthetic + real_train)):  # fmt: skip
+    for variant, items in (("synthetic", sets["synthetic"]), ("real", sets["real"]),
+                           ("both", sets["synthetic"] + sets["real"])):  # fmt: skip
         warmup = min(s.warmup_epochs, s.epochs - 1)
-        train_job = TrainJob(name=f"{job.name}-{variant}", data=[job.real, job.synthetic],
+        train_job = TrainJob(name=f"{job.prefix}-{variant}", data=[job.real, job.synthetic],
                              schedule=replace(s, warmup_epochs=warmup))  # fmt: skip
         folder = train_classifier(train_job, results, progress, (items, classes, prepare))
         share, n = accuracy(folder, test, prepare, s.batch_size)
         right = wilson(round(share * n), n)
         table[variant] = {"trained_on": len(items), "model": str(folder),
-                          "real_test_accuracy": record(share, right, n)}  # fmt: skip
+                          "test_accuracy": record(share, right, n)}  # fmt: skip
     out = {"real": str(Path(job.real).resolve()), "synthetic": str(Path(job.synthetic).resolve()),
-           "test": len(test), "classes": classes, "models": table,
-           "synthetic_buys": table["both"]["real_test_accuracy"]["value"]
-           - table["real"]["real_test_accuracy"]["value"]}  # fmt: skip
-    path = model_dir(results, f"{job.name}-protocol").with_suffix(".json")
+           "tested_on": tested, "test": len(test), "classes": classes, "models": table,
+           f"{other}_buys": table["both"]["test_accuracy"]["value"]
+           - table[tested]["test_accuracy"]["value"]}  # fmt: skip
+    path = model_dir(results, f"{job.prefix}-protocol").with_suffix(".json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     return out

@@ -40,14 +40,15 @@ def test_caricature_section_compares_like_with_like(bench):
 
 
 def test_scale_section_runs_the_whole_job_and_reports_each_figure(bench):
-    out = bench.bench_scale(sizes=(400,), d=16)["400+400"]
+    # the demo's first render in Chromium is the browser tests'; here the batch job's figures
+    out = bench.bench_scale(sizes=(400,), d=16, demo=False)["400+400"]
     assert set(out["stages_s"]) >= {"scan", "features", "project", "neighbors", "gap"}
     assert out["peak_rss_gib"] > 0 and out["end_to_end_s"] > 0
     assert out["neighbors"]["engine"] in ("torch", "faiss")  # exact below 200k rows
     assert out["gap_sample"] == {"real": 400, "synthetic": 400}
     assert out["overlap_plot"]["3D"]["points"] == 800  # under the budget: every point
     assert out["click_to_gallery_ms"]["median_of_next_20"] > 0
-    assert "first_render_s" in out["demo"] or out["demo"] == {"skipped": "no chromium"}
+    assert out["demo"] == {"skipped": "asked"}
 
 
 def test_demo_section_loads_the_server_with_clients_and_counts_errors(bench):

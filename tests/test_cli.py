@@ -64,11 +64,12 @@ def messy(example_dir, tmp_path_factory) -> tuple[Path, Path]:
     return real, synthetic
 
 
-def test_messy_folders_publish_a_run_listing_skipped_files(messy, tmp_path):
+def test_messy_folders_under_cron_publish_a_run_listing_skipped_files(messy, tmp_path):
+    """Every awkward file a folder holds, and stdout a pipe, as under cron: plain lines
+    saying when each stage starts and ends, no progress bars."""
     real, synthetic = messy
     result = batch("run", "--real", real, "--synthetic", synthetic, "--results", tmp_path,
-                   "--k", 5, "--projection", "pca", "--atlas-level", "none", "--attribution", 0,
-                   "--no-plots")  # the stages after the scan are the cron test's  # fmt: skip
+                   "--k", 5, "--no-plots")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "skipped 2 unusable files" in result.stdout
     run_dir = (tmp_path / "latest").resolve()
@@ -78,14 +79,6 @@ def test_messy_folders_publish_a_run_listing_skipped_files(messy, tmp_path):
     assert all(skipped.values())
     assert m["counts"]["real"] == 40 + 5  # the grey, RGBA, palette, 16-bit and JPEG images
     assert m["inputs"][0]["skipped"] == 2
-
-
-def test_under_cron_each_stage_says_when_it_starts_and_ends(messy, tmp_path):
-    """stdout is a pipe here, as under cron: plain lines, no progress bars."""
-    real, synthetic = messy
-    result = batch("run", "--real", real, "--synthetic", synthetic, "--results", tmp_path,
-                   "--k", 5, "--no-plots")  # fmt: skip
-    assert result.returncode == 0, result.stderr
     lines = [line.split(" ", 2)[2] for line in result.stdout.splitlines() if line[:2] == "20"]
     stages = ["scan", "model", "extract", "project", "atlas", "neighbors", "gap", "attribution"]
     starts = [line.split(":")[0] for line in lines if ": started" in line]

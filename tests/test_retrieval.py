@@ -154,3 +154,30 @@ def test_map_at_r_sees_the_whole_class_when_it_fills_the_gallery():
                      same=np.array([-1, -1]))  # fmt: skip
     metrics, per_query = scores(found)
     assert per_query["ap_at_r"].tolist() == [1.0, 1.0] and metrics["map_at_r"]["value"] == 1.0
+
+
+def test_a_split_and_a_domain_within_it_name_sets():
+    import pandas as pd
+
+    from lib.retrieval import resolve_set
+
+    images = pd.DataFrame({
+        "domain": ["real"] * 4 + ["synthetic"] * 4, "hash": list("abcdefgh"),
+        "relpath": list("abcdefgh"),
+        "meta:split": ["train", "test", "test", None, "test", "train", "val", "test"],
+    })  # fmt: skip
+    assert resolve_set("split:test", images).tolist() == [1, 2, 4, 7]
+    assert resolve_set("real/split:test", images).tolist() == [1, 2]
+    assert resolve_set("synthetic/split:val", images).tolist() == [6]
+    assert resolve_set("real", images).tolist() == [0, 1, 2, 3]
+    for bad, words in [
+        ("elsewhere/split:test", "unknown set"),
+        ("real/synthetic", "unknown set"),
+        ("split:holdout", "holds no images"),
+        ("real/split:val", "holds no"),
+    ]:
+        with pytest.raises(GapscopeError) as exc:
+            resolve_set(bad, images)
+        assert words in one_line(exc)
+    with pytest.raises(GapscopeError, match="have no split"):
+        resolve_set("split:test", images.drop(columns="meta:split"))

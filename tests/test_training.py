@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -130,13 +131,25 @@ def test_the_protocol_tests_three_models_on_the_same_held_out_real_images(exampl
     trained_on = {v: m["trained_on"] for v, m in out["models"].items()}
     assert trained_on == {"synthetic": 40, "real": 28, "both": 68}
     for m in out["models"].values():
-        acc = m["real_test_accuracy"]
+        acc = m["test_accuracy"]
         assert acc["n"] == 12 and acc["ci95"][0] <= acc["value"] <= acc["ci95"][1]
         assert (tmp_path / "models" / m["model"].rsplit("/", 1)[-1] / "best.pt").is_file()
-    both, real = (out["models"][v]["real_test_accuracy"]["value"] for v in ("both", "real"))
-    assert out["synthetic_buys"] == pytest.approx(both - real)
+    both, real = (out["models"][v]["test_accuracy"]["value"] for v in ("both", "real"))
+    assert out["tested_on"] == "real" and out["synthetic_buys"] == pytest.approx(both - real)
     saved = json.loads((tmp_path / "models" / "sim2real-protocol.json").read_text())
     assert saved["models"].keys() == out["models"].keys()
+    # the reverse: every model tested on the same held-out synthetic digits
+    reverse = run_protocol(replace(job, test_on="synthetic"), tmp_path)
+    assert reverse["tested_on"] == "synthetic" and reverse["test"] == 12
+    assert {v: m["trained_on"] for v, m in reverse["models"].items()} == {
+        "synthetic": 28, "real": 40, "both": 68}  # fmt: skip
+    both, synthetic = (
+        reverse["models"][v]["test_accuracy"]["value"] for v in ("both", "synthetic")
+    )
+    assert reverse["real_buys"] == pytest.approx(both - synthetic)
+    assert (tmp_path / "models" / "sim2real-on-synthetic-protocol.json").is_file()
+    with pytest.raises(GapscopeError, match="--test-on elsewhere"):
+        replace(job, test_on="elsewhere")
 
 
 def test_a_run_with_the_trained_model_shows_its_training_curves(example_dir, trained):
@@ -166,8 +179,34 @@ def test_metric_learning_brings_a_class_together(example_dir, tmp_path):
     history = rows(out)
     assert [int(r["epoch"]) for r in history] == [1, 2, 3, 4]
     losses = [float(r["train_loss"]) for r in history]
-    assert losses[-1] < losses[0]  # hard triplets: fewer and easier as it learns
+    assert losses[-1] < losses[0]  # mined triplets get easier as it learns
+    # a triplet loss on unit vectors is at most margin + 2 (cross-entropy over 32 outputs
+    # starts near log 32 = 3.5: a loop that ignored the objective would show it)
+    assert all(0 <= v <= job.margin + 2 for v in losses)
     best = torch.load(out / "best.pt", weights_only=True)
     assert best["kind"] == "metric" and best["head"]["weight"].shape[0] == 32
     precision = [float(r["val_accuracy"]) for r in history]
     assert best["val_accuracy"] == max(precision) and 0 <= max(precision) <= 1
+    one_epoch = Schedule(**{**SMALL, "epochs": 1, "warmup_epochs": 0})
+    online = train_metric(replace(job, name="online", mining="online", schedule=one_epoch),
+                          tmp_path)  # fmt: skip
+    assert all(0 <= float(r["train_loss"]) <= job.margin + 2 for r in rows(online))
+    with pytest.raises(GapscopeError, match="--mining sometimes"):
+        replace(job, mining="sometimes")
+
+
+def test_offline_mining_draws_a_positive_and_a_negative_nearer_than_it():
+    from lib.training import mine_triplets
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 6)
+    e = rng.normal(size=(24, 8)) + labels[:, None] * 0.3  # classes overlap: hard ones exist
+    a, p, n = mine_triplets(e, labels, np.random.default_rng(1), tries=10)
+    assert a.tolist() == list(range(24))  # every anchor has another of its label
+    assert (labels[p] == labels[a]).all() and (p != a).all() and (labels[n] != labels[a]).all()
+    d = lambda i, j: ((e[i] - e[j]) ** 2).sum(1)  # noqa: E731
+    hard = d(a, n) < d(a, p)
+    assert hard.mean() > 0.8  # found within 10 tries for most anchors
+    # with one try the negative is whatever was drawn; a lone label has no positive
+    a1, _, _ = mine_triplets(e[:13], labels[:13], np.random.default_rng(1), tries=1)
+    assert 12 not in a1.tolist() and len(a1) == 12
