@@ -132,10 +132,11 @@ def gallery_captions(page) -> list[str]:
 
 
 def test_clicking_where_a_tooltip_shows_selects_that_image_at_any_level_and_projection(
-    page, results_dir
+    page, results_dir, published_run
 ):
     """One visitor's session (a page load costs 5 s here): three clicks where tooltips
-    show, a drag that rotates and selects nothing, another level, then t-SNE's 2D view."""
+    show, a drag that rotates and selects nothing, another level, t-SNE's 2D view, then
+    the gap report."""
     from lib.store import RunStore
 
     run = RunStore(results_dir).open()
@@ -157,6 +158,7 @@ def test_clicking_where_a_tooltip_shows_selects_that_image_at_any_level_and_proj
     a_drag_rotates_and_selects_nothing(page)
     changing_level_keeps_clicking_working(page)
     the_tsne_projection_is_2d_and_clickable(page)
+    gap_report_tab_shows_the_images_to_blame_and_what_differs(page, published_run)
 
 
 def select_some_point(page) -> int:
@@ -196,7 +198,7 @@ def a_drag_rotates_and_selects_nothing(page):
     assert f"Selected #{shown} " in page.inner_text("body")  # unchanged
 
 
-def test_gap_report_tab_shows_the_images_to_blame_and_what_differs(page, published_run):
+def gap_report_tab_shows_the_images_to_blame_and_what_differs(page, published_run):
     page.get_by_role("tab", name="Gap report").click()
     page.wait_for_function(
         "() => document.querySelectorAll('#least_realistic .caption-label').length >= 4",
@@ -265,9 +267,13 @@ def large_page(browser, large_url):
         yield page
 
 
-def test_on_200k_points_a_click_where_the_tooltip_shows_selects_it_9_in_10_as_a_name_does(
-    large_page,
+def test_on_200k_points_clicks_a_name_a_zoom_and_the_atlas_find_their_images(
+    large_page, large_results
 ):
+    """One visitor's session on the 200,002-point run (a page load costs 5 s here): a
+    click where the tooltip shows selects that point 9 times in 10; a name finds its
+    image; a 2D zoom brings every point of its region; the atlas draws them all and a
+    hotspot selects its cluster."""
     page = large_page
     title = page.inner_text("#overlap_plot")
     assert "of 200,002 points shown" in title  # the overview is thinned, and says so
@@ -287,7 +293,9 @@ def test_on_200k_points_a_click_where_the_tooltip_shows_selects_it_9_in_10_as_a_
         timeout=20_000,
     )
     assert all("d=" in c for c in gallery_captions(page))
-    an_image_is_found_by_name_without_the_mouse(page)  # the same visit
+    an_image_is_found_by_name_without_the_mouse(page)
+    zooming_the_2d_view_brings_every_point_of_the_region(page)
+    the_atlas_draws_them_all_and_a_hotspot_selects_its_cluster(page, large_results)
 
 
 def an_image_is_found_by_name_without_the_mouse(page):
@@ -297,8 +305,7 @@ def an_image_is_found_by_name_without_the_mouse(page):
     assert len(gallery_captions(page)) == 8
 
 
-def test_zooming_the_2d_view_brings_every_point_of_the_region(large_page):
-    page = large_page
+def zooming_the_2d_view_brings_every_point_of_the_region(page):
     page.get_by_text("2D", exact=True).click()
     page.wait_for_function(
         "() => document.querySelector('#overlap_plot').innerText.includes('points shown')",
@@ -637,9 +644,7 @@ def test_neighbours_clicked_in_the_gallery_are_picked_and_tagged_together(page, 
     }
 
 
-def test_on_200k_points_the_atlas_draws_them_all_and_a_hotspot_selects_its_cluster(
-    large_page, large_results
-):
+def the_atlas_draws_them_all_and_a_hotspot_selects_its_cluster(large_page, large_results):
     from demo.atlas import atlas_level
     from lib.store import RunStore
 
