@@ -248,9 +248,9 @@ def train_classifier(job: TrainJob, results: ResultsOpt = RESULTS,
 @options_from(MetricJob)
 def train_metric(job: MetricJob, results: ResultsOpt = RESULTS,
                  verbose: VerboseOpt = False) -> None:  # fmt: skip
-    """Metric learning: triplet margin loss on hard triplets (pytorch-metric-learning),
-    validated by precision@1; resumes like `train classifier`. Then: --backbone
-    trained:NAME."""
+    """Metric learning: triplet margin loss (pytorch-metric-learning) on triplets mined
+    offline each epoch (or in each batch: --mining online), validated by precision@1;
+    resumes like `train classifier`. Then: --backbone trained:NAME."""
     _setup_logging(verbose)
     from lib.training import train_metric as train_it
 

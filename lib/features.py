@@ -234,16 +234,9 @@ def extract(
     levels = backbone.levels
     out = _Output(len(items), allocate)
     hashes = [record.hash for _, record in items]
-    done = np.zeros(len(items), dtype=bool)
-    for i, vectors in cache.read(hashes, levels) if cache else ():
-        out.put(i, vectors)
-        done[i] = True
+    done = from_cache(cache, hashes, levels, out, progress)
     todo = np.flatnonzero(~done).tolist()
     cached = len(items) - len(todo)
-    if progress and cached:
-        progress(cached)
-    if cached:
-        log.info("feature cache: %d of %d images already computed", cached, len(items))
     if remote is not None:
         remote(items, todo, out, progress or (lambda n: None))
         return Extraction(vectors=out.arrays, cached=cached)
@@ -277,6 +270,20 @@ def extract(
             progress(len(batch))
     shard.flush()
     return Extraction(vectors=out.arrays, cached=cached)
+
+
+def from_cache(cache: FeatureCache | None, keys: Sequence[str], levels, out: _Output,
+               progress: Callable[[int], None] | None = None) -> np.ndarray:  # fmt: skip
+    """Put every cached key's vectors into `out` (counted in `progress`); which were."""
+    done = np.zeros(len(keys), dtype=bool)
+    for i, vectors in cache.read(keys, levels) if cache else ():
+        out.put(i, vectors)
+        done[i] = True
+    if done.any():
+        if progress:
+            progress(int(done.sum()))
+        log.info("feature cache: %d of %d already computed", int(done.sum()), len(keys))
+    return done
 
 
 class _Output:

@@ -20,13 +20,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from lib.errors import GapscopeError
+from lib.images import Prepare
+
+AS_IS = Prepare()  # boxes are in the original image's pixels: decode, nothing else
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +42,13 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def resolve_mode(mode: str, backbone) -> str:
-    """auto: roi for an FPN (levels p2..p5, one width, as the ROI heads pool them), else
-    levels (a classifier's stages differ in width: no single ROI level)."""
+def resolve_mode(mode: str, levels) -> str:
+    """auto: roi for an FPN (`levels` has p2..p5, one width, as the ROI heads pool them),
+    else levels (a classifier's stages differ in width: no single ROI level)."""
     check_mode(mode)
     if mode != "auto":
         return mode
-    return "roi" if {"p2", "p3", "p4", "p5"} <= set(backbone.levels) else "levels"
+    return "roi" if {"p2", "p3", "p4", "p5"} <= set(levels) else "levels"
 
 
 @dataclass(frozen=True)
@@ -144,11 +146,6 @@ def stride(fmap, input_size: tuple[int, int]) -> int:
     return 2 ** round(math.log2(ratio))
 
 
-def level_number(name: str) -> int | None:
-    match = re.fullmatch(r"[a-z]+(\d)", name)
-    return int(match.group(1)) if match else None
-
-
 def object_key(image_hash: str, box) -> str:
     """An object's identity: its image's content and its box (the feature cache keeps
     each way of pooling under a key directory of its own)."""
@@ -217,20 +214,12 @@ class _Decoded:
     def __getitem__(self, j: int):
         i = self.todo[j]
         image_set, record = self.images.items[i]
-        rgb = image_set.load(record, _AS_IS)
+        rgb = image_set.load(record, AS_IS)
         boxes = self.images.boxes[i]
         if self.mode == "crop":
             return i, np.stack([crop_box(rgb, b, self.margin, self.crop_size) for b in boxes]), None
         prepared, boxes = self.prepare.apply_with_boxes(rgb, boxes)
         return i, prepared, boxes
-
-
-class _AsIs:
-    def apply(self, rgb):
-        return rgb
-
-
-_AS_IS = _AsIs()
 
 
 def extract_objects(
@@ -257,23 +246,18 @@ def extract_objects(
     (N, D))` returns (in memory by default), as lib.features.extract's do."""
     from torch.utils.data import DataLoader
 
-    from lib.features import _as_list, _Output, _Shard, pool
+    from lib.features import _as_list, _Output, _Shard, from_cache, pool
 
-    mode = resolve_mode(mode, backbone)
+    mode = resolve_mode(mode, backbone.levels)
     pooler = pooler or RoiPooler.for_backbone(backbone)
     keys = [k for ks in images.keys for k in ks]
     out = _Output(len(keys), allocate)
     offsets = np.concatenate([[0], np.cumsum([len(b) for b in images.boxes])])
     levels = (ROI_LEVEL,) if mode == "roi" else tuple(backbone.levels)
-    done = np.zeros(len(keys), dtype=bool)
-    for i, vectors in cache.read(keys, levels) if cache else ():
-        out.put(i, vectors)
-        done[i] = True
+    done = from_cache(cache, keys, levels, out, progress)
     todo = [i for i in range(len(images.items))
             if len(images.boxes[i]) and not done[offsets[i]:offsets[i + 1]].all()]  # fmt: skip
     cached = int(done.sum())
-    if progress and cached:
-        progress(cached)
     backbone.module.to(device)
     loader = DataLoader(
         _Decoded(images, todo, prepare, mode, margin, crop_size),
@@ -458,7 +442,7 @@ def write_object_pictures(
 
     def one(i: int) -> None:
         image_set, record = scan.images.items[i]
-        rgb = image_set.load(record, _AS_IS)
+        rgb = image_set.load(record, AS_IS)
         domain = scan.domains[i]
         for box, key in zip(scan.images.boxes[i], scan.images.keys[i], strict=True):
             _boxed_crop(rgb, box, thumb_size).save(thumb(domain, key), optimize=False)

@@ -592,7 +592,7 @@ def extract_object_features(config: RunConfig, objects, prepare: Prepare, backbo
     from lib.objects import RoiPooler, extract_objects, resolve_mode
 
     pooler = RoiPooler.for_backbone(backbone)
-    mode = resolve_mode(config.objects, backbone)
+    mode = resolve_mode(config.objects, backbone.levels)
     how = f"objects {mode} {pooler.describe()} {config.pooling}"
     if mode == "crop":
         how += f" margin {config.object_margin:g} side {config.object_size}"
@@ -858,7 +858,7 @@ def manifest(
         "padded": 0 if scanned.embeddings else sum(r.padded for _, r in scanned.items),
         "counts": {d: int(len(r)) for d, r in rows.items()},
         "test_size": list(prepare.test_size) if prepare.detector else None,
-        "objects": _objects_summary(config, objects, source, vectors) if objects else None,
+        "objects": _objects_summary(config, objects, source) if objects else None,
         "annotations": scanned.annotations,
         "levels": list(vectors),
         "feature_dims": {level: int(v.shape[1]) for level, v in vectors.items()},
@@ -870,11 +870,11 @@ def manifest(
     }
 
 
-def _objects_summary(config: RunConfig, objects, source: dict, vectors: dict) -> dict:
-    from lib.objects import RoiPooler
+def _objects_summary(config: RunConfig, objects, source: dict) -> dict:
+    from lib.objects import RoiPooler, resolve_mode
 
     pooler = RoiPooler.of(source, source["levels"])
-    mode = "roi" if "roi" in vectors else "crop" if config.objects == "crop" else "levels"
+    mode = resolve_mode(config.objects, source["levels"])
     return {
         "mode": mode,
         "pooler": pooler.describe() if mode != "crop" else None,

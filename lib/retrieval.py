@@ -147,7 +147,7 @@ SETS = "real, synthetic, all, tag:NAME, split:NAME, or DOMAIN/tag:NAME or DOMAIN
 def resolve_set(spec: str, images, results=None) -> np.ndarray:
     """The run's rows a set names (module docstring); tags are read from the annotations
     in `results`."""
-    domain, _, kind = spec.rpartition("/") if "/" in spec else ("", "", spec)
+    domain, _, kind = spec.rpartition("/")
     if domain not in ("", "real", "synthetic") or (domain and kind in ("real", "synthetic")):
         raise GapscopeError(f"unknown set {spec!r}: name {SETS}")
     if kind in ("real", "synthetic"):

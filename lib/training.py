@@ -143,8 +143,7 @@ class _Classification:
 
     def batches(self, model, items, order, labels, prepare, device, batch_size, rng):
         """The epoch's batches: rows, and what the loss needs besides their labels."""
-        for start in range(0, len(order), batch_size):
-            yield order[start : start + batch_size], None
+        return _in_order(order, batch_size)
 
     def loss(self, out, target, extra=None):
         import torch
@@ -183,8 +182,7 @@ class _Metric:
         import torch
 
         if self.mining == "online":
-            yield from _Classification.batches(self, model, items, order, labels, prepare,
-                                               device, batch_size, rng)  # fmt: skip
+            yield from _in_order(order, batch_size)
             return
         e = torch.nn.functional.normalize(_outputs(model, items, order, prepare, device,
                                                   batch_size), dim=1).numpy()  # fmt: skip
@@ -227,6 +225,12 @@ class _Metric:
         found = retrieve(val.numpy(), gallery.numpy(), labels[rows].astype(str),
                          labels[train_rows].astype(str), "euclidean", depth=1)  # fmt: skip
         return loss, scores(found, k=1)[0]["recall_at"]["1"]["value"]
+
+
+def _in_order(order: np.ndarray, batch_size: int):
+    """The epoch's rows in batches, nothing besides their labels for the loss."""
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size], None
 
 
 def mine_triplets(embeddings: np.ndarray, labels: np.ndarray, rng, tries: int = 10):
