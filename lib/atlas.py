@@ -38,9 +38,9 @@ class AtlasProjector(UMAPProjector):
     joint = True
     plots = False
 
-    def __init__(self, params: UMAPParams | None = None, backend: str = "cpu"):
+    def __init__(self, params: UMAPParams | None = None, backend: str = "cpu", blocks=None):
         params = params if params is not None else UMAPParams()
-        super().__init__(replace(params, n_components=2, min_dist=MIN_DIST), backend)
+        super().__init__(replace(params, n_components=2, min_dist=MIN_DIST), backend, blocks)
 
 
 def fit_square(xy: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from lib.errors import GapscopeError, first_line
+from lib.memmap import BLOCK, file_rows, map_blocks, read_rows, row_blocks
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +83,15 @@ def connect(address: str) -> Iterator[object]:
             cluster.close()
 
 
-def describe(client) -> dict:
-    """What the manifest records of the cluster."""
+def describe(client, blocks: BlockMap | None = None) -> dict:
+    """What the manifest records of the cluster (and of the block tasks sent to it)."""
     info = client.scheduler_info(n_workers=-1)
     return {
         "scheduler": client.scheduler.address,
         "workers": len(info["workers"]),
         "threads": sum(w["nthreads"] for w in info["workers"].values()),
         "dashboard": client.dashboard_link,
+        "block_tasks": blocks.tasks if blocks is not None else 0,
     }
 
 
@@ -256,39 +258,142 @@ def extract_on_cluster(client, model: ModelSpec, items, todo: list[int], prepare
         future.release()
 
 
-# ---- neighbours -------------------------------------------------------------------------
-
-SEARCH_BLOCK = 65_536  # query rows per task
+# ---- stages over every row: placements, per-image scores, searches ------------------------
 
 
-def search_on_cluster(client, folder: Path, index, X: np.ndarray, k: int, metric: str,
-                      block: int = SEARCH_BLOCK):  # fmt: skip
+class BlockMap:
+    """lib.memmap.map_blocks on the workers: `fn(rows, X[rows])` for each block, in order,
+    the same results. `fn` (with what it closes over: a fitted placement, the gap sample's
+    scorer) goes to each worker once; each task reads its rows from X's file, which every
+    worker sees (the run's feature files). An X that is no memory-mapped file is worked
+    here."""
+
+    def __init__(self, client):
+        self.client = client
+        self.tasks = 0  # block tasks sent to the workers (the manifest's dask.block_tasks)
+
+    @functools.cached_property
+    def gpus(self) -> bool:
+        """Every worker has a CUDA GPU (then cuML's Dask estimators can use them)."""
+        found = self.client.run(_has_gpu)
+        return bool(found) and all(found.values())
+
+    def cuml_transform(self, model, X: np.ndarray) -> np.ndarray | None:
+        """A fitted cuML UMAP's transform of X spread over GPU workers (cuml.dask's UMAP:
+        the model sent to each, X's blocks read from its file there); None when the
+        workers have no GPUs (the caller transforms here)."""
+        if not self.gpus:
+            return None
+        from cuml.dask.manifold import UMAP
+
+        self.tasks += len(row_blocks(len(X)))
+        out = UMAP(model=model, client=self.client).transform(dask_rows(X)).compute()
+        return host(out).astype(np.float32, copy=False)
+
+    def cuml_neighbours(self, X: np.ndarray, k: int, metric: str):
+        """Each row's k nearest other rows by cuML's multi-GPU exact search (cuml.dask's
+        NearestNeighbors over X's blocks on the workers' GPUs), or None when the workers
+        have no GPUs. Distances are computed again here, as lib.neighbors defines them."""
+        if not self.gpus:
+            return None
+        try:
+            from cuml.dask.neighbors import NearestNeighbors
+        except ImportError as exc:  # raft-dask's comms missing: the client's GPU searches
+            log.warning("cuml.dask's NearestNeighbors not importable (%s): searching here",
+                        first_line(exc))  # fmt: skip
+            return None
+
+        from lib.neighbors import distances_from_d2, prepared
+
+        rows = dask_rows(X).map_blocks(prepared, metric, dtype=np.float32)
+        self.tasks += len(row_blocks(len(X)))
+        search = NearestNeighbors(client=self.client, n_neighbors=k + 1).fit(rows)
+        found = host(search.kneighbors(rows, return_distance=False).compute()).astype(np.int64)
+        # each row's own index to the end (as lib.neighbors.search_rows), then k kept
+        order = np.argsort(found == np.arange(len(X))[:, None], axis=1, kind="stable")[:, :k]
+        indices = np.take_along_axis(found, order, axis=1)
+        d2 = np.empty(indices.shape, np.float32)
+        for b in row_blocks(len(X)):
+            q = prepared(np.asarray(X[b]), metric)
+            for j in range(k):  # neighbours' rows read in file order, a column at a time
+                d2[b, j] = ((prepared(read_rows(X, indices[b, j]), metric) - q) ** 2).sum(1)
+        return indices.astype(np.int32), distances_from_d2(d2, metric)
+
+    def __call__(self, fn, X: np.ndarray, blocks: list[np.ndarray]) -> Iterator:
+        where = file_rows(X)
+        if where is None or not blocks:
+            yield from map_blocks(fn, X, blocks)
+            return
+        [shared] = self.client.scatter([fn], broadcast=True, hash=False)
+        self.tasks += len(blocks)
+        futures = self.client.map(_block, [shared] * len(blocks), blocks, path=where[0],
+                                  first=where[1], pure=False, retries=3)  # fmt: skip
+        for future in futures:  # in order; a failed block raises here: nothing published
+            yield future.result()
+            future.release()
+
+
+def dask_rows(X: np.ndarray):
+    """X as a dask array of blocks, each read from X's file on the worker that needs it
+    (an X in memory is split as it is)."""
+    import dask
+    import dask.array as da
+
+    where = file_rows(X)
+    if where is None:
+        return da.from_array(np.asarray(X, np.float32), chunks=(BLOCK, -1))
+    path, first = where
+    read = dask.delayed(_read_rows, pure=True)
+    return da.concatenate(
+        [da.from_delayed(read(path, first + int(b[0]), first + int(b[-1]) + 1),
+                         shape=(len(b), X.shape[1]), dtype=X.dtype)
+         for b in row_blocks(len(X))]
+    )  # fmt: skip
+
+
+def _read_rows(path: str, start: int, stop: int) -> np.ndarray:
+    return np.array(np.load(path, mmap_mode="r")[start:stop])
+
+
+def host(array) -> np.ndarray:
+    """A result gathered from GPU workers (CuPy, cuDF or NumPy) as a NumPy array."""
+    if hasattr(array, "to_numpy"):  # cuDF
+        return array.to_numpy()
+    if hasattr(array, "get") and not isinstance(array, np.ndarray):  # CuPy
+        return array.get()
+    return np.asarray(array)
+
+
+def _block(fn, rows: np.ndarray, path: str, first: int):
+    from lib.memmap import release
+
+    X = np.load(path, mmap_mode="r")
+    part = X[first + rows]
+    release(X)
+    return fn(rows, part)
+
+
+def search_on_cluster(blocks: BlockMap, folder: Path, index, X: np.ndarray, k: int, metric: str,
+                      block: int | None = None):  # fmt: skip
     """lib.neighbors.search_all with the queries spread over the workers: the built index
     is written to `folder` (shared storage: the partial run) and each worker reads it once
     (memory-mapped where FAISS can), the queries' rows from X's file. The same indices and
-    distances as a local search. X not backed by a file: searched here."""
+    distances as a local search."""
     import secrets
+    from functools import partial
 
     import faiss
 
-    from lib.neighbors import search_all
+    from lib.neighbors import join_searches
 
-    source = getattr(X, "filename", None)
-    if source is None or len(X) <= block:
-        return search_all(index, X, k, metric)
     path = Path(folder) / f".hnsw-{secrets.token_hex(4)}.faiss"
     faiss.write_index(index, str(path))
     try:
-        starts = list(range(0, len(X), block))
-        futures = client.map(
-            _search_block, starts, index=str(path), ef=int(index.hnsw.efSearch),
-            features=str(source), n=len(X), k=k, metric=metric, block=block, pure=False,
-            retries=3,
-        )  # fmt: skip
-        parts = client.gather(futures)
+        search = partial(_search_block, str(path), int(index.hnsw.efSearch), k, metric)
+        parts = list(blocks(search, X, row_blocks(len(X), block or BLOCK)))
     finally:
         path.unlink(missing_ok=True)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return join_searches(parts, k)
 
 
 @functools.lru_cache(maxsize=1)
@@ -301,11 +406,9 @@ def _worker_index(path: str):
         return faiss.read_index(path)
 
 
-def _search_block(start: int, index: str, ef: int, features: str, n: int, k: int,
-                  metric: str, block: int):  # fmt: skip
-    from lib.neighbors import _search_blocks
+def _search_block(index: str, ef: int, k: int, metric: str, rows: np.ndarray, x: np.ndarray):
+    from lib.neighbors import search_rows
 
     built = _worker_index(index)
     built.hnsw.efSearch = ef
-    X = np.load(features, mmap_mode="r")
-    return _search_blocks(built, X, k, metric, np.arange(start, min(start + block, n)))
+    return search_rows(built, k, metric, rows, x)

@@ -7,13 +7,20 @@ features and the given embeddings are 2 GB each, which would be read in full sev
 times. `release(X)` tells the kernel this process no longer needs the pages it read
 (`MADV_DONTNEED`): they stay in the page cache, so reading them again is cheap, but they
 leave the process's RSS. Only read-only and flushed mappings are released.
+
+`map_blocks(fn, X, blocks)` is how a stage works through every row of such an array: here,
+a block at a time, or (lib.cluster.BlockMap, same results) on a Dask cluster's workers,
+which find the rows in the file through `file_rows`.
 """
 
 from __future__ import annotations
 
 import mmap
+from collections.abc import Callable, Iterator
 
 import numpy as np
+
+BLOCK = 65_536  # rows a stage reads, and a Dask task works on, at a time
 
 
 def release(array: np.ndarray) -> None:
@@ -36,3 +43,36 @@ def read_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     out = np.empty((len(rows), array.shape[1]), np.float32)
     out[order] = array[rows[order]]
     return out
+
+
+def row_blocks(rows: int | np.ndarray, block: int = BLOCK) -> list[np.ndarray]:
+    """`rows` (a count: 0..n-1) in consecutive blocks of at most `block`."""
+    rows = np.arange(rows) if np.isscalar(rows) else np.asarray(rows)
+    return [rows[s : s + block] for s in range(0, len(rows), block)]
+
+
+def map_blocks(fn: Callable, X: np.ndarray, blocks: list[np.ndarray]) -> Iterator:
+    """`fn(rows, X[rows])` for each block of rows, in order, the pages let go after each.
+    The signature every block map has (lib.cluster.BlockMap runs them on Dask workers)."""
+    for rows in blocks:
+        part = X[rows]
+        release(X)
+        yield fn(rows, part)
+
+
+def file_rows(X: np.ndarray) -> tuple[str, int] | None:
+    """(the .npy file, its first row) when X is consecutive whole rows of a memory-mapped
+    file (the run's feature files and views of them), else None."""
+    root = X
+    while isinstance(getattr(root, "base", None), np.ndarray):
+        root = root.base
+    if not isinstance(root, np.memmap) or root.filename is None or root.ndim != 2:
+        return None
+    if X.ndim != 2 or X.strides != root.strides or X.shape[1] != root.shape[1]:
+        return None
+    if X.dtype != root.dtype:
+        return None
+    first, rest = divmod(X.ctypes.data - root.ctypes.data, root.strides[0])
+    if rest or not 0 <= first <= len(root) - len(X):
+        return None
+    return str(root.filename), int(first)

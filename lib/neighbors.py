@@ -17,12 +17,13 @@ search (efSearch) until the probe reaches `TARGET_RECALL`.
 from __future__ import annotations
 
 import importlib.util
+from functools import partial
 
 import numpy as np
 
 from lib.errors import GapscopeError
 from lib.images import sample_indices
-from lib.memmap import release
+from lib.memmap import map_blocks, release, row_blocks
 
 METRICS = ("cosine", "euclidean")
 ENGINES = ("auto", "torch", "faiss", "hnsw")
@@ -92,11 +93,13 @@ def knn_report(
     engine: str = "auto",
     seed: int = 0,
     search=None,
+    exact=None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """`knn`, plus what was done: {"engine", "exact"} and, for an approximate search,
     its measured recall@k on a seeded probe and the search settings. `search(index, X, k,
     metric)` runs an approximate search's queries of every row elsewhere (lib.cluster:
-    on Dask workers); the same (indices, distances) as here."""
+    on Dask workers); the same (indices, distances) as here. `exact(X, k, metric)` may
+    take a GPU's exact search elsewhere (cuML on Dask's GPU workers), None: done here."""
     if metric not in METRICS:
         raise GapscopeError(f"unknown neighbour metric {metric!r}: choose cosine or euclidean")
     n = len(X)
@@ -110,6 +113,9 @@ def knn_report(
         return _knn_hnsw(X, k, metric, seed, search)
     if chosen == "faiss":
         return (*_knn_faiss(X, k, metric), {"engine": "faiss", "exact": True})
+    found = exact(X, k, metric) if exact is not None else None
+    if found is not None:
+        return (*found, {"engine": "cuml.dask", "exact": True})
     return (
         *_knn_torch(X, k, metric, device, chunk, col_chunk),
         {"engine": "torch", "exact": True},
@@ -237,21 +243,28 @@ def _prepared_whole(X: np.ndarray, metric: str) -> np.ndarray:
 
 
 def _search_blocks(index, X, k: int, metric: str, rows: np.ndarray):
-    """Each of `rows`' k nearest other rows: k + 1 are searched and the row itself dropped
-    (a row whose duplicates crowded itself out simply loses its last candidate)."""
-    indices = np.empty((len(rows), k), dtype=np.int32)
-    distances = np.empty((len(rows), k), dtype=np.float32)
-    for s in range(0, len(rows), BLOCK):
-        block = rows[s : s + BLOCK]
-        d2, found = index.search(prepared(X[block], metric), k + 1)
-        # move each row's own index to the end (stable, so the rest keep their order)
-        order = np.argsort(found == block[:, None], axis=1, kind="stable")[:, :k]
-        indices[s : s + len(block)] = np.take_along_axis(found, order, axis=1)
-        distances[s : s + len(block)] = distances_from_d2(
-            np.take_along_axis(d2, order, axis=1), metric
-        )
-        release(X)
-    return indices, distances
+    """Each of `rows`' k nearest other rows, a block at a time."""
+    return join_searches(list(map_blocks(partial(search_rows, index, k, metric), X,
+                                         row_blocks(rows, BLOCK))), k)  # fmt: skip
+
+
+def search_rows(index, k: int, metric: str, rows: np.ndarray, x: np.ndarray):
+    """(indices, distances) of the k nearest other rows of the rows `rows` (whose vectors
+    are `x`): k + 1 are searched and the row itself dropped (a row whose duplicates crowded
+    itself out simply loses its last candidate)."""
+    d2, found = index.search(prepared(x, metric), k + 1)
+    # move each row's own index to the end (stable, so the rest keep their order)
+    order = np.argsort(found == rows[:, None], axis=1, kind="stable")[:, :k]
+    indices = np.take_along_axis(found, order, axis=1).astype(np.int32)
+    return indices, distances_from_d2(np.take_along_axis(d2, order, axis=1), metric)
+
+
+def join_searches(parts: list, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The blocks' (indices, distances) as one pair of (N, k) int32 and float32 arrays."""
+    if not parts:
+        return np.empty((0, k), np.int32), np.empty((0, k), np.float32)
+    return (np.concatenate([p[0] for p in parts]).astype(np.int32, copy=False),
+            np.concatenate([p[1] for p in parts]).astype(np.float32, copy=False))  # fmt: skip
 
 
 def search_all(index, X: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lib.atlas import AtlasProjector, middle_level
-from lib.cluster import ScanMap, connect, worker_precision
+from lib.cluster import BlockMap, ScanMap, connect, describe, worker_precision
 from lib.embeddings import EmbeddingSet, describe_embeddings, is_embeddings
 from lib.errors import GapscopeError, first_line
 from lib.gap import GapParams
@@ -35,6 +35,7 @@ from lib.images import (
     open_images,
     sample_indices,
 )
+from lib.memmap import map_blocks
 from lib.params import REQUIRED, check_minimums, param
 from lib.progress import Progress, Silent, Stages
 from lib.reduce import TSNEParams, UMAPParams, check_enough_points
@@ -271,7 +272,8 @@ def _run(config, store, stages, projectors, prepare, started, client) -> Run:
         precision = worker_precision(client, config.precision) if client else config.precision
         backend = choose_backend(config.backend, precision, config.workers,
                                  n_images=len(scanned))  # fmt: skip
-        projectors = _projectors(config, backend.projection)
+        blocks = BlockMap(client) if client else map_blocks  # every-row work: here or workers
+        projectors = _projectors(config, backend.projection, blocks)
         if scanned.embeddings:
             with stages("features", f"{len(scanned)} vectors given"):
                 vectors, cached = given_features(scanned, writer), 0
@@ -299,17 +301,17 @@ def _run(config, store, stages, projectors, prepare, started, client) -> Run:
         level = atlas_level(config.atlas_level, list(vectors), n_rows, config.umap)
         if level is not None:
             with stages("atlas", f"2D UMAP of both domains at {level}"):
-                atlas = [AtlasProjector(config.umap, backend.projection)]
+                atlas = [AtlasProjector(config.umap, backend.projection, blocks)]
                 layout, report = project({level: vectors[level]}, rows, atlas,
                                          stages.progress)  # fmt: skip
                 frame, projected = pd.concat([frame, layout], ignore_index=True), projected | report
         writer.projections(frame)
         with stages("neighbors", f"k={config.k}, {backend.knn_engine}") as stage:
-            searches = find_neighbours(vectors, config, backend, writer, client)
+            searches = find_neighbours(vectors, config, backend, writer, blocks)
             stage.summary = _recall_summary(searches)
         with stages("gap", f"{len(vectors)} levels"):
             metrics, scores = measure_gap(vectors, rows, config.gap, backend, writer,
-                                          stages.progress)  # fmt: skip
+                                          stages.progress, blocks)  # fmt: skip
         table = scanned.table()
         if objects:
             object_table = objects.table(table)
@@ -338,7 +340,7 @@ def _run(config, store, stages, projectors, prepare, started, client) -> Run:
                 dict(stages),
                 searches,
                 projected,
-                client,
+                describe(client, blocks) if client else None,
                 objects,
             )  # fmt: skip
         )
@@ -350,14 +352,16 @@ def _recall_summary(searches: dict) -> str | None:
     return f"approximate; recall@k on the probe: {', '.join(recalls)}" if recalls else None
 
 
-def _projectors(config: RunConfig, implementation: str = "cpu") -> list:
-    """The run's projectors, on cuML or the CPU (`Backend.projection`)."""
+def _projectors(config: RunConfig, implementation: str = "cpu", blocks=None) -> list:
+    """The run's projectors, on cuML or the CPU (`Backend.projection`), placing points
+    through the block map `blocks` (here by default; lib.cluster.BlockMap: on Dask)."""
     from lib.reduce import create_projector
 
     if not config.projections:
         raise GapscopeError("name at least one projection (--projection umap)")
     params = {"umap": config.umap, "tsne": config.tsne}
-    return [create_projector(m, params.get(m), implementation) for m in config.projections]
+    return [create_projector(m, params.get(m), implementation, blocks)
+            for m in config.projections]  # fmt: skip
 
 
 # ---- stages ---------------------------------------------------------------------------
@@ -679,9 +683,11 @@ def _fit_domains(projector) -> tuple[str, ...]:
 def _project_one(X: np.ndarray, rows, projector, fit_on: str, level: str) -> list:
     if fit_on == "both":
         both = np.concatenate([rows[d] for d in DOMAINS])
-        return [
-            _projection_frame(both, level, projector, "both", projector.fit(X[both]).embedding_)
-        ]
+        consecutive = np.array_equal(both, np.arange(both[0], both[-1] + 1))
+        # a view of the feature file, not a copy (2 GB at 1M + 1M × 256): its placements
+        # can then run on Dask workers, which read the rows from the file
+        fitted = projector.fit(X[_span(both)] if consecutive else X[both]).embedding_
+        return [_projection_frame(both, level, projector, "both", fitted)]
     other = next(d for d in DOMAINS if d != fit_on)
     fitted = projector.fit(X[_span(rows[fit_on])]).embedding_
     mapped = projector.transform(X[_span(rows[other])])
@@ -714,29 +720,35 @@ def _projection_frame(rows: np.ndarray, level: str, projector, fit_on: str, coor
     )
 
 
-def find_neighbours(vectors, config: RunConfig, backend, writer: RunWriter, client=None) -> dict:
+def find_neighbours(vectors, config: RunConfig, backend, writer: RunWriter,
+                    blocks=map_blocks) -> dict:  # fmt: skip
     """Each level's neighbour table; returns what was done per level (engine, and the
-    measured recall@k of an approximate search). On a Dask cluster an approximate
-    search's queries run on the workers (lib.cluster.search_on_cluster)."""
+    measured recall@k of an approximate search). On a Dask cluster (`blocks` a
+    lib.cluster.BlockMap) an approximate search's queries run on the workers, and a GPU's
+    exact search on GPU workers (cuML's multi-GPU search) when the run is on cuML."""
     from functools import partial
 
-    from lib.cluster import search_on_cluster
+    from lib.cluster import BlockMap, search_on_cluster
     from lib.neighbors import knn_report
 
-    search = partial(search_on_cluster, client, writer.dir) if client else None
+    dask = isinstance(blocks, BlockMap)
+    search = partial(search_on_cluster, blocks, writer.dir) if dask else None
+    exact = blocks.cuml_neighbours if dask and backend.name == "cuml" else None
     reports = {}
     for level, X in vectors.items():
         idx, dist, reports[level] = knn_report(
             X, config.k, config.metric, backend.device, engine=backend.knn_engine,
-            seed=config.seed, search=search,
+            seed=config.seed, search=search, exact=exact,
         )  # fmt: skip
         writer.neighbors(level, idx, dist)
     return reports
 
 
-def measure_gap(vectors, rows, params: GapParams, backend, writer: RunWriter, progress: Progress):
+def measure_gap(vectors, rows, params: GapParams, backend, writer: RunWriter, progress: Progress,
+                blocks=map_blocks):  # fmt: skip
     """The gap metrics and the per-image scores table, level by level; writes the scores
-    and returns (the metrics, to which the attribution is added, the scores)."""
+    and returns (the metrics, to which the attribution is added, the scores). The scores
+    of images outside the gap sample go through the block map `blocks`."""
     import pandas as pd
 
     from lib.gap import NOTES, level_gap
@@ -745,7 +757,8 @@ def measure_gap(vectors, rows, params: GapParams, backend, writer: RunWriter, pr
     levels, frames = {}, []
     progress.start("gap", len(vectors))
     for level, X in vectors.items():
-        result = level_gap(X[_span(rows["real"])], X[_span(rows["synthetic"])], params, backend)
+        result = level_gap(X[_span(rows["real"])], X[_span(rows["synthetic"])], params, backend,
+                           blocks)  # fmt: skip
         levels[level] = result.metrics
         frames.append(_scores_frame(result, rows, level))
         progress.advance("gap")
@@ -832,11 +845,9 @@ def manifest(
     timings: dict,
     searches: dict,
     projected: dict,
-    client=None,
+    dask: dict | None = None,
     objects=None,
 ) -> dict:
-    from lib.cluster import describe
-
     sets = scanned.sets.values()
     rows = objects.rows if objects else scanned.rows
     return {
@@ -848,7 +859,7 @@ def manifest(
         "image_size": list(scanned.size) if scanned.size else None,
         "backbone": source,
         "backend": backend.describe(),
-        "dask": describe(client) if client is not None else None,
+        "dask": dask,
         "inputs": [_input_summary(s) for s in sets],
         "skipped": [
             {"domain": s.domain, "path": sk.path, "reason": sk.reason}

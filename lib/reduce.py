@@ -21,7 +21,7 @@ import numpy as np
 
 from lib.errors import GapscopeError
 from lib.images import sample_indices
-from lib.memmap import release
+from lib.memmap import map_blocks, release, row_blocks
 from lib.neighbors import distances_from_d2, prepared
 from lib.params import check_minimums, param
 
@@ -144,7 +144,9 @@ class _Projector:
     - `fit(X)` → self, with `embedding_` for X; `transform(X)` for the other domain;
     - `joint`: both domains are embedded together (no transform; fit_on "both");
     - `dimensions`: 3, or 2 (z is then NaN in the stored projections);
-    - `plots`: the run saves static PNGs of it (the original tool's UMAP views).
+    - `plots`: the run saves static PNGs of it (the original tool's UMAP views);
+    - `blocks`: the block map that works through every row to place (lib.memmap.map_blocks
+      here, lib.cluster.BlockMap on Dask workers).
     """
 
     name: str  # in the projections table's `method` column
@@ -153,9 +155,10 @@ class _Projector:
     joint = False
     plots = False
 
-    def __init__(self, params=None, backend: str = "cpu"):
+    def __init__(self, params=None, backend: str = "cpu", blocks=None):
         self.params = params if params is not None else self.Params()
         self.backend = backend
+        self.blocks = blocks or map_blocks  # where placements run (lib.memmap.map_blocks)
 
     @property
     def dimensions(self) -> int:
@@ -209,8 +212,12 @@ class UMAPProjector(_Projector):
         `transform_up_to` points, the k-nearest placement above (the fitted domain's
         unsampled points get the same)."""
         if self.backend == "cuml" or len(X) <= self.params.transform_up_to:
-            out = self.model_.transform(np.ascontiguousarray(X, dtype=np.float32))
-            self.report_["mapped_by"] = "transform"
+            # cuML on a Dask cluster of GPU workers: spread there (lib.cluster.BlockMap)
+            spread = getattr(self.blocks, "cuml_transform", None)
+            out = spread(self.model_, X) if spread and self.backend == "cuml" else None
+            self.report_["mapped_by"] = "transform" if out is None else "cuml.dask transform"
+            if out is None:
+                out = self.model_.transform(np.ascontiguousarray(X, dtype=np.float32))
             return np.asarray(out, dtype=np.float32)
         placer = getattr(self, "_placer", None) or KnnPlacement(
             np.asarray(self.model_._raw_data, np.float32), self.model_, self.params
@@ -218,14 +225,14 @@ class UMAPProjector(_Projector):
         self.report_.update(
             mapped_by="knn placement", probe=placer.probe(X, self.params.random_state)
         )
-        return placer.place(X)
+        return placer.place(X, blocks=self.blocks)
 
     def _place_all(self, X: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
         """The fit's own coordinates for the sample, placements for every other row."""
         out = np.empty((len(X), self.dimensions), dtype=np.float32)
         out[fit_rows] = self.model_.embedding_
         rest = np.setdiff1d(np.arange(len(X)), fit_rows)
-        out[rest] = self._placer.place(X, rest)
+        out[rest] = self._placer.place(X, rest, self.blocks)
         return out
 
 
@@ -250,29 +257,36 @@ class KnnPlacement:
         self.metric = "cosine" if params.metric == "cosine" else "euclidean"
         self.k = params.n_neighbors
         self.model = model
+        self.local_connectivity = float(model.local_connectivity)
         self.embedding = np.asarray(model.embedding_, dtype=np.float32)
         self.index = faiss.IndexHNSWFlat(fitted.shape[1], 16)
         self.index.hnsw.efSearch = 64
         self.index.add(prepared(fitted, self.metric))
 
-    def place(self, X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """Coordinates of X's `rows` (all rows when None), a block at a time."""
+    def __getstate__(self) -> dict:
+        # what placing needs (to Dask workers): not the UMAP model, which only the probe uses
+        return {k: v for k, v in vars(self).items() if k != "model"}
+
+    def place(self, X: np.ndarray, rows: np.ndarray | None = None, blocks=map_blocks) -> np.ndarray:
+        """Coordinates of X's `rows` (all rows when None), a block at a time through the
+        block map `blocks` (here, or lib.cluster.BlockMap on Dask workers)."""
+        rows = np.arange(len(X)) if rows is None else rows
+        parts = list(blocks(self._place_block, X, row_blocks(rows, self.BLOCK)))
+        if not parts:
+            return np.empty((0, self.embedding.shape[1]), dtype=np.float32)
+        return np.concatenate(parts)
+
+    def _place_block(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
         from umap.umap_ import smooth_knn_dist
 
-        rows = np.arange(len(X)) if rows is None else rows
-        out = np.empty((len(rows), self.embedding.shape[1]), dtype=np.float32)
-        for s in range(0, len(rows), self.BLOCK):
-            block = rows[s : s + self.BLOCK]
-            d2, idx = self.index.search(prepared(X[block], self.metric), self.k)
-            dist = distances_from_d2(d2, self.metric)
-            # umap-learn's transform: local_connectivity − 1, then memberships
-            lc = max(0.0, self.model.local_connectivity - 1.0)
-            sigmas, rhos = smooth_knn_dist(dist, float(self.k), local_connectivity=lc)
-            w = np.exp(-np.maximum(dist - rhos[:, None], 0) / sigmas[:, None])
-            w /= w.sum(axis=1, keepdims=True)
-            out[s : s + len(block)] = np.einsum("nk,nkc->nc", w, self.embedding[idx])
-            release(X)
-        return out
+        d2, idx = self.index.search(prepared(x, self.metric), self.k)
+        dist = distances_from_d2(d2, self.metric)
+        # umap-learn's transform: local_connectivity − 1, then memberships
+        lc = max(0.0, self.local_connectivity - 1.0)
+        sigmas, rhos = smooth_knn_dist(dist, float(self.k), local_connectivity=lc)
+        w = np.exp(-np.maximum(dist - rhos[:, None], 0) / sigmas[:, None])
+        w /= w.sum(axis=1, keepdims=True)
+        return np.einsum("nk,nkc->nc", w, self.embedding[idx]).astype(np.float32, copy=False)
 
     def probe(self, X: np.ndarray, seed: int | None) -> dict:
         """Trustworthiness (sklearn, n_neighbors 15) of a seeded probe of X placed this
@@ -409,12 +423,13 @@ class TSNEProjector(_Projector):
 PROJECTORS = {"umap": UMAPProjector, "pca": PCAProjector, "tsne": TSNEProjector}
 
 
-def create_projector(name: str, params=None, backend: str = "cpu"):
-    """A projector by name (`PROJECTORS`), with its default parameters unless given."""
+def create_projector(name: str, params=None, backend: str = "cpu", blocks=None):
+    """A projector by name (`PROJECTORS`), with its default parameters unless given, its
+    placements through the block map `blocks` (default: here)."""
     try:
         cls = PROJECTORS[name]
     except KeyError:
         raise GapscopeError(
             f"unknown projection {name!r}: choose from {', '.join(PROJECTORS)}"
         ) from None
-    return cls(params, backend)
+    return cls(params, backend, blocks)

@@ -189,7 +189,7 @@ def test_an_approximate_search_spread_over_the_workers_finds_the_same_neighbours
     import faiss
     from dask.distributed import Client, LocalCluster
 
-    from lib.cluster import search_on_cluster
+    from lib.cluster import BlockMap, search_on_cluster
     from lib.neighbors import prepared, search_all
 
     rng = np.random.default_rng(0)
@@ -201,7 +201,7 @@ def test_an_approximate_search_spread_over_the_workers_finds_the_same_neighbours
     here = search_all(index, X, 8, "cosine")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
-        there = search_on_cluster(client, tmp_path, index, X, 8, "cosine", block=1000)
+        there = search_on_cluster(BlockMap(client), tmp_path, index, X, 8, "cosine", block=1000)
     assert np.array_equal(here[0], there[0]) and np.array_equal(here[1], there[1])
     assert list(tmp_path.glob(".hnsw-*")) == []  # the shared index file is gone
 
@@ -217,3 +217,38 @@ def test_a_scheduler_without_workers_is_one_line(monkeypatch):
         with pytest.raises(GapscopeError) as exc, cluster.connect(empty.scheduler_address):
             pass
     assert "the scheduler has no workers (waited 2 s)" in str(exc.value)
+
+
+def test_placements_searches_and_scores_spread_over_the_workers_are_the_run_without_them(
+    tmp_path, monkeypatch
+):
+    """Given embeddings large enough (for this test's thresholds) that the UMAP and atlas
+    placements, the approximate search and the per-image gap scores of images outside the
+    gap sample all run as block tasks on the workers: the same published run."""
+    import lib.neighbors as neighbors
+    from lib.gap import GapParams
+    from lib.mixture import write_pair
+    from lib.pipeline import RunConfig, run
+    from lib.reduce import UMAPParams
+    from lib.store import RunStore
+
+    monkeypatch.setattr(neighbors, "EXACT_UP_TO", 1000)  # HNSW, its search on the workers
+    real, fake = write_pair(tmp_path / "v", 1500, 1200, dim=32)
+    settings = dict(real=real, synthetic=fake, plots=False, projections=("umap",), k=8,
+                    umap=UMAPParams(fit_sample=400, transform_up_to=100),
+                    gap=GapParams(sample=300, resamples=20, kid_subsets=4))  # fmt: skip
+    with torch_threads(WORKER_THREADS):
+        here = run(RunConfig(**settings), RunStore(tmp_path / "here"))
+    there = run(RunConfig(**settings, dask="local:2"), RunStore(tmp_path / "there"))
+    reports = here.manifest["projections"]
+    assert {r["mapped_by"] for r in reports.values() if "mapped_by" in r} == {"knn placement"}
+    assert here.manifest["neighbors"]["embedding"]["engine"] == "hnsw"
+    assert np.array_equal(here.neighbors("embedding")[0], there.neighbors("embedding")[0])
+    cols = ["id", "level", "method", "fit_on", "x", "y", "z"]
+    assert set(here.projections["method"]) == {"umap", "atlas"}
+    assert here.projections[cols].equals(there.projections[cols])
+    scores = here.scores.columns.drop("level")
+    assert here.scores[scores].equals(there.scores[scores])
+    assert here.scores["realism"].notna().sum() == 1200  # every synthetic image, not the 300
+    # on the workers: 2 × 2 UMAP placements, the atlas's, the search, 2 domains' scores
+    assert there.manifest["dask"]["block_tasks"] == 8

@@ -47,7 +47,7 @@ from lib.gap.records import (
     record,
     wilson,
 )
-from lib.memmap import release
+from lib.memmap import map_blocks, release, row_blocks
 from lib.params import check_minimums, param
 
 if TYPE_CHECKING:
@@ -128,25 +128,23 @@ def _sample_rows(n: int, size: int, rng) -> np.ndarray:
     return np.arange(n) if n <= size else np.sort(rng.choice(n, size, replace=False))
 
 
-BLOCK = 65_536  # rows of a full domain standardised at a time for the per-image scores
-
-
-def _every_image(scores, full, rows, scale, hoods, classifier, clusters, k, device) -> dict:
+def _every_image(scores, full, rows, scale, hoods, classifier, clusters, k, device,
+                 blocks=map_blocks) -> dict:  # fmt: skip
     """The sample's per-image scores, extended to every image of both domains (memory-
-    mapped, read a block at a time): realism against the sample's real k-NN balls,
-    coverage against the sample's synthetic images with k-NN radii among the sample's real
-    images, p(synthetic) from the classifier fitted on its sample, and the cluster of the
-    nearest clustered image. Images in the sample keep their own scores."""
-    import torch
-
-    from lib.neighbors import distance_blocks, distances_to_nearest
+    mapped, read a block at a time, through the block map `blocks`: here, or on Dask
+    workers): realism against the sample's real k-NN balls, coverage against the sample's
+    synthetic images with k-NN radii among the sample's real images, p(synthetic) from the
+    classifier fitted on its sample, and the cluster of the nearest clustered image. Images
+    in the sample keep their own scores."""
+    from functools import partial
 
     (real, fake), (rows_r, rows_f) = full, rows
     n_r, n_f = len(real), len(fake)
-    zr_s, zf_s = scale(real[rows_r], np.float32), scale(fake[rows_f], np.float32)
     radii = np.asarray(hoods.real_radii, dtype=np.float32)
     kept = radii <= np.median(radii)  # realism's half of the real balls, as in prdc
-    kept_radii = torch.as_tensor(radii[kept], device=device)
+    zr_s = scale(real[rows_r], np.float32)
+    scorer = _ImageScorer(scale, classifier, clusters, zr_s, scale(fake[rows_f], np.float32),
+                          zr_s[kept], radii[kept], k, device)  # fmt: skip
     out = {
         "realism": _spread(scores["realism"], rows_f, n_f, np.nan),
         "covered": _spread(scores["covered"], rows_r, n_r, False),
@@ -155,28 +153,58 @@ def _every_image(scores, full, rows, scale, hoods, classifier, clusters, k, devi
         "clusters": np.r_[_spread(scores["clusters"][: len(rows_r)], rows_r, n_r, -1),
                           _spread(scores["clusters"][len(rows_r):], rows_f, n_f, -1)],
     }  # fmt: skip
-    for domain, x, offset in (("real", real, 0), ("synthetic", fake, n_r)):
+    for domain, x, offset, sampled_rows in (("real", real, 0, rows_r),
+                                            ("synthetic", fake, n_r, rows_f)):  # fmt: skip
         sampled = np.zeros(len(x), bool)
-        sampled[rows_r if domain == "real" else rows_f] = True
-        for s in range(0, len(x), BLOCK):
-            todo = np.flatnonzero(~sampled[s : s + BLOCK]) + s
-            if len(todo) == 0:
-                continue
-            z = scale(x[todo], np.float32)
-            release(x)
-            out["p_synthetic"][offset + todo] = classifier.predict_proba(z)[:, 1]
-            out["clusters"][offset + todo] = clusters.predict(z)
-            if domain == "synthetic":
-                realism = np.empty(len(z), np.float32)
-                for b, d in distance_blocks(z, zr_s[kept], device):
-                    ratio = (kept_radii[None, :] / d.clamp_min(1e-12)).max(1).values
-                    realism[b : b + len(d)] = ratio.cpu().numpy()
-                out["realism"][todo] = realism
-            else:
-                own = distances_to_nearest(z, zr_s, k, device)[:, -1]
-                nearest = distances_to_nearest(z, zf_s, 1, device)[:, 0]
-                out["covered"][todo] = nearest < own
+        sampled[sampled_rows] = True
+        todo = [b[~sampled[b]] for b in row_blocks(len(x))]
+        todo = [b for b in todo if len(b)]
+        for rows_done, got in zip(todo, blocks(partial(scorer, domain), x, todo), strict=True):
+            out["p_synthetic"][offset + rows_done] = got["p_synthetic"]
+            out["clusters"][offset + rows_done] = got["clusters"]
+            target = "realism" if domain == "synthetic" else "covered"
+            out[target][rows_done] = got[target]
     return out
+
+
+@dataclass
+class _ImageScorer:
+    """The per-image scores of one block of a domain's images outside the sample, from what
+    the sample left (small: a few sample-sized arrays and two fitted models, so it travels
+    to Dask workers once)."""
+
+    scale: _Standardiser
+    classifier: object  # the domain classifier fitted on the sample
+    clusters: DomainClusters
+    real: np.ndarray  # the sample, standardised (float32)
+    fake: np.ndarray
+    balls: np.ndarray  # realism's real balls: centres and radii
+    radii: np.ndarray
+    k: int
+    device: str
+
+    def __call__(self, domain: str, rows: np.ndarray, x: np.ndarray) -> dict:
+        import torch
+
+        from lib.neighbors import distance_blocks, distances_to_nearest
+
+        # on a Dask worker without the client's GPU: its CPU, the same numbers within float error
+        device = self.device if torch.cuda.is_available() else "cpu"
+        z = self.scale(x, np.float32)
+        got = {"p_synthetic": self.classifier.predict_proba(z)[:, 1],
+               "clusters": self.clusters.predict(z)}  # fmt: skip
+        if domain == "synthetic":
+            radii = torch.as_tensor(self.radii, device=device)
+            realism = np.empty(len(z), np.float32)
+            for b, d in distance_blocks(z, self.balls, device):
+                ratio = (radii[None, :] / d.clamp_min(1e-12)).max(1).values
+                realism[b : b + len(d)] = ratio.cpu().numpy()
+            got["realism"] = realism
+        else:
+            own = distances_to_nearest(z, self.real, self.k, device)[:, -1]
+            nearest = distances_to_nearest(z, self.fake, 1, device)[:, 0]
+            got["covered"] = nearest < own
+        return got
 
 
 def _spread(values: np.ndarray, rows: np.ndarray, n: int, fill) -> np.ndarray:
@@ -201,8 +229,11 @@ def level_gap(
     fake: np.ndarray,
     params: GapParams = GapParams(),
     backend: Backend | None = None,
+    blocks=map_blocks,
 ) -> LevelGap:
-    """Every metric for one level, with intervals and sample sizes."""
+    """Every metric for one level, with intervals and sample sizes; the per-image scores
+    of images outside the sample through the block map `blocks` (lib.memmap.map_blocks, or
+    lib.cluster.BlockMap on Dask workers)."""
     from lib.backend import cpu_backend
 
     backend = backend or cpu_backend()
@@ -253,7 +284,7 @@ def level_gap(
         scale = _Standardiser.of(real)
         per_image = _every_image(
             per_image, full, (rows_r, rows_f), scale, hoods, clf["model"], clusters,
-            params.k, backend.device,
+            params.k, backend.device, blocks,
         )  # fmt: skip
     metrics = {
         "n": {"real": len(real), "synthetic": len(fake)},
