@@ -673,20 +673,26 @@ def bench_whatif(n: int | None = None, side: int = 512, job=None, example_n=None
     }
 
 
-def bench_dask(n: int | None = None, side: int = 256, workers=(1, 2)) -> dict:
-    """The scan and extraction through Dask (`--dask local:N`, N worker processes of one
-    thread) against the single-process run, the same JPEGs, the default model, fresh
-    feature caches: images per second of scan + extract (the stages Dask runs; worker
-    start-up before them, the model's load on each worker inside)."""
+def bench_dask(n: int | None = None, side: int = 256, workers=(1, 2),
+               rows: int | None = None) -> dict:  # fmt: skip
+    """Through Dask (`--dask local:N`, N worker processes of one thread) against the single
+    process, in one run: (1) the scan and extraction of the same JPEGs, the default model,
+    fresh feature caches: images per second of scan + extract (worker start-up before them,
+    the model's load on each worker inside); (2) the stages after extraction on given
+    embeddings (`rows` per domain, 256-d mixture vectors): UMAP and atlas placements and
+    the per-image gap scores outside the sample are block tasks on the workers, the fits
+    and the exact search stay on the client: seconds of project + atlas + gap."""
+    from lib.mixture import write_pair
     from lib.pipeline import RunConfig, run
     from lib.store import RunStore
 
-    n = n or 512
-    out = {}
+    n, rows = n or 512, rows or 50_000
+    names = ["single process", *(f"local:{w}" for w in workers)]
+    out, after = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for domain, seed in (("real", 0), ("synthetic", 1)):
             _write_photos(Path(tmp) / domain, n // 2, seed)
-        for name in ["single process", *(f"local:{w}" for w in workers)]:
+        for name in names:
             config = RunConfig(real=Path(tmp) / "real", synthetic=Path(tmp) / "synthetic",
                                resize=side, projections=("pca",), atlas_level="none",
                                attribution=0, plots=False,
@@ -695,7 +701,17 @@ def bench_dask(n: int | None = None, side: int = 256, workers=(1, 2)) -> dict:
             seconds = t["scan"] + t["extract"]
             out[name] = {"scan_s": t["scan"], "extract_s": t["extract"],
                          "images_per_s": round(n / seconds, 1)}  # fmt: skip
+        real, fake = write_pair(Path(tmp) / "vectors", rows, rows)
+        for name in names:
+            config = RunConfig(real=real, synthetic=fake, projections=("umap",), plots=False,
+                               dask=None if name == "single process" else name)  # fmt: skip
+            published = run(config, RunStore(Path(tmp) / f"rows-{name.replace(':', '_')}"))
+            t = published.manifest["timings_s"]
+            after[name] = {stage: t[stage] for stage in ("project", "atlas", "neighbors", "gap")}
+            after[name]["project_atlas_gap_s"] = round(t["project"] + t["atlas"] + t["gap"], 1)
+            after[name]["block_tasks"] = (published.manifest["dask"] or {}).get("block_tasks", 0)
     single = out["single process"]["images_per_s"]
+    single_after = after["single process"]["project_atlas_gap_s"]
     return {
         "what": f"scan + extract of {n} JPEGs (640×560, resized to {side}), efficientnet-lite0, "
         f"{os.cpu_count()} cores",
@@ -703,6 +719,16 @@ def bench_dask(n: int | None = None, side: int = 256, workers=(1, 2)) -> dict:
         "ratio_to_single_process": {
             k: round(v["images_per_s"] / single, 2) for k, v in out.items() if k != "single process"
         },  # fmt: skip
+        "after_extraction": {
+            "what": f"given embeddings, {rows:,} + {rows:,} × 256, UMAP (fit on 20,000, the "
+            "rest placed) and the atlas, gap on a 20,000 sample with every image scored",
+            **after,
+            "speedup_of_project_atlas_gap": {
+                k: round(single_after / v["project_atlas_gap_s"], 2)
+                for k, v in after.items()
+                if k != "single process"
+            },  # fmt: skip
+        },
     }
 
 

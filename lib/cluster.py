@@ -207,6 +207,18 @@ def _extract_shard(model: ModelSpec, sources: dict, records: list, prepare, pool
     return vectors
 
 
+def _sources(items) -> dict[str, Source]:
+    """Each domain's image set as the workers load it."""
+    sources = {}
+    for image_set, _ in items:
+        if image_set.domain not in sources:
+            sources[image_set.domain] = Source(image_set.domain,
+                                               str(Path(image_set.source).resolve()),
+                                               image_set.array is not None,
+                                               float(image_set.array_scale))  # fmt: skip
+    return sources
+
+
 def shard_size(n: int, workers: int, batch_size: int, most: int) -> int:
     """Images per extraction task: at most a cache shard, small enough that every worker
     gets about 4 tasks (a lost worker costs little, the last tasks finish together), and
@@ -226,13 +238,7 @@ def extract_on_cluster(client, model: ModelSpec, items, todo: list[int], prepare
     for bit (fp32 on the CPU, at equal torch threads per process)."""
     from dask.distributed import as_completed
 
-    sources = {}
-    for image_set, _ in items:
-        if image_set.domain not in sources:
-            sources[image_set.domain] = Source(image_set.domain,
-                                               str(Path(image_set.source).resolve()),
-                                               image_set.array is not None,
-                                               float(image_set.array_scale))  # fmt: skip
+    sources = _sources(items)
     workers = len(client.scheduler_info(n_workers=-1)["workers"])
     size = shard_size(len(todo), workers, batch_size, cache.shard)
     shards = [todo[i : i + size] for i in range(0, len(todo), size)]
@@ -253,6 +259,77 @@ def extract_on_cluster(client, model: ModelSpec, items, todo: list[int], prepare
         for j, i in enumerate(part):
             out.put(i, {lv: v[j] for lv, v in vectors.items()})
         advance(len(part))
+        if progress is not None:
+            progress.advance(task)
+        future.release()
+
+
+@dataclass(frozen=True)
+class ObjectPooling:
+    """How a worker pools an object run's boxes (lib.objects.extract_objects' settings)."""
+
+    prepare: object
+    mode: str
+    pooler: object
+    pooling: str
+    margin: float
+    crop_size: int
+    batch_size: int
+    precision: str
+
+
+def _extract_object_shard(model: ModelSpec, sources: dict, records: list, boxes: list,
+                          keys: list, how: ObjectPooling, cache_dir: str, key: str,
+                          shard: int) -> dict[str, np.ndarray]:  # fmt: skip
+    """One task's images' objects pooled on a worker (its GPU when it has one), written
+    into the object feature cache as one shard; returns their vectors, image by image."""
+    import torch
+
+    from lib.features import FeatureCache
+    from lib.objects import ObjectImages, extract_objects
+
+    images = ObjectImages([(_worker_set(sources[r.domain]), r) for r in records], boxes, keys)
+    vectors, _ = extract_objects(
+        _worker_model(model), images, how.prepare, how.mode, how.pooler, how.pooling,
+        how.margin, how.crop_size, how.batch_size,
+        FeatureCache(Path(cache_dir), key, shard), "cuda" if torch.cuda.is_available() else "cpu",
+        how.precision,
+    )  # fmt: skip
+    return vectors
+
+
+def extract_objects_on_cluster(client, model: ModelSpec, how: ObjectPooling, images,
+                               todo: list[int], offsets: np.ndarray, cache, out, advance,
+                               progress=None) -> None:  # fmt: skip
+    """The images of `todo` (positions in `images`, a lib.objects.ObjectImages) pooled on
+    the workers in tasks of whole batches, as a local run batches them (mixed sizes pad to
+    a batch's largest, so the same batches give the same vectors); each task's objects
+    are put into `out` at their rows as it arrives and written as a cache shard there."""
+    from dask.distributed import as_completed
+
+    sources = _sources(images.items)
+    workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    size = shard_size(len(todo), workers, how.batch_size, cache.shard)
+    parts = [todo[i : i + size] for i in range(0, len(todo), size)]
+    [model_f, sources_f, how_f] = client.scatter([model, sources, how], broadcast=True)
+    futures = {
+        client.submit(
+            _extract_object_shard, model_f, sources_f, [images.items[i][1] for i in part],
+            [images.boxes[i] for i in part], [images.keys[i] for i in part], how_f,
+            str(cache.dir.parent), cache.dir.name, cache.shard, pure=False, retries=3,
+            key=f"objects-{cache.dir.name}-{n}-{time.time_ns()}",
+        ): part
+        for n, part in enumerate(parts)
+    }  # fmt: skip
+    task = f"object tasks on {workers} Dask workers"
+    if progress is not None:
+        progress.start(task, len(parts))
+    for future in as_completed(futures):
+        part, vectors = futures.pop(future), future.result()
+        rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in part])
+        for j, row in enumerate(rows):
+            out.put(int(row), {lv: v[j] for lv, v in vectors.items()})
+        advance(len(rows))
         if progress is not None:
             progress.advance(task)
         future.release()
@@ -347,7 +424,7 @@ def dask_rows(X: np.ndarray):
     return da.concatenate(
         [da.from_delayed(read(path, first + int(b[0]), first + int(b[-1]) + 1),
                          shape=(len(b), X.shape[1]), dtype=X.dtype)
-         for b in row_blocks(len(X))]
+         for b in row_blocks(len(X), BLOCK)]
     )  # fmt: skip
 
 

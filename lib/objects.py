@@ -238,12 +238,15 @@ def extract_objects(
     workers: int = 0,
     progress: Callable[[int], None] | None = None,
     allocate: Callable[[str, tuple[int, int]], np.ndarray] | None = None,
+    remote: Callable | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
     """Every object's vector per level, in the order of `images` (image by image, box by
     box), and how many came from the cache. `roi`/`levels`: `batch_size` images per
     forward pass (mixed sizes padded as detectron2 pads them); `crop`: `batch_size`
     crops per pass, pooled by `pooling`. Vectors go into the arrays `allocate(level,
-    (N, D))` returns (in memory by default), as lib.features.extract's do."""
+    (N, D))` returns (in memory by default), as lib.features.extract's do.
+    `remote(images, todo, offsets, out, progress)` computes the images not cached elsewhere
+    instead (lib.cluster: on Dask workers), putting each object's vectors into `out`."""
     from torch.utils.data import DataLoader
 
     from lib.features import _as_list, _Output, _Shard, from_cache, pool
@@ -258,6 +261,9 @@ def extract_objects(
     todo = [i for i in range(len(images.items))
             if len(images.boxes[i]) and not done[offsets[i]:offsets[i + 1]].all()]  # fmt: skip
     cached = int(done.sum())
+    if remote is not None:
+        remote(images, todo, offsets, out, progress or (lambda n: None))
+        return out.arrays, cached
     backbone.module.to(device)
     loader = DataLoader(
         _Decoded(images, todo, prepare, mode, margin, crop_size),

@@ -236,8 +236,6 @@ def run(config: RunConfig, store: RunStore, progress: Progress | None = None) ->
     pooling_fn(config.pooling)
     check_choices(config.backend, config.precision)
     prepare = _prepare(config)
-    if config.dask and (config.real_boxes or config.synthetic_boxes):
-        raise GapscopeError("object runs (--real-boxes) do not run on Dask yet: leave out --dask")
     started = datetime.now(timezone.utc)
     if config.backbone and config.backbone.startswith("trained:"):
         config = replace(config, backbone=_trained_spec(config.backbone, store.root))
@@ -287,7 +285,7 @@ def _run(config, store, stages, projectors, prepare, started, client) -> Run:
                 if objects:
                     vectors, cached = extract_object_features(
                         config, objects, prepare, backbone, backend, store, writer,
-                        stages.progress,
+                        stages.progress, client,
                     )  # fmt: skip
                 else:
                     vectors, cached = extract_features(
@@ -566,10 +564,9 @@ def extract_features(
     cache = FeatureCache(store.cache_dir, key, config.shard)
     remote = None
     if client is not None:
-        from lib.cluster import ModelSpec, extract_on_cluster
+        from lib.cluster import extract_on_cluster
 
-        model = ModelSpec(config.backbone, _str(config.checkpoint), config.random_weights,
-                          _str(config.detectron2_config), backbone.fingerprint())  # fmt: skip
+        model = _model_spec(config, backbone)
 
         def remote(items, todo, out, advance):
             extract_on_cluster(client, model, items, todo, prepare, config.pooling,
@@ -588,10 +585,20 @@ def extract_features(
     return {lv: writer.features_read(lv) for lv in extraction.vectors}, extraction.cached
 
 
+def _model_spec(config: RunConfig, backbone):
+    """How a Dask worker builds the run's model (lib.cluster.ModelSpec)."""
+    from lib.cluster import ModelSpec
+
+    return ModelSpec(config.backbone, _str(config.checkpoint), config.random_weights,
+                     _str(config.detectron2_config), backbone.fingerprint())  # fmt: skip
+
+
 def extract_object_features(config: RunConfig, objects, prepare: Prepare, backbone, backend,
-                            store: RunStore, writer: RunWriter, progress: Progress):  # fmt: skip
+                            store: RunStore, writer: RunWriter, progress: Progress,
+                            client=None):  # fmt: skip
     """Every object's vector per level (lib.objects), into the run's feature files; the
-    feature cache keeps objects by image, box and how they are pooled."""
+    feature cache keeps objects by image, box and how they are pooled. On the Dask
+    cluster's workers when given its client."""
     from lib.features import FeatureCache, cache_key
     from lib.objects import RoiPooler, extract_objects, resolve_mode
 
@@ -602,12 +609,24 @@ def extract_object_features(config: RunConfig, objects, prepare: Prepare, backbo
         how += f" margin {config.object_margin:g} side {config.object_size}"
     cache = FeatureCache(store.cache_dir, cache_key(backbone, how, prepare, backend.precision),
                          config.shard)  # fmt: skip
+    remote = None
+    if client is not None:
+        from lib.cluster import ObjectPooling, extract_objects_on_cluster
+
+        model = _model_spec(config, backbone)
+        how = ObjectPooling(prepare, mode, pooler, config.pooling, config.object_margin,
+                            config.object_size, config.batch_size, backend.precision)  # fmt: skip
+
+        def remote(images, todo, offsets, out, advance):
+            extract_objects_on_cluster(client, model, how, images, todo, offsets, cache, out,
+                                       advance, progress)  # fmt: skip
+
     progress.start("extract", len(objects))
     vectors, cached = extract_objects(
         backbone, objects.images, prepare, mode, pooler, config.pooling,
         config.object_margin, config.object_size, config.batch_size, cache, backend.device,
         backend.precision, backend.workers, lambda n: progress.advance("extract", n),
-        allocate=writer.features_array,
+        allocate=writer.features_array, remote=remote,
     )  # fmt: skip
     for array in vectors.values():
         array.flush()

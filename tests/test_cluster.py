@@ -252,3 +252,39 @@ def test_placements_searches_and_scores_spread_over_the_workers_are_the_run_with
     assert here.scores["realism"].notna().sum() == 1200  # every synthetic image, not the 300
     # on the workers: 2 × 2 UMAP placements, the atlas's, the search, 2 domains' scores
     assert there.manifest["dask"]["block_tasks"] == 8
+
+
+def test_a_feature_file_as_a_dask_array_reads_each_block_from_the_file(tmp_path, monkeypatch):
+    """What cuml.dask's estimators get on GPU workers: blocks of the file's rows."""
+    from lib import cluster
+
+    monkeypatch.setattr(cluster, "BLOCK", 100)
+    np.save(tmp_path / "x.npy", np.arange(1000 * 4, dtype=np.float32).reshape(1000, 4))
+    X = np.load(tmp_path / "x.npy", mmap_mode="r")
+    rows = cluster.dask_rows(X[250:730])
+    assert rows.chunks[0] == (100, 100, 100, 100, 80)
+    assert np.array_equal(rows.compute(scheduler="sync"), X[250:730])
+    assert np.array_equal(cluster.dask_rows(np.asarray(X[:5]) + 0).compute(), X[:5])
+
+
+def test_an_object_run_through_dask_pools_the_same_objects(object_store, tmp_path):
+    """The object example's boxes pooled by the detector's ROI pooler on the workers, in
+    the local run's batches (mixed sizes pad to a batch's largest): the same vectors."""
+    from lib.pipeline import RunConfig, run
+    from lib.store import RunStore
+
+    results, data = object_store
+    d2 = results.parent / "d2"
+    settings = dict(real=data / "real", synthetic=data / "synthetic",
+                    real_boxes=data / "real.json", synthetic_boxes=data / "synthetic.json",
+                    detectron2_config=d2 / "faster_rcnn.yaml", checkpoint=d2 / "model_final.pth",
+                    k=8, projections=("pca",), atlas_level="none", plots=False)  # fmt: skip
+    with torch_threads(WORKER_THREADS):
+        here = run(RunConfig(**settings), RunStore(tmp_path / "here"))
+    there = run(RunConfig(**settings, dask="local:2"), RunStore(tmp_path / "there"))
+    assert here.levels == there.levels == ["roi"]
+    assert len(here.features("roi")) > 300  # objects, not images
+    assert np.array_equal(here.features("roi"), there.features("roi"))
+    cols = ["image_id", "category", "size"]
+    assert here.objects[cols].equals(there.objects[cols])
+    assert len(list((tmp_path / "there" / "cache").rglob("hashes.npy"))) >= 2  # worker shards

@@ -114,3 +114,36 @@ def test_gap_neighbour_metrics_on_the_gpu_equal_the_cpus():
     gpu = gap.level_gap(real, fake, params, on_gpu).metrics["metrics"]
     for name in ("precision", "recall", "density", "coverage", "mixing"):
         assert gpu[name]["value"] == pytest.approx(cpu[name]["value"], abs=2e-3), name
+
+
+def test_cuml_dask_spreads_the_umap_transform_and_the_exact_search_over_gpu_workers(tmp_path):
+    """A Dask worker per GPU (here: one): cuML's UMAP transform through cuml.dask keeps
+    neighbourhoods as the single-GPU transform does, and cuml.dask's multi-GPU exact
+    search finds the torch search's neighbours, at its distances."""
+    _cuml_or_skip()
+    pytest.importorskip("distributed")
+    from cuml.manifold import UMAP
+    from dask.distributed import Client, LocalCluster
+    from sklearn.manifold import trustworthiness
+
+    from lib.cluster import BlockMap
+    from lib.mixture import mixture_block
+    from lib.neighbors import knn, recall_at_k
+
+    np.save(tmp_path / "x.npy", mixture_block(30_000, np.random.default_rng(0), dim=32)[0])
+    X = np.load(tmp_path / "x.npy", mmap_mode="r")  # as a run's feature file
+    model = UMAP(n_components=3, random_state=42).fit(np.asarray(X[:10_000]))
+    other = X[10_000:]
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+        blocks = BlockMap(client)
+        assert blocks.gpus
+        spread = blocks.cuml_transform(model, other)
+        found, dist = blocks.cuml_neighbours(X, 8, "cosine")
+    here = np.asarray(model.transform(np.asarray(other)), np.float32)
+    probe = np.asarray(other[:2000])
+    assert spread.shape == here.shape
+    assert trustworthiness(probe, spread[:2000]) > trustworthiness(probe, here[:2000]) - 0.02
+    truth, truth_d = knn(np.asarray(X), 8, "cosine", "cuda", engine="torch")
+    assert recall_at_k(found, truth) > 0.99
+    assert np.allclose(np.sort(dist, 1), np.sort(truth_d, 1), atol=1e-4)

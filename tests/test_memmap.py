@@ -35,3 +35,15 @@ def test_release_of_written_pages_keeps_what_was_written(tmp_path):
     release(out)
     assert float(np.load(tmp_path / "y.npy")[-1, -1]) == 7.0
     release(np.zeros(3))  # arrays in memory: nothing to do
+
+
+def test_file_rows_finds_the_file_and_first_row_of_a_view_and_nothing_else(tmp_path):
+    from lib.memmap import file_rows
+
+    np.save(tmp_path / "x.npy", np.zeros((10, 4), np.float32))
+    x = np.load(tmp_path / "x.npy", mmap_mode="r")
+    path = str(tmp_path / "x.npy")
+    assert file_rows(x) == (path, 0)
+    assert file_rows(x[3:7]) == (path, 3) and file_rows(x[3:7][1:]) == (path, 4)
+    for other in (x[::2], x[:, :2], np.array(x[3:7]), np.zeros((3, 4))):
+        assert file_rows(other) is None  # every other row, some columns, copies
