@@ -236,7 +236,6 @@ def extract_on_cluster(client, model: ModelSpec, items, todo: list[int], prepare
     it arrives, `advance(images)` called, and the Progress `progress` counts the shards
     done. Shards hold whole batches, as a local run's do, so the vectors are the same bit
     for bit (fp32 on the CPU, at equal torch threads per process)."""
-    from dask.distributed import as_completed
 
     sources = _sources(items)
     workers = len(client.scheduler_info(n_workers=-1)["workers"])
@@ -251,14 +250,21 @@ def extract_on_cluster(client, model: ModelSpec, items, todo: list[int], prepare
         ): part
         for n, part in enumerate(shards)
     }  # fmt: skip
-    task = f"shards on {workers} Dask workers"
-    if progress is not None:
-        progress.start(task, len(shards))
-    for future in as_completed(futures):
-        part, vectors = futures.pop(future), future.result()
+    for part, vectors in _as_done(futures, f"shards on {workers} Dask workers", progress):
         for j, i in enumerate(part):
             out.put(i, {lv: v[j] for lv, v in vectors.items()})
         advance(len(part))
+
+
+def _as_done(futures: dict, task: str, progress=None) -> Iterator:
+    """(part, result) of each task as it finishes, counted as `task` in the Progress
+    `progress`; a task that failed for good raises here (the run publishes nothing)."""
+    from dask.distributed import as_completed
+
+    if progress is not None:
+        progress.start(task, len(futures))
+    for future in as_completed(futures):
+        yield futures.pop(future), future.result()
         if progress is not None:
             progress.advance(task)
         future.release()
@@ -305,7 +311,6 @@ def extract_objects_on_cluster(client, model: ModelSpec, how: ObjectPooling, ima
     the workers in tasks of whole batches, as a local run batches them (mixed sizes pad to
     a batch's largest, so the same batches give the same vectors); each task's objects
     are put into `out` at their rows as it arrives and written as a cache shard there."""
-    from dask.distributed import as_completed
 
     sources = _sources(images.items)
     workers = len(client.scheduler_info(n_workers=-1)["workers"])
@@ -321,18 +326,11 @@ def extract_objects_on_cluster(client, model: ModelSpec, how: ObjectPooling, ima
         ): part
         for n, part in enumerate(parts)
     }  # fmt: skip
-    task = f"object tasks on {workers} Dask workers"
-    if progress is not None:
-        progress.start(task, len(parts))
-    for future in as_completed(futures):
-        part, vectors = futures.pop(future), future.result()
+    for part, vectors in _as_done(futures, f"object tasks on {workers} Dask workers", progress):
         rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in part])
         for j, row in enumerate(rows):
             out.put(int(row), {lv: v[j] for lv, v in vectors.items()})
         advance(len(rows))
-        if progress is not None:
-            progress.advance(task)
-        future.release()
 
 
 # ---- stages over every row: placements, per-image scores, searches ------------------------

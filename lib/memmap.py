@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-BLOCK = 65_536  # rows a stage reads, and a Dask task works on, at a time
+# rows a stage over every row reads, and a Dask task works on, at a time: 16 MB of 256-d
+# vectors; ~60 tasks per domain at 1M, and a few per domain at 50k so that workers share them
+BLOCK = 16_384
 
 
 def release(array: np.ndarray) -> None:
@@ -45,8 +47,9 @@ def read_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def row_blocks(rows: int | np.ndarray, block: int = BLOCK) -> list[np.ndarray]:
-    """`rows` (a count: 0..n-1) in consecutive blocks of at most `block`."""
+def row_blocks(rows: int | np.ndarray, block: int | None = None) -> list[np.ndarray]:
+    """`rows` (a count: 0..n-1) in consecutive blocks of at most `block` (BLOCK)."""
+    block = block or BLOCK
     rows = np.arange(rows) if np.isscalar(rows) else np.asarray(rows)
     return [rows[s : s + block] for s in range(0, len(rows), block)]
 

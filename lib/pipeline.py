@@ -155,8 +155,9 @@ class RunConfig:
     )
     dask: str | None = param(
         None,
-        "A Dask scheduler (tcp://host:8786) or local:N (N worker processes here): decoding "
-        "and extraction run as tasks on its workers (README, Beyond one machine).",
+        "A Dask scheduler (tcp://host:8786) or local:N (N worker processes here): decoding, "
+        "extraction, placements, per-image scores and searches run as tasks on its workers "
+        "(README, Beyond one machine).",
     )
     backend: str = param("auto", "auto | cuml | cpu")
     plots: bool = param(True, "Write the static 3D PNGs.")

@@ -244,7 +244,6 @@ class KnnPlacement:
     `probe` measures what the epochs would have changed."""
 
     PROBE = 1000
-    BLOCK = 65_536
 
     def __init__(self, fitted: np.ndarray, model, params: UMAPParams):
         import faiss
@@ -271,7 +270,7 @@ class KnnPlacement:
         """Coordinates of X's `rows` (all rows when None), a block at a time through the
         block map `blocks` (here, or lib.cluster.BlockMap on Dask workers)."""
         rows = np.arange(len(X)) if rows is None else rows
-        parts = list(blocks(self._place_block, X, row_blocks(rows, self.BLOCK)))
+        parts = list(blocks(self._place_block, X, row_blocks(rows)))
         if not parts:
             return np.empty((0, self.embedding.shape[1]), dtype=np.float32)
         return np.concatenate(parts)

@@ -1,5 +1,5 @@
-"""`batch run --dask`: the scan and extraction on a local Dask cluster of worker processes
-(lib.cluster), against the same run without Dask."""
+"""`batch run --dask`: the scan, the extraction and the stages over every row on a local
+Dask cluster of worker processes (lib.cluster), against the same run without Dask."""
 
 from __future__ import annotations
 
