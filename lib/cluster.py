@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from lib.errors import GapscopeError, first_line
-from lib.memmap import BLOCK, file_rows, map_blocks, read_rows, row_blocks
+from lib.memmap import BLOCK, file_rows, map_blocks, row_blocks
 
 log = logging.getLogger(__name__)
 
@@ -357,10 +357,9 @@ class BlockMap:
         """A fitted cuML UMAP's transform of X spread over GPU workers (cuml.dask's UMAP:
         the model sent to each, X's blocks read from its file there); None when the
         workers have no GPUs (the caller transforms here)."""
-        if not self.gpus:
+        UMAP = _cuml_dask("manifold", "UMAP") if self.gpus else None
+        if UMAP is None:
             return None
-        from cuml.dask.manifold import UMAP
-
         self.tasks += len(row_blocks(len(X)))
         out = UMAP(model=model, client=self.client).transform(dask_rows(X)).compute()
         return host(out).astype(np.float32, copy=False)
@@ -369,16 +368,11 @@ class BlockMap:
         """Each row's k nearest other rows by cuML's multi-GPU exact search (cuml.dask's
         NearestNeighbors over X's blocks on the workers' GPUs), or None when the workers
         have no GPUs. Distances are computed again here, as lib.neighbors defines them."""
-        if not self.gpus:
-            return None
-        try:
-            from cuml.dask.neighbors import NearestNeighbors
-        except ImportError as exc:  # raft-dask's comms missing: the client's GPU searches
-            log.warning("cuml.dask's NearestNeighbors not importable (%s): searching here",
-                        first_line(exc))  # fmt: skip
+        NearestNeighbors = _cuml_dask("neighbors", "NearestNeighbors") if self.gpus else None
+        if NearestNeighbors is None:
             return None
 
-        from lib.neighbors import distances_from_d2, prepared
+        from lib.neighbors import pair_distances, prepared
 
         rows = dask_rows(X).map_blocks(prepared, metric, dtype=np.float32)
         self.tasks += len(row_blocks(len(X)))
@@ -386,13 +380,8 @@ class BlockMap:
         found = host(search.kneighbors(rows, return_distance=False).compute()).astype(np.int64)
         # each row's own index to the end (as lib.neighbors.search_rows), then k kept
         order = np.argsort(found == np.arange(len(X))[:, None], axis=1, kind="stable")[:, :k]
-        indices = np.take_along_axis(found, order, axis=1)
-        d2 = np.empty(indices.shape, np.float32)
-        for b in row_blocks(len(X)):
-            q = prepared(np.asarray(X[b]), metric)
-            for j in range(k):  # neighbours' rows read in file order, a column at a time
-                d2[b, j] = ((prepared(read_rows(X, indices[b, j]), metric) - q) ** 2).sum(1)
-        return indices.astype(np.int32), distances_from_d2(d2, metric)
+        indices = np.take_along_axis(found, order, axis=1).astype(np.int32)
+        return indices, pair_distances(X, indices, metric, "cuda")
 
     def __call__(self, fn, X: np.ndarray, blocks: list[np.ndarray]) -> Iterator:
         where = file_rows(X)
@@ -406,6 +395,20 @@ class BlockMap:
         for future in futures:  # in order; a failed block raises here: nothing published
             yield future.result()
             future.release()
+
+
+def _cuml_dask(module: str, name: str):
+    """cuml.dask's estimator, or None (logged) where it does not import: cuml.dask needs
+    dask-cudf and raft-dask beside cuML, which RAPIDS' images carry and bare wheels may
+    not; the client's GPU then does the work."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(f"cuml.dask.{module}"), name)
+    except ImportError as exc:
+        log.warning("cuml.dask.%s.%s does not import (%s): on the client instead", module, name,
+                    first_line(exc))  # fmt: skip
+        return None
 
 
 def dask_rows(X: np.ndarray):

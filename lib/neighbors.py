@@ -267,6 +267,21 @@ def join_searches(parts: list, k: int) -> tuple[np.ndarray, np.ndarray]:
             np.concatenate([p[1] for p in parts]).astype(np.float32, copy=False))  # fmt: skip
 
 
+def pair_distances(X: np.ndarray, indices: np.ndarray, metric: str, device: str = "cpu"):
+    """(N, k) float32 distances of each row of X to its rows `indices`, the metric's
+    distances as this module defines them (for neighbours another engine found)."""
+    import torch
+
+    data = torch.cat([torch.as_tensor(prepared(X[b], metric)) for b in row_blocks(len(X))])
+    data, found = data.to(device), torch.as_tensor(indices, device=device, dtype=torch.long)
+    d2 = np.empty(indices.shape, np.float32)
+    for b in row_blocks(len(X)):
+        rows = torch.as_tensor(b, device=device)
+        d2[b] = ((data[found[rows]] - data[rows][:, None, :]) ** 2).sum(-1).cpu().numpy()
+    release(X)
+    return distances_from_d2(d2, metric)
+
+
 def search_all(index, X: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Every row's k nearest other rows from a built index, a block at a time."""
     return _search_blocks(index, X, k, metric, np.arange(len(X)))

@@ -122,6 +122,8 @@ def test_cuml_dask_spreads_the_umap_transform_and_the_exact_search_over_gpu_work
     search finds the torch search's neighbours, at its distances."""
     _cuml_or_skip()
     pytest.importorskip("distributed")
+    pytest.importorskip("cuml.dask.manifold")  # needs dask-cudf and raft-dask beside cuML
+    pytest.importorskip("cuml.dask.neighbors")
     from cuml.manifold import UMAP
     from dask.distributed import Client, LocalCluster
     from sklearn.manifold import trustworthiness

@@ -164,3 +164,14 @@ def test_nearest_among_one_domain_are_the_exact_ones(metric, monkeypatch):
         want = candidates[np.argsort(d)[:7]]
         assert idx.tolist() == want.tolist() and row not in idx
         np.testing.assert_allclose(dist, np.sort(d)[:7], atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_distances_to_neighbours_another_engine_found_are_this_modules(metric):
+    """What a run reports for neighbours cuML's multi-GPU search found: the distances a
+    search here gives for the same pairs."""
+    from lib.neighbors import pair_distances
+
+    X = np.random.default_rng(3).normal(size=(700, 24)).astype(np.float32) * 3
+    indices, distances = knn(X, 6, metric, engine="faiss")
+    assert np.allclose(pair_distances(X, indices, metric), distances, atol=1e-4)
