@@ -161,16 +161,22 @@ class Source:
     array_scale: float
 
 
-@functools.lru_cache(maxsize=2)
-def _worker_model(model: ModelSpec):
-    """The model, built once per worker process (torch's threads set then)."""
+@functools.cache
+def _worker_threads() -> None:
+    """torch's threads in this worker process, once: GAPSCOPE_TORCH_THREADS when set (a
+    run's sums in fp32 depend on the thread count, so workers and a local run match)."""
     import torch
-
-    from lib.backbones import create_backbone
 
     if os.environ.get(TORCH_THREADS, "").isdigit():
         torch.set_num_threads(int(os.environ[TORCH_THREADS]))
 
+
+@functools.lru_cache(maxsize=2)
+def _worker_model(model: ModelSpec):
+    """The model, built once per worker process."""
+    from lib.backbones import create_backbone
+
+    _worker_threads()
     backbone = create_backbone(model.spec, model.checkpoint, model.random_weights, model.config)
     if backbone.fingerprint() != model.fingerprint:
         raise GapscopeError(
@@ -295,12 +301,14 @@ def _extract_object_shard(model: ModelSpec, sources: dict, records: list, boxes:
     from lib.objects import ObjectImages, extract_objects
 
     images = ObjectImages([(_worker_set(sources[r.domain]), r) for r in records], boxes, keys)
+    # no cache inside: a retried task must pool exactly its batches again (a shard written
+    # before a failure would shift them); the task's objects become one shard at its end
     vectors, _ = extract_objects(
         _worker_model(model), images, how.prepare, how.mode, how.pooler, how.pooling,
-        how.margin, how.crop_size, how.batch_size,
-        FeatureCache(Path(cache_dir), key, shard), "cuda" if torch.cuda.is_available() else "cpu",
-        how.precision,
+        how.margin, how.crop_size, how.batch_size, None,
+        "cuda" if torch.cuda.is_available() else "cpu", how.precision,
     )  # fmt: skip
+    FeatureCache(Path(cache_dir), key, shard).put([k for ks in keys for k in ks], vectors)
     return vectors
 
 
@@ -361,7 +369,11 @@ class BlockMap:
         if UMAP is None:
             return None
         self.tasks += len(row_blocks(len(X)))
-        out = UMAP(model=model, client=self.client).transform(dask_rows(X)).compute()
+        # the model to each worker once (cuml.dask would put it into the task graph: with
+        # the fitted data it holds, a gigabyte at 1M points); blocks as CuPy arrays, the
+        # only blocks its transform's output collection is declared for (cuml#5893)
+        shared = self.client.scatter(model, broadcast=True, hash=False)
+        out = UMAP(model=shared, client=self.client).transform(gpu_rows(X)).compute()
         return host(out).astype(np.float32, copy=False)
 
     def cuml_neighbours(self, X: np.ndarray, k: int, metric: str):
@@ -374,10 +386,16 @@ class BlockMap:
 
         from lib.neighbors import pair_distances, prepared
 
-        rows = dask_rows(X).map_blocks(prepared, metric, dtype=np.float32)
+        rows = gpu_rows(X, functools.partial(prepared, metric=metric))
         self.tasks += len(row_blocks(len(X)))
         search = NearestNeighbors(client=self.client, n_neighbors=k + 1).fit(rows)
-        found = host(search.kneighbors(rows, return_distance=False).compute()).astype(np.int64)
+        # the fitted partitions are the queries too (no second copy on the GPUs)
+        found = host(search.kneighbors(return_distance=False).compute()).astype(np.int64)
+        if found.shape != (len(X), k + 1) or found.min() < 0 or found.max() >= len(X):
+            raise GapscopeError(
+                f"cuml.dask's NearestNeighbors answered {found.shape} indices in "
+                f"[{found.min()}, {found.max()}] for {len(X)} rows: rerun with --backend cpu"
+            )
         # each row's own index to the end (as lib.neighbors.search_rows), then k kept
         order = np.argsort(found == np.arange(len(X))[:, None], axis=1, kind="stable")[:, :k]
         indices = np.take_along_axis(found, order, axis=1).astype(np.int32)
@@ -429,6 +447,18 @@ def dask_rows(X: np.ndarray):
     )  # fmt: skip
 
 
+def gpu_rows(X: np.ndarray, prepare=None):
+    """`dask_rows(X)`, each block (`prepare(block)` first when given) a CuPy array on its
+    worker's GPU: what cuml.dask's estimators take."""
+    import cupy
+
+    def on_gpu(block: np.ndarray):
+        return cupy.asarray(prepare(block) if prepare else block, dtype=cupy.float32)
+
+    return dask_rows(X).map_blocks(on_gpu, dtype=np.float32,
+                                   meta=cupy.empty((0, 0), dtype=cupy.float32))  # fmt: skip
+
+
 def _read_rows(path: str, start: int, stop: int) -> np.ndarray:
     return np.array(np.load(path, mmap_mode="r")[start:stop])
 
@@ -445,6 +475,7 @@ def host(array) -> np.ndarray:
 def _block(fn, rows: np.ndarray, path: str, first: int):
     from lib.memmap import release
 
+    _worker_threads()
     X = np.load(path, mmap_mode="r")
     part = X[first + rows]
     release(X)
@@ -462,8 +493,10 @@ def search_on_cluster(blocks: BlockMap, folder: Path, index, X: np.ndarray, k: i
 
     import faiss
 
-    from lib.neighbors import join_searches
+    from lib.neighbors import join_searches, search_all
 
+    if file_rows(X) is None:  # not a file the workers can read: searched here
+        return search_all(index, X, k, metric)
     path = Path(folder) / f".hnsw-{secrets.token_hex(4)}.faiss"
     faiss.write_index(index, str(path))
     try:

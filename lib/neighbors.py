@@ -245,7 +245,7 @@ def _prepared_whole(X: np.ndarray, metric: str) -> np.ndarray:
 def _search_blocks(index, X, k: int, metric: str, rows: np.ndarray):
     """Each of `rows`' k nearest other rows, a block at a time."""
     return join_searches(list(map_blocks(partial(search_rows, index, k, metric), X,
-                                         row_blocks(rows, BLOCK))), k)  # fmt: skip
+                                         row_blocks(rows))), k)  # fmt: skip
 
 
 def search_rows(index, k: int, metric: str, rows: np.ndarray, x: np.ndarray):
@@ -272,8 +272,10 @@ def pair_distances(X: np.ndarray, indices: np.ndarray, metric: str, device: str 
     distances as this module defines them (for neighbours another engine found)."""
     import torch
 
-    data = torch.cat([torch.as_tensor(prepared(X[b], metric)) for b in row_blocks(len(X))])
-    data, found = data.to(device), torch.as_tensor(indices, device=device, dtype=torch.long)
+    data = torch.empty(X.shape, dtype=torch.float32, device=device)  # one copy, on the device
+    for b in row_blocks(len(X)):
+        data[b[0] : b[-1] + 1] = torch.as_tensor(prepared(X[b[0] : b[-1] + 1], metric))
+    found = torch.as_tensor(indices, device=device, dtype=torch.long)
     d2 = np.empty(indices.shape, np.float32)
     for b in row_blocks(len(X)):
         rows = torch.as_tensor(b, device=device)

@@ -748,7 +748,7 @@ def find_neighbours(vectors, config: RunConfig, backend, writer: RunWriter,
     exact search on GPU workers (cuML's multi-GPU search) when the run is on cuML."""
     from functools import partial
 
-    from lib.cluster import BlockMap, search_on_cluster
+    from lib.cluster import search_on_cluster
     from lib.neighbors import knn_report
 
     dask = isinstance(blocks, BlockMap)
