@@ -27,7 +27,10 @@ class RichProgress(Silent):
         self.tasks = {}
 
     def start(self, task: str, total: int) -> None:
-        self.tasks[task] = self.bar.add_task(LABELS.get(task, task), total=total)
+        if task in self.tasks:  # started again (the Dask blocks of each level): its bar anew
+            self.bar.reset(self.tasks[task], total=total)
+        else:
+            self.tasks[task] = self.bar.add_task(LABELS.get(task, task), total=total)
 
     def advance(self, task: str, n: int = 1) -> None:
         self.bar.advance(self.tasks[task], n)

@@ -351,8 +351,9 @@ class BlockMap:
     worker sees (the run's feature files). An X that is no memory-mapped file is worked
     here."""
 
-    def __init__(self, client):
+    def __init__(self, client, progress=None):
         self.client = client
+        self.progress = progress  # a lib.progress.Progress counting the blocks done
         self.tasks = 0  # block tasks sent to the workers (the manifest's dask.block_tasks)
 
     @functools.cached_property
@@ -410,9 +411,14 @@ class BlockMap:
         self.tasks += len(blocks)
         futures = self.client.map(_block, [shared] * len(blocks), blocks, path=where[0],
                                   first=where[1], pure=False, retries=3)  # fmt: skip
+        task = "blocks of rows on Dask workers"  # one bar, started again by each stage
+        if self.progress is not None:
+            self.progress.start(task, len(blocks))
         for future in futures:  # in order; a failed block raises here: nothing published
             yield future.result()
             future.release()
+            if self.progress is not None:
+                self.progress.advance(task)
 
 
 def _cuml_dask(module: str, name: str):

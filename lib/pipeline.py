@@ -271,7 +271,7 @@ def _run(config, store, stages, projectors, prepare, started, client) -> Run:
         precision = worker_precision(client, config.precision) if client else config.precision
         backend = choose_backend(config.backend, precision, config.workers,
                                  n_images=len(scanned))  # fmt: skip
-        blocks = BlockMap(client) if client else map_blocks  # every-row work: here or workers
+        blocks = BlockMap(client, stages.progress) if client else map_blocks  # here or workers
         projectors = _projectors(config, backend.projection, blocks)
         if scanned.embeddings:
             with stages("features", f"{len(scanned)} vectors given"):

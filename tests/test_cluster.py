@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
+from lib.progress import Silent
 from tests.test_cli import assert_one_line_error, batch
 
 pytestmark = pytest.mark.slow
@@ -239,7 +240,8 @@ def test_placements_searches_and_scores_spread_over_the_workers_are_the_run_with
                     gap=GapParams(sample=300, resamples=20, kid_subsets=4))  # fmt: skip
     with torch_threads(WORKER_THREADS):
         here = run(RunConfig(**settings), RunStore(tmp_path / "here"))
-    there = run(RunConfig(**settings, dask="local:2"), RunStore(tmp_path / "there"))
+    seen = Counted()
+    there = run(RunConfig(**settings, dask="local:2"), RunStore(tmp_path / "there"), seen)
     reports = here.manifest["projections"]
     assert {r["mapped_by"] for r in reports.values() if "mapped_by" in r} == {"knn placement"}
     assert here.manifest["neighbors"]["embedding"]["engine"] == "hnsw"
@@ -252,6 +254,20 @@ def test_placements_searches_and_scores_spread_over_the_workers_are_the_run_with
     assert here.scores["realism"].notna().sum() == 1200  # every synthetic image, not the 300
     # on the workers: 2 × 2 UMAP placements, the atlas's, the search, 2 domains' scores
     assert there.manifest["dask"]["block_tasks"] == 8
+    assert seen.done["blocks of rows on Dask workers"] == [8, 8]  # shown as they finish
+
+
+class Counted(Silent):
+    """A progress reporter that counts each task's total and what was done of it."""
+
+    def __init__(self):
+        self.done = {}
+
+    def start(self, task: str, total: int) -> None:
+        self.done.setdefault(task, [0, 0])[1] += total
+
+    def advance(self, task: str, n: int = 1) -> None:
+        self.done[task][0] += n
 
 
 def test_a_feature_file_as_a_dask_array_reads_each_block_from_the_file(tmp_path, monkeypatch):
