@@ -185,14 +185,18 @@ class _ImageScorer:
 
     def __call__(self, domain: str, rows: np.ndarray, x: np.ndarray) -> dict:
         import torch
+        from threadpoolctl import threadpool_limits
 
         from lib.neighbors import distance_blocks, distances_to_nearest
 
         # on a Dask worker without the client's GPU: its CPU, the same numbers within float error
         device = self.device if torch.cuda.is_available() else "cpu"
         z = self.scale(x, np.float32)
-        got = {"p_synthetic": self.classifier.predict_proba(z)[:, 1],
-               "clusters": self.clusters.predict(z)}  # fmt: skip
+        # BLAS on one thread: its threads split the classifier's product differently (1e-15
+        # at 200k rows between a Dask worker's one thread and a client's two)
+        with threadpool_limits(1, user_api="blas"):
+            p_synthetic = self.classifier.predict_proba(z)[:, 1]
+        got = {"p_synthetic": p_synthetic, "clusters": self.clusters.predict(z)}
         if domain == "synthetic":
             radii = torch.as_tensor(self.radii, device=device)
             realism = np.empty(len(z), np.float32)
