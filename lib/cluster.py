@@ -225,6 +225,13 @@ def _sources(items) -> dict[str, Source]:
     return sources
 
 
+def _split(client, todo: list[int], batch_size: int, most: int) -> tuple[int, list]:
+    """(the cluster's workers, `todo` in consecutive tasks of `shard_size` images)."""
+    workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    size = shard_size(len(todo), workers, batch_size, most)
+    return workers, [todo[i : i + size] for i in range(0, len(todo), size)]
+
+
 def shard_size(n: int, workers: int, batch_size: int, most: int) -> int:
     """Images per extraction task: at most a cache shard, small enough that every worker
     gets about 4 tasks (a lost worker costs little, the last tasks finish together), and
@@ -244,14 +251,12 @@ def extract_on_cluster(client, model: ModelSpec, items, todo: list[int], prepare
     for bit (fp32 on the CPU, at equal torch threads per process)."""
 
     sources = _sources(items)
-    workers = len(client.scheduler_info(n_workers=-1)["workers"])
-    size = shard_size(len(todo), workers, batch_size, cache.shard)
-    shards = [todo[i : i + size] for i in range(0, len(todo), size)]
+    workers, shards = _split(client, todo, batch_size, cache.shard)
     [model_f, sources_f, prepare_f] = client.scatter([model, sources, prepare], broadcast=True)
     futures = {
         client.submit(
             _extract_shard, model_f, sources_f, [items[i][1] for i in part], prepare_f, pooling,
-            batch_size, precision, str(cache.dir.parent), cache.dir.name, size,
+            batch_size, precision, str(cache.dir.parent), cache.dir.name, cache.shard,
             pure=False, retries=3, key=f"extract-{cache.dir.name}-{n}-{time.time_ns()}",
         ): part
         for n, part in enumerate(shards)
@@ -321,9 +326,7 @@ def extract_objects_on_cluster(client, model: ModelSpec, how: ObjectPooling, ima
     are put into `out` at their rows as it arrives and written as a cache shard there."""
 
     sources = _sources(images.items)
-    workers = len(client.scheduler_info(n_workers=-1)["workers"])
-    size = shard_size(len(todo), workers, how.batch_size, cache.shard)
-    parts = [todo[i : i + size] for i in range(0, len(todo), size)]
+    workers, parts = _split(client, todo, how.batch_size, cache.shard)
     [model_f, sources_f, how_f] = client.scatter([model, sources, how], broadcast=True)
     futures = {
         client.submit(
@@ -369,12 +372,13 @@ class BlockMap:
         UMAP = _cuml_dask("manifold", "UMAP") if self.gpus else None
         if UMAP is None:
             return None
-        self.tasks += len(row_blocks(len(X)))
         # the model to each worker once (cuml.dask would put it into the task graph: with
         # the fitted data it holds, a gigabyte at 1M points); blocks as CuPy arrays, the
         # only blocks its transform's output collection is declared for (cuml#5893)
         shared = self.client.scatter(model, broadcast=True, hash=False)
-        out = UMAP(model=shared, client=self.client).transform(gpu_rows(X)).compute()
+        rows = gpu_rows(X)
+        self.tasks += rows.numblocks[0]
+        out = UMAP(model=shared, client=self.client).transform(rows).compute()
         return host(out).astype(np.float32, copy=False)
 
     def cuml_neighbours(self, X: np.ndarray, k: int, metric: str):
@@ -385,10 +389,10 @@ class BlockMap:
         if NearestNeighbors is None:
             return None
 
-        from lib.neighbors import pair_distances, prepared
+        from lib.neighbors import others_first, pair_distances, prepared
 
         rows = gpu_rows(X, functools.partial(prepared, metric=metric))
-        self.tasks += len(row_blocks(len(X)))
+        self.tasks += rows.numblocks[0]
         search = NearestNeighbors(client=self.client, n_neighbors=k + 1).fit(rows)
         # the fitted partitions are the queries too (no second copy on the GPUs)
         found = host(search.kneighbors(return_distance=False).compute()).astype(np.int64)
@@ -397,8 +401,7 @@ class BlockMap:
                 f"cuml.dask's NearestNeighbors answered {found.shape} indices in "
                 f"[{found.min()}, {found.max()}] for {len(X)} rows: rerun with --backend cpu"
             )
-        # each row's own index to the end (as lib.neighbors.search_rows), then k kept
-        order = np.argsort(found == np.arange(len(X))[:, None], axis=1, kind="stable")[:, :k]
+        order = others_first(found, np.arange(len(X)), k)
         indices = np.take_along_axis(found, order, axis=1).astype(np.int32)
         return indices, pair_distances(X, indices, metric, "cuda")
 
@@ -479,13 +482,9 @@ def host(array) -> np.ndarray:
 
 
 def _block(fn, rows: np.ndarray, path: str, first: int):
-    from lib.memmap import release
-
+    """One block task on a worker: lib.memmap.map_blocks' step, on X's rows in its file."""
     _worker_threads()
-    X = np.load(path, mmap_mode="r")
-    part = X[first + rows]
-    release(X)
-    return fn(rows, part)
+    return next(map_blocks(fn, np.load(path, mmap_mode="r")[first:], [rows]))
 
 
 def search_on_cluster(blocks: BlockMap, folder: Path, index, X: np.ndarray, k: int, metric: str,
@@ -495,7 +494,6 @@ def search_on_cluster(blocks: BlockMap, folder: Path, index, X: np.ndarray, k: i
     (memory-mapped where FAISS can), the queries' rows from X's file. The same indices and
     distances as a local search."""
     import secrets
-    from functools import partial
 
     import faiss
 
@@ -506,7 +504,8 @@ def search_on_cluster(blocks: BlockMap, folder: Path, index, X: np.ndarray, k: i
     path = Path(folder) / f".hnsw-{secrets.token_hex(4)}.faiss"
     faiss.write_index(index, str(path))
     try:
-        search = partial(_search_block, str(path), int(index.hnsw.efSearch), k, metric)
+        search = functools.partial(_search_block, str(path), int(index.hnsw.efSearch), k,
+                                   metric)  # fmt: skip
         parts = list(blocks(search, X, row_blocks(len(X), block or BLOCK)))
     finally:
         path.unlink(missing_ok=True)

@@ -253,10 +253,15 @@ def search_rows(index, k: int, metric: str, rows: np.ndarray, x: np.ndarray):
     are `x`): k + 1 are searched and the row itself dropped (a row whose duplicates crowded
     itself out simply loses its last candidate)."""
     d2, found = index.search(prepared(x, metric), k + 1)
-    # move each row's own index to the end (stable, so the rest keep their order)
-    order = np.argsort(found == rows[:, None], axis=1, kind="stable")[:, :k]
+    order = others_first(found, rows, k)
     indices = np.take_along_axis(found, order, axis=1).astype(np.int32)
     return indices, distances_from_d2(np.take_along_axis(d2, order, axis=1), metric)
+
+
+def others_first(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Column order keeping k of each row's k + 1 `found` neighbours: its own index moved
+    to the end (stable, so the rest keep their order) and dropped."""
+    return np.argsort(found == rows[:, None], axis=1, kind="stable")[:, :k]
 
 
 def join_searches(parts: list, k: int) -> tuple[np.ndarray, np.ndarray]:
