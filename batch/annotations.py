@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lib.errors import GapscopeError
+from lib.runtime.errors import GapscopeError
 
 app = typer.Typer(
     help="Tags and label fixes kept in <results>/annotations.sqlite.", no_args_is_help=True
@@ -23,14 +23,14 @@ RESULTS = Path("results")
 
 
 def _opened(results: Path, run_id: str | None):
-    from lib.annotations import Annotations
-    from lib.store import RunStore
+    from lib.store.annotations import Annotations
+    from lib.store.runs import RunStore
 
     return RunStore(results).open(run_id), Annotations.of(results)
 
 
 def _keys(run, ids: list[int]):
-    from lib.annotations import keys_of
+    from lib.store.annotations import keys_of
 
     bad = [i for i in ids if not 0 <= i < len(run.images)]
     if bad:
@@ -73,7 +73,7 @@ def label(
 @app.command()
 def undo(who: WhoOpt = "anonymous", results: ResultsOpt = RESULTS) -> None:
     """Undo your last change (every image it touched)."""
-    from lib.annotations import Annotations
+    from lib.store.annotations import Annotations
 
     typer.echo(Annotations.of(results).undo(who))
 
@@ -97,7 +97,7 @@ def export(
     results: ResultsOpt = RESULTS,
 ) -> None:
     """Write the annotations of a run's images: CSV, JSON, or a corrected metadata.csv."""
-    from lib import curation
+    from lib.store import curation
 
     run, notes = _opened(results, run_id)
     if fmt == "metadata":
@@ -124,7 +124,7 @@ def gather(
     results: ResultsOpt = RESULTS,
 ) -> None:
     """Copy (or link) a tag's original images into a folder per label."""
-    from lib.curation import gather as gather_images
+    from lib.store.curation import gather as gather_images
 
     run, notes = _opened(results, run_id)
     done = gather_images(run, notes, name, out, symlink)

@@ -14,12 +14,12 @@ import typer
 
 from batch import annotations
 from batch.options import options_from
-from lib.caricature_job import CaricatureJob
-from lib.errors import GapscopeError
-from lib.pipeline import RunConfig
-from lib.retrieval import RetrievalJob
-from lib.training import MetricJob, ProtocolJob, TrainJob
-from lib.whatif import WhatIfJob
+from lib.jobs.caricature import CaricatureJob
+from lib.jobs.retrieval import RetrievalJob
+from lib.jobs.run import RunConfig
+from lib.jobs.training import MetricJob, ProtocolJob, TrainJob
+from lib.jobs.whatif import WhatIfJob
+from lib.runtime.errors import GapscopeError
 
 app = typer.Typer(
     help="gapscope batch runner: compare how a model sees real and synthetic images.",
@@ -75,8 +75,8 @@ def run(
     """Compute features, projections, neighbours and the gap for two domains; publish a run."""
     _setup_logging(verbose)
     from batch.progress import progress_for_terminal
-    from lib.pipeline import run as run_pipeline
-    from lib.store import RunStore
+    from lib.jobs.run import run as run_pipeline
+    from lib.store.runs import RunStore
 
     store = RunStore(results)
     with progress_for_terminal(_stderr()) as progress:
@@ -98,7 +98,9 @@ def run(
         for s in m["skipped"][:5]:
             typer.echo(f"    {s['path']}: {s['reason']}")
     if m["padded"]:
-        typer.echo(f"  {m['padded']} images were smaller than --crop {config.crop} and were padded")
+        typer.echo(
+            f"  {m['padded']} images were smaller than --crop {config.inputs.crop} and were padded"
+        )
     typer.echo(f"  timings (s): {m['timings_s']}")
 
 
@@ -132,7 +134,7 @@ def example(
 ) -> None:
     """Build the bundled example: scikit-learn's handwritten digits vs font-rendered ones."""
     _setup_logging(False)
-    from lib.example import build_example, build_filter_gap, build_object_example
+    from lib.inputs.example import build_example, build_filter_gap, build_object_example
 
     if objects:
         summary = build_object_example(out, scenes, seed, overwrite)
@@ -161,8 +163,8 @@ def caricature(
     """Caricatures (feature visualisations) for every model × layer × image, in a new run."""
     _setup_logging(verbose)
     from batch.progress import Steps, progress_for_terminal
-    from lib.caricature_job import run_caricatures
-    from lib.store import RunStore
+    from lib.jobs.caricature import run_caricatures
+    from lib.store.runs import RunStore
 
     with progress_for_terminal(_stderr()) as progress:
         published = run_caricatures(job, RunStore(results), Steps(progress))
@@ -186,8 +188,8 @@ def whatif(
     strength, features extracted again, the gap measured per level; in a new run."""
     _setup_logging(verbose)
     from batch.progress import progress_for_terminal
-    from lib.store import RunStore
-    from lib.whatif import run_whatif
+    from lib.jobs.whatif import run_whatif
+    from lib.store.runs import RunStore
 
     with progress_for_terminal(_stderr()) as progress:
         published = run_whatif(job, RunStore(results), progress)
@@ -205,8 +207,8 @@ def retrieval(job: RetrievalJob, results: ResultsOpt = RESULTS) -> None:
     """Does each query image find its own label among its nearest gallery images? Pass
     rate, per-rank accuracy, recall@1/5/10 and mAP@R per level, in a new run."""
     _setup_logging(False)
-    from lib.retrieval import run_retrieval
-    from lib.store import RunStore
+    from lib.jobs.retrieval import run_retrieval
+    from lib.store.runs import RunStore
 
     published = run_retrieval(job, RunStore(results))
     out = published.retrievals[job.name]
@@ -239,7 +241,7 @@ def train_classifier(job: TrainJob, results: ResultsOpt = RESULTS,
     """Fine-tune a backbone with a classification head on labelled images; resumes a
     killed job from its last finished epoch. Then: --backbone trained:NAME."""
     _setup_logging(verbose)
-    from lib.training import train_classifier as train_it
+    from lib.jobs.training import train_classifier as train_it
 
     _train(train_it, job, results, "accuracy")
 
@@ -252,7 +254,7 @@ def train_metric(job: MetricJob, results: ResultsOpt = RESULTS,
     offline each epoch (or in each batch: --mining online), validated by precision@1;
     resumes like `train classifier`. Then: --backbone trained:NAME."""
     _setup_logging(verbose)
-    from lib.training import train_metric as train_it
+    from lib.jobs.training import train_metric as train_it
 
     _train(train_it, job, results, "precision@1")
 
@@ -265,7 +267,7 @@ def train_protocol(job: ProtocolJob, results: ResultsOpt = RESULTS,
     both, each tested on the same held-out real images (--test-on synthetic: the
     reverse)."""
     _setup_logging(verbose)
-    from lib.training import run_protocol
+    from lib.jobs.training import run_protocol
 
     out = run_protocol(job, results)
     tested = out["tested_on"]
@@ -281,7 +283,7 @@ def train_protocol(job: ProtocolJob, results: ResultsOpt = RESULTS,
 @app.command()
 def transforms() -> None:
     """List the transforms `whatif --transform` accepts, with their default strengths."""
-    from lib.transforms import TRANSFORMS
+    from lib.inputs.transforms import TRANSFORMS
 
     for t in TRANSFORMS.values():
         strengths = ",".join(f"{s:g}" for s in t.defaults)
@@ -294,7 +296,7 @@ def layers(
 ) -> None:
     """List the layer names `caricature --layer` accepts for a model."""
     _setup_logging(False)
-    from lib.caricature_job import list_layers
+    from lib.jobs.caricature import list_layers
 
     for name in list_layers(model):
         typer.echo(name)
@@ -303,7 +305,7 @@ def layers(
 @app.command()
 def runs(results: ResultsOpt = RESULTS) -> None:
     """List published runs, newest first (* marks latest)."""
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     store = RunStore(results)
     latest = store.latest_id()
@@ -324,7 +326,7 @@ def prune(
 ) -> None:
     """Delete old runs (never latest, nor a run a demo is showing) and the partial runs
     of killed batch jobs."""
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     store = RunStore(results)
     abandoned = store.remove_abandoned()
@@ -342,8 +344,8 @@ def _report_pruned(deleted: list[str], keep: int) -> None:
 @app.command()
 def backbones() -> None:
     """List the architectures `run --backbone` and `caricature --model` accept."""
-    from lib.backbones import DEFAULT, available, lookup
-    from lib.backbones.registry import families
+    from lib.features.backbones import DEFAULT, available, lookup
+    from lib.features.backbones.registry import families
 
     for name in available():
         entry = lookup(name)

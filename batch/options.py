@@ -1,4 +1,4 @@
-"""Command line options built from parameter dataclasses (lib.params), so every default and
+"""Command line options built from parameter dataclasses (lib.runtime.params), so every default and
 help text is written once, next to the code that uses it.
 
 `options_from(RunConfig)` turns a command `def run(config: RunConfig, ...)` into a Typer

@@ -1,4 +1,4 @@
-"""How the batch runner shows progress (lib.progress.Progress): rich progress bars on a
+"""How the batch runner shows progress (lib.runtime.progress.Progress): rich progress bars on a
 terminal; under cron or a pipe, plain lines: one when a stage starts, one when it ends
 (counts, seconds), and one every `every` seconds within long counted work."""
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from lib.progress import Silent
+from lib.runtime.progress import Silent
 
 LABELS = {
     "extract": "extracting features",

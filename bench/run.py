@@ -56,9 +56,9 @@ def _levels(n: int, d: int, levels: int, seed: int = 0):
 
 def bench_gap(n: int = 10_000, d: int = 256, levels: int = 5) -> dict:
     """All gap metrics for `levels` levels of n + n vectors (issue target: < 60 s on 2 cores),
-    where a run of that size would compute them (lib.backend's choice)."""
-    from lib.backend import choose_backend
-    from lib.gap import GapParams, level_gap
+    where a run of that size would compute them (lib.runtime.backend's choice)."""
+    from lib.analysis.gap import GapParams, level_gap
+    from lib.runtime.backend import choose_backend
 
     backend = choose_backend("auto", n_images=2 * n)
     per_level, parts = {}, {}
@@ -87,7 +87,7 @@ def bench_prdc(n: int = 5000, d: int = 256) -> dict:
         import prdc as reference
     except ImportError:
         return {"skipped": "pip install prdc (requirements-dev.txt) for this comparison"}
-    from lib.gap import prdc
+    from lib.analysis.gap import prdc
 
     ((_, real, fake),) = _levels(n, d, 1)
     t = time.perf_counter()
@@ -111,9 +111,9 @@ def bench_prdc(n: int = 5000, d: int = 256) -> dict:
 
 def bench_pipeline() -> dict:
     """The bundled example end to end: build it, run the batch job (issue target: < 60 s)."""
-    from lib.example import build_example
-    from lib.pipeline import RunConfig, run
-    from lib.store import RunStore
+    from lib.inputs.example import build_example
+    from lib.jobs.run import RunConfig, run
+    from lib.store.runs import RunStore
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -121,7 +121,7 @@ def bench_pipeline() -> dict:
         t_example = time.perf_counter() - t
         t = time.perf_counter()
         published = run(
-            RunConfig(real=summary.root / "real", synthetic=summary.root / "synthetic"),
+            RunConfig.of(real=summary.root / "real", synthetic=summary.root / "synthetic"),
             RunStore(Path(tmp) / "results"),
         )
         total = time.perf_counter() - t
@@ -144,12 +144,12 @@ def bench_resume(n_per_domain: int | None = None, options: tuple[str, ...] = ())
     added to each (the tests' lighter job)."""
     import subprocess
 
-    from lib.example import build_example
-    from lib.store import RunStore
+    from lib.inputs.example import build_example
+    from lib.store.runs import RunStore
 
     killed_at_projection = (
-        "import os, signal, sys; import lib.pipeline; from batch.cli import main; "
-        "lib.pipeline.project = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
+        "import os, signal, sys; import lib.jobs.run; from batch.cli import main; "
+        "lib.jobs.run.project = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
         "sys.argv = ['batch', *sys.argv[1:]]; main()"
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -197,8 +197,8 @@ def _timed(fn, *args, repeat: int = 1, **kwargs) -> float:
 def bench_umap(sizes=None, d: int = 256) -> dict:
     """UMAP fit on one domain + transform of the other: umap-learn, and cuML on a GPU
     (there also at 100k points: issue target ≤ 2 s on the H100)."""
-    from lib.backend import choose_backend
-    from lib.reduce import UMAPParams, fit_and_map
+    from lib.analysis.reduce import UMAPParams, fit_and_map
+    from lib.runtime.backend import choose_backend
 
     gpu = choose_backend("auto").name == "cuml"
     sizes = sizes or ((10_000, 100_000) if gpu else (10_000,))
@@ -218,7 +218,7 @@ def bench_knn(n: int = 100_000, d: int = 256, k: int = 16) -> dict:
     """Exact kNN of n vectors: torch and FAISS on the CPU, torch on the GPU when there is one."""
     import torch
 
-    from lib.neighbors import knn
+    from lib.analysis.neighbours import knn
 
     ((_, a, _),) = _levels(n, d, 1)
     out = {"what": f"exact kNN, {n} × {d}, k={k}, cosine"}
@@ -246,15 +246,17 @@ def _write_photos(folder: Path, n: int, seed: int = 0) -> None:
 
 def bench_extraction(n: int | None = None, side: int = 512) -> dict:
     """ResNet-50-FPN feature extraction at side×side, same images, same model: a plain
-    fp32 loop (decode on the main thread, one batch at a time, NCHW) vs `lib.features.
+    fp32 loop (decode on the main thread, one batch at a time, NCHW) vs `lib.features.engine.
     extract` (decoding workers, pinned memory, bf16 autocast and channels_last on a GPU,
     pooling on the device). Issue target on the H100: ≥ 1,500 images/s optimised."""
     import torch
 
-    from lib.backbones import create_backbone
-    from lib.backend import choose_backend
-    from lib.features import extract, pool
-    from lib.images import Prepare, open_folder
+    from lib import extract_images
+    from lib.features.backbones import create_backbone
+    from lib.features.pooling import pool
+    from lib.inputs.images import Prepare, open_folder
+    from lib.runtime.backend import choose_backend
+    from lib.runtime.executor import Executor
 
     backend = choose_backend("auto")  # what a run picks: device, precision, decoding workers
     device, precision = backend.device, backend.precision
@@ -276,15 +278,13 @@ def bench_extraction(n: int | None = None, side: int = 512) -> dict:
                 with torch.inference_mode():
                     maps = backbone.module(backbone.preprocess(pixels, device))
                 for lv in backbone.levels:
-                    out[lv].append(pool(maps[lv], "gap").cpu().numpy())
+                    out[lv].append(pool(maps[lv], "avg").cpu().numpy())
             return {lv: np.concatenate(v) for lv, v in out.items()}
 
         def optimised(recs) -> dict[str, np.ndarray]:
             items = [(images, r) for r in recs]
-            return extract(
-                backbone, items, prepare, batch_size=batch_size, device=device,
-                precision=precision, workers=backend.workers,
-            ).vectors  # fmt: skip
+            return extract_images(backbone, items, prepare, Executor(backend),
+                                  batch_size=batch_size).vectors  # fmt: skip
 
         plain(records[:batch_size])  # warm-up: kernels, allocator, cuDNN's algorithm search
         optimised(records[:batch_size])
@@ -325,7 +325,7 @@ def bench_caricature() -> dict:
     import torch
     import torchvision
 
-    from lib.caricature import CaricatureParams, compute
+    from lib.analysis.caricature import CaricatureParams, compute
     from tests.test_caricature import smooth_images
 
     gpu = torch.cuda.is_available()
@@ -385,7 +385,7 @@ def bench_caricature() -> dict:
 
 
 def bench_scale(sizes=(100_000, 1_000_000), d: int = 256, demo: bool = True) -> dict:
-    """n + n given embeddings (a Gaussian mixture with a known shift, lib.mixture) through
+    """n + n given embeddings (a Gaussian mixture with a known shift, lib.inputs.mixture) through
     the whole batch job in a fresh process, as a user runs it: seconds per stage, peak
     resident memory, the approximate-kNN recall and UMAP probe the run measured, and
     click → gallery server time on the published run. Sizes ascending: peak RSS is read
@@ -394,7 +394,7 @@ def bench_scale(sizes=(100_000, 1_000_000), d: int = 256, demo: bool = True) -> 
     import statistics
     import subprocess
 
-    from lib.mixture import write_pair
+    from lib.inputs.mixture import write_pair
 
     out = {}
     for n in sizes:
@@ -408,7 +408,7 @@ def bench_scale(sizes=(100_000, 1_000_000), d: int = 256, demo: bool = True) -> 
             subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
             wall = time.perf_counter() - t
             peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-            from lib.store import RunStore
+            from lib.store.runs import RunStore
 
             run = RunStore(Path(tmp) / "results").open()
             m = run.manifest
@@ -527,7 +527,7 @@ def _atlas_payload(run) -> dict:
     """What the atlas sends besides the points: the view JSON (colour codes, legend) and
     the server seconds to build it, first (reads the tables, lays out) and again."""
     from demo.atlas import coordinates, view
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     store, out = RunStore(run.results), {}
     for when in ("first", "again"):
@@ -570,15 +570,15 @@ def bench_demo(clients=(1, 16, 64), seconds: float = 30.0, n_per_domain: int = 1
     from conftest import serve_demo
 
     from bench.demo_load import load
-    from lib.example import build_example
-    from lib.pipeline import RunConfig, run
-    from lib.store import RunStore
+    from lib.inputs.example import build_example
+    from lib.jobs.run import RunConfig, run
+    from lib.store.runs import RunStore
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         example = build_example(Path(tmp) / "example", n_per_domain, n_per_domain, seed=0).root
         published = run(
-            RunConfig(real=example / "real", synthetic=example / "synthetic", plots=False),
+            RunConfig.of(real=example / "real", synthetic=example / "synthetic", plots=False),
             RunStore(Path(tmp) / "results"),
         )
         level, n = published.levels[len(published.levels) // 2], len(published.images)
@@ -624,12 +624,12 @@ def bench_whatif(n: int | None = None, side: int = 512, job=None, example_n=None
     `job` (a WhatIfJob) and `example_n` (images per domain) make it smaller, for tests."""
     import torch
 
-    from lib.backend import choose_backend
-    from lib.example import build_example
-    from lib.pipeline import RunConfig, run
-    from lib.store import RunStore
-    from lib.transforms import TRANSFORMS, Reference, channel_histogram, reference_cdf
-    from lib.whatif import WhatIfJob, run_whatif
+    from lib.inputs.example import build_example
+    from lib.inputs.transforms import TRANSFORMS, Reference, channel_histogram, reference_cdf
+    from lib.jobs.run import RunConfig, run
+    from lib.jobs.whatif import WhatIfJob, run_whatif
+    from lib.runtime.backend import choose_backend
+    from lib.store.runs import RunStore
 
     device = choose_backend("auto").device
     n = n or (1024 if device == "cuda" else 64)
@@ -652,7 +652,7 @@ def bench_whatif(n: int | None = None, side: int = 512, job=None, example_n=None
     with tempfile.TemporaryDirectory() as tmp:
         summary = build_example(Path(tmp) / "example", example_n, example_n or 1000)
         store = RunStore(Path(tmp) / "results")
-        run(RunConfig(real=summary.root / "real", synthetic=summary.root / "synthetic",
+        run(RunConfig.of(real=summary.root / "real", synthetic=summary.root / "synthetic",
                       projections=("pca",), atlas_level="none", attribution=0, plots=False),
             store)  # fmt: skip
         t = time.perf_counter()
@@ -682,9 +682,9 @@ def bench_dask(n: int | None = None, side: int = 256, workers=(1, 2),
     embeddings (`rows` per domain, 256-d mixture vectors): UMAP and atlas placements and
     the per-image gap scores outside the sample are block tasks on the workers, the fits
     and the exact search stay on the client: seconds of project + atlas + gap."""
-    from lib.mixture import write_pair
-    from lib.pipeline import RunConfig, run
-    from lib.store import RunStore
+    from lib.inputs.mixture import write_pair
+    from lib.jobs.run import RunConfig, run
+    from lib.store.runs import RunStore
 
     n, rows = n or 512, rows or 50_000
     names = ["single process", *(f"local:{w}" for w in workers)]
@@ -693,7 +693,7 @@ def bench_dask(n: int | None = None, side: int = 256, workers=(1, 2),
         for domain, seed in (("real", 0), ("synthetic", 1)):
             _write_photos(Path(tmp) / domain, n // 2, seed)
         for name in names:
-            config = RunConfig(real=Path(tmp) / "real", synthetic=Path(tmp) / "synthetic",
+            config = RunConfig.of(real=Path(tmp) / "real", synthetic=Path(tmp) / "synthetic",
                                resize=side, projections=("pca",), atlas_level="none",
                                attribution=0, plots=False,
                                dask=None if name == "single process" else name)  # fmt: skip
@@ -705,10 +705,10 @@ def bench_dask(n: int | None = None, side: int = 256, workers=(1, 2),
         # a process's first nearest-neighbour descent (UMAP above 4,096 points) compiles
         # pynndescent's functions (~15 s): not in the single process's figure, measured first
         warm = write_pair(Path(tmp) / "warm", 5000, 5000, dim=32)
-        run(RunConfig(real=warm[0], synthetic=warm[1], projections=("umap",), plots=False,
+        run(RunConfig.of(real=warm[0], synthetic=warm[1], projections=("umap",), plots=False,
                       atlas_level="none"), RunStore(Path(tmp) / "warm-results"))  # fmt: skip
         for name in names:
-            config = RunConfig(real=real, synthetic=fake, projections=("umap",), plots=False,
+            config = RunConfig.of(real=real, synthetic=fake, projections=("umap",), plots=False,
                                dask=None if name == "single process" else name)  # fmt: skip
             published = run(config, RunStore(Path(tmp) / f"rows-{name.replace(':', '_')}"))
             t = published.manifest["timings_s"]
@@ -741,9 +741,9 @@ def bench_training(n: int | None = None, side: int | None = None, epochs: int = 
     """`batch train classifier` on the bundled example's digits: training images per second
     (forward, backward and step, with decoding; an epoch's seconds include its validation
     pass over the 10 % held out), on the device a run uses."""
-    from lib.backend import choose_backend
-    from lib.example import build_example
-    from lib.training import Schedule, TrainJob, train_classifier
+    from lib.inputs.example import build_example
+    from lib.jobs.training import Schedule, TrainJob, train_classifier
+    from lib.runtime.backend import choose_backend
 
     gpu = choose_backend("auto").device == "cuda"
     side = side or (224 if gpu else 64)
@@ -777,11 +777,12 @@ def bench_objects(n_scenes: int = 40, test_size: tuple[int, int] = (480, 640)) -
     ResNet-50-FPN (random weights: speed does not depend on them), objects per second.
     ROI pooling costs one forward pass per image whatever its number of objects; a crop
     costs one per object."""
-    from lib.backbones import create_backbone
-    from lib.boxes import read_boxes
-    from lib.example import build_object_example
-    from lib.images import Prepare, open_folder
-    from lib.objects import ObjectImages, extract_objects, object_key
+    from lib import extract_objects
+    from lib.features.backbones import create_backbone
+    from lib.inputs.boxes import read_boxes
+    from lib.inputs.example import build_object_example
+    from lib.inputs.images import Prepare, open_folder
+    from lib.inputs.objects import ObjectImages, object_key
 
     backbone = create_backbone("resnet50-fpn", random_weights=True)
     with tempfile.TemporaryDirectory() as tmp:

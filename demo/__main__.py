@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from lib.errors import GapscopeError
+from lib.runtime.errors import GapscopeError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         from demo.app import CSS, allowed_paths, build_app
         from demo.curation import Editing
         from demo.serve import building_app, serve
-        from lib.store import RunStore
+        from lib.store.runs import RunStore
 
         store = RunStore(args.results)
         if args.building:

@@ -17,7 +17,7 @@ from demo import atlas, caricatures, overlap, report, retrieval, whatif
 from demo.curation import Editing
 from demo.runs import ASSETS, banner, open_id, open_run, run_choices
 from demo.static_paths import set_static_paths
-from lib.store import RunStore
+from lib.store.runs import RunStore
 
 CSS = """
 #banner {border-left: 4px solid #2ca02c; padding-left: 12px;}

@@ -39,11 +39,11 @@ from demo.runs import (
     tag_names,
     with_tags,
 )
-from lib import atlas as layouts
-from lib.annotations import REMOVE, Annotations
-from lib.errors import GapscopeError
-from lib.images import METADATA_PREFIX
-from lib.store import Run, RunStore
+from lib.analysis import atlas as layouts
+from lib.inputs.images import METADATA_PREFIX
+from lib.runtime.errors import GapscopeError
+from lib.store.annotations import REMOVE, Annotations
+from lib.store.runs import Run, RunStore
 
 SCRIPT = ASSETS / "atlas" / "regl-scatterplot.min.js"
 LAYOUT_LABELS = {"UMAP map": "umap", "Grid": "grid", "By category": "category"}

@@ -10,7 +10,7 @@ from functools import partial
 import gradio as gr
 
 from demo.runs import Tab, open_id
-from lib.store import Run, RunStore
+from lib.store.runs import Run, RunStore
 
 HOW_TO = (
     "This run has no caricatures. Compute some with e.g. `python -m batch caricature "

@@ -1,6 +1,6 @@
 """Curating in the demo: the selected image's tags and label, and — when the demo may
 write — tag it (or it and its neighbours), flag it for removal, correct its label, undo,
-and download the annotations. Everything goes through lib.annotations (SQLite beside
+and download the annotations. Everything goes through lib.store.annotations (SQLite beside
 the runs), so the command line (`batch annotations`) and the demo see the same edits.
 
 Who may write (`Editing`): a demo on this machine only (127.0.0.1) writes freely; a
@@ -20,9 +20,9 @@ from pathlib import Path
 import gradio as gr
 
 from demo.runs import open_id
-from lib.annotations import REMOVE, Annotations, keys_of
-from lib.errors import GapscopeError
-from lib.store import RunStore
+from lib.runtime.errors import GapscopeError
+from lib.store.annotations import REMOVE, Annotations, keys_of
+from lib.store.runs import RunStore
 
 SCOPES = ("this image", "it and its neighbours", "the picked images")
 EXPORTS = {"CSV": "csv", "JSON": "json", "corrected metadata.csv": "metadata",
@@ -133,7 +133,7 @@ def export_file(store: RunStore, run_id: str, kind: str, tag: str = "",
     """A file to download: the run's annotations as CSV or JSON, the domain's corrected
     metadata.csv (removed images dropped), or the images with `tag` as a zip of a
     folder per label (the run's web copies: the demo hands out no original)."""
-    from lib import curation
+    from lib.store import curation
 
     run, notes = open_id(store, run_id), Annotations.of(store.root)
     fmt = EXPORTS[kind]

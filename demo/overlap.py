@@ -38,17 +38,17 @@ from demo.runs import (
     with_tags,
 )
 from demo.thinning import GRID, MAX_POINTS, budgets, opacity, thin
-from lib.annotations import REMOVE
-from lib.atlas import METHOD as ATLAS
-from lib.plots import STYLE, direction_title
-from lib.store import Run, RunStore
+from lib.analysis.atlas import METHOD as ATLAS
+from lib.analysis.plots import STYLE, direction_title
+from lib.store.annotations import REMOVE
+from lib.store.runs import Run, RunStore
 
 DIRECTIONS = {  # label → the domain the projection was fitted on
     direction_title("real"): "real",
     direction_title("synthetic"): "synthetic",
 }
 ALL = "all"
-SIZES = (ALL, "small", "medium", "large")  # COCO's object size strata (lib.boxes)
+SIZES = (ALL, "small", "medium", "large")  # COCO's object size strata (lib.inputs.boxes)
 COLOR_BY = ("domain", "category", "cluster", "realism", "p(synthetic)", "tags")
 SCORE_COLUMNS = {"realism": "realism", "p(synthetic)": "p_synthetic"}
 CATEGORY_COLORS = (
@@ -347,7 +347,7 @@ def neighbours_of(run: Run, level: str, row: int, source: str = NEIGHBOURS_FROM[
     synthetic one"), searched exactly among that domain's features."""
     if source == NEIGHBOURS_FROM[0]:
         return tuple(table[row] for table in run.neighbors(level))
-    from lib.neighbors import nearest_among
+    from lib.analysis.neighbours import nearest_among
 
     candidates = np.flatnonzero(image_column(run, "domain") == source)
     config = run.manifest["config"]

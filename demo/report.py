@@ -1,8 +1,8 @@
 """The gap report tab: metrics across levels, the images to blame, and history over runs.
 
-Every metric in metrics.json is one record shape ({value, ci95, n, ...}; lib.gap.records),
+Every metric in metrics.json is one record shape ({value, ci95, n, ...}; lib.analysis.gap.records),
 so the table, the charts and the history read any metric the same way; runs published
-before the shape was unified are upgraded as they are read (lib.store.Run.metrics).
+before the shape was unified are upgraded as they are read (lib.store.runs.Run.metrics).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from demo.runs import (
     open_run,
     picture,
 )
-from lib.gap.records import interval
-from lib.store import Run, RunStore
+from lib.analysis.gap.records import interval
+from lib.store.runs import Run, RunStore
 
 # name → (title, short table header)
 METRICS = {
@@ -242,7 +242,7 @@ def what_differs(run: Run) -> tuple[str, object]:
 
 def objects_section(run: Run) -> str:
     """An object run's gap per class and per size stratum, level by level: FD and the
-    domain classifier's AUC with their intervals (lib.gap.strata); "" for image runs."""
+    domain classifier's AUC with their intervals (lib.analysis.gap.strata); "" for image runs."""
     strata = (run.metrics or {}).get("objects")
     if not strata:
         return ""

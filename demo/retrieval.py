@@ -1,4 +1,4 @@
-"""The Retrieval tab: a run's retrieval evaluations (lib.retrieval): the metrics per level,
+"""The Retrieval tab: a run's retrieval evaluations (lib.jobs.retrieval): the metrics per level,
 accuracy rank by rank, and the queries with their nearest gallery images, wrong ones
 marked, filtered by outcome and class. Plain functions of the run, then the tab.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 from demo.runs import Tab, open_id
-from lib.store import Run, RunStore
+from lib.store.runs import Run, RunStore
 
 HOW_TO = (
     "This run has no retrieval evaluation. Make one with e.g. `python -m batch evaluate "

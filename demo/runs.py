@@ -19,9 +19,9 @@ from gradio.components.gallery import GalleryData, GalleryImage
 from gradio.data_classes import ImageData
 from gradio_client.utils import get_mimetype
 
-from lib.annotations import REMOVE, Annotations, keys_of
-from lib.atlas import middle_level
-from lib.store import Run, RunStore
+from lib.analysis.atlas import middle_level
+from lib.store.annotations import REMOVE, Annotations, keys_of
+from lib.store.runs import Run, RunStore
 
 
 @dataclass
@@ -48,7 +48,7 @@ def open_run(run_dir: str) -> Run:
 def open_id(store: RunStore, run_id: str | None) -> Run:
     """A published run by id (the latest for None), from the cache. A run deleted since
     the page loaded (`batch prune`) is a message in the page, not a traceback."""
-    from lib.errors import GapscopeError
+    from lib.runtime.errors import GapscopeError
 
     try:
         run = open_run(str(store.open(run_id or None).dir))
@@ -79,7 +79,7 @@ def _announce(store: RunStore, run_id: str, remember: int = 8) -> None:
 
 
 def default_level(run: Run) -> str:
-    """The level the demo opens: the middle one (lib.atlas.middle_level), the atlas's."""
+    """The level the demo opens: the middle one (lib.analysis.atlas.middle_level), the atlas's."""
     return middle_level(run.levels)
 
 

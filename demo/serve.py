@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from lib.store import RunStore
+from lib.store.runs import RunStore
 
 BUILD_LOG = "building.log"  # written by docker/entrypoint.sh into the results folder
 

@@ -1,6 +1,6 @@
 """The What if tab: a what-if run's gap against each transform's strength, per level, the
 best change per level, and before/after pairs. Plain functions of the run's
-whatif/results.json (lib.whatif), then the tab.
+whatif/results.json (lib.jobs.whatif), then the tab.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import gradio as gr
 
 from demo.report import _error_bars
 from demo.runs import Tab, open_id
-from lib.store import Run, RunStore
+from lib.store.runs import Run, RunStore
 
 HOW_TO = (
     "This run has no what-if experiments. Measure which change to the synthetic images "

@@ -27,7 +27,7 @@ N_PER_DOMAIN = 40
 @pytest.fixture(scope="session")
 def example_dir(tmp_path_factory) -> Path:
     """A small bundled example: 40 real + 40 synthetic digits, 64×64 PNGs."""
-    from lib.example import build_example
+    from lib.inputs.example import build_example
 
     out = tmp_path_factory.mktemp("example") / "example"
     build_example(out, n_real=N_PER_DOMAIN, n_synthetic=N_PER_DOMAIN, seed=0)
@@ -42,10 +42,10 @@ def results_dir(tmp_path_factory) -> Path:
 def example_config(example_dir: Path):
     """The session's batch settings. Runs published into the shared results folder use
     them, so whichever is latest, the demo shows every projection."""
-    from lib.pipeline import RunConfig
-    from lib.reduce import TSNEParams
+    from lib.analysis.reduce import TSNEParams
+    from lib.jobs.run import RunConfig
 
-    return RunConfig(
+    return RunConfig.of(
         real=example_dir / "real",
         synthetic=example_dir / "synthetic",
         k=8,
@@ -57,8 +57,8 @@ def example_config(example_dir: Path):
 @pytest.fixture(scope="session")
 def published_run(example_dir, results_dir):
     """The batch job run once on the small example, as `make batch` would."""
-    from lib.pipeline import run
-    from lib.store import RunStore
+    from lib.jobs.run import run
+    from lib.store.runs import RunStore
 
     return run(example_config(example_dir), RunStore(results_dir))
 
@@ -68,19 +68,19 @@ WHATIF_N = 300  # per domain in the constructed case
 
 @pytest.fixture(scope="session")
 def filter_gap_store(tmp_path_factory):
-    """The constructed case with a known answer (lib.example.build_filter_gap: real
+    """The constructed case with a known answer (lib.inputs.example.build_filter_gap: real
     digits against sharpened, noisier ones), run, then a what-if run of it: blur at two
     strengths and histogram matching, at c2 and c3. Returns its run store."""
-    from lib.example import build_filter_gap
-    from lib.pipeline import RunConfig, run
-    from lib.store import RunStore
-    from lib.whatif import WhatIfJob, run_whatif
+    from lib.inputs.example import build_filter_gap
+    from lib.jobs.run import RunConfig, run
+    from lib.jobs.whatif import WhatIfJob, run_whatif
+    from lib.store.runs import RunStore
 
     root = tmp_path_factory.mktemp("filter_gap")
     build_filter_gap(root / "data", n=WHATIF_N)
     store = RunStore(root / "results")
     data = root / "data"
-    config = RunConfig(real=data / "real", synthetic=data / "synthetic", projections=("pca",),
+    config = RunConfig.of(real=data / "real", synthetic=data / "synthetic", projections=("pca",),
                        atlas_level="none", attribution=0, plots=False)  # fmt: skip
     run(config, store)
     job = WhatIfJob(transforms=["blur=0.75,1.5", "histmatch=1"], levels=["c2", "c3"],
@@ -164,7 +164,7 @@ def object_store(tmp_path_factory):
     """The object example (digits placed on canvases of mixed sizes, COCO boxes) run
     through `python -m batch run` with a small detectron2 detector (random weights, its
     config's test size 320): (the results folder, the example's folder)."""
-    from lib.example import build_object_example
+    from lib.inputs.example import build_object_example
     from tests.test_detectron2 import Spec, build
 
     root = tmp_path_factory.mktemp("objects")

@@ -13,8 +13,8 @@ import threading
 import pytest
 from conftest import ROOT, one_line
 
-from lib.annotations import REMOVE, Annotations, ImageKey
-from lib.errors import GapscopeError
+from lib.runtime.errors import GapscopeError
+from lib.store.annotations import REMOVE, Annotations, ImageKey
 
 A = ImageKey("h" * 64, "cats/a.png", "synthetic")
 B = ImageKey("g" * 64, "cats/b.png", "synthetic")
@@ -107,7 +107,7 @@ def test_a_writer_killed_mid_burst_loses_no_committed_edit(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from lib.annotations import Annotations, ImageKey
+        from lib.store.annotations import Annotations, ImageKey
         notes = Annotations({str(path)!r})
         for i in range(100_000):
             notes.tag([ImageKey(f"{{i:064x}}", f"{{i}}.png", "real")], "burst")

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from lib import atlas
+from lib.analysis import atlas
 
 
 def blobs(n_per: int = 300, centres=((-5, 0), (5, 0), (0, 8)), seed: int = 0):
@@ -58,9 +58,9 @@ def test_fit_square_keeps_the_aspect():
 
 
 def test_the_atlas_level_is_the_middle_one_unless_chosen():
-    from lib.errors import GapscopeError
-    from lib.pipeline import atlas_level
-    from lib.reduce import UMAPParams
+    from lib.analysis.reduce import UMAPParams
+    from lib.jobs.run.measure import atlas_level
+    from lib.runtime.errors import GapscopeError
 
     levels = ["p2", "p3", "p4", "p5", "p6"]
     assert atlas_level("auto", levels, 1000, UMAPParams()) == "p4"
@@ -88,7 +88,7 @@ def test_the_run_holds_a_2d_map_of_both_domains_at_the_middle_level(published_ru
 def own(published_run, results_dir, tmp_path):
     """(store, run): a copy of the session's store without its annotations, for a test
     that annotates: its edits stay out of what other tests (and their demo) read."""
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     shutil.copytree(results_dir, tmp_path / "store", symlinks=True,
                     ignore=shutil.ignore_patterns("annotations.sqlite*", "cache"))  # fmt: skip
@@ -102,7 +102,7 @@ def client(published_run, results_dir):
     from fastapi.testclient import TestClient
 
     from demo.atlas import router
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     api = FastAPI()
     api.include_router(router(RunStore(results_dir)))
@@ -136,7 +136,7 @@ def test_the_routes_serve_thumbnails_of_published_runs_only(client, published_ru
 
 def test_colours_and_filters_follow_the_run_and_the_tags(own):
     from demo.atlas import colours, keep_mask
-    from lib.annotations import Annotations, keys_of
+    from lib.store.annotations import Annotations, keys_of
 
     store, run = own
     codes, palette, legend = colours(store, run, "domain")
@@ -156,7 +156,7 @@ def test_colours_and_filters_follow_the_run_and_the_tags(own):
 
 
 def test_hotspot_names_are_kept_audited_and_undone(tmp_path):
-    from lib.annotations import Annotations
+    from lib.store.annotations import Annotations
 
     notes = Annotations(tmp_path / "a.sqlite")
     notes.name_hotspot("run1", "c3", 4, "wet roads", who="ana")
@@ -174,7 +174,7 @@ def test_hotspot_names_are_kept_audited_and_undone(tmp_path):
 def test_tags_show_in_the_overlap_colouring_and_in_gallery_captions(own):
     from demo.atlas import describe_selection
     from demo.overlap import neighbour_gallery, overlap_figure
-    from lib.annotations import Annotations, keys_of
+    from lib.store.annotations import Annotations, keys_of
 
     store, run = own
     level = run.levels[0]
@@ -191,7 +191,7 @@ def test_tags_show_in_the_overlap_colouring_and_in_gallery_captions(own):
 
 def test_the_map_colours_by_any_column_of_the_inputs_metadata(published_run, results_dir):
     from demo.atlas import _metadata_colours, colour_choices, colours
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     run = published_run
     assert ("font (metadata)", "meta:font") in colour_choices(run)  # the example's csv
@@ -207,7 +207,7 @@ def test_the_map_colours_by_any_column_of_the_inputs_metadata(published_run, res
 
 def test_a_corrected_label_shows_in_captions_and_moves_the_image_on_the_atlas(own):
     from demo.atlas import colours, describe_selection
-    from lib.annotations import Annotations, keys_of
+    from lib.store.annotations import Annotations, keys_of
 
     store, run = own
     (key,) = keys_of(run.images, [9])
@@ -221,7 +221,7 @@ def test_a_corrected_label_shows_in_captions_and_moves_the_image_on_the_atlas(ow
 
 def test_filters_by_category_hotspot_and_realism_keep_what_they_say(published_run):
     from demo.atlas import atlas_level, keep_mask
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     run, store = published_run, RunStore(published_run.results)
     cats = run.images["category"].astype(str).to_numpy()

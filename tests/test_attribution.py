@@ -1,5 +1,6 @@
-"""Attributing the gap to image properties (lib.photometry, lib.attribution), on cases
-with a known answer built from the example's real digits."""
+"""Attributing the gap to image properties (lib.analysis.photometry,
+lib.analysis.attribution), on cases with a known answer built from the example's real
+digits."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib.attribution import explained, sentences, separation
-from lib.photometry import STATISTICS, jpeg_quality, statistics
+from lib.analysis.attribution import explained, sentences, separation
+from lib.analysis.photometry import STATISTICS, jpeg_quality, statistics
 
 
 def table(images: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -36,7 +37,7 @@ def pixel_classifier(images: list[np.ndarray], synthetic: np.ndarray) -> np.ndar
 def sharpened():
     """Real digits against the same kind of digits sharpened (unsharp mask) with a
     little grey noise: a gap of filters only."""
-    from lib.example import real_digits, sharpen, soft_rgb
+    from lib.inputs.example import real_digits, sharpen, soft_rgb
 
     digits, _ = real_digits(400, seed=0)
     images = list(soft_rgb(digits[:200])) + list(sharpen(soft_rgb(digits[200:]), seed=1))
@@ -56,7 +57,7 @@ def test_a_sharpened_noisier_synthetic_set_is_attributed_to_sharpness_and_noise(
 
 
 def test_photometry_explains_a_filter_gap_and_not_a_content_gap(sharpened):
-    from lib.example import real_digits, soft_rgb
+    from lib.inputs.example import real_digits, soft_rgb
 
     images, synthetic = sharpened
     filters = explained(table(images), pixel_classifier(images, synthetic), repeats=2)
@@ -98,7 +99,7 @@ def test_a_jpegs_quality_is_read_back_from_its_tables(tmp_path, quality):
 def test_the_fast_auc_is_sklearns():
     from sklearn.metrics import roc_auc_score
 
-    from lib.gap.classifier import rank_auc
+    from lib.analysis.gap.classifier import rank_auc
 
     rng = np.random.default_rng(0)
     y = rng.random(300) < 0.4

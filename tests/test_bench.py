@@ -60,8 +60,8 @@ def test_demo_section_loads_the_server_with_clients_and_counts_errors(bench):
 
 
 def test_whatif_section_times_every_transform_and_the_job_by_step(bench):
-    from lib.transforms import TRANSFORMS
-    from lib.whatif import WhatIfJob
+    from lib.inputs.transforms import TRANSFORMS
+    from lib.jobs.whatif import WhatIfJob
 
     job = WhatIfJob(transforms=["blur=1"], synthetic=40, real=40, levels=["c3"], resamples=20)
     out = bench.bench_whatif(n=32, side=64, job=job, example_n=60)

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from lib.boxes import read_boxes, size_class
-from lib.errors import GapscopeError
+from lib.inputs.boxes import read_boxes, size_class
+from lib.runtime.errors import GapscopeError
 from tests.conftest import one_line
 
 RECORDS = [

@@ -137,7 +137,7 @@ def test_clicking_where_a_tooltip_shows_selects_that_image_at_any_level_and_proj
     """One visitor's session (a page load costs 5 s here): three clicks where tooltips
     show, a drag that rotates and selects nothing, another level, t-SNE's 2D view, then
     the gap report."""
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     run = RunStore(results_dir).open()
     assert gallery_captions(page) == []
@@ -237,15 +237,15 @@ def large_results(tmp_path_factory):
     """100,001 + 100,001 generated 16-d embeddings through the batch job: PCA, and just
     over 200,000 rows so neighbours are approximate (HNSW: 10 s, where the exact flat
     search took 38 s), and the atlas's UMAP fitted on 2,000 (5 s, not 32)."""
-    from lib.gap import GapParams
-    from lib.mixture import write_pair
-    from lib.pipeline import RunConfig, run
-    from lib.reduce import UMAPParams
-    from lib.store import RunStore
+    from lib.analysis.gap import GapParams
+    from lib.analysis.reduce import UMAPParams
+    from lib.inputs.mixture import write_pair
+    from lib.jobs.run import RunConfig, run
+    from lib.store.runs import RunStore
 
     root = tmp_path_factory.mktemp("large")
     real, fake = write_pair(root / "vectors", 100_001, 100_001, dim=16)
-    config = RunConfig(real=real, synthetic=fake, k=8, projections=("pca",), plots=False,
+    config = RunConfig.of(real=real, synthetic=fake, k=8, projections=("pca",), plots=False,
                        gap=GapParams(sample=2000, resamples=20),
                        umap=UMAPParams(fit_sample=2000))  # the atlas's UMAP only  # fmt: skip
     run(config, RunStore(root / "results"))
@@ -391,7 +391,7 @@ def test_a_relabel_and_a_removal_reach_the_corrected_metadata(page, results_dir,
     import csv
     import io
 
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     run = RunStore(results_dir).open()
     synthetic = [int(i) for i in run.images.index[run.images["domain"] == "synthetic"]]
@@ -417,8 +417,8 @@ def test_a_relabel_and_a_removal_reach_the_corrected_metadata(page, results_dir,
 
 
 def test_two_browsers_tagging_at_once_both_keep_their_edits(browser, demo_url, results_dir):
-    from lib.annotations import Annotations
-    from lib.store import RunStore
+    from lib.store.annotations import Annotations
+    from lib.store.runs import RunStore
 
     run = RunStore(results_dir).open()
     with visit(browser, demo_url) as one, visit(browser, demo_url) as two:
@@ -436,7 +436,7 @@ def test_two_browsers_tagging_at_once_both_keep_their_edits(browser, demo_url, r
 
 
 def the_neighbours_can_come_from_the_real_images_only(page, results_dir):
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     run = RunStore(results_dir).open()
     row = int(run.images.index[run.images["domain"] == "synthetic"][7])
@@ -528,7 +528,7 @@ def test_a_lasso_selection_is_tagged_kept_after_a_reload_and_exported_exactly(
 
 
 def test_zooming_into_the_atlas_draws_thumbnails_and_a_hostile_tag_stays_text(page, published_run):
-    from lib.annotations import Annotations, keys_of
+    from lib.store.annotations import Annotations, keys_of
 
     # a tag a hostile user gave: shown as text in the legend, never run as HTML
     hostile = '<img src=x onerror="window.__pwned=1">'
@@ -580,7 +580,7 @@ def test_zooming_into_the_atlas_draws_thumbnails_and_a_hostile_tag_stays_text(pa
 
 
 def test_a_lasso_on_the_2d_view_tags_exactly_the_points_plotly_selected(page, published_run):
-    from lib.annotations import Annotations
+    from lib.store.annotations import Annotations
 
     page.locator("#view").get_by_text("2D", exact=True).click()
     page.wait_for_function(
@@ -616,7 +616,7 @@ def test_a_lasso_on_the_2d_view_tags_exactly_the_points_plotly_selected(page, pu
 
 
 def test_neighbours_clicked_in_the_gallery_are_picked_and_tagged_together(page, published_run):
-    from lib.annotations import Annotations
+    from lib.store.annotations import Annotations
 
     find(page, 20)
     page.wait_for_function(
@@ -646,7 +646,7 @@ def test_neighbours_clicked_in_the_gallery_are_picked_and_tagged_together(page, 
 
 def the_atlas_draws_them_all_and_a_hotspot_selects_its_cluster(large_page, large_results):
     from demo.atlas import atlas_level
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     state = open_atlas(large_page)
     assert state["points"] == state["shown"] == "200002"
@@ -685,8 +685,8 @@ def filter_gap_page(browser, filter_gap_store, tmp_path_factory):
     evaluation derived from it, in a copy of its store, served: one demo for both tabs."""
     from conftest import serve_demo
 
-    from lib.retrieval import RetrievalJob, run_retrieval
-    from lib.store import RunStore
+    from lib.jobs.retrieval import RetrievalJob, run_retrieval
+    from lib.store.runs import RunStore
 
     results = tmp_path_factory.mktemp("filter_gap_ui") / "results"
     shutil.copytree(filter_gap_store.root, results, symlinks=True)
@@ -764,7 +764,7 @@ def test_an_object_is_clicked_in_its_class_and_shown_with_its_box_and_nearest_ob
     naming class and size); the gap report's class × level table."""
     from conftest import serve_demo
 
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     results, _ = object_store
     run = RunStore(results).open()

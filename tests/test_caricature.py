@@ -11,8 +11,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from lib.backbones.base import Backbone
-from lib.caricature import (
+from lib.analysis.caricature import (
     COLOR_CORRELATION,
     CaricatureParams,
     FeatureTap,
@@ -34,7 +33,8 @@ from lib.caricature import (
     target_batch,
     transforms,
 )
-from lib.errors import GapscopeError
+from lib.features.backbones.base import Backbone
+from lib.runtime.errors import GapscopeError
 from tests.conftest import one_line
 
 HALF = (0.5, 0.5, 0.5)

@@ -11,7 +11,7 @@ import torch
 import torchvision
 
 from demo import caricatures as view
-from lib.store import RunStore
+from lib.store.runs import RunStore
 from tests.test_cli import assert_one_line_error, batch
 
 pytestmark = pytest.mark.slow

@@ -116,8 +116,8 @@ def test_long_work_reports_progress_between_stage_lines():
 
 def test_arrays_with_sample_crop_and_random_weights(example_dir, tmp_path):
     from demo.runs import banner
-    from lib.example import real_digits, to_rgb
-    from lib.store import RunStore
+    from lib.inputs.example import real_digits, to_rgb
+    from lib.store.runs import RunStore
 
     digits, _ = real_digits(60, seed=1)
     np.save(tmp_path / "real.npy", to_rgb(digits, size=40))
@@ -248,7 +248,7 @@ def test_a_detectron2_detector_runs_through_batch_and_demo(example_dir, tmp_path
     """A detectron2 checkpoint + `_BASE_` config, no detectron2 installed: p2..p6 end to end."""
     from demo import overlap as views
     from demo.runs import banner
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
     from tests.test_detectron2 import Spec, d2_state, save_pth, write_configs
 
     spec = Spec()
@@ -277,7 +277,7 @@ def test_a_failing_stage_says_so_in_the_log():
     import io
 
     from batch.progress import LineProgress
-    from lib.progress import Stages
+    from lib.runtime.progress import Stages
 
     out = io.StringIO()
     stages = Stages(LineProgress(out))

@@ -1,5 +1,5 @@
 """`batch run --dask`: the scan, the extraction and the stages over every row on a local
-Dask cluster of worker processes (lib.cluster), against the same run without Dask."""
+Dask cluster of worker processes (lib.runtime.dask), against the same run without Dask."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from lib.progress import Silent
+from lib.runtime.progress import Silent
 from tests.test_cli import assert_one_line_error, batch
 
 pytestmark = pytest.mark.slow
@@ -48,17 +48,17 @@ def inputs(example_dir, tmp_path_factory):
 
 
 def config(inputs, **kwargs):
-    from lib.pipeline import RunConfig
+    from lib.jobs.run import RunConfig
 
-    return RunConfig(real=inputs / "real", synthetic=inputs / "synthetic", k=8,
+    return RunConfig.of(real=inputs / "real", synthetic=inputs / "synthetic", k=8,
                      projections=("umap", "pca"), atlas_level="none", attribution=0,
                      plots=False, batch_size=8, **kwargs)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def reference(inputs, tmp_path_factory):
-    from lib.pipeline import run
-    from lib.store import RunStore
+    from lib.jobs.run import run
+    from lib.store.runs import RunStore
 
     with torch_threads(WORKER_THREADS):
         return run(config(inputs), RunStore(tmp_path_factory.mktemp("local") / "results"))
@@ -75,8 +75,8 @@ def assert_same_run(a, b) -> None:
 
 
 def test_a_run_through_dask_is_the_run_without_it(inputs, reference, tmp_path):
-    from lib.pipeline import run
-    from lib.store import RunStore
+    from lib.jobs.run import run
+    from lib.store.runs import RunStore
 
     published = run(config(inputs, dask="local:2"), RunStore(tmp_path / "results"))
     assert_same_run(reference, published)
@@ -91,8 +91,8 @@ def test_a_worker_killed_mid_run_still_gives_the_same_run(inputs, reference, tmp
     on the other worker (the nanny restarts it) and the run is the same."""
     from dask.distributed import Client, LocalCluster
 
-    from lib.pipeline import run
-    from lib.store import RunStore
+    from lib.jobs.run import run
+    from lib.store.runs import RunStore
 
     results = tmp_path / "results"
     env = {"GAPSCOPE_TORCH_THREADS": str(WORKER_THREADS)}
@@ -137,7 +137,7 @@ def test_a_scheduler_that_does_not_answer_is_one_line_before_any_work(inputs, tm
 
 
 def test_shards_hold_whole_batches_and_spread_over_the_workers():
-    from lib.cluster import shard_size
+    from lib.runtime.dask import shard_size
 
     assert shard_size(2797, 2, 32, 4096) == 352  # ~4 tasks per worker, 11 batches each
     assert shard_size(1_000_000, 8, 64, 4096) == 4096  # never more than a cache shard
@@ -153,7 +153,7 @@ def test_a_client_killed_mid_run_resumes_from_the_shards_the_workers_finished(
     import subprocess
     import sys
 
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
     from tests.conftest import ROOT
 
     store = tmp_path / "results"
@@ -190,8 +190,8 @@ def test_an_approximate_search_spread_over_the_workers_finds_the_same_neighbours
     import faiss
     from dask.distributed import Client, LocalCluster
 
-    from lib.cluster import BlockMap, search_on_cluster
-    from lib.neighbors import prepared, search_all
+    from lib.analysis.neighbours import prepared, search_all
+    from lib.runtime.dask import BlockMap, search_on_cluster
 
     rng = np.random.default_rng(0)
     np.save(tmp_path / "features.npy", rng.normal(size=(5000, 16)).astype(np.float32))
@@ -210,8 +210,8 @@ def test_an_approximate_search_spread_over_the_workers_finds_the_same_neighbours
 def test_a_scheduler_without_workers_is_one_line(monkeypatch):
     from dask.distributed import LocalCluster
 
-    from lib import cluster
-    from lib.errors import GapscopeError
+    from lib.runtime import dask as cluster
+    from lib.runtime.errors import GapscopeError
 
     monkeypatch.setattr(cluster, "WORKERS_TIMEOUT_S", 2)
     with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty:
@@ -226,12 +226,12 @@ def test_placements_searches_and_scores_spread_over_the_workers_are_the_run_with
     """Given embeddings large enough (for this test's thresholds) that the UMAP and atlas
     placements, the approximate search and the per-image gap scores of images outside the
     gap sample all run as block tasks on the workers: the same published run."""
-    import lib.neighbors as neighbors
-    from lib.gap import GapParams
-    from lib.mixture import write_pair
-    from lib.pipeline import RunConfig, run
-    from lib.reduce import UMAPParams
-    from lib.store import RunStore
+    import lib.analysis.neighbours as neighbors
+    from lib.analysis.gap import GapParams
+    from lib.analysis.reduce import UMAPParams
+    from lib.inputs.mixture import write_pair
+    from lib.jobs.run import RunConfig, run
+    from lib.store.runs import RunStore
 
     monkeypatch.setattr(neighbors, "EXACT_UP_TO", 1000)  # HNSW, its search on the workers
     real, fake = write_pair(tmp_path / "v", 1500, 1200, dim=32)
@@ -239,9 +239,9 @@ def test_placements_searches_and_scores_spread_over_the_workers_are_the_run_with
                     umap=UMAPParams(fit_sample=400, transform_up_to=100),
                     gap=GapParams(sample=300, resamples=20, kid_subsets=4))  # fmt: skip
     with torch_threads(WORKER_THREADS):
-        here = run(RunConfig(**settings), RunStore(tmp_path / "here"))
+        here = run(RunConfig.of(**settings), RunStore(tmp_path / "here"))
     seen = Counted()
-    there = run(RunConfig(**settings, dask="local:2"), RunStore(tmp_path / "there"), seen)
+    there = run(RunConfig.of(**settings, dask="local:2"), RunStore(tmp_path / "there"), seen)
     reports = here.manifest["projections"]
     assert {r["mapped_by"] for r in reports.values() if "mapped_by" in r} == {"knn placement"}
     assert here.manifest["neighbors"]["embedding"]["engine"] == "hnsw"
@@ -272,7 +272,7 @@ class Counted(Silent):
 
 def test_a_feature_file_as_a_dask_array_reads_each_block_from_the_file(tmp_path, monkeypatch):
     """What cuml.dask's estimators get on GPU workers: blocks of the file's rows."""
-    from lib import cluster
+    from lib.runtime import dask as cluster
 
     monkeypatch.setattr(cluster, "BLOCK", 100)
     np.save(tmp_path / "x.npy", np.arange(1000 * 4, dtype=np.float32).reshape(1000, 4))
@@ -286,8 +286,8 @@ def test_a_feature_file_as_a_dask_array_reads_each_block_from_the_file(tmp_path,
 def test_an_object_run_through_dask_pools_the_same_objects(object_store, tmp_path):
     """The object example's boxes pooled by the detector's ROI pooler on the workers, in
     the local run's batches (mixed sizes pad to a batch's largest): the same vectors."""
-    from lib.pipeline import RunConfig, run
-    from lib.store import RunStore
+    from lib.jobs.run import RunConfig, run
+    from lib.store.runs import RunStore
 
     results, data = object_store
     d2 = results.parent / "d2"
@@ -296,8 +296,8 @@ def test_an_object_run_through_dask_pools_the_same_objects(object_store, tmp_pat
                     detectron2_config=d2 / "faster_rcnn.yaml", checkpoint=d2 / "model_final.pth",
                     k=8, projections=("pca",), atlas_level="none", plots=False)  # fmt: skip
     with torch_threads(WORKER_THREADS):
-        here = run(RunConfig(**settings), RunStore(tmp_path / "here"))
-    there = run(RunConfig(**settings, dask="local:2"), RunStore(tmp_path / "there"))
+        here = run(RunConfig.of(**settings), RunStore(tmp_path / "here"))
+    there = run(RunConfig.of(**settings, dask="local:2"), RunStore(tmp_path / "there"))
     assert here.levels == there.levels == ["roi"]
     assert len(here.features("roi")) > 300  # objects, not images
     assert np.array_equal(here.features("roi"), there.features("roi"))

@@ -13,7 +13,7 @@ import sys
 import pytest
 from conftest import ROOT, example_config
 
-from lib.store import RunStore
+from lib.store.runs import RunStore
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,7 @@ def test_the_demo_hands_out_a_tags_images_as_a_zip_of_published_copies(store, tm
     import zipfile
 
     from demo.curation import export_file
-    from lib.annotations import Annotations, keys_of
+    from lib.store.annotations import Annotations, keys_of
 
     run = store.open()
     notes = Annotations.of(store.root)
@@ -125,14 +125,13 @@ def test_the_demo_hands_out_a_tags_images_as_a_zip_of_published_copies(store, tm
 
 
 def test_a_run_can_leave_out_flagged_images_and_use_corrected_labels(store, example_dir):
-    from dataclasses import replace
 
-    from lib.pipeline import run as run_job
+    from lib.jobs.run import run as run_job
 
     before = store.open()
     batch(store, "tag", "remove", "--id", "0", "--id", "41")
     batch(store, "label", "2", "relabelled")
-    config = replace(example_config(example_dir), projections=("pca",), plots=False,
+    config = example_config(example_dir).replace(projections=("pca",), plots=False,
                      exclude_tags=("remove",), labels_from_annotations=True)  # fmt: skip
     after = run_job(config, store)
     assert len(after.images) == len(before.images) - 2

@@ -11,7 +11,7 @@ from conftest import served
 
 from demo import overlap as views
 from demo import runs
-from lib.plots import direction_title
+from lib.analysis.plots import direction_title
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def _row_of(caption: str) -> int:
 
 
 def test_click_returns_the_exact_neighbours(client, results_dir):
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     run = RunStore(results_dir).open()  # what the demo shows: the latest run
     row = 45  # a synthetic image
@@ -52,7 +52,7 @@ def test_click_returns_the_exact_neighbours(client, results_dir):
 
 
 def test_a_click_on_another_level_gives_other_neighbours(client, results_dir):
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     run = RunStore(results_dir).open()
     payload = json.dumps({"id": 3, "t": 2})
@@ -155,7 +155,7 @@ def test_history_reads_each_runs_metrics_old_runs_included(published_run, tmp_pa
     import shutil
 
     from demo import report
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     old = next((Path(__file__).parent / "fixtures" / "schema1" / "runs").iterdir())
     for run_dir in (old, published_run.dir):
@@ -185,7 +185,7 @@ def test_plot_can_be_coloured_by_realism(published_run):
 
 
 def test_plot_can_be_coloured_by_cluster(published_run):
-    from lib.store import Run
+    from lib.store.runs import Run
 
     run = Run(published_run.dir)
     fig = views.overlap_figure(run, "c4", "real", "cluster")
@@ -202,7 +202,7 @@ def test_a_run_from_before_the_record_shape_opens_in_every_tab():
     shape. Every tab's functions read it, with its own numbers."""
 
     from demo import caricatures, report
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     store = RunStore(Path(__file__).parent / "fixtures" / "schema1")
     run = store.open(store.run_ids()[0])
@@ -226,7 +226,7 @@ def test_a_run_from_before_the_record_shape_opens_in_every_tab():
 def test_the_gallery_can_show_one_domains_nearest_only(published_run, results_dir):
     """ "The nearest real images to this synthetic one": exact among the real rows, even
     when the run's own table (both domains) holds none of them."""
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     store = RunStore(results_dir)
     run = RunStore(results_dir).open()

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from lib.backbones.detectron2 import detectron2_backbone, load_config
-from lib.errors import GapscopeError
+from lib.features.backbones.detectron2 import detectron2_backbone, load_config
+from lib.runtime.errors import GapscopeError
 from tests.conftest import one_line
 
 LEVELS = ("p2", "p3", "p4", "p5", "p6")

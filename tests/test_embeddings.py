@@ -13,9 +13,9 @@ import pytest
 from conftest import ROOT, one_line
 from PIL import Image
 
-from lib.errors import GapscopeError
-from lib.pipeline import RunConfig, run
-from lib.store import RunStore
+from lib.jobs.run import RunConfig, run
+from lib.runtime.errors import GapscopeError
+from lib.store.runs import RunStore
 
 N, D = 120, 24
 
@@ -27,9 +27,9 @@ def _vectors(seed: int, n: int = N, d: int = D, shift: float = 0.0) -> np.ndarra
 
 
 def _config(real, synthetic, **kw) -> RunConfig:
-    from lib.reduce import UMAPParams
+    from lib.analysis.reduce import UMAPParams
 
-    return RunConfig(real=real, synthetic=synthetic, k=5, plots=False,
+    return RunConfig.of(real=real, synthetic=synthetic, k=5, plots=False,
                      umap=UMAPParams(n_neighbors=10), **kw)  # fmt: skip
 
 
@@ -90,7 +90,7 @@ def test_parquet_list_columns_are_levels_and_existing_paths_get_thumbnails(tmp_p
 
 
 def test_numbered_columns_and_a_folder_of_levels(tmp_path):
-    from lib.embeddings import open_embeddings
+    from lib.inputs.embeddings import open_embeddings
 
     x = _vectors(3)
     numbered = pd.DataFrame({f"f{j}": x[:, j] for j in reversed(range(D))})  # any order

@@ -1,4 +1,4 @@
-"""Tests for lib.example: the bundled real-vs-synthetic digits example."""
+"""Tests for lib.inputs.example: the bundled real-vs-synthetic digits example."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from lib import example
-from lib.errors import GapscopeError
-from lib.example import (
+from lib.inputs import example
+from lib.inputs.example import (
     ExampleSummary,
     build_example,
     real_digits,
     render_synthetic_digits,
     to_rgb,
 )
+from lib.runtime.errors import GapscopeError
 
 N = 200  # images per domain in the built example; small keeps the file fast
 GREYS = {255 - round(v * 255 / 16) for v in range(17)}

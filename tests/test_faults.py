@@ -14,8 +14,8 @@ import textwrap
 import pytest
 from conftest import ROOT, example_config, one_line
 
-from lib.errors import GapscopeError
-from lib.store import RunStore
+from lib.runtime.errors import GapscopeError
+from lib.store.runs import RunStore
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +23,8 @@ pytestmark = pytest.mark.slow
 def light_config(example_dir):
     """The session's images and model (so its feature cache applies), PCA only: each
     test runs the job twice."""
-    from dataclasses import replace
 
-    return replace(example_config(example_dir), projections=("pca",), plots=False)
+    return example_config(example_dir).replace(projections=("pca",), plots=False)
 
 
 @pytest.fixture()
@@ -43,16 +42,16 @@ def _run_killed(store: RunStore, example_dir, sabotage: str) -> subprocess.Compl
         from dataclasses import replace
         from conftest import example_config
         from pathlib import Path
-        import lib.pipeline, lib.store
-        from lib.store import RunStore
+        import lib.jobs.run, lib.store.runs
+        from lib.store.runs import RunStore
 
         def die(*args, **kwargs):
             os.kill(os.getpid(), signal.SIGKILL)
 
         {sabotage}
-        config = replace(example_config(Path({str(example_dir)!r})), projections=("pca",),
-                         plots=False)
-        lib.pipeline.run(config, RunStore(Path({str(store.root)!r})))
+        config = example_config(Path({str(example_dir)!r})).replace(projections=("pca",),
+                                                                    plots=False)
+        lib.jobs.run.run(config, RunStore(Path({str(store.root)!r})))
     """)
     return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
@@ -61,7 +60,7 @@ def _run_killed(store: RunStore, example_dir, sabotage: str) -> subprocess.Compl
 def _resumes(store: RunStore, example_dir, before: str) -> None:
     """Nothing new is served; the rerun completes from the feature cache and removes
     what the killed run left."""
-    from lib.pipeline import run
+    from lib.jobs.run import run
 
     assert store.latest_id() == before
     assert store.open().manifest["status"] == "complete"
@@ -73,7 +72,7 @@ def _resumes(store: RunStore, example_dir, before: str) -> None:
 
 def test_killed_during_projection(store, example_dir):
     before = store.latest_id()
-    done = _run_killed(store, example_dir, "lib.pipeline.project = die")
+    done = _run_killed(store, example_dir, "lib.jobs.run.measure.project = die")
     assert done.returncode == -signal.SIGKILL
     assert store.run_ids() == [before]
     assert len(list(store.runs_dir.glob(".partial-*"))) == 1  # left behind, for now
@@ -89,7 +88,7 @@ def test_killed_while_switching_latest(store, example_dir):
             if str(dst).endswith("latest"):
                 die()
             return real_replace(src, dst)
-        lib.store.os.replace = switching
+        lib.store.runs.os.replace = switching
     """).replace("\n", "\n        ")
     done = _run_killed(store, example_dir, sabotage)
     assert done.returncode == -signal.SIGKILL
@@ -102,15 +101,15 @@ def test_killed_while_switching_latest(store, example_dir):
 def test_a_full_disk_is_one_line_removes_the_partial_run_and_keeps_serving(
     store, example_dir, monkeypatch
 ):
-    import lib.store
-    from lib.pipeline import run
+    import lib.store.runs
+    from lib.jobs.run import run
 
     before = store.latest_id()
 
     def full(self, rel, frame):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(lib.store.RunWriter, "_table", full)  # projections are the first table
+    monkeypatch.setattr(lib.store.runs.RunWriter, "_table", full)  # projections are the first table
     with pytest.raises(GapscopeError) as exc:
         run(light_config(example_dir), store)
     assert one_line(exc).startswith(f"the disk under {store.root} is full (No space left")
@@ -120,13 +119,13 @@ def test_a_full_disk_is_one_line_removes_the_partial_run_and_keeps_serving(
 
 
 def test_other_write_errors_are_not_called_a_full_disk(store, example_dir, monkeypatch):
-    import lib.store
-    from lib.pipeline import run
+    import lib.store.runs
+    from lib.jobs.run import run
 
     def denied(self, rel, frame):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(lib.store.RunWriter, "_table", denied)
+    monkeypatch.setattr(lib.store.runs.RunWriter, "_table", denied)
     with pytest.raises(PermissionError):
         run(light_config(example_dir), store)
     assert not [p for p in store.runs_dir.iterdir() if p.name.startswith(".")]

@@ -7,13 +7,29 @@ import pytest
 import torch
 from PIL import Image
 
-from lib.backbones import create_backbone
-from lib.errors import GapscopeError
-from lib.features import POOLINGS, FeatureCache, cache_key, extract, pool
-from lib.images import Prepare, open_array, open_folder
+from lib import extract_images as extract
+from lib.features.backbones import create_backbone
+from lib.features.cache import FeatureCache, cache_key
+from lib.features.pooling import POOLINGS, pool
+from lib.inputs.images import Prepare, open_array, open_folder
+from lib.runtime.errors import GapscopeError
+from lib.runtime.executor import Executor
 from tests.conftest import one_line
 
 N_IMAGES = 5
+
+
+class Counted:
+    """A progress reporter that keeps every count it is given."""
+
+    def __init__(self, seen: list):
+        self.seen = seen
+
+    def start(self, task: str, total: int) -> None:
+        pass
+
+    def advance(self, task: str, n: int = 1) -> None:
+        self.seen.append(n)
 
 
 @pytest.fixture(scope="module")
@@ -156,10 +172,11 @@ def test_second_extraction_comes_from_the_cache(backbone, images, tmp_path):
     items = items_of(real)
     cache = FeatureCache(tmp_path / "cache", cache_key(backbone, "gap", Prepare()))
     seen: list[int] = []
-    first = extract(backbone, items, Prepare(), batch_size=2, cache=cache, progress=seen.append)
+    counted = Executor.on(progress=Counted(seen))
+    first = extract(backbone, items, Prepare(), counted, cache, batch_size=2)
     assert first.cached == 0 and sum(seen) == N_IMAGES
     seen.clear()
-    second = extract(backbone, items, Prepare(), batch_size=2, cache=cache, progress=seen.append)
+    second = extract(backbone, items, Prepare(), counted, cache, batch_size=2)
     assert second.cached == N_IMAGES and sum(seen) == N_IMAGES
     for lv in backbone.levels:
         np.testing.assert_array_equal(second.vectors[lv], first.vectors[lv])
@@ -243,19 +260,24 @@ def test_extraction_fills_the_arrays_it_is_given(backbone, images, tmp_path):
 
 def test_decoding_workers_and_bf16_autocast(tmp_path):
     """Worker processes change nothing; bf16 vectors stay within a few % of fp32 ones."""
-    from lib.backbones import create_backbone
-    from lib.example import real_digits, to_rgb
-    from lib.features import extract
-    from lib.images import Prepare, open_folder
+    from lib.features.backbones import create_backbone
+    from lib.inputs.example import real_digits, to_rgb
+    from lib.inputs.images import Prepare, open_folder
 
     for i, rgb in enumerate(to_rgb(real_digits(40)[0])):  # real images, as a user's
         Image.fromarray(rgb).save(tmp_path / f"{i:02d}.png")
     image_set = open_folder(tmp_path, "real", Prepare())
     items = [(image_set, r) for r in image_set.records]
     backbone = create_backbone()
-    plain = extract(backbone, items, Prepare(), batch_size=16, workers=0).vectors
-    parallel = extract(backbone, items, Prepare(), batch_size=16, workers=1).vectors
-    bf16 = extract(backbone, items, Prepare(), batch_size=16, workers=0, precision="bf16").vectors
+    plain = extract(
+        backbone, items, Prepare(), batch_size=16, executor=Executor.on(workers=0)
+    ).vectors
+    parallel = extract(
+        backbone, items, Prepare(), batch_size=16, executor=Executor.on(workers=1)
+    ).vectors
+    bf16 = extract(
+        backbone, items, Prepare(), batch_size=16, executor=Executor.on(precision="bf16")
+    ).vectors
     for level in backbone.levels:
         np.testing.assert_array_equal(plain[level], parallel[level])
         a, b = plain[level], bf16[level]
@@ -265,7 +287,7 @@ def test_decoding_workers_and_bf16_autocast(tmp_path):
 
 
 def test_decoding_workers_follow_the_device(monkeypatch):
-    from lib.backend import default_workers
+    from lib.runtime.backend import default_workers
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert default_workers("cpu") == 4  # the model needs the other cores

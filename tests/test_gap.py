@@ -9,8 +9,8 @@ import io
 import numpy as np
 import pytest
 
-from lib import gap
-from lib.errors import GapscopeError
+from lib.analysis import gap
+from lib.runtime.errors import GapscopeError
 
 
 def normal(n, d=64, shift=0.0, seed=0):
@@ -74,7 +74,7 @@ def test_prdc_matches_the_prdc_package(shift):
 
 def test_a_runs_ball_metrics_match_the_package_on_standardised_features():
     """The path a run takes (level_gap: standardise with the real statistics, neighbour
-    search through lib.neighbors, ball tests) against the prdc package fed features that
+    search through lib.analysis.neighbours, ball tests) against the prdc package fed features that
     this test standardises itself, and mixing against a brute-force count."""
     import prdc
 
@@ -179,7 +179,7 @@ def test_fd_interval_of_a_run_holds_its_estimate_where_the_bootstrap_did_not():
 def test_fd_interval_of_wide_features_and_few_images():
     """Wide features cap the resamples (each costs ~d³: 200 at d ≤ 384, 20 from d ≈ 830) and
     few resamples give a normal interval; fewer than 4 images give no interval at all."""
-    from lib.gap.frechet import affordable_resamples
+    from lib.analysis.gap.frechet import affordable_resamples
 
     assert [affordable_resamples(200, d) for d in (256, 384, 512, 1024, 2048)] == [
         200, 200, 84, 20, 20,
@@ -255,7 +255,7 @@ def test_too_few_images_is_a_clear_error():
 def test_bundled_example_raw_pixels_real_half_vs_synthetic():
     """The measured facts: real half vs real half reads as no gap, real vs synthetic as a
     large one (raw pixels here: AUC 0.51 vs 0.97, coverage 0.97 vs 0.08)."""
-    from lib.example import real_digits, render_synthetic_digits
+    from lib.inputs.example import real_digits, render_synthetic_digits
 
     real, _ = real_digits()
     synth, _ = render_synthetic_digits(900, seed=0)

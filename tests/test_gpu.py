@@ -24,7 +24,7 @@ def _cuml_or_skip():
 
 def test_backend_auto_picks_cuml_with_a_reason():
     _cuml_or_skip()
-    from lib.backend import choose_backend
+    from lib.runtime.backend import choose_backend
 
     backend = choose_backend("auto")
     assert backend.name == "cuml" and backend.device == "cuda" and "cuML" in backend.reason
@@ -36,7 +36,7 @@ def test_cuml_umap_keeps_neighbourhoods_like_umap_learn():
     from sklearn.datasets import load_digits
     from sklearn.manifold import trustworthiness
 
-    from lib.reduce import UMAPParams, fit_and_map
+    from lib.analysis.reduce import UMAPParams, fit_and_map
 
     X = load_digits().data.astype(np.float32)
     a, b = X[:1000], X[1000:]
@@ -54,7 +54,7 @@ def test_cuml_tsne_embeds_like_opentsne():
     from sklearn.datasets import load_digits
     from sklearn.manifold import trustworthiness
 
-    from lib.reduce import create_projector
+    from lib.analysis.reduce import create_projector
 
     X = load_digits().data.astype(np.float32)[:1500]
     scores = {}
@@ -66,7 +66,7 @@ def test_cuml_tsne_embeds_like_opentsne():
 
 
 def test_knn_on_the_gpu_equals_the_cpu():
-    from lib.neighbors import knn
+    from lib.analysis.neighbours import knn
 
     X = np.random.default_rng(0).normal(size=(5000, 64)).astype(np.float32)
     for metric in ("cosine", "euclidean"):
@@ -79,19 +79,20 @@ def test_knn_on_the_gpu_equals_the_cpu():
 def test_gpu_fp32_extraction_equals_the_cpus_and_bf16_stays_close(tmp_path):
     from PIL import Image
 
-    from lib.backbones import create_backbone
-    from lib.example import real_digits, to_rgb
-    from lib.features import extract
-    from lib.images import Prepare, open_folder
+    from lib import extract_images as extract
+    from lib.features.backbones import create_backbone
+    from lib.inputs.example import real_digits, to_rgb
+    from lib.inputs.images import Prepare, open_folder
+    from lib.runtime.executor import Executor
 
     for i, rgb in enumerate(to_rgb(real_digits(64)[0])):
         Image.fromarray(rgb).save(tmp_path / f"{i:02d}.png")
     image_set = open_folder(tmp_path, "real", Prepare())
     items = [(image_set, r) for r in image_set.records]
     backbone = create_backbone()
-    cpu = extract(backbone, items, Prepare(), device="cpu", precision="fp32").vectors
-    fp32 = extract(backbone, items, Prepare(), device="cuda", precision="fp32").vectors
-    bf16 = extract(backbone, items, Prepare(), device="cuda", precision="bf16").vectors
+    cpu = extract(backbone, items, Prepare(), Executor.on("cpu", precision="fp32")).vectors
+    fp32 = extract(backbone, items, Prepare(), Executor.on("cuda", precision="fp32")).vectors
+    bf16 = extract(backbone, items, Prepare(), Executor.on("cuda", precision="bf16")).vectors
     for level in backbone.levels:
         # fp32 on the GPU is the CPU's answer (TF32 and channels_last change rounding only)
         rel_gpu = np.linalg.norm(fp32[level] - cpu[level]) / np.linalg.norm(cpu[level])
@@ -101,10 +102,10 @@ def test_gpu_fp32_extraction_equals_the_cpus_and_bf16_stays_close(tmp_path):
 
 
 def test_gap_neighbour_metrics_on_the_gpu_equal_the_cpus():
-    """The gap's neighbour search and ball tests go through lib.neighbors on the run's
+    """The gap's neighbour search and ball tests go through lib.analysis.neighbours on the run's
     device: on a GPU they give the CPU's answers."""
-    from lib import gap
-    from lib.backend import Backend
+    from lib.analysis import gap
+    from lib.runtime.backend import Backend
 
     rng = np.random.default_rng(0)
     real, fake = rng.normal(size=(3000, 64)), rng.normal(size=(2500, 64)) + 0.2
@@ -128,9 +129,9 @@ def test_cuml_dask_spreads_the_umap_transform_and_the_exact_search_over_gpu_work
     from dask.distributed import Client, LocalCluster
     from sklearn.manifold import trustworthiness
 
-    from lib.cluster import BlockMap
-    from lib.mixture import mixture_block
-    from lib.neighbors import knn, recall_at_k
+    from lib.analysis.neighbours import knn, recall_at_k
+    from lib.inputs.mixture import mixture_block
+    from lib.runtime.dask import BlockMap
 
     np.save(tmp_path / "x.npy", mixture_block(30_000, np.random.default_rng(0), dim=32)[0])
     X = np.load(tmp_path / "x.npy", mmap_mode="r")  # as a run's feature file

@@ -14,8 +14,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from lib.errors import GapscopeError
-from lib.images import DecodeError, Prepare, decode_rgb, discover, open_folder, read_categories
+from lib.inputs.images import (
+    DecodeError,
+    Prepare,
+    decode_rgb,
+    discover,
+    open_folder,
+    read_categories,
+)
+from lib.runtime.errors import GapscopeError
 
 FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
@@ -116,7 +123,7 @@ def test_metadata_csv_edge_cases(tmp_path):
 
 
 def test_object_arrays_are_refused_without_unpickling(tmp_path):
-    from lib.images import open_array
+    from lib.inputs.images import open_array
 
     marker = tmp_path / "pwned"
     np.save(tmp_path / "x.npy", np.array([_Boom(str(marker))], dtype=object), allow_pickle=True)

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib.errors import GapscopeError
-from lib.images import (
+from lib.inputs.images import (
     Prepare,
     center_crop,
     check_common_size,
@@ -23,6 +22,7 @@ from lib.images import (
     resize_crop,
     sample_indices,
 )
+from lib.runtime.errors import GapscopeError
 from tests.conftest import one_line
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lib.memmap import release
+from lib.runtime.memmap import release
 
 
 def _rss_file_kib() -> int:
@@ -38,7 +38,7 @@ def test_release_of_written_pages_keeps_what_was_written(tmp_path):
 
 
 def test_file_rows_finds_the_file_and_first_row_of_a_view_and_nothing_else(tmp_path):
-    from lib.memmap import file_rows
+    from lib.runtime.memmap import file_rows
 
     np.save(tmp_path / "x.npy", np.zeros((10, 4), np.float32))
     x = np.load(tmp_path / "x.npy", mmap_mode="r")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lib.errors import GapscopeError
-from lib.neighbors import FAISS_FROM, choose_engine, knn
+from lib.analysis.neighbours import FAISS_FROM, choose_engine, knn
+from lib.runtime.errors import GapscopeError
 
 ENGINES = ["torch", "faiss"]  # faiss-cpu is in requirements-dev.txt
 
@@ -147,7 +147,7 @@ def test_column_blocks_give_the_same_neighbours(metric):
 def test_nearest_among_one_domain_are_the_exact_ones(metric, monkeypatch):
     """The gallery filtered to one domain: the exact nearest of that domain's rows, read
     in blocks, never the image itself."""
-    import lib.neighbors as neighbors
+    import lib.analysis.neighbours as neighbors
 
     monkeypatch.setattr(neighbors, "BLOCK", 70)  # several blocks
     rng = np.random.default_rng(4)
@@ -170,7 +170,7 @@ def test_nearest_among_one_domain_are_the_exact_ones(metric, monkeypatch):
 def test_distances_to_neighbours_another_engine_found_are_this_modules(metric):
     """What a run reports for neighbours cuML's multi-GPU search found: the distances a
     search here gives for the same pairs."""
-    from lib.neighbors import pair_distances
+    from lib.analysis.neighbours import pair_distances
 
     X = np.random.default_rng(3).normal(size=(700, 24)).astype(np.float32) * 3
     indices, distances = knn(X, 6, metric, engine="faiss")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from lib.images import Prepare
-from lib.objects import RoiPooler, crop_box
+from lib.features.objects import RoiPooler
+from lib.inputs.images import Prepare
+from lib.inputs.objects import crop_box
 
 # ---- an independent reference: detectron2's assignment and torchvision's ROIAlign, in
 # plain Python over numpy arrays (the algorithm as published, not the library's code)
@@ -155,7 +156,7 @@ def test_a_crop_is_the_box_with_its_margin_square_and_padded_past_the_edge():
 
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
-    from lib.backbones import create_backbone
+    from lib.features.backbones import create_backbone
     from tests.test_detectron2 import Spec, build
 
     root = tmp_path_factory.mktemp("d2")
@@ -168,8 +169,8 @@ def object_images(tmp_path_factory):
     """Two images of different sizes and aspects, boxes of every level's size."""
     from PIL import Image
 
-    from lib.images import open_folder
-    from lib.objects import ObjectImages, object_key
+    from lib.inputs.images import open_folder
+    from lib.inputs.objects import ObjectImages, object_key
 
     root = tmp_path_factory.mktemp("objects")
     rng = np.random.default_rng(3)
@@ -189,12 +190,13 @@ def test_objects_are_pooled_from_the_maps_of_the_image_the_detector_sees(detecto
     each box scaled with it and pooled by the reference on the reference's level."""
     from PIL import Image
 
-    from lib.objects import extract_objects
+    from lib import extract_objects
 
     assert detector.info["test_size"] == [448, 800]
     assert detector.info["roi_pooler"]["in_features"] == ["p2", "p3", "p4", "p5"]
     prepare = Prepare(resize="detector", test_size=(448, 800))
-    vectors, cached = extract_objects(detector, object_images, prepare, "roi", batch_size=1)
+    out = extract_objects(detector, object_images, prepare, "roi", batch_size=1)
+    vectors, cached = out.vectors, out.cached
     assert cached == 0 and list(vectors) == ["roi"] and vectors["roi"].shape == (6, 16)
     row, levels = 0, []
     for (_, record), boxes in zip(object_images.items, object_images.boxes, strict=True):
@@ -218,11 +220,11 @@ def test_objects_are_pooled_from_the_maps_of_the_image_the_detector_sees(detecto
 
 
 def test_a_batch_pads_as_detectron2_and_its_largest_image_pools_as_alone(detector, object_images):
-    from lib.objects import extract_objects
+    from lib import extract_objects
 
     prepare = Prepare(resize="detector", test_size=(448, 800))
-    alone, _ = extract_objects(detector, object_images, prepare, "levels", batch_size=1)
-    batched, _ = extract_objects(detector, object_images, prepare, "levels", batch_size=2)
+    alone = extract_objects(detector, object_images, prepare, "levels", batch_size=1).vectors
+    batched = extract_objects(detector, object_images, prepare, "levels", batch_size=2).vectors
     assert sorted(alone) == ["p2", "p3", "p4", "p5", "p6"]
     for lv in alone:  # image a (448×597) sets the batch's size; b is padded to it
         assert np.allclose(alone[lv][:4], batched[lv][:4], rtol=1e-5, atol=1e-5)
@@ -232,25 +234,30 @@ def test_a_batch_pads_as_detectron2_and_its_largest_image_pools_as_alone(detecto
 def test_crop_mode_runs_each_box_crop_as_an_image_and_the_cache_keeps_objects(
     detector, object_images, tmp_path
 ):
-    from lib.features import FeatureCache, pool
-    from lib.objects import crop_box, extract_objects
+    from lib import extract_objects
+    from lib.features.cache import FeatureCache
+    from lib.features.pooling import pool
+    from lib.inputs.objects import crop_box
 
     cache = FeatureCache(tmp_path, "objects")
-    first, cached = extract_objects(detector, object_images, Prepare(), "crop", margin=0.25,
-                                    crop_size=64, batch_size=4, cache=cache)  # fmt: skip
+    out = extract_objects(detector, object_images, Prepare(), "crop", margin=0.25, crop_size=64,
+                          batch_size=4, cache=cache)  # fmt: skip
+    first, cached = out.vectors, out.cached
     assert cached == 0 and sorted(first) == ["p2", "p3", "p4", "p5", "p6"]
     image_set, record = object_images.items[1]
     rgb = image_set.load(record, Prepare())
     crop = crop_box(rgb, object_images.boxes[1][0], 0.25, 64)
     want = pool(detector(crop[None])["p4"], "gap").numpy()[0]
     assert np.allclose(first["p4"][4], want, atol=1e-5)
-    again, cached = extract_objects(detector, object_images, Prepare(), "crop", margin=0.25,
-                                    crop_size=64, batch_size=4, cache=cache)  # fmt: skip
+    out = extract_objects(detector, object_images, Prepare(), "crop", margin=0.25, crop_size=64,
+                          batch_size=4, cache=cache)  # fmt: skip
+    again, cached = out.vectors, out.cached
     assert cached == 6 and all(np.array_equal(first[lv], again[lv]) for lv in first)
 
 
 def test_images_of_mixed_sizes_pool_only_their_own_part_of_a_padded_batch(detector, object_images):
-    from lib.features import extract, pool_valid
+    from lib import extract_images as extract
+    from lib.features.pooling import pool_valid
 
     fmap = torch.zeros(2, 3, 8, 8)
     fmap[1, :, :4, :6] = 1.0

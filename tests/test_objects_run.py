@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def run(object_store):
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     return RunStore(object_store[0]).open()
 

@@ -8,18 +8,18 @@ import pytest
 from typer.testing import CliRunner
 
 from batch.cli import app
-from lib.caricature_job import CaricatureJob
-from lib.errors import GapscopeError
-from lib.gap import GapParams
-from lib.pipeline import RunConfig
-from lib.reduce import TSNEParams, UMAPParams
+from lib.analysis.gap import GapParams
+from lib.analysis.reduce import TSNEParams, UMAPParams
+from lib.jobs.caricature import CaricatureJob
+from lib.jobs.run import RunConfig
+from lib.runtime.errors import GapscopeError
 
 
 @pytest.fixture()
 def seen(monkeypatch) -> list:
     """What `batch run` / `batch caricature` would compute with, instead of computing it."""
-    import lib.caricature_job
-    import lib.pipeline
+    import lib.jobs.caricature
+    import lib.jobs.run
 
     calls = []
 
@@ -27,8 +27,8 @@ def seen(monkeypatch) -> list:
         calls.append(config)
         raise GapscopeError("captured")
 
-    monkeypatch.setattr(lib.pipeline, "run", capture)
-    monkeypatch.setattr(lib.caricature_job, "run_caricatures", capture)
+    monkeypatch.setattr(lib.jobs.run, "run", capture)
+    monkeypatch.setattr(lib.jobs.caricature, "run_caricatures", capture)
     return calls
 
 
@@ -38,7 +38,7 @@ def invoke(*args: str):
 
 def test_run_without_options_uses_the_dataclass_defaults(seen, tmp_path):
     invoke("run", "--real", "r", "--synthetic", "s", "--results", tmp_path)
-    assert seen == [RunConfig(real=Path("r"), synthetic=Path("s"))]
+    assert seen == [RunConfig.of(real=Path("r"), synthetic=Path("s"))]
 
 
 def test_run_options_reach_every_nested_parameter(seen, tmp_path):
@@ -50,7 +50,7 @@ def test_run_options_reach_every_nested_parameter(seen, tmp_path):
         "--backbone", "resnet18:m.pth", "--precision", "fp32",
     )  # fmt: skip
     assert seen == [
-        RunConfig(
+        RunConfig.of(
             real=Path("r"),
             synthetic=Path("s"),
             k=4,

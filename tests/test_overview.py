@@ -39,15 +39,15 @@ def test_thinning_keeps_the_density_and_every_occupied_cell():
 @pytest.fixture(scope="module")
 def lopsided(tmp_path_factory):
     """80,000 synthetic and 2,000 real 16-d embeddings, projected with PCA."""
-    from lib.gap import GapParams
-    from lib.mixture import write_domain
-    from lib.pipeline import RunConfig, run
-    from lib.store import RunStore
+    from lib.analysis.gap import GapParams
+    from lib.inputs.mixture import write_domain
+    from lib.jobs.run import RunConfig, run
+    from lib.store.runs import RunStore
 
     root = tmp_path_factory.mktemp("lopsided")
     real = write_domain(root / "v", "real", 2_000, seed=1, dim=16)
     fake = write_domain(root / "v", "synthetic", 80_000, seed=2, dim=16, shift=1.0)
-    config = RunConfig(real=real, synthetic=fake, k=8, projections=("pca",), plots=False,
+    config = RunConfig.of(real=real, synthetic=fake, k=8, projections=("pca",), plots=False,
                        atlas_level="none",  # the overlap view's test: no atlas UMAP (30 s)
                        gap=GapParams(sample=1000, resamples=20))  # fmt: skip
     return run(config, RunStore(root / "results"))
@@ -100,7 +100,7 @@ def test_density_contours_come_from_every_point_as_a_small_grid(lopsided):
 
 
 def test_an_image_is_found_by_id_or_by_name(lopsided, tmp_path):
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     store = RunStore(lopsided.dir.parent.parent)
     _, gallery, info, row = views.find_image(store, [], "#17", lopsided.id, "embedding")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.store import overlap_plot_name
+from lib.store.runs import overlap_plot_name
 from tests.conftest import N_PER_DOMAIN, example_config
 
 pytestmark = pytest.mark.slow
@@ -114,8 +114,8 @@ def test_second_run_resumes_from_the_feature_cache(
     stays what the other tests expect, whatever order they run in."""
     import shutil
 
-    from lib.pipeline import run
-    from lib.store import RunStore
+    from lib.jobs.run import run
+    from lib.store.runs import RunStore
 
     shutil.copytree(results_dir / "cache", tmp_path / "cache")
     second = run(example_config(example_dir), RunStore(tmp_path))
@@ -149,7 +149,7 @@ def test_stored_pca_is_fitted_on_the_named_domain_only(published_run, fit_on):
 
 
 def test_stored_umap_of_the_fitted_domain_is_the_fits_own_embedding(published_run):
-    from lib.reduce import UMAPParams, UMAPProjector
+    from lib.analysis.reduce import UMAPParams, UMAPProjector
 
     real = _rows(published_run, "real")
     X = np.asarray(published_run.features("c2"), dtype=np.float32)
@@ -183,9 +183,9 @@ def test_a_failure_after_extraction_publishes_nothing_and_the_rerun_uses_the_cac
 ):
     import shutil
 
-    import lib.pipeline
-    from lib.pipeline import run
-    from lib.store import RunStore
+    import lib.jobs.run
+    from lib.jobs.run import run
+    from lib.store.runs import RunStore
 
     shutil.copytree(results_dir, tmp_path / "store", symlinks=True)
     store = RunStore(tmp_path / "store")
@@ -195,7 +195,7 @@ def test_a_failure_after_extraction_publishes_nothing_and_the_rerun_uses_the_cac
     def broken(*args, **kwargs):
         raise RuntimeError("the gap stage failed")
 
-    monkeypatch.setattr(lib.pipeline, "measure_gap", broken)
+    monkeypatch.setattr(lib.jobs.run, "measure_gap", broken)
     with pytest.raises(RuntimeError, match="gap stage failed"):
         run(example_config(example_dir), store)
     assert store.latest_id() == before and store.run_ids() == [before]
@@ -215,12 +215,12 @@ def test_projections_run_where_the_backend_says(
     import dataclasses
     import shutil
 
-    import lib.backend
-    import lib.pipeline
-    from lib.pipeline import RunConfig, run
-    from lib.store import RunStore
+    import lib.jobs.run
+    import lib.runtime.backend
+    from lib.jobs.run import RunConfig, run
+    from lib.store.runs import RunStore
 
-    real_choose, real_project = lib.backend.choose_backend, lib.pipeline.project
+    real_choose, real_project = lib.runtime.backend.choose_backend, lib.jobs.run.measure.project
     used = []
 
     def marked(*args, **kwargs):
@@ -232,10 +232,10 @@ def test_projections_run_where_the_backend_says(
             p.backend = "cpu"  # computed on the CPU all the same
         return real_project(vectors, rows, projectors, progress)
 
-    monkeypatch.setattr(lib.backend, "choose_backend", marked)
-    monkeypatch.setattr(lib.pipeline, "project", project)
+    monkeypatch.setattr(lib.jobs.run, "choose_backend", marked)
+    monkeypatch.setattr(lib.jobs.run.measure, "project", project)
     shutil.copytree(results_dir / "cache", tmp_path / "cache")
-    config = RunConfig(example_dir / "real", example_dir / "synthetic", k=4,
+    config = RunConfig.of(example_dir / "real", example_dir / "synthetic", k=4,
                        projections=("pca", "umap"), plots=False)  # fmt: skip
     published = run(config, RunStore(tmp_path))
     assert used == ["marker", "marker", "marker"]  # PCA, UMAP and the atlas's UMAP

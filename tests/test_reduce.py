@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from sklearn.manifold import trustworthiness
 
-from lib.errors import GapscopeError
-from lib.reduce import (
+from lib.analysis.reduce import (
     TSNEParams,
     UMAPParams,
     UMAPProjector,
@@ -17,6 +16,7 @@ from lib.reduce import (
     create_projector,
     fit_and_map,
 )
+from lib.runtime.errors import GapscopeError
 
 
 def two_blobs(n: int, d: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -146,8 +146,8 @@ def test_projection_errors_are_one_line():
 def test_tsne_of_too_many_points_for_the_cpu_is_refused_before_any_work():
     from conftest import one_line
 
-    from lib.errors import GapscopeError
-    from lib.reduce import TSNE_CPU_MAX, TSNEProjector
+    from lib.analysis.reduce import TSNE_CPU_MAX, TSNEProjector
+    from lib.runtime.errors import GapscopeError
 
     TSNEProjector().check(1000, TSNE_CPU_MAX)  # at the limit: fine
     with pytest.raises(GapscopeError) as exc:

@@ -15,8 +15,8 @@ import pytest
 from conftest import ROOT, one_line
 from test_store import write_run
 
-from lib.errors import GapscopeError
-from lib.store import OWNER, RunStore
+from lib.runtime.errors import GapscopeError
+from lib.store.runs import OWNER, RunStore
 
 
 def _publish(store: RunStore, n: int = 1) -> list[str]:
@@ -104,7 +104,7 @@ def test_batch_prune_and_nightly_keep(tmp_path):
 
 
 def test_two_runs_at_once_both_publish_whole_runs(tmp_path):
-    from lib.mixture import write_pair
+    from lib.inputs.mixture import write_pair
 
     real, fake = write_pair(tmp_path / "v", 300, 300, dim=8)
     cmd = [sys.executable, "-m", "batch", "run", "--real", str(real), "--synthetic", str(fake),

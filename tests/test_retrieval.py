@@ -1,4 +1,4 @@
-"""Retrieval evaluation (lib.retrieval): metrics against values computed by hand, ties,
+"""Retrieval evaluation (lib.jobs.retrieval): metrics against values computed by hand, ties,
 queries without a match, sets, the CLI, and the demo's Retrieval tab."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from lib.errors import GapscopeError
-from lib.retrieval import RetrievalJob, evaluate, retrieve, run_retrieval, scores
+from lib.jobs.retrieval import RetrievalJob, evaluate, retrieve, run_retrieval, scores
+from lib.runtime.errors import GapscopeError
 from tests.conftest import one_line
 from tests.test_cli import assert_one_line_error, batch
 
@@ -65,7 +65,7 @@ def test_cosine_retrieval_ignores_length():
 
 @pytest.fixture(scope="module")
 def store(published_run, tmp_path_factory):
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     results = tmp_path_factory.mktemp("retrieval") / "results"
     shutil.copytree(published_run.dir.parent.parent, results, symlinks=True)
@@ -105,7 +105,7 @@ def test_bad_sets_and_levels_are_one_line_errors(store):
 
 
 def test_a_tag_names_a_set(store):
-    from lib.annotations import Annotations, keys_of
+    from lib.store.annotations import Annotations, keys_of
 
     run = store.open()
     rows = np.flatnonzero(run.images["domain"].to_numpy() == "synthetic")[:12]
@@ -159,7 +159,7 @@ def test_map_at_r_sees_the_whole_class_when_it_fills_the_gallery():
 def test_a_split_and_a_domain_within_it_name_sets():
     import pandas as pd
 
-    from lib.retrieval import resolve_set
+    from lib.jobs.retrieval import resolve_set
 
     images = pd.DataFrame({
         "domain": ["real"] * 4 + ["synthetic"] * 4, "hash": list("abcdefgh"),

@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 from PIL import Image
 
-from lib.store import RunStore
+from lib.store.runs import RunStore
 
 
 def _photos(folder, n: int, seed: int, side: int = 160) -> None:
@@ -81,14 +81,14 @@ def test_a_run_killed_during_extraction_resumes_with_identical_features(tmp_path
 
 
 def _clustered(n: int, d: int = 32, seed: int = 0) -> np.ndarray:
-    from lib.mixture import mixture_block
+    from lib.inputs.mixture import mixture_block
 
     return mixture_block(n, np.random.default_rng(seed), dim=d, latent=6, clusters=8)[0]
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_approximate_neighbours_report_the_recall_they_reach(metric):
-    from lib.neighbors import knn, knn_report, recall_at_k
+    from lib.analysis.neighbours import knn, knn_report, recall_at_k
 
     X = _clustered(6000)
     idx, dist, report = knn_report(X, 10, metric, engine="hnsw", seed=3)
@@ -110,8 +110,8 @@ def test_approximate_neighbours_report_the_recall_they_reach(metric):
 def test_approximate_neighbours_hold_their_recall_when_read_in_many_blocks(monkeypatch):
     """Features are read a block at a time; the graph must still be one graph (FAISS
     built a poor one from several adds: recall 0.57 at 1M + 1M)."""
-    import lib.neighbors as neighbors
-    from lib.mixture import mixture_block
+    import lib.analysis.neighbours as neighbors
+    from lib.inputs.mixture import mixture_block
 
     monkeypatch.setattr(neighbors, "BLOCK", 12_500)  # four blocks: 0.91 from four adds
     X = np.concatenate(
@@ -127,7 +127,7 @@ def test_approximate_neighbours_hold_their_recall_when_read_in_many_blocks(monke
 
 
 def test_search_widens_until_the_probe_reaches_the_target(monkeypatch):
-    import lib.neighbors as neighbors
+    import lib.analysis.neighbours as neighbors
 
     X = np.random.default_rng(0).normal(size=(4000, 48)).astype(np.float32)  # hard: isotropic
     monkeypatch.setattr(neighbors, "TARGET_RECALL", 0.99)
@@ -136,13 +136,13 @@ def test_search_widens_until_the_probe_reaches_the_target(monkeypatch):
 
 
 def test_a_large_run_stores_its_measured_recall(tmp_path, monkeypatch):
-    import lib.neighbors as neighbors
-    from lib.mixture import write_pair
-    from lib.pipeline import RunConfig, run
+    import lib.analysis.neighbours as neighbors
+    from lib.inputs.mixture import write_pair
+    from lib.jobs.run import RunConfig, run
 
     monkeypatch.setattr(neighbors, "EXACT_UP_TO", 1000)  # as if this run were large
     real, fake = write_pair(tmp_path / "v", 1500, 1200, dim=32)
-    published = run(RunConfig(real=real, synthetic=fake, plots=False, projections=("pca",)),
+    published = run(RunConfig.of(real=real, synthetic=fake, plots=False, projections=("pca",)),
                     RunStore(tmp_path / "results"))  # fmt: skip
     report = published.manifest["neighbors"]["embedding"]
     assert report["engine"] == "hnsw" and report["recall_at_k"] >= 0.95
@@ -155,8 +155,8 @@ def test_a_large_run_stores_its_measured_recall(tmp_path, monkeypatch):
 
 
 def test_umap_fitted_on_a_sample_places_every_other_point_by_its_cluster():
-    from lib.mixture import mixture_block
-    from lib.reduce import UMAPParams, UMAPProjector
+    from lib.analysis.reduce import UMAPParams, UMAPProjector
+    from lib.inputs.mixture import mixture_block
 
     rng = np.random.default_rng(0)
     x, labels = mixture_block(6000, rng, dim=32, latent=6, clusters=5)
@@ -170,7 +170,7 @@ def test_umap_fitted_on_a_sample_places_every_other_point_by_its_cluster():
     # measured 0.99 for both: placing without epochs loses nothing here
     assert probe["trustworthiness_placement"] >= probe["trustworthiness_transform"] - 0.02
     # every placed point lands among the fitted points of its own blob
-    from lib.neighbors import nearest_in
+    from lib.analysis.neighbours import nearest_in
 
     fitted = np.sort(np.random.default_rng(42).choice(6000, 1500, replace=False))
     ref, ref_labels = p.embedding_[fitted], labels[fitted]
@@ -185,7 +185,7 @@ def test_umap_fitted_on_a_sample_places_every_other_point_by_its_cluster():
 def test_gap_on_a_sample_equals_the_gap_of_that_sample_and_scores_every_image():
     from scipy.spatial.distance import cdist
 
-    from lib.gap import GapParams, level_gap
+    from lib.analysis.gap import GapParams, level_gap
 
     real = _clustered(3000, seed=1)
     fake = _clustered(2500, seed=2) + 0.3

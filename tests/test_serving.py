@@ -32,9 +32,9 @@ def _photo(path, width: int, height: int, seed: int, orientation: int | None = N
 def hosted(tmp_path_factory):
     """A run of large photos (one stored sideways with an EXIF orientation), with a
     notes.txt and a .env beside them, served by the demo on its defaults."""
-    from lib.gap import GapParams
-    from lib.pipeline import RunConfig, run
-    from lib.store import RunStore
+    from lib.analysis.gap import GapParams
+    from lib.jobs.run import RunConfig, run
+    from lib.store.runs import RunStore
 
     root = tmp_path_factory.mktemp("hosted")
     for domain, seed in (("real", 0), ("synthetic", 100)):
@@ -46,7 +46,7 @@ def hosted(tmp_path_factory):
         (folder / ".env").write_text("TOKEN=secret")
     # sideways on disk, upright by its tag: 1500 wide stored, shown 900 × 1500
     _photo(root / "real" / "12_tall.jpg", 1500, 900, 7, orientation=6)
-    config = RunConfig(real=root / "real", synthetic=root / "synthetic", resize=64, k=4,
+    config = RunConfig.of(real=root / "real", synthetic=root / "synthetic", resize=64, k=4,
                        projections=("pca",), plots=False,
                        gap=GapParams(k=3, resamples=20, min_cluster_size=3))  # fmt: skip
     published = run(config, RunStore(root / "results"))
@@ -122,7 +122,7 @@ def test_a_first_start_serves_a_building_page_that_hands_over_to_the_demo(tmp_pa
     from conftest import free_port
     from test_store import write_run
 
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     results = tmp_path / "results"
     results.mkdir()
@@ -204,7 +204,7 @@ def test_a_public_demo_is_read_only_unless_given_a_write_token(published_run, re
     import httpx
     from gradio_client import Client
 
-    from lib.annotations import Annotations
+    from lib.store.annotations import Annotations
 
     def elem_ids(url) -> set:
         config = httpx.get(f"{url}config", timeout=30).json()
@@ -238,7 +238,7 @@ def test_the_demo_killed_in_a_burst_of_edits_loses_no_committed_one(published_ru
 
     from gradio_client import Client
 
-    from lib.annotations import Annotations
+    from lib.store.annotations import Annotations
 
     results = tmp_path / "results"
     shutil.copytree(published_run.dir.parent.parent, results, symlinks=True,

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.errors import GapscopeError
-from lib.store import Run, RunStore, RunWriter
+from lib.runtime.errors import GapscopeError
+from lib.store.runs import Run, RunStore, RunWriter
 
 LEVELS = ["p2", "p3"]
 
@@ -178,7 +178,7 @@ def test_run_ids_are_newest_first(tmp_path):
 
 
 def test_a_derived_run_shares_files_and_leaves_the_base_untouched(tmp_path):
-    from lib.store import RunStore
+    from lib.store.runs import RunStore
 
     store = RunStore(tmp_path)
     first = store.begin()

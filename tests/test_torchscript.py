@@ -11,9 +11,9 @@ import torch
 import torchvision
 from torch import nn
 
-from lib.backbones.torchscript import ScriptLayerFn, load_torchscript
-from lib.caricature import CaricatureParams, compute, layer_fn, resolve_layer
-from lib.errors import GapscopeError
+from lib.analysis.caricature import CaricatureParams, compute, layer_fn, resolve_layer
+from lib.features.backbones.torchscript import ScriptLayerFn, load_torchscript
+from lib.runtime.errors import GapscopeError
 from tests.conftest import one_line
 from tests.test_caricature import HALF, MILD, smooth_images, tiny_cnn
 

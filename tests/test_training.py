@@ -1,5 +1,5 @@
-"""`batch train classifier` (lib.training) and its models as backbones
-(lib.backbones.trained): tiny CPU runs on the session's example."""
+"""`batch train classifier` (lib.jobs.training) and its models as backbones
+(lib.features.backbones.trained): tiny CPU runs on the session's example."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib.errors import GapscopeError
-from lib.training import Schedule, TrainJob, train_classifier
+from lib.jobs.training import Schedule, TrainJob, train_classifier
+from lib.runtime.errors import GapscopeError
 from tests.conftest import ROOT, one_line
 
 pytestmark = pytest.mark.slow
@@ -88,8 +88,8 @@ def test_a_killed_training_resumes_to_the_same_model(example_dir, trained, tmp_p
 
 
 def test_a_trained_model_is_a_backbone_whose_extraction_leaves_batchnorm_alone(trained):
-    from lib.backbones import create_backbone
-    from lib.example import real_digits, to_rgb
+    from lib.features.backbones import create_backbone
+    from lib.inputs.example import real_digits, to_rgb
 
     backbone = create_backbone(f"trained:{trained}")
     assert backbone.levels == ("c1", "c2", "c3", "c4", "c5")
@@ -111,7 +111,7 @@ def test_training_errors_are_one_line(example_dir, trained, tmp_path):
     with pytest.raises(GapscopeError) as exc:
         Schedule(val_share=1.5)
     assert "--val-share 1.5" in one_line(exc)
-    from lib.backbones import create_backbone
+    from lib.features.backbones import create_backbone
 
     with pytest.raises(GapscopeError) as exc:
         create_backbone(f"trained:{tmp_path / 'nothing'}")
@@ -121,7 +121,7 @@ def test_training_errors_are_one_line(example_dir, trained, tmp_path):
 def test_the_protocol_tests_three_models_on_the_same_held_out_real_images(example_dir, tmp_path):
     import json
 
-    from lib.training import ProtocolJob, run_protocol
+    from lib.jobs.training import ProtocolJob, run_protocol
 
     small = Schedule(epochs=2, warmup_epochs=1, batch_size=16, image_size=32)
     job = ProtocolJob(real=example_dir / "real", synthetic=example_dir / "synthetic",
@@ -154,11 +154,11 @@ def test_the_protocol_tests_three_models_on_the_same_held_out_real_images(exampl
 
 def test_a_run_with_the_trained_model_shows_its_training_curves(example_dir, trained):
     from demo import retrieval as view
-    from lib.pipeline import RunConfig, run
-    from lib.store import RunStore
+    from lib.jobs.run import RunConfig, run
+    from lib.store.runs import RunStore
 
     store = RunStore(trained.parent.parent)  # the results folder the model was trained in
-    config = RunConfig(real=example_dir / "real", synthetic=example_dir / "synthetic",
+    config = RunConfig.of(real=example_dir / "real", synthetic=example_dir / "synthetic",
                        backbone="trained:digits", projections=("pca",), atlas_level="none",
                        attribution=0, plots=False)  # fmt: skip
     published = run(config, store)
@@ -171,7 +171,7 @@ def test_a_run_with_the_trained_model_shows_its_training_curves(example_dir, tra
 
 
 def test_metric_learning_brings_a_class_together(example_dir, tmp_path):
-    from lib.training import MetricJob, train_metric
+    from lib.jobs.training import MetricJob, train_metric
 
     job = MetricJob(name="metric", data=[example_dir / "real", example_dir / "synthetic"],
                     schedule=Schedule(**SMALL), embedding=32)  # fmt: skip
@@ -196,7 +196,7 @@ def test_metric_learning_brings_a_class_together(example_dir, tmp_path):
 
 
 def test_offline_mining_draws_a_positive_and_a_negative_nearer_than_it():
-    from lib.training import mine_triplets
+    from lib.jobs.training import mine_triplets
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 6)

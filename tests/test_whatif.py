@@ -1,6 +1,6 @@
-"""What-if experiments: the transforms (lib.transforms), paired comparisons
-(lib.gap.paired), the job on a case with a known answer (lib.whatif), its CLI errors and
-the demo's What if tab (demo.whatif)."""
+"""What-if experiments: the transforms (lib.inputs.transforms), paired comparisons
+(lib.analysis.gap.paired), the job on a case with a known answer (lib.jobs.whatif), its
+CLI errors and the demo's What if tab (demo.whatif)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from lib.errors import GapscopeError
-from lib.transforms import TRANSFORMS, Reference, channel_histogram, parse_transform, reference_cdf
+from lib.inputs.transforms import (
+    TRANSFORMS,
+    Reference,
+    channel_histogram,
+    parse_transform,
+    reference_cdf,
+)
+from lib.runtime.errors import GapscopeError
 from tests.conftest import one_line
 from tests.test_cli import assert_one_line_error, batch
 
 
 def digits_batch(n: int = 8) -> torch.Tensor:
     """(n, 3, 64, 64) uint8 photo-like digits."""
-    from lib.example import real_digits, soft_rgb
+    from lib.inputs.example import real_digits, soft_rgb
 
     digits, _ = real_digits(n, seed=3)
     return torch.from_numpy(soft_rgb(digits)).permute(0, 3, 1, 2).contiguous()
@@ -140,8 +146,8 @@ def test_bad_transforms_are_one_line_errors(text, words):
 
 
 def test_a_variant_that_undoes_the_shift_closes_the_gap_and_a_copy_is_within_noise():
-    from lib.gap import GapParams
-    from lib.gap.paired import Comparison
+    from lib.analysis.gap import GapParams
+    from lib.analysis.gap.paired import Comparison
 
     rng = np.random.default_rng(0)
     real = rng.normal(size=(300, 8))
@@ -242,7 +248,7 @@ def test_a_run_without_whatif_says_how_to_make_one(filter_gap_store):
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu"])
 def test_a_device_that_is_not_one_is_a_one_line_error(device):
-    from lib.whatif import WhatIfJob
+    from lib.jobs.whatif import WhatIfJob
 
     with pytest.raises(GapscopeError) as exc:
         WhatIfJob(device=device)
@@ -250,7 +256,7 @@ def test_a_device_that_is_not_one_is_a_one_line_error(device):
 
 
 def test_cuda_without_a_gpu_is_a_one_line_error():
-    from lib.whatif import WhatIfJob
+    from lib.jobs.whatif import WhatIfJob
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -1,0 +1,145 @@
+"""The gap of variants of one synthetic sample against one real sample, and how much
+each variant moved it, with paired intervals.
+
+What-if experiments (lib.jobs.whatif) transform the same synthetic images several ways and
+ask which change closes the gap. Every variant is measured against the same real sample,
+standardised with the same real statistics, with the same random streams (the same
+classifier folds, the same FD subsample), so their numbers differ only by what the
+transform did. Each variant's change from the baseline (the untransformed images) gets an
+interval from resampling both variants together, images paired: a change whose interval
+holds 0 is within noise, however different the two values look.
+
+- FD at equal N, with the half-sampling interval of lib.analysis.gap.frechet;
+- coverage (Naeem et al. 2020) with its Wilson interval: per real image, covered or not;
+- the domain classifier's cross-validated AUC with its bootstrap interval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lib.analysis.gap import GapParams, _Standardiser
+from lib.analysis.gap.classifier import classifier_test, rank_auc
+from lib.analysis.gap.frechet import (
+    PERCENTILES_FROM,
+    affordable_resamples,
+    fd_interval,
+    frechet_distance,
+    frechet_from_factors,
+    sample_factor,
+)
+from lib.analysis.gap.prdc import kth_neighbour_radii, prdc
+from lib.analysis.gap.records import auc_record, record, wilson
+
+METRICS = ("fd", "coverage", "auc")
+
+
+@dataclass
+class VariantGap:
+    """One variant's gap at one level, and what its paired comparisons need."""
+
+    records: dict  # fd, coverage, auc: lib.analysis.gap.records' shape
+    fake: np.ndarray  # the variant's features at equal N with the real sample (float64)
+    covered: np.ndarray  # per real image
+    p_synthetic: np.ndarray  # out of fold: the real images', then the variant's
+
+
+class Comparison:
+    """The real sample at one level, against which every variant is measured."""
+
+    def __init__(self, real: np.ndarray, params: GapParams, device: str = "cpu"):
+        self.params, self.device = params, device
+        self.real = np.asarray(real, dtype=np.float64)
+        self.scale = _Standardiser.of(self.real)
+        self.zr = self.scale(self.real)
+        self.radii = kth_neighbour_radii(self.zr, params.k, device)
+
+    def measure(self, fake: np.ndarray) -> VariantGap:
+        p = self.params
+        fake = np.asarray(fake, dtype=np.float64)
+        n = min(len(self.real), len(fake))  # FD at equal N, the first n of each (seeded)
+        fd = frechet_distance(self.real[:n], fake[:n])
+        ci, how = fd_interval(self.real[:n], fake[:n], fd, p.resamples, self._rng(0))
+        zf = self.scale(fake)
+        balls = prdc(self.zr, zf, p.k, (self.radii, kth_neighbour_radii(zf, p.k, self.device)),
+                     self.device)  # fmt: skip
+        n_r = len(self.zr)
+        clf = classifier_test(self.zr, zf, p.folds, p.classifier_max, self._rng(1), p.resamples)
+        records = {
+            "fd": record(fd, ci, n, **how),
+            "coverage": record(balls.coverage, wilson(int(balls.covered.sum()), n_r), n_r),
+            "auc": auc_record(clf),
+        }
+        p_synthetic = np.r_[clf["p_synthetic_real"], clf["p_synthetic_fake"]]
+        return VariantGap(records, fake[:n], balls.covered, p_synthetic)
+
+    def change(self, base: VariantGap, other: VariantGap) -> dict:
+        """`other` − `base` per metric, {value, ci95, within_noise}; `gap_closed` for FD
+        and AUC: the share of the baseline's distance from no gap that the change removes
+        (AUC's no gap is 0.5; FD's is 0, which finite samples never reach)."""
+        rng = self._rng(2)
+        out = {
+            "fd": self._fd_change(base, other, rng),
+            "coverage": self._coverage_change(base, other, rng),
+            "auc": self._auc_change(base, other, rng),
+        }
+        for name, floor in (("fd", 0.0), ("auc", 0.5)):
+            distance = base.records[name]["value"] - floor
+            closed = -out[name]["value"] / distance if distance > 1e-12 else 0.0
+            out[name]["gap_closed"] = float(closed)
+        return out
+
+    def _rng(self, stream: int) -> np.random.Generator:
+        # the same streams for every variant: its numbers are paired with the baseline's
+        return np.random.default_rng(np.random.SeedSequence(self.params.seed).spawn(3)[stream])
+
+    def _coverage_change(self, base, other, rng) -> dict:
+        diff = other.covered.astype(float) - base.covered.astype(float)
+        idx = rng.integers(0, len(diff), (self.params.resamples, len(diff)))
+        return _change(diff.mean(), diff[idx].mean(axis=1))
+
+    def _auc_change(self, base, other, rng) -> dict:
+        n_r = len(self.zr)
+        y_b = np.r_[np.zeros(n_r, bool), np.ones(len(base.p_synthetic) - n_r, bool)]
+        y_o = np.r_[np.zeros(n_r, bool), np.ones(len(other.p_synthetic) - n_r, bool)]
+        value = rank_auc(y_o, other.p_synthetic) - rank_auc(y_b, base.p_synthetic)
+        n_f = min(len(y_b), len(y_o)) - n_r  # the pairs: the same synthetic images
+        boot = []
+        for _ in range(self.params.resamples):  # the same images drawn for both variants
+            r, f = rng.integers(0, n_r, n_r), n_r + rng.integers(0, n_f, n_f)
+            idx = np.r_[r, f]
+            boot.append(rank_auc(y_o[idx], other.p_synthetic[idx])
+                        - rank_auc(y_b[idx], base.p_synthetic[idx]))  # fmt: skip
+        return _change(value, np.asarray(boot))
+
+    def _fd_change(self, base, other, rng) -> dict:
+        """Half-sampling as in lib.analysis.gap.frechet, each half the same images for both
+        variants: the spread of the halves' FD differences stands for the difference's."""
+        n = min(len(base.fake), len(other.fake))
+        value = other.records["fd"]["value"] - base.records["fd"]["value"]
+        resamples = affordable_resamples(self.params.resamples, self.real.shape[1])
+        halves = []
+        for _ in range(resamples):
+            half = rng.permutation(n)[: n // 2]
+            real = sample_factor(self.real[half])
+            fds = [frechet_from_factors(*real, *sample_factor(v.fake[half]), fast=True)
+                   for v in (other, base)]  # fmt: skip
+            halves.append(fds[0] - fds[1])
+        halves = np.asarray(halves)
+        rate = np.sqrt((n // 2) / (n - n // 2))  # as lib.analysis.gap.frechet: 1 for even n
+        return _change(value, value + rate * (halves - np.median(halves)))
+
+
+def _change(value: float, resampled: np.ndarray) -> dict:
+    """A change with the basic (pivot) 95 % interval of its resamples (normal with fewer
+    than PERCENTILES_FROM), and whether that interval holds 0."""
+    deltas = resampled - np.median(resampled)
+    if len(deltas) >= PERCENTILES_FROM:
+        lo, hi = np.percentile(deltas, [2.5, 97.5])
+    else:
+        hi = 1.96 * deltas.std(ddof=1)
+        lo = -hi
+    ci = [float(value - hi), float(value - lo)]
+    return {"value": float(value), "ci95": ci, "within_noise": bool(ci[0] <= 0 <= ci[1])}
