@@ -14,6 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from demo import atlas, caricatures, overlap, report, retrieval, whatif
+from demo.api import add_endpoints, keep_private
 from demo.curation import Editing
 from demo.runs import ASSETS, banner, open_id, open_run, run_choices
 from demo.static_paths import set_static_paths
@@ -95,6 +96,8 @@ def build_app(
         for tab in tabs.values():
             run_dd.change(partial(tab.on_run, store), [run_dd, *tab.inputs], tab.outputs)
         app.load(partial(refresh, store), run_dd, run_dd)
+        add_endpoints(store)
+    keep_private(app)
     # every event only reads published runs: run them side by side rather than one at a
     # time, and answer "queue full" rather than let a crowd wait without end
     app.queue(default_concurrency_limit=CONCURRENT_EVENTS, max_size=queue_size,

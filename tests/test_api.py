@@ -98,3 +98,19 @@ def test_every_flag_of_every_batch_command_is_in_the_readme():
         if not re.search(re.escape(flag.replace("--no-", "--")) + r"(?![\w-])", text)
     ]
     assert not missing, f"undocumented: {', '.join(missing)}"
+
+
+def test_a_client_gets_the_gap_table_and_neighbours_from_the_served_demo(demo_url, published_run):
+    """The README's gradio_client calls, against a served demo: named endpoints only."""
+    from gradio_client import Client
+
+    client = Client(demo_url, verbose=False)
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/list_runs", "/gap_table", "/neighbours", "/select_point"} <= names
+    assert not [n for n in names if n.startswith(("/partial", "/lambda", "/on_run"))], names
+    assert published_run.id in [r["id"] for r in client.predict(api_name="/list_runs")]
+    rows = client.predict(published_run.id, api_name="/gap_table")
+    want = gapscope.gap_table(published_run)
+    assert len(rows) == len(want) and rows[0]["value"] == want.value.iloc[0]
+    near = client.predict(published_run.id, "c3", 0, api_name="/neighbours")
+    assert [r["id"] for r in near] == published_run.neighbors("c3")[0][0].tolist()
