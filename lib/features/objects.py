@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import ClassVar
 
@@ -235,17 +235,7 @@ class Objects:
             [self.images.boxes[u] for u in units],
             [self.images.keys[u] for u in units],
         )
-        return Objects(
-            images,
-            self.prepare,
-            self.mode,
-            self.pooler,
-            self.backbone_levels,
-            self.pooling,
-            self.margin,
-            self.crop_size,
-            self.batch_size,
-        )
+        return replace(self, images=images)
 
     def describe(self) -> str:
         """How the objects are pooled, as the feature cache's key names it."""

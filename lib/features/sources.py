@@ -4,7 +4,7 @@ row per image and level."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -71,7 +71,7 @@ class Images:
 
     def part(self, units: Sequence[int]) -> Images:
         items = [(loader_of(images), record) for images, record in (self.items[u] for u in units)]
-        return Images(items, self.prepare, self.levels, self.pooling, self.batch_size)
+        return replace(self, items=items)
 
     def describe(self) -> str:
         """How the images are pooled, as the feature cache's key names it."""

@@ -18,6 +18,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -305,7 +306,7 @@ class Variants:
     def levels(self) -> tuple:
         return tuple((v.key, lv) for v in self.variants for lv in self.measured)
 
-    @property
+    @cached_property
     def keys(self) -> list[str]:
         return list(self.images.columns[3])
 

@@ -71,12 +71,12 @@ class Executor:
     ) -> None:
         """`units` of `source` through `backbone`, their rows into `out` and the cache (a
         shard written as each fills), `advance(rows)` after each batch."""
-        b = self.backend
+        b, keys = self.backend, source.keys
         shard = Shard(cache)
         for part, pooled in batches(source, backbone, units, b.device, b.precision, b.workers):
             rows = source.rows(part)
             out.put_rows(rows, pooled)
-            shard.add([source.keys[r] for r in rows], pooled)
+            shard.add([keys[r] for r in rows], pooled)
             advance(len(rows))
         shard.flush()
 
