@@ -104,8 +104,11 @@ def export(
         text = curation.corrected_metadata(run, notes, domain, removed)
     elif fmt in ("csv", "json"):
         frame = curation.annotated(run, notes, tag=only_tag)
-        text = (curation.to_csv(frame) if fmt == "csv"
-                else curation.to_json(frame, run.id, notes.last_seq()))  # fmt: skip
+        text = (
+            curation.to_csv(frame)
+            if fmt == "csv"
+            else curation.to_json(frame, run.id, notes.last_seq())
+        )
     else:
         raise GapscopeError(f"--format {fmt!r}: choose csv, json or metadata")
     if out is None:

@@ -194,9 +194,11 @@ def whatif(
     with progress_for_terminal(_stderr()) as progress:
         published = run_whatif(job, RunStore(results), progress)
     out = published.whatif
-    typer.echo(f"published run {published.id} with {len(out['variants'])} what-if variants "
-               f"of {out['samples']['synthetic']} synthetic images "
-               f"({out['images_per_second']:.1f} images × variants per second)")  # fmt: skip
+    typer.echo(
+        f"published run {published.id} with {len(out['variants'])} what-if variants "
+        f"of {out['samples']['synthetic']} synthetic images "
+        f"({out['images_per_second']:.1f} images × variants per second)"
+    )
     for line in out["findings"]:
         typer.echo(f"  {line}")
 
@@ -212,32 +214,38 @@ def retrieval(job: RetrievalJob, results: ResultsOpt = RESULTS) -> None:
 
     published = run_retrieval(job, RunStore(results))
     out = published.retrievals[job.name]
-    typer.echo(f"published run {published.id}: {out['n_query']} {job.query} queries against "
-               f"{out['n_gallery']} {job.gallery} images (k={job.k})")  # fmt: skip
+    typer.echo(
+        f"published run {published.id}: {out['n_query']} {job.query} queries against "
+        f"{out['n_gallery']} {job.gallery} images (k={job.k})"
+    )
     for level, m in out["levels"].items():
         r = m["recall_at"]
-        typer.echo(f"  {level}: pass {m['pass']['value']:.3f}  recall@1 {r['1']['value']:.3f}  "
-                   f"@5 {r['5']['value']:.3f}  @10 {r['10']['value']:.3f}  "
-                   f"mAP@R {m['map_at_r']['value']:.3f}")  # fmt: skip
+        typer.echo(
+            f"  {level}: pass {m['pass']['value']:.3f}  recall@1 {r['1']['value']:.3f}  "
+            f"@5 {r['5']['value']:.3f}  @10 {r['10']['value']:.3f}  "
+            f"mAP@R {m['map_at_r']['value']:.3f}"
+        )
 
 
 def _train(train_it, job, results: Path, validated_by: str) -> None:
     """Run a training, a line per epoch, and say how to use the model."""
 
     def report(epoch: int, epochs: int, row: dict) -> None:
-        typer.echo(f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, validation "
-                   f"loss {row['val_loss']:.4f}, {validated_by} {row['val_accuracy']:.3f} "
-                   f"({row['seconds']:.1f} s)")  # fmt: skip
+        typer.echo(
+            f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, validation "
+            f"loss {row['val_loss']:.4f}, {validated_by} {row['val_accuracy']:.3f} "
+            f"({row['seconds']:.1f} s)"
+        )
 
     out = train_it(job, results, report)
-    typer.echo(f"model in {out} (best.pt, training.csv): use it with --backbone "
-               f"trained:{job.name}")  # fmt: skip
+    typer.echo(f"model in {out} (best.pt, training.csv): use it with --backbone trained:{job.name}")
 
 
 @train.command("classifier")
 @options_from(TrainJob)
-def train_classifier(job: TrainJob, results: ResultsOpt = RESULTS,
-                     verbose: VerboseOpt = False) -> None:  # fmt: skip
+def train_classifier(
+    job: TrainJob, results: ResultsOpt = RESULTS, verbose: VerboseOpt = False
+) -> None:
     """Fine-tune a backbone with a classification head on labelled images; resumes a
     killed job from its last finished epoch. Then: --backbone trained:NAME."""
     _setup_logging(verbose)
@@ -248,8 +256,9 @@ def train_classifier(job: TrainJob, results: ResultsOpt = RESULTS,
 
 @train.command("metric")
 @options_from(MetricJob)
-def train_metric(job: MetricJob, results: ResultsOpt = RESULTS,
-                 verbose: VerboseOpt = False) -> None:  # fmt: skip
+def train_metric(
+    job: MetricJob, results: ResultsOpt = RESULTS, verbose: VerboseOpt = False
+) -> None:
     """Metric learning: triplet margin loss (pytorch-metric-learning) on triplets mined
     offline each epoch (or in each batch: --mining online), validated by precision@1;
     resumes like `train classifier`. Then: --backbone trained:NAME."""
@@ -261,8 +270,9 @@ def train_metric(job: MetricJob, results: ResultsOpt = RESULTS,
 
 @train.command("protocol")
 @options_from(ProtocolJob)
-def train_protocol(job: ProtocolJob, results: ResultsOpt = RESULTS,
-                   verbose: VerboseOpt = False) -> None:  # fmt: skip
+def train_protocol(
+    job: ProtocolJob, results: ResultsOpt = RESULTS, verbose: VerboseOpt = False
+) -> None:
     """The sim-to-real protocol: classifiers trained on synthetic only, real only and
     both, each tested on the same held-out real images (--test-on synthetic: the
     reverse)."""
@@ -275,8 +285,10 @@ def train_protocol(job: ProtocolJob, results: ResultsOpt = RESULTS,
     typer.echo(f"accuracy on {out['test']} held-out {tested} images:")
     for variant, m in out["models"].items():
         acc = m["test_accuracy"]
-        typer.echo(f"  trained on {variant:<9} ({m['trained_on']:>6} images): {acc['value']:.3f} "
-                   f"[{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}]")  # fmt: skip
+        typer.echo(
+            f"  trained on {variant:<9} ({m['trained_on']:>6} images): {acc['value']:.3f} "
+            f"[{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}]"
+        )
     typer.echo(f"  adding the {other} images to the {tested} ones: {out[f'{other}_buys']:+.3f}")
 
 
@@ -337,8 +349,9 @@ def prune(
 
 def _report_pruned(deleted: list[str], keep: int) -> None:
     if deleted:
-        typer.echo(f"deleted {len(deleted)} old runs (keeping the newest {keep}): "
-                   + ", ".join(deleted))  # fmt: skip
+        typer.echo(
+            f"deleted {len(deleted)} old runs (keeping the newest {keep}): " + ", ".join(deleted)
+        )
 
 
 @app.command()

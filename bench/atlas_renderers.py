@@ -135,10 +135,19 @@ def _deck_bundle(cache: Path) -> Path | None:
     if not bundle.exists() and shutil.which("npm"):
         cache.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            ["npm", "install", "--prefix", str(cache), "--no-audit", "--no-fund",
-             f"deck.gl@{DECK_VERSION}"],
-            check=False, capture_output=True, timeout=600,
-        )  # fmt: skip
+            [
+                "npm",
+                "install",
+                "--prefix",
+                str(cache),
+                "--no-audit",
+                "--no-fund",
+                f"deck.gl@{DECK_VERSION}",
+            ],
+            check=False,
+            capture_output=True,
+            timeout=600,
+        )
     return bundle if bundle.exists() else None
 
 
@@ -196,8 +205,11 @@ def _lasso(page, how: str) -> dict | None:
         page.keyboard.up("Shift")
     page.wait_for_function("window.__selected !== undefined", timeout=300_000)
     result = page.evaluate("window.__selected")
-    return {"points": result["points"], "after_release_ms": round(result["ms"]),
-            "gesture_ms": round(1000 * (time.perf_counter() - started))}  # fmt: skip
+    return {
+        "points": result["points"],
+        "after_release_ms": round(result["ms"]),
+        "gesture_ms": round(1000 * (time.perf_counter() - started)),
+    }
 
 
 def measure(sizes=(100_000, 1_000_000), renderers=tuple(PAGES)) -> dict:
@@ -209,8 +221,9 @@ def measure(sizes=(100_000, 1_000_000), renderers=tuple(PAGES)) -> dict:
     with tempfile.TemporaryDirectory() as tmp, _serving(Path(tmp)) as url:
         pages = _site(Path(tmp), renderers)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                         args=CHROMIUM_ARGS)  # fmt: skip
+            browser = pw.chromium.launch(
+                executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+            )
             for renderer in renderers:
                 rows = out["renderers"][renderer] = {}
                 if renderer not in pages:

@@ -32,8 +32,13 @@ def fn_index(url: str, api_name: str) -> int:
 
 async def click(http, url: str, index: int, data: list, session: str) -> str | None:
     """One event through the queue: None when it completed, else what went wrong."""
-    body = {"data": data, "fn_index": index, "session_hash": session, "event_data": None,
-            "trigger_id": None}  # fmt: skip
+    body = {
+        "data": data,
+        "fn_index": index,
+        "session_hash": session,
+        "event_data": None,
+        "trigger_id": None,
+    }
     joined = await http.post(f"{url}gradio_api/queue/join", json=body)
     if joined.status_code != 200:
         return f"HTTP {joined.status_code}"
@@ -93,7 +98,9 @@ def load(url: str, api_name: str, make_data, clients: int, seconds: float) -> di
     pct = {q: round(float(np.percentile(ms, q)), 1) if len(ms) else None for q in (50, 95, 99)}
     return {
         "clicks_per_s": round(len(ms) / wall, 1),
-        "p50_ms": pct[50], "p95_ms": pct[95], "p99_ms": pct[99],
+        "p50_ms": pct[50],
+        "p95_ms": pct[95],
+        "p99_ms": pct[99],
         "errors": len(errors),
         "error_kinds": sorted(set(errors)),
-    }  # fmt: skip
+    }

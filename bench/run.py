@@ -153,17 +153,26 @@ def bench_resume(n_per_domain: int | None = None, options: tuple[str, ...] = ())
         "sys.argv = ['batch', *sys.argv[1:]]; main()"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        sizes = {} if n_per_domain is None else {"n_real": n_per_domain,
-                                                 "n_synthetic": n_per_domain}  # fmt: skip
+        sizes = (
+            {} if n_per_domain is None else {"n_real": n_per_domain, "n_synthetic": n_per_domain}
+        )
         example = build_example(Path(tmp) / "example", **sizes).root
 
         def batch(results: str, *python: str) -> tuple[float, int]:
-            args = ["run", "--real", str(example / "real"), "--synthetic",
-                    str(example / "synthetic"), "--results", str(Path(tmp) / results),
-                    *options]  # fmt: skip
+            args = [
+                "run",
+                "--real",
+                str(example / "real"),
+                "--synthetic",
+                str(example / "synthetic"),
+                "--results",
+                str(Path(tmp) / results),
+                *options,
+            ]
             t = time.perf_counter()
-            done = subprocess.run([sys.executable, *python, *args], cwd=ROOT,
-                                  capture_output=True, text=True)  # fmt: skip
+            done = subprocess.run(
+                [sys.executable, *python, *args], cwd=ROOT, capture_output=True, text=True
+            )
             return time.perf_counter() - t, done.returncode
 
         cold, _ = batch("cold", "-m", "batch")
@@ -283,8 +292,9 @@ def bench_extraction(n: int | None = None, side: int = 512) -> dict:
 
         def optimised(recs) -> dict[str, np.ndarray]:
             items = [(images, r) for r in recs]
-            return extract_images(backbone, items, prepare, Executor(backend),
-                                  batch_size=batch_size).vectors  # fmt: skip
+            return extract_images(
+                backbone, items, prepare, Executor(backend), batch_size=batch_size
+            ).vectors
 
         plain(records[:batch_size])  # warm-up: kernels, allocator, cuDNN's algorithm search
         optimised(records[:batch_size])
@@ -332,12 +342,22 @@ def bench_caricature() -> dict:
     device = "cuda" if gpu else "cpu"
     if gpu:
         arch, layers, n_images, size, input_size, steps = (
-            "resnet50", ["layer1.2", "layer2.3", "layer3.5", "layer4.2"], 8, 128, 224, 64,
-        )  # fmt: skip
+            "resnet50",
+            ["layer1.2", "layer2.3", "layer3.5", "layer4.2"],
+            8,
+            128,
+            224,
+            64,
+        )
     else:
         arch, layers, n_images, size, input_size, steps = (
-            "resnet18", ["layer2.1", "layer3.1"], 3, 64, 112, 16,
-        )  # fmt: skip
+            "resnet18",
+            ["layer2.1", "layer3.1"],
+            3,
+            64,
+            112,
+            16,
+        )
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)(weights=None).eval()
     images = smooth_images(n_images, side=input_size)
@@ -402,8 +422,18 @@ def bench_scale(sizes=(100_000, 1_000_000), d: int = 256, demo: bool = True) -> 
             t = time.perf_counter()
             real, fake = write_pair(Path(tmp) / "vectors", n, n, dim=d)
             generated = time.perf_counter() - t
-            cmd = [sys.executable, "-m", "batch", "run", "--real", str(real),
-                   "--synthetic", str(fake), "--results", str(Path(tmp) / "results")]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "batch",
+                "run",
+                "--real",
+                str(real),
+                "--synthetic",
+                str(fake),
+                "--results",
+                str(Path(tmp) / "results"),
+            ]
             t = time.perf_counter()
             subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
             wall = time.perf_counter() - t
@@ -470,9 +500,10 @@ def _first_render(results: Path) -> dict:
     with serve_demo(results, timeout=1200) as url, sync_playwright() as pw:
         start = time.perf_counter() - t
         browser = pw.chromium.launch(
-            executable_path=chromium, headless=True,
+            executable_path=chromium,
+            headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )  # fmt: skip
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         t = time.perf_counter()
         page.goto(url)
@@ -483,8 +514,11 @@ def _first_render(results: Path) -> dict:
         first_render = time.perf_counter() - t
         atlas = _atlas_render(page)
         browser.close()
-    return {"server_start_s": round(start, 1), "first_render_s": round(first_render, 2),
-            "atlas": atlas}  # fmt: skip
+    return {
+        "server_start_s": round(start, 1),
+        "first_render_s": round(first_render, 2),
+        "atlas": atlas,
+    }
 
 
 def _atlas_render(page) -> dict:
@@ -501,8 +535,10 @@ def _atlas_render(page) -> dict:
     points = int(page.evaluate(f"() => {wrap}.dataset.points"))
     box = page.locator("#atlas .atlas-wrap").bounding_box()
     page.click("#atlas .atlas-lasso")
-    at = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
-          for fx, fy in ((0.4, 0.4), (0.6, 0.4), (0.6, 0.6), (0.4, 0.6), (0.4, 0.41))]  # fmt: skip
+    at = [
+        (box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+        for fx, fy in ((0.4, 0.4), (0.6, 0.4), (0.6, 0.6), (0.4, 0.6), (0.4, 0.41))
+    ]
     t = time.perf_counter()
     page.mouse.move(*at[0])
     page.mouse.down()
@@ -584,8 +620,7 @@ def bench_demo(clients=(1, 16, 64), seconds: float = 30.0, n_per_domain: int = 1
         level, n = published.levels[len(published.levels) // 2], len(published.images)
 
         def a_click(rng) -> list:
-            return [json.dumps({"id": int(rng.integers(n)), "t": time.time()}), published.id,
-                    level]  # fmt: skip
+            return [json.dumps({"id": int(rng.integers(n)), "t": time.time()}), published.id, level]
 
         with serve_demo(Path(tmp) / "results", timeout=300, process=True) as (url, server):
             for count in clients:
@@ -652,9 +687,17 @@ def bench_whatif(n: int | None = None, side: int = 512, job=None, example_n=None
     with tempfile.TemporaryDirectory() as tmp:
         summary = build_example(Path(tmp) / "example", example_n, example_n or 1000)
         store = RunStore(Path(tmp) / "results")
-        run(RunConfig.of(real=summary.root / "real", synthetic=summary.root / "synthetic",
-                      projections=("pca",), atlas_level="none", attribution=0, plots=False),
-            store)  # fmt: skip
+        run(
+            RunConfig.of(
+                real=summary.root / "real",
+                synthetic=summary.root / "synthetic",
+                projections=("pca",),
+                atlas_level="none",
+                attribution=0,
+                plots=False,
+            ),
+            store,
+        )
         t = time.perf_counter()
         results = run_whatif(job or WhatIfJob(), store).whatif
         total = time.perf_counter() - t
@@ -673,8 +716,9 @@ def bench_whatif(n: int | None = None, side: int = 512, job=None, example_n=None
     }
 
 
-def bench_dask(n: int | None = None, side: int = 256, workers=(1, 2),
-               rows: int | None = None) -> dict:  # fmt: skip
+def bench_dask(
+    n: int | None = None, side: int = 256, workers=(1, 2), rows: int | None = None
+) -> dict:
     """Through Dask (`--dask local:N`, N worker processes of one thread) against the single
     process, in one run: (1) the scan and extraction of the same JPEGs, the default model,
     fresh feature caches: images per second of scan + extract (worker start-up before them,
@@ -693,23 +737,45 @@ def bench_dask(n: int | None = None, side: int = 256, workers=(1, 2),
         for domain, seed in (("real", 0), ("synthetic", 1)):
             _write_photos(Path(tmp) / domain, n // 2, seed)
         for name in names:
-            config = RunConfig.of(real=Path(tmp) / "real", synthetic=Path(tmp) / "synthetic",
-                               resize=side, projections=("pca",), atlas_level="none",
-                               attribution=0, plots=False,
-                               dask=None if name == "single process" else name)  # fmt: skip
+            config = RunConfig.of(
+                real=Path(tmp) / "real",
+                synthetic=Path(tmp) / "synthetic",
+                resize=side,
+                projections=("pca",),
+                atlas_level="none",
+                attribution=0,
+                plots=False,
+                dask=None if name == "single process" else name,
+            )
             t = run(config, RunStore(Path(tmp) / name.replace(":", "_"))).manifest["timings_s"]
             seconds = t["scan"] + t["extract"]
-            out[name] = {"scan_s": t["scan"], "extract_s": t["extract"],
-                         "images_per_s": round(n / seconds, 1)}  # fmt: skip
+            out[name] = {
+                "scan_s": t["scan"],
+                "extract_s": t["extract"],
+                "images_per_s": round(n / seconds, 1),
+            }
         real, fake = write_pair(Path(tmp) / "vectors", rows, rows)
         # a process's first nearest-neighbour descent (UMAP above 4,096 points) compiles
         # pynndescent's functions (~15 s): not in the single process's figure, measured first
         warm = write_pair(Path(tmp) / "warm", 5000, 5000, dim=32)
-        run(RunConfig.of(real=warm[0], synthetic=warm[1], projections=("umap",), plots=False,
-                      atlas_level="none"), RunStore(Path(tmp) / "warm-results"))  # fmt: skip
+        run(
+            RunConfig.of(
+                real=warm[0],
+                synthetic=warm[1],
+                projections=("umap",),
+                plots=False,
+                atlas_level="none",
+            ),
+            RunStore(Path(tmp) / "warm-results"),
+        )
         for name in names:
-            config = RunConfig.of(real=real, synthetic=fake, projections=("umap",), plots=False,
-                               dask=None if name == "single process" else name)  # fmt: skip
+            config = RunConfig.of(
+                real=real,
+                synthetic=fake,
+                projections=("umap",),
+                plots=False,
+                dask=None if name == "single process" else name,
+            )
             published = run(config, RunStore(Path(tmp) / f"rows-{name.replace(':', '_')}"))
             t = published.manifest["timings_s"]
             after[name] = {stage: t[stage] for stage in ("project", "atlas", "neighbors", "gap")}
@@ -723,7 +789,7 @@ def bench_dask(n: int | None = None, side: int = 256, workers=(1, 2),
         **out,
         "ratio_to_single_process": {
             k: round(v["images_per_s"] / single, 2) for k, v in out.items() if k != "single process"
-        },  # fmt: skip
+        },
         "after_extraction": {
             "what": f"given embeddings, {rows:,} + {rows:,} × 256, UMAP (fit on 20,000, the "
             "rest placed) and the atlas, gap on a 20,000 sample with every image scored",
@@ -732,7 +798,7 @@ def bench_dask(n: int | None = None, side: int = 256, workers=(1, 2),
                 k: round(single_after / v["project_atlas_gap_s"], 2)
                 for k, v in after.items()
                 if k != "single process"
-            },  # fmt: skip
+            },
         },
     }
 
@@ -809,8 +875,11 @@ def bench_objects(n_scenes: int = 40, test_size: tuple[int, int] = (480, 640)) -
             t = time.perf_counter()
             extract_objects(backbone, images, prepare, mode, batch_size=batch, crop_size=224)
             seconds = time.perf_counter() - t
-            out[name] = {"seconds": round(seconds, 2), "objects_per_s": round(n / seconds, 1),
-                         "images_per_s": round(len(items) / seconds, 2)}  # fmt: skip
+            out[name] = {
+                "seconds": round(seconds, 2),
+                "objects_per_s": round(n / seconds, 1),
+                "images_per_s": round(len(items) / seconds, 2),
+            }
     crop = out["crop"]["objects_per_s"]
     return {
         "what": f"{n} objects on {len(items)} images (scenes of 192-240 × 240-288 px, resized "
@@ -843,8 +912,9 @@ SECTIONS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default=",".join(SECTIONS))
-    parser.add_argument("--scale-sizes", default="100000,1000000",
-                        help="images per domain for the scale section")  # fmt: skip
+    parser.add_argument(
+        "--scale-sizes", default="100000,1000000", help="images per domain for the scale section"
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     report = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "results": {}}

@@ -10,7 +10,7 @@ from pathlib import Path
 from lib.runtime.errors import GapscopeError
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
     parser.add_argument(
         "--results", type=Path, default=Path(os.environ.get("GAPSCOPE_RESULTS", "results"))
@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> None:
         "GAPSCOPE_WRITE_TOKEN). Without it a demo on 127.0.0.1 writes freely and any other "
         "is read-only.",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls home
     # Gradio's queue rebuilds a pandas summary of its last 10,000 events after every event
     # (for its monitoring page, unused here): a cost per click that grew with the uptime
@@ -66,8 +70,15 @@ def main(argv: list[str] | None = None) -> None:
         store = RunStore(args.results)
         if args.building:
             page = building_app(args.results)
-            serve(page, store, args.host, args.port, [], status="building",
-                  stop_when=lambda: store.latest_id() is not None)  # fmt: skip
+            serve(
+                page,
+                store,
+                args.host,
+                args.port,
+                [],
+                status="building",
+                stop_when=lambda: store.latest_id() is not None,
+            )
             return
         roots = allowed_paths(store, originals=args.serve_originals)  # every manifest, once
         editing = Editing.decide(args.host, args.write_token, LOCAL_HOSTS)

@@ -21,9 +21,18 @@ from lib.store.runs import RunStore
 # the UI's events a client may call too, by name (the curation ones only where the demo
 # may write), and this module's own
 PUBLIC = {
-    "select_point", "find_image", "tag", "untag", "flag_removal", "save_label", "undo",
-    "export", "list_runs", "gap_table", "neighbours",
-}  # fmt: skip
+    "select_point",
+    "find_image",
+    "tag",
+    "untag",
+    "flag_removal",
+    "save_label",
+    "undo",
+    "export",
+    "list_runs",
+    "gap_table",
+    "neighbours",
+}
 
 
 def list_runs(store: RunStore) -> list[dict]:

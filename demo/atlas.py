@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -417,25 +418,39 @@ def keep_mask(store: RunStore, run: Run, domains, categories, clusters, realism,
     return None if keep.all() else keep
 
 
-def view(store: RunStore, run_id: str, layout: str, color_by: str, mask=None, select=None,
-         animate: bool = False) -> str:  # fmt: skip
+def view(
+    store: RunStore,
+    run_id: str,
+    layout: str,
+    color_by: str,
+    mask=None,
+    select=None,
+    animate: bool = False,
+) -> str:
     """The gr.HTML value: the JSON the map's script draws."""
     run = open_id(store, run_id)
     if atlas_level(run) is None:
         return json.dumps({"n": 0})
     codes, palette, legend = colours(store, run, color_by)
     key = LAYOUT_LABELS.get(layout, layout)
-    return json.dumps({
-        "run": run.id, "n": len(run.rows), "layout": key,
-        "points_url": f"/atlas/{run.id}/points.bin?layout={key}",
-        "codes": base64.b64encode(codes.tobytes()).decode(),
-        "palette": palette, "legend": legend,
-        "filter": None if mask is None else base64.b64encode(
-            np.packbits(mask, bitorder="little").tobytes()).decode(),
-        "select": None if select is None else [int(i) for i in select],
-        "labels": block_labels(run) if key == "category" else [],
-        "animate": animate, "nonce": time.time_ns(),
-    })  # fmt: skip
+    return json.dumps(
+        {
+            "run": run.id,
+            "n": len(run.rows),
+            "layout": key,
+            "points_url": f"/atlas/{run.id}/points.bin?layout={key}",
+            "codes": base64.b64encode(codes.tobytes()).decode(),
+            "palette": palette,
+            "legend": legend,
+            "filter": None
+            if mask is None
+            else base64.b64encode(np.packbits(mask, bitorder="little").tobytes()).decode(),
+            "select": None if select is None else [int(i) for i in select],
+            "labels": block_labels(run) if key == "category" else [],
+            "animate": animate,
+            "nonce": time.time_ns(),
+        }
+    )
 
 
 def block_labels(run: Run) -> list[tuple[str, int, int]]:
@@ -473,8 +488,16 @@ def on_lasso(store: RunStore, run_id: str, evt: gr.EventData):
     return rows, *describe_selection(store, run_id, rows)
 
 
-def tag_selection(store: RunStore, editing: Editing, run_id: str, rows: list[int], tag: str,
-                  who: str, token: str, untag: bool = False) -> str:  # fmt: skip
+def tag_selection(
+    store: RunStore,
+    editing: Editing,
+    run_id: str,
+    rows: list[int],
+    tag: str,
+    who: str,
+    token: str,
+    untag: bool = False,
+) -> str:
     """Tag (or untag) every selected image."""
     editing.check(token)
     if not rows:
@@ -508,8 +531,15 @@ def _hotspots(run_dir: str) -> list[dict]:
             continue
         middle = np.median(xy[rows], axis=0)
         near = rows[np.argsort(((xy[rows] - middle) ** 2).sum(axis=1))[:HOTSPOT_THUMBS]]
-        out.append({"cluster": int(c["cluster"]), "kind": c.get("kind", "mixed"),
-                    "n": len(rows), "rows": rows, "near": near})  # fmt: skip
+        out.append(
+            {
+                "cluster": int(c["cluster"]),
+                "kind": c.get("kind", "mixed"),
+                "n": len(rows),
+                "rows": rows,
+                "near": near,
+            }
+        )
     return sorted(out, key=lambda h: (-h["n"], h["cluster"]))
 
 
@@ -529,8 +559,9 @@ def hotspot_gallery(store: RunStore, run_id: str) -> list:
     return items
 
 
-def pick_hotspot(store: RunStore, run_id: str, layout: str, color_by: str, mask_state,
-                 evt: gr.SelectData):  # fmt: skip
+def pick_hotspot(
+    store: RunStore, run_id: str, layout: str, color_by: str, mask_state, evt: gr.SelectData
+):
     """A click on a hotspot's thumbnail selects the whole cluster on the map."""
     run = open_id(store, run_id)
     spots = hotspots(run)
@@ -546,15 +577,17 @@ def pick_hotspot(store: RunStore, run_id: str, layout: str, color_by: str, mask_
     )
 
 
-def name_hotspot(store: RunStore, editing: Editing, run_id: str, cluster, name: str, who: str,
-                 token: str):  # fmt: skip
+def name_hotspot(
+    store: RunStore, editing: Editing, run_id: str, cluster, name: str, who: str, token: str
+):
     editing.check(token)
     if cluster is None or int(cluster) < 0:
         raise gr.Error("Pick a hotspot first (click one of its thumbnails).")
     run = open_id(store, run_id)
     try:
-        Annotations.of(store.root).name_hotspot(run.id, atlas_level(run) or "", int(cluster),
-                                                name, who or "anonymous")  # fmt: skip
+        Annotations.of(store.root).name_hotspot(
+            run.id, atlas_level(run) or "", int(cluster), name, who or "anonymous"
+        )
     except GapscopeError as exc:
         raise gr.Error(str(exc)) from None
     return hotspot_gallery(store, run_id)
@@ -576,102 +609,197 @@ def filter_choices(store: RunStore, run: Run) -> tuple[list, list, list]:
 def on_run(store: RunStore, run_id: str, layout: str, color_by: str):
     run = open_id(store, run_id)
     note = (
-        "" if atlas_level(run) is not None else
-        "This run has no atlas layout: it was computed with `--atlas-level none` or before "
+        ""
+        if atlas_level(run) is not None
+        else "This run has no atlas layout: it was computed with `--atlas-level none` or before "
         "the atlas existed. Rerun the batch job to get one."
-    )  # fmt: skip
+    )
     cats, clusters, tags = filter_choices(store, run)
     choices = colour_choices(run)
     color_by = color_by if color_by in dict(choices).values() else "domain"
     return (
-        run.id, note, gr.update(choices=choices, value=color_by),
-        view(store, run.id, layout, color_by), None, [],
+        run.id,
+        note,
+        gr.update(choices=choices, value=color_by),
+        view(store, run.id, layout, color_by),
+        None,
+        [],
         *describe_selection(store, run.id, []),
-        gr.update(choices=cats, value=[]), gr.update(choices=clusters, value=[]),
+        gr.update(choices=cats, value=[]),
+        gr.update(choices=clusters, value=[]),
         gr.update(choices=tags, value=[]),
         hotspot_gallery(store, run.id) if note == "" else [],
-    )  # fmt: skip
+    )
 
 
-def refilter(store: RunStore, run_id: str, layout: str, color_by: str, domains, categories,
-             clusters, lo: float, hi: float, tags):  # fmt: skip
+def refilter(
+    store: RunStore,
+    run_id: str,
+    layout: str,
+    color_by: str,
+    domains,
+    categories,
+    clusters,
+    lo: float,
+    hi: float,
+    tags,
+):
     run = open_id(store, run_id)
     mask = keep_mask(store, run, domains, categories, clusters, (lo, hi), tags)
     shown = len(run.rows) if mask is None else int(mask.sum())
     return view(store, run_id, layout, color_by, mask), mask, f"{shown} of {len(run.rows)} shown"
 
 
+def _filters():
+    """(domains, categories, clusters, realism from, realism to, tags): which points show."""
+    with gr.Accordion("Filters", open=False, elem_id="atlas_filters"):
+        with gr.Row():
+            domains = gr.CheckboxGroup(
+                ["real", "synthetic"],
+                value=["real", "synthetic"],
+                label="Domain",
+                elem_id="atlas_domains",
+            )
+            categories = gr.Dropdown([], multiselect=True, label="Categories")
+            clusters = gr.Dropdown([], multiselect=True, label="Hotspots (clusters)")
+            tags = gr.Dropdown(
+                [], multiselect=True, label="Tagged with any of", elem_id="atlas_tag_filter"
+            )
+        with gr.Row():
+            lo = gr.Slider(0, REALISM_MAX, value=0, step=0.01, label="Realism at least")
+            hi = gr.Slider(
+                0,
+                REALISM_MAX,
+                value=REALISM_MAX,
+                step=0.01,
+                label="Realism at most (the top: no bound)",
+            )
+    return domains, categories, clusters, lo, hi, tags
+
+
+@dataclass
+class _Editor:
+    """Who edits, with which token, and the buttons that tag the selection (shown only
+    where the demo may write)."""
+
+    who: gr.Textbox
+    token: gr.Textbox
+    tag: gr.Textbox
+    tag_button: gr.Button
+    untag_button: gr.Button
+    remove_button: gr.Button
+    done: gr.Markdown
+
+    @classmethod
+    def build(cls, editing: Editing) -> _Editor:
+        with gr.Row():
+            who = gr.Textbox(label="Your name", placeholder="anonymous", elem_id="atlas_who")
+            token = gr.Textbox(
+                label="Write token",
+                type="password",
+                visible=editing.token is not None,
+                elem_id="atlas_token",
+            )
+        tag = gr.Textbox(label="Tag", placeholder="e.g. odd lighting", elem_id="atlas_tag")
+        with gr.Row():
+            tag_button = gr.Button("Tag selection", elem_id="atlas_tag_button")
+            untag_button = gr.Button("Untag", elem_id="atlas_untag_button")
+            remove_button = gr.Button(
+                "Flag for removal", variant="stop", elem_id="atlas_remove_button"
+            )
+        done = gr.Markdown(elem_id="atlas_done")
+        return cls(who, token, tag, tag_button, untag_button, remove_button, done)
+
+    def wire(self, store: RunStore, editing: Editing, run_id, rows, tags) -> None:
+        mine = [self.who, self.token]
+        for button, fn in (
+            (self.tag_button, tag_selection),
+            (self.untag_button, partial(tag_selection, untag=True)),
+        ):
+            button.click(partial(fn, store, editing), [run_id, rows, self.tag, *mine], self.done)
+        self.remove_button.click(
+            partial(_flag_selection, store, editing), [run_id, rows, *mine], self.done
+        )
+        self.done.change(partial(_tags_changed, store), [run_id, tags], tags)
+
+
+def _hotspot_gallery(store: RunStore, editing: Editing, run_id, editor: _Editor | None):
+    """(the picked hotspot, the hotspots' gallery, its name): HDBSCAN's clusters, named
+    where the demo may write."""
+    gr.Markdown(
+        "### Hotspots\nHDBSCAN's clusters at the atlas's level, largest first: "
+        "click one to select it on the map."
+    )
+    hotspot = gr.Number(-1, visible=False)
+    spots = PathGallery(
+        columns=HOTSPOT_THUMBS,
+        height=420,
+        elem_id="atlas_hotspots",
+        object_fit="contain",
+        allow_preview=False,
+    )
+    if editor is None:
+        return hotspot, spots, gr.Textbox(visible=False)
+    with gr.Row():
+        hotspot_name = gr.Textbox(label="Name the picked hotspot", elem_id="atlas_hotspot_name")
+        name_button = gr.Button("Save name", elem_id="atlas_hotspot_button")
+    name_button.click(
+        partial(name_hotspot, store, editing),
+        [run_id, hotspot, hotspot_name, editor.who, editor.token],
+        spots,
+    )
+    return hotspot, spots, hotspot_name
+
+
+def _map() -> gr.HTML:
+    """The regl-scatterplot map (its script served by /atlas/, not inlined)."""
+    return gr.HTML(
+        json.dumps({"n": 0}),
+        html_template=TEMPLATE,
+        css_template=CSS,
+        js_on_load=JS,
+        head=f'<script src="/atlas/{SCRIPT.name}"></script>',
+        elem_id="atlas",
+    )
+
+
 def build(store: RunStore, first: Run, editing: Editing | None = None) -> Tab:
     editing = editing or Editing(False)
-    head = f'<script src="/atlas/{SCRIPT.name}"></script>'
     with gr.Blocks() as blocks:
         run_id = gr.Textbox(first.id, visible=False)
         note = gr.Markdown(elem_id="atlas_note")
         with gr.Row():
-            layout = gr.Radio(list(LAYOUT_LABELS), value="UMAP map", label="Layout",
-                              elem_id="atlas_layout")  # fmt: skip
-            color_by = gr.Dropdown(colour_choices(first), value="domain", label="Colour by",
-                                   elem_id="atlas_color")  # fmt: skip
+            layout = gr.Radio(
+                list(LAYOUT_LABELS), value="UMAP map", label="Layout", elem_id="atlas_layout"
+            )
+            color_by = gr.Dropdown(
+                colour_choices(first), value="domain", label="Colour by", elem_id="atlas_color"
+            )
             shown = gr.Markdown(elem_id="atlas_shown")
-        with gr.Accordion("Filters", open=False, elem_id="atlas_filters"):
-            with gr.Row():
-                domains = gr.CheckboxGroup(["real", "synthetic"], value=["real", "synthetic"],
-                                           label="Domain", elem_id="atlas_domains")  # fmt: skip
-                categories = gr.Dropdown([], multiselect=True, label="Categories")
-                clusters = gr.Dropdown([], multiselect=True, label="Hotspots (clusters)")
-                tags = gr.Dropdown([], multiselect=True, label="Tagged with any of",
-                                   elem_id="atlas_tag_filter")  # fmt: skip
-            with gr.Row():
-                lo = gr.Slider(0, REALISM_MAX, value=0, step=0.01, label="Realism at least")
-                hi = gr.Slider(0, REALISM_MAX, value=REALISM_MAX, step=0.01,
-                               label="Realism at most (the top: no bound)")  # fmt: skip
+        filters = _filters()
         mask = gr.State(None)
         rows = gr.State([])
         with gr.Row():
             with gr.Column(scale=3):
-                plot = gr.HTML(
-                    json.dumps({"n": 0}), html_template=TEMPLATE, css_template=CSS,
-                    js_on_load=JS, head=head, elem_id="atlas",
-                )  # fmt: skip
+                plot = _map()
             with gr.Column(scale=2):
                 summary = gr.Markdown(elem_id="atlas_selection")
-                selected = PathGallery(label="Selected", columns=4, height=300,
-                                       elem_id="atlas_selected", object_fit="contain")  # fmt: skip
-                if editing.enabled:
-                    with gr.Row():
-                        who = gr.Textbox(label="Your name", placeholder="anonymous",
-                                         elem_id="atlas_who")  # fmt: skip
-                        token = gr.Textbox(label="Write token", type="password",
-                                           visible=editing.token is not None,
-                                           elem_id="atlas_token")  # fmt: skip
-                    tag = gr.Textbox(label="Tag", placeholder="e.g. odd lighting",
-                                     elem_id="atlas_tag")  # fmt: skip
-                    with gr.Row():
-                        tag_button = gr.Button("Tag selection", elem_id="atlas_tag_button")
-                        untag_button = gr.Button("Untag", elem_id="atlas_untag_button")
-                        remove_button = gr.Button("Flag for removal", variant="stop",
-                                                  elem_id="atlas_remove_button")  # fmt: skip
-                    done = gr.Markdown(elem_id="atlas_done")
+                selected = PathGallery(
+                    label="Selected",
+                    columns=4,
+                    height=300,
+                    elem_id="atlas_selected",
+                    object_fit="contain",
+                )
+                editor = _Editor.build(editing) if editing.enabled else None
                 downloads(store, run_id, prefix="atlas_")
-        gr.Markdown("### Hotspots\nHDBSCAN's clusters at the atlas's level, largest first: "
-                    "click one to select it on the map.")  # fmt: skip
-        hotspot = gr.Number(-1, visible=False)
-        spots = PathGallery(columns=HOTSPOT_THUMBS, height=420, elem_id="atlas_hotspots",
-                            object_fit="contain", allow_preview=False)  # fmt: skip
-        if editing.enabled:
-            with gr.Row():
-                hotspot_name = gr.Textbox(label="Name the picked hotspot",
-                                          elem_id="atlas_hotspot_name")  # fmt: skip
-                name_button = gr.Button("Save name", elem_id="atlas_hotspot_button")
-            name_button.click(partial(name_hotspot, store, editing),
-                              [run_id, hotspot, hotspot_name, who, token], spots)  # fmt: skip
-        else:
-            hotspot_name = gr.Textbox(visible=False)
-
-        filters = [domains, categories, clusters, lo, hi, tags]
-        gr.on([layout.change, color_by.change, *(f.change for f in filters)],
-              partial(refilter, store), [run_id, layout, color_by, *filters],
-              [plot, mask, shown])  # fmt: skip
+        hotspot, spots, hotspot_name = _hotspot_gallery(store, editing, run_id, editor)
+        gr.on(
+            [layout.change, color_by.change, *(f.change for f in filters)],
+            partial(refilter, store),
+            [run_id, layout, color_by, *filters],
+            [plot, mask, shown],
+        )
 
         # functions of their own, not partials: Gradio finds the event-data parameter by
         # the type hints of a plain function only
@@ -682,21 +810,13 @@ def build(store: RunStore, first: Run, editing: Editing | None = None) -> Tab:
             return pick_hotspot(store, run, shown_as, colour, keep, evt)
 
         plot.lasso_select(lasso, run_id, [rows, summary, selected])
-        spots.select(pick, [run_id, layout, color_by, mask],
-                     [plot, rows, summary, selected, hotspot, hotspot_name])  # fmt: skip
-        if editing.enabled:
-            mine = [who, token]
-            for button, fn in (
-                (tag_button, tag_selection),
-                (untag_button, partial(tag_selection, untag=True)),
-            ):
-                button.click(partial(fn, store, editing), [run_id, rows, tag, *mine], done)
-            remove_button.click(
-                partial(_flag_selection, store, editing), [run_id, rows, *mine], done
-            )
-            done.change(partial(_tags_changed, store), [run_id, tags], tags)
-        outputs = [run_id, note, color_by, plot, mask, rows, summary, selected, categories,
-                   clusters, tags, spots]  # fmt: skip
+        picked = [plot, rows, summary, selected, hotspot, hotspot_name]
+        spots.select(pick, [run_id, layout, color_by, mask], picked)
+        _, categories, clusters, _, _, tags = filters
+        if editor is not None:
+            editor.wire(store, editing, run_id, rows, tags)
+        outputs = [run_id, note, color_by, plot, mask, rows, summary, selected]
+        outputs += [categories, clusters, tags, spots]
         blocks.load(partial(on_run, store), [run_id, layout, color_by], outputs)
     return Tab(blocks, run_id, on_run, [layout, color_by], outputs)
 
@@ -731,8 +851,9 @@ def router(store: RunStore):
 
     @api.get(f"/{SCRIPT.name}")
     def script() -> FileResponse:
-        return FileResponse(SCRIPT, media_type="text/javascript",
-                            headers={"Cache-Control": "public, max-age=86400"})  # fmt: skip
+        return FileResponse(
+            SCRIPT, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"}
+        )
 
     @api.get("/{run_id}/points.bin")
     def points(run_id: str, layout: str = "umap") -> Response:

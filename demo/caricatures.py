@@ -114,10 +114,14 @@ def build(store: RunStore, first: Run) -> Tab:
                 gr.Image(label="Model 1", height=256, elem_id="caricature_left"),
                 gr.Image(label="Model 2", height=256, elem_id="caricature_right"),
             ]
-        grid = gr.Gallery(label="Model 1 at every layer", columns=6, height=300,
-                          object_fit="contain", elem_id="caricature_grid")  # fmt: skip
-        gr.on([p.input for p in pickers], partial(show, store), [run_id, *pickers],
-              [*views, grid])  # fmt: skip
+        grid = gr.Gallery(
+            label="Model 1 at every layer",
+            columns=6,
+            height=300,
+            object_fit="contain",
+            elem_id="caricature_grid",
+        )
+        gr.on([p.input for p in pickers], partial(show, store), [run_id, *pickers], [*views, grid])
         outputs = [run_id, note, *pickers, *views, grid]
         blocks.load(partial(on_run, store), run_id, outputs)
     return Tab(blocks, run_id, on_run, [], outputs)

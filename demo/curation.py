@@ -21,12 +21,17 @@ import gradio as gr
 
 from demo.runs import open_id
 from lib.runtime.errors import GapscopeError
+from lib.store import curation
 from lib.store.annotations import REMOVE, Annotations, keys_of
 from lib.store.runs import RunStore
 
 SCOPES = ("this image", "it and its neighbours", "the picked images")
-EXPORTS = {"CSV": "csv", "JSON": "json", "corrected metadata.csv": "metadata",
-           "a tag's images (.zip)": "zip"}  # fmt: skip
+EXPORTS = {
+    "CSV": "csv",
+    "JSON": "json",
+    "corrected metadata.csv": "metadata",
+    "a tag's images (.zip)": "zip",
+}
 
 
 @dataclass(frozen=True)
@@ -70,9 +75,19 @@ def selection_notes(store: RunStore, run_id: str, row: int | None) -> tuple[str,
     return f"#{row}: " + "; ".join(parts), shown
 
 
-def tag_selected(store: RunStore, editing: Editing, run_id: str, level: str, row, tag: str,
-                 scope: str, who: str, token: str, picked=None,
-                 untag: bool = False) -> str:  # fmt: skip
+def tag_selected(
+    store: RunStore,
+    editing: Editing,
+    run_id: str,
+    level: str,
+    row,
+    tag: str,
+    scope: str,
+    who: str,
+    token: str,
+    picked=None,
+    untag: bool = False,
+) -> str:
     """Tag (or untag) the selected image, it and its nearest neighbours at `level`, or
     the `picked` images (a lasso on the 2D view, neighbours clicked in the gallery)."""
     editing.check(token)
@@ -85,14 +100,15 @@ def tag_selected(store: RunStore, editing: Editing, run_id: str, level: str, row
     else:
         rows = _selected(row)
     if scope == SCOPES[1]:
-        rows += [int(j) for j in run.neighbors(level)[0][rows[0]]]
+        rows += [int(j) for j in run.neighbours(level)[0][rows[0]]]
     return (
         change_tags(store, run, rows, tag, who, untag) + " " + image_notes(store, run_id, int(row))
     )
 
 
-def change_tags(store: RunStore, run, rows: list[int], tag: str, who: str,
-                untag: bool = False) -> str:  # fmt: skip
+def change_tags(
+    store: RunStore, run, rows: list[int], tag: str, who: str, untag: bool = False
+) -> str:
     """Tag (or untag) the run's `rows` in the annotations; says how many changed. The
     caller has checked the user may write."""
     notes = Annotations.of(store.root)
@@ -108,8 +124,9 @@ def flag_removal(store, editing, run_id, level, row, scope, who, token, picked=N
     return tag_selected(store, editing, run_id, level, row, REMOVE, scope, who, token, picked)
 
 
-def save_label(store: RunStore, editing: Editing, run_id: str, row, label: str, who: str,
-               token: str) -> str:  # fmt: skip
+def save_label(
+    store: RunStore, editing: Editing, run_id: str, row, label: str, who: str, token: str
+) -> str:
     editing.check(token)
     run, (r,) = open_id(store, run_id), _selected(row)
     (key,) = keys_of(run.rows, [r])
@@ -128,12 +145,12 @@ def undo(store: RunStore, editing: Editing, run_id: str, row, who: str, token: s
     return f"{done}. {image_notes(store, run_id, row)}"
 
 
-def export_file(store: RunStore, run_id: str, kind: str, tag: str = "",
-                domain: str = "synthetic") -> str:  # fmt: skip
+def export_file(
+    store: RunStore, run_id: str, kind: str, tag: str = "", domain: str = "synthetic"
+) -> str:
     """A file to download: the run's annotations as CSV or JSON, the domain's corrected
     metadata.csv (removed images dropped), or the images with `tag` as a zip of a
     folder per label (the run's web copies: the demo hands out no original)."""
-    from lib.store import curation
 
     run, notes = open_id(store, run_id), Annotations.of(store.root)
     fmt = EXPORTS[kind]
@@ -181,24 +198,29 @@ def panel(store: RunStore, editing: Editing, run_id, level, selected_row, picked
         with gr.Accordion("Curate the selected image", open=True, elem_id="curate"):
             with gr.Row():
                 who = gr.Textbox(label="Your name", placeholder="anonymous", elem_id="who")
-                token = gr.Textbox(label="Write token", type="password", elem_id="write_token",
-                                   visible=editing.token is not None)  # fmt: skip
+                token = gr.Textbox(
+                    label="Write token",
+                    type="password",
+                    elem_id="write_token",
+                    visible=editing.token is not None,
+                )
             with gr.Row():
                 tag = gr.Textbox(label="Tag", placeholder="e.g. odd lighting", elem_id="tag_name")
-                scope = gr.Radio(list(SCOPES), value=SCOPES[0], label="Apply to",
-                                 elem_id="tag_scope")  # fmt: skip
+                scope = gr.Radio(
+                    list(SCOPES), value=SCOPES[0], label="Apply to", elem_id="tag_scope"
+                )
             with gr.Row():
                 tag_button = gr.Button("Tag", elem_id="tag_button")
                 untag_button = gr.Button("Untag", elem_id="untag_button")
-                remove_button = gr.Button("Flag for removal", variant="stop",
-                                          elem_id="remove_button")  # fmt: skip
+                remove_button = gr.Button(
+                    "Flag for removal", variant="stop", elem_id="remove_button"
+                )
             with gr.Row():
                 label = gr.Textbox(label="Label", elem_id="label_box", scale=3)
                 label_button = gr.Button("Save label", elem_id="label_button")
             undo_button = gr.Button("Undo my last change", elem_id="undo_button")
         # one event for both: the label box never lags behind the notes it belongs to
-        selected_row.change(partial(selection_notes, store), [run_id, selected_row],
-                            [notes, label])  # fmt: skip
+        selected_row.change(partial(selection_notes, store), [run_id, selected_row], [notes, label])
         where, mine = [run_id, level, selected_row], [who, token]
         # a gr.State input (the lasso's rows) is no API parameter: /tag keeps its signature
         events = {  # api name: (button, function, inputs)
@@ -207,7 +229,7 @@ def panel(store: RunStore, editing: Editing, run_id, level, selected_row, picked
                 untag_button,
                 partial(tag_selected, untag=True),
                 [*where, tag, scope, *mine, picked],
-            ),  # fmt: skip
+            ),
             "flag_removal": (remove_button, flag_removal, [*where, scope, *mine, picked]),
             "save_label": (label_button, save_label, [run_id, selected_row, label, *mine]),
             "undo": (undo_button, undo, [run_id, selected_row, *mine]),
@@ -221,10 +243,16 @@ def downloads(store: RunStore, run_id, prefix: str = "") -> None:
     """The annotation downloads (CSV, JSON, corrected metadata.csv); `prefix`: for the
     element ids of a second copy on the page (the atlas tab's)."""
     with gr.Row():
-        kind = gr.Radio(list(EXPORTS), value="CSV", label="Download the annotations",
-                        elem_id=f"{prefix}export_kind", scale=2)  # fmt: skip
+        kind = gr.Radio(
+            list(EXPORTS),
+            value="CSV",
+            label="Download the annotations",
+            elem_id=f"{prefix}export_kind",
+            scale=2,
+        )
         tag = gr.Textbox(label="Tag (for the .zip)", elem_id=f"{prefix}export_tag")
         prepare = gr.Button("Prepare download", elem_id=f"{prefix}export_button")
     exported = gr.File(label="Annotations", elem_id=f"{prefix}export_file", interactive=False)
-    prepare.click(partial(export_file, store), [run_id, kind, tag], exported,
-                  api_name=f"{prefix}export")  # fmt: skip
+    prepare.click(
+        partial(export_file, store), [run_id, kind, tag], exported, api_name=f"{prefix}export"
+    )

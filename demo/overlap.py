@@ -12,6 +12,7 @@ from further away, so a click where a tooltip shows did not always select it. Th
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from demo.runs import (
 )
 from demo.thinning import GRID, MAX_POINTS, budgets, opacity, thin
 from lib.analysis.atlas import METHOD as ATLAS
+from lib.analysis.neighbours import nearest_among
 from lib.analysis.plots import STYLE, direction_title
 from lib.store.annotations import REMOVE
 from lib.store.runs import Run, RunStore
@@ -166,43 +168,12 @@ def overlap_figure(
         for d in order:
             fig.add_trace(_density_contour(coords[domains == d], d))
     n_shown = sum(len(r) for r in shown.values())
-    detailed = n_shown <= DETAILED_UP_TO  # per-point tooltips cost ~50 bytes a point
-    scale_shown = False
-    for i, (name, r) in enumerate(_groups(run, level, color_by, proj, domains, shown, rows)):
-        ids = proj["id"][r]
-        marker = _marker(run, level, name, ids, domains[r], color_by, i, len(r))
-        if "colorscale" in marker:
-            marker["showscale"] = not scale_shown  # one colour bar for all traces
-            scale_shown = True
-        if flat:
-            marker["size"] = marker["size"] + 3
-        trace = go.Scattergl if flat else go.Scatter3d
-        xyz = dict(zip(axes_used, coords[r].T, strict=True))
-        fig.add_trace(
-            trace(
-                **xyz,
-                mode="markers",
-                name=name,
-                customdata=ids,
-                text=_hover_text(run, ids, domains[r]) if detailed else None,
-                hovertemplate=("%{text}" if detailed else f"#%{{customdata}} {name}")
-                + "<extra></extra>",
-                marker=marker,
-            )
-        )
+    points = _Points(run, level, proj, domains, coords, axes_used, flat)
+    points.add_to(fig, _groups(run, level, color_by, proj, domains, shown, rows), color_by)
     where = "both domains together" if fit_on == "both" else direction_title(fit_on)
     total = sum(len(r) for r in rows.values())
     thinned = f" · {n_shown:,} of {total:,} points shown" if n_shown < total else ""
-    names = {axis: f"{label} {i}" for i, axis in enumerate("xyz", start=1)}
-    if flat:
-        layout = {"xaxis_title": names["x"], "yaxis_title": names["y"]}
-        if box:
-            layout.update(xaxis_range=box[:2], yaxis_range=box[2:])
-    else:
-        # no tick labels: a UMAP axis's values mean nothing, and plotly draws each 3D
-        # label as triangles on the CPU (first render 4.85 → 4.5 s with 60k points)
-        scene = {f"{a}axis": {"title": names[a], "showticklabels": False} for a in axes_used}
-        layout = {"scene": scene}
+    layout = _axes_layout(label, axes_used, flat, box)
     fig.update_layout(
         title=f"{level} · {label}: {where}{thinned}",
         **layout,
@@ -212,6 +183,62 @@ def overlap_figure(
         legend={"itemsizing": "constant"},
     )
     return fig
+
+
+@dataclass
+class _Points:
+    """Draws a level's points, a trace per colour group, 2D (WebGL) or 3D."""
+
+    run: Run
+    level: str
+    proj: object  # the projection's rows (id, x, y, z)
+    domains: np.ndarray
+    coords: np.ndarray
+    axes_used: tuple[str, ...]
+    flat: bool
+
+    def add_to(self, fig, groups, color_by: str) -> None:
+        import plotly.graph_objects as go
+
+        groups = list(groups)
+        detailed = sum(len(r) for _, r in groups) <= DETAILED_UP_TO  # ~50 bytes a tooltip
+        trace = go.Scattergl if self.flat else go.Scatter3d
+        scale_shown = False
+        for i, (name, r) in enumerate(groups):
+            ids = self.proj["id"][r]
+            marker = _marker(self.run, self.level, name, ids, self.domains[r], color_by, i, len(r))
+            if "colorscale" in marker:
+                marker["showscale"] = not scale_shown  # one colour bar for all traces
+                scale_shown = True
+            if self.flat:
+                marker["size"] = marker["size"] + 3
+            text = _hover_text(self.run, ids, self.domains[r]) if detailed else None
+            hover = "%{text}" if detailed else f"#%{{customdata}} {name}"
+            xyz = dict(zip(self.axes_used, self.coords[r].T, strict=True))
+            fig.add_trace(
+                trace(
+                    **xyz,
+                    mode="markers",
+                    name=name,
+                    customdata=ids,
+                    text=text,
+                    hovertemplate=hover + "<extra></extra>",
+                    marker=marker,
+                )
+            )
+
+
+def _axes_layout(label: str, axes_used: tuple[str, ...], flat: bool, box) -> dict:
+    names = {axis: f"{label} {i}" for i, axis in enumerate("xyz", start=1)}
+    if flat:
+        layout = {"xaxis_title": names["x"], "yaxis_title": names["y"]}
+        if box:
+            layout.update(xaxis_range=box[:2], yaxis_range=box[2:])
+        return layout
+    # no tick labels: a UMAP axis's values mean nothing, and plotly draws each 3D
+    # label as triangles on the CPU (first render 4.85 → 4.5 s with 60k points)
+    scene = {f"{a}axis": {"title": names[a], "showticklabels": False} for a in axes_used}
+    return {"scene": scene}
 
 
 DETAILED_UP_TO = 20_000  # points shown with a full tooltip (domain · category · path)
@@ -299,11 +326,17 @@ def _density_contour(coords: np.ndarray, domain: str):
 
     h, xe, ye = np.histogram2d(coords[:, 0], coords[:, 1], bins=80)
     return go.Contour(
-        z=h.T, x=(xe[:-1] + xe[1:]) / 2, y=(ye[:-1] + ye[1:]) / 2,
-        contours_coloring="lines", ncontours=8, showscale=False, hoverinfo="skip",
+        z=h.T,
+        x=(xe[:-1] + xe[1:]) / 2,
+        y=(ye[:-1] + ye[1:]) / 2,
+        contours_coloring="lines",
+        ncontours=8,
+        showscale=False,
+        hoverinfo="skip",
         line={"color": STYLE.get(domain, {"c": "grey"})["c"], "width": 1},
-        name=f"{domain} density", showlegend=True,
-    )  # fmt: skip
+        name=f"{domain} density",
+        showlegend=True,
+    )
 
 
 def _marker(run: Run, level: str, name: str, ids, domains, color_by: str, i: int, n: int):
@@ -346,8 +379,7 @@ def neighbours_of(run: Run, level: str, row: int, source: str = NEIGHBOURS_FROM[
     run's neighbour table, or, for one domain's alone ("the nearest real images to this
     synthetic one"), searched exactly among that domain's features."""
     if source == NEIGHBOURS_FROM[0]:
-        return tuple(table[row] for table in run.neighbors(level))
-    from lib.analysis.neighbours import nearest_among
+        return tuple(table[row] for table in run.neighbours(level))
 
     candidates = np.flatnonzero(image_column(run, "domain") == source)
     config = run.manifest["config"]
@@ -426,9 +458,19 @@ def pick_method(run: Run, method: str) -> str:
 VIEWS = ("3D", "2D")
 
 
-def show_plot(store: RunStore, run_id: str, level: str, direction: str, color_by: str,
-              method: str, view: str, contours: bool, zoom: str = "", category: str = ALL,
-              size: str = ALL):  # fmt: skip
+def show_plot(
+    store: RunStore,
+    run_id: str,
+    level: str,
+    direction: str,
+    color_by: str,
+    method: str,
+    view: str,
+    contours: bool,
+    zoom: str = "",
+    category: str = ALL,
+    size: str = ALL,
+):
     """The plot for the user's choices; `zoom`: the browser's last 2D zoom ({"key", "box"}),
     applied when it was made in this same view; `category`, `size`: an object run's
     class and size stratum."""
@@ -436,8 +478,7 @@ def show_plot(store: RunStore, run_id: str, level: str, direction: str, color_by
     level = level if level in run.levels else default_level(run)
     method, fit_on = pick_method(run, method), DIRECTIONS.get(direction, "real")
     box = parse_zoom(zoom, run, level, method, fit_on)
-    return overlap_figure(run, level, fit_on, color_by, method, view, box, contours,
-                          category, size)  # fmt: skip
+    return overlap_figure(run, level, fit_on, color_by, method, view, box, contours, category, size)
 
 
 def parse_zoom(payload: str, run: Run, level: str, method: str, fit_on: str):
@@ -454,8 +495,7 @@ def parse_zoom(payload: str, run: Run, level: str, method: str, fit_on: str):
     return box if len(box) == 4 and np.isfinite(box).all() else None
 
 
-def lasso_rows(store: RunStore, payload: str, run_id: str, level: str, direction: str,
-               method: str):  # fmt: skip
+def lasso_rows(store: RunStore, payload: str, run_id: str, level: str, direction: str, method: str):
     """The rows inside a lasso (or box) drawn on the 2D view, from every point of the
     projection, not only those drawn; and a line saying what was selected."""
     from matplotlib.path import Path as Outline
@@ -484,8 +524,7 @@ def lasso_rows(store: RunStore, payload: str, run_id: str, level: str, direction
     )
 
 
-def pick_neighbour(store: RunStore, run_id: str, level: str, row, source: str, picked,
-                   index: int):  # fmt: skip
+def pick_neighbour(store: RunStore, run_id: str, level: str, row, source: str, picked, index: int):
     """A click on a neighbour's thumbnail adds it to the picked images (or takes it off):
     a multi-select to tag with “Apply to: the picked images”."""
     run = open_id(store, run_id)
@@ -543,8 +582,15 @@ def _selection(run: Run, roots: list[str], row: int | None, level: str):
     )
 
 
-def on_run(store: RunStore, run_id: str, direction: str, color_by: str, method: str,
-           view: str, contours: bool):  # fmt: skip
+def on_run(
+    store: RunStore,
+    run_id: str,
+    direction: str,
+    color_by: str,
+    method: str,
+    view: str,
+    contours: bool,
+):
     """A run switched to: its levels and projections, the user's view kept where it can."""
     run = open_id(store, run_id)
     level = default_level(run)
@@ -558,79 +604,163 @@ def on_run(store: RunStore, run_id: str, direction: str, color_by: str, method: 
     )
 
 
-def build(store: RunStore, roots: list[str], first: Run, editing: Editing | None = None) -> Tab:
+def _view_controls(first: Run):
+    """(level, projection, direction, colour by, view, contours, find an image)."""
     first_methods = methods(first)
-    with gr.Blocks() as blocks:
-        run_id = gr.Textbox(first.id, visible=False)
-        with gr.Row():
-            level = level_dropdown("Level", first)
-            method = gr.Radio(first_methods, value=first_methods[0][1], label="Projection",
-                              elem_id="projection")  # fmt: skip
-            direction = gr.Radio(list(DIRECTIONS), value=list(DIRECTIONS)[0], label="Direction",
-                                 scale=2)  # fmt: skip
-            color_by = gr.Radio(list(COLOR_BY), value="domain", label="Colour by", scale=2)
-        with gr.Row():
-            view = gr.Radio(list(VIEWS), value="3D", label="View", elem_id="view",
-                            info="2D: the first two axes; a zoom shows all its points")  # fmt: skip
-            contours = gr.Checkbox(False, label="Density contours (2D)", elem_id="contours")
-            search = gr.Textbox(label="Find an image", placeholder="row id or part of a file name",
-                                elem_id="find_image", scale=2)  # fmt: skip
-        with gr.Row(visible=first.objects is not None):  # an object run's class and size
-            category = gr.Dropdown(class_choices(first), value=ALL, label="Objects of class",
-                                   elem_id="object_class", allow_custom_value=True)  # fmt: skip
-            size = gr.Radio(list(SIZES), value=ALL, label="Object size (COCO: small < 32², "
-                            "large ≥ 96² px)", elem_id="object_size")  # fmt: skip
-        with gr.Row():
-            with gr.Column(scale=3):
-                figure = overlap_figure(first, default_level(first), "real",
-                                        method=first_methods[0][1])  # fmt: skip
-                plot = gr.Plot(figure, elem_id="overlap_plot", label="Overlap (click a point)")
-            with gr.Column(scale=2):
-                selected = gr.Image(label="Selected image", height=260, elem_id="selected_image")
-                info = gr.Markdown("Click a point in the plot to see its nearest neighbours.")
-                neighbours_from = gr.Radio(
-                    list(NEIGHBOURS_FROM), value=NEIGHBOURS_FROM[0], label="Neighbours from",
-                    elem_id="neighbours_from",
-                )  # fmt: skip
-                # a click on a neighbour picks it (no preview: the selected image is large)
-                gallery = PathGallery(label="Nearest neighbours (click to pick)", columns=4,
-                                      height=420, elem_id="neighbours",
-                                      allow_preview=False)  # fmt: skip
-                selected_row = gr.Number(-1, visible=False, precision=0)
-                picked = gr.State([])  # rows inside the last lasso on the 2D view
-                lassoed = gr.Markdown(elem_id="lasso_note")
-                curation.panel(store, editing or Editing(False), run_id, level, selected_row,
-                               picked)  # fmt: skip
-        click_box = gr.Textbox(elem_id="click_box", visible="hidden")
-        zoom_box = gr.Textbox(elem_id="zoom_box", visible="hidden")
-        lasso_box = gr.Textbox(elem_id="lasso_box", visible="hidden")
-        lasso_box.change(partial(lasso_rows, store), [lasso_box, run_id, level, direction,
-                                                      method], [picked, lassoed])  # fmt: skip
+    with gr.Row():
+        level = level_dropdown("Level", first)
+        method = gr.Radio(
+            first_methods, value=first_methods[0][1], label="Projection", elem_id="projection"
+        )
+        direction = gr.Radio(
+            list(DIRECTIONS), value=list(DIRECTIONS)[0], label="Direction", scale=2
+        )
+        color_by = gr.Radio(list(COLOR_BY), value="domain", label="Colour by", scale=2)
+    with gr.Row():
+        view = gr.Radio(
+            list(VIEWS),
+            value="3D",
+            label="View",
+            elem_id="view",
+            info="2D: the first two axes; a zoom shows all its points",
+        )
+        contours = gr.Checkbox(False, label="Density contours (2D)", elem_id="contours")
+        search = gr.Textbox(
+            label="Find an image",
+            placeholder="row id or part of a file name",
+            elem_id="find_image",
+            scale=2,
+        )
+    return level, method, direction, color_by, view, contours, search
+
+
+def _object_controls(first: Run):
+    """(class, size stratum): shown for an object run only."""
+    with gr.Row(visible=first.objects is not None):
+        category = gr.Dropdown(
+            class_choices(first),
+            value=ALL,
+            label="Objects of class",
+            elem_id="object_class",
+            allow_custom_value=True,
+        )
+        size = gr.Radio(
+            list(SIZES),
+            value=ALL,
+            label="Object size (COCO: small < 32², large ≥ 96² px)",
+            elem_id="object_size",
+        )
+    return category, size
+
+
+@dataclass
+class _Selection:
+    """The column beside the plot: the selected image, its neighbours, the lasso's rows."""
+
+    image: gr.Image
+    info: gr.Markdown
+    neighbours_from: gr.Radio
+    gallery: gr.Gallery
+    row: gr.Number
+    picked: gr.State
+    lassoed: gr.Markdown
+
+    @classmethod
+    def build(cls, store: RunStore, editing: Editing, run_id, level) -> _Selection:
+        image = gr.Image(label="Selected image", height=260, elem_id="selected_image")
+        info = gr.Markdown("Click a point in the plot to see its nearest neighbours.")
+        neighbours_from = gr.Radio(
+            list(NEIGHBOURS_FROM),
+            value=NEIGHBOURS_FROM[0],
+            label="Neighbours from",
+            elem_id="neighbours_from",
+        )
+        # a click on a neighbour picks it (no preview: the selected image is large)
+        gallery = PathGallery(
+            label="Nearest neighbours (click to pick)",
+            columns=4,
+            height=420,
+            elem_id="neighbours",
+            allow_preview=False,
+        )
+        row = gr.Number(-1, visible=False, precision=0)
+        picked = gr.State([])  # rows inside the last lasso on the 2D view
+        lassoed = gr.Markdown(elem_id="lasso_note")
+        curation.panel(store, editing, run_id, level, row, picked)
+        return cls(image, info, neighbours_from, gallery, row, picked, lassoed)
+
+    @property
+    def shown(self) -> list:
+        return [self.image, self.gallery, self.info, self.row]
+
+    def wire(self, store: RunStore, roots: list[str], run_id, level, search) -> None:
+        """A click in the plot, a name searched, a neighbour picked, the filter changed."""
 
         def pick(run: str, lv: str, row, source: str, rows, evt: gr.SelectData):
             return pick_neighbour(store, run, lv, row, source, rows, evt.index)
 
-        gallery.select(pick, [run_id, level, selected_row, neighbours_from, picked],
-                       [picked, lassoed])  # fmt: skip
+        picks = [run_id, level, self.row, self.neighbours_from, self.picked]
+        self.gallery.select(pick, picks, [self.picked, self.lassoed])
+        click_box = gr.Textbox(elem_id="click_box", visible="hidden")
+        click_box.change(
+            partial(select_point, store, roots),
+            [click_box, run_id, level],
+            self.shown,
+            api_name="select_point",
+        )
+        where = [run_id, level, self.row, self.neighbours_from]
+        self.neighbours_from.input(partial(filtered_neighbours, store), where, self.gallery)
+        self.row.change(partial(_refilter, store), where, self.gallery)
+        search.submit(
+            partial(find_image, store, roots),
+            [search, run_id, level],
+            self.shown,
+            api_name="find_image",
+        )
+
+
+def build(store: RunStore, roots: list[str], first: Run, editing: Editing | None = None) -> Tab:
+    with gr.Blocks() as blocks:
+        run_id = gr.Textbox(first.id, visible=False)
+        level, method, direction, color_by, view, contours, search = _view_controls(first)
+        category, size = _object_controls(first)
+        with gr.Row():
+            with gr.Column(scale=3):
+                figure = overlap_figure(first, default_level(first), "real", method=method.value)
+                plot = gr.Plot(figure, elem_id="overlap_plot", label="Overlap (click a point)")
+            with gr.Column(scale=2):
+                side = _Selection.build(store, editing or Editing(False), run_id, level)
+        zoom_box = gr.Textbox(elem_id="zoom_box", visible="hidden")
+        lasso_box = gr.Textbox(elem_id="lasso_box", visible="hidden")
+        lasso_box.change(
+            partial(lasso_rows, store),
+            [lasso_box, run_id, level, direction, method],
+            [side.picked, side.lassoed],
+        )
+        side.wire(store, roots, run_id, level, search)
         choices = [run_id, level, direction, color_by, method, view, contours]
         # .input: the user's choices only; a run switch sets these and draws the plot itself
         gr.on(
-            [level.input, direction.input, color_by.input, method.input, view.input,
-             contours.input, zoom_box.change,  # the zoom box is only ever set by the browser
-             category.input, size.input],
-            partial(show_plot, store), [*choices, zoom_box, category, size], plot,
-        )  # fmt: skip
-        click_box.change(
-            partial(select_point, store, roots), [click_box, run_id, level],
-            [selected, gallery, info, selected_row], api_name="select_point",
-        )  # fmt: skip
-        where = [run_id, level, selected_row, neighbours_from]
-        neighbours_from.input(partial(filtered_neighbours, store), where, gallery)
-        selected_row.change(partial(_refilter, store), where, gallery)
-        search.submit(
-            partial(find_image, store, roots), [search, run_id, level],
-            [selected, gallery, info, selected_row], api_name="find_image",
-        )  # fmt: skip
+            [
+                level.input,
+                direction.input,
+                color_by.input,
+                method.input,
+                view.input,
+                contours.input,
+                zoom_box.change,  # the zoom box is only ever set by the browser
+                category.input,
+                size.input,
+            ],
+            partial(show_plot, store),
+            [*choices, zoom_box, category, size],
+            plot,
+        )
         blocks.load(None, None, None, js=SELECT_ON_CLICK_JS)
-    return Tab(blocks, run_id, on_run, [direction, color_by, method, view, contours],
-               [run_id, level, method, plot])  # fmt: skip
+    return Tab(
+        blocks,
+        run_id,
+        on_run,
+        [direction, color_by, method, view, contours],
+        [run_id, level, method, plot],
+    )

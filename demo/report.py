@@ -68,15 +68,23 @@ def levels_figure(run: Run):
     for i, name in enumerate(PANELS):
         points = [metric_value(m, name) for m in levels.values()]
         fig.add_trace(
-            go.Scatter(x=list(levels), y=[v for v, _ in points], mode="lines+markers",
-                       name=METRICS[name][0], error_y=_error_bars(points), showlegend=False),
-            row=i // 3 + 1, col=i % 3 + 1,
-        )  # fmt: skip
+            go.Scatter(
+                x=list(levels),
+                y=[v for v, _ in points],
+                mode="lines+markers",
+                name=METRICS[name][0],
+                error_y=_error_bars(points),
+                showlegend=False,
+            ),
+            row=i // 3 + 1,
+            col=i % 3 + 1,
+        )
     fd_inf = [metric_value(m, "fd_inf")[0] for m in levels.values()]
     fig.add_trace(
         go.Scatter(x=list(levels), y=fd_inf, mode="lines", line={"dash": "dot"}, name="FD∞"),
-        row=1, col=1,
-    )  # fmt: skip
+        row=1,
+        col=1,
+    )
     fig.update_layout(height=560, margin={"l": 40, "r": 10, "t": 40, "b": 30}, showlegend=False)
     return fig
 
@@ -93,8 +101,9 @@ def summary_table(run: Run) -> list[list]:
     return rows
 
 
-def blame_galleries(run: Run, level: str, n: int = 16, category: str = ALL,
-                    size: str = ALL) -> dict[str, list[tuple[str, str]]]:  # fmt: skip
+def blame_galleries(
+    run: Run, level: str, n: int = 16, category: str = ALL, size: str = ALL
+) -> dict[str, list[tuple[str, str]]]:
     """Thumbnails of the images behind the gap at one level, worst first; of an object
     run, only the objects of `category` and `size` when chosen."""
     scores = level_scores(run, level)
@@ -141,9 +150,15 @@ def history_figure(store: RunStore, level: str, name: str = "auc"):
         points.append(metric_value(levels[level], name))
         texts.append(run_id)
     fig = go.Figure(
-        go.Scatter(x=xs, y=[v for v, _ in points], text=texts, mode="lines+markers",
-                   error_y=_error_bars(points), hovertemplate="%{text}<br>%{y:.4g}<extra></extra>")
-    )  # fmt: skip
+        go.Scatter(
+            x=xs,
+            y=[v for v, _ in points],
+            text=texts,
+            mode="lines+markers",
+            error_y=_error_bars(points),
+            hovertemplate="%{text}<br>%{y:.4g}<extra></extra>",
+        )
+    )
     fig.update_layout(
         title=f"{METRICS[name][0]} at {level}, all published runs",
         height=360,
@@ -217,8 +232,11 @@ def what_differs(run: Run) -> tuple[str, object]:
     a chart of each statistic's AUC and of what photometry explains per level."""
     found = (run.metrics or {}).get("attribution")
     if not found:
-        return ("### What differs\nThis run has no photometric attribution (embeddings, objects, "
-                "`--attribution 0`, or a run from before it).", None)  # fmt: skip
+        return (
+            "### What differs\nThis run has no photometric attribution (embeddings, objects, "
+            "`--attribution 0`, or a run from before it).",
+            None,
+        )
     lines = ["### What differs", ""]
     lines += [f"- {s}" for s in found["sentences"]] or ["- no clear photometric difference"]
     n = found["n"]
@@ -256,16 +274,20 @@ def objects_section(run: Run) -> str:
         "no figures.",
         "",
         "| objects | N real + synthetic | "
-        + " | ".join(f"{lv} FD | {lv} AUC" for lv in levels) + " |",
+        + " | ".join(f"{lv} FD | {lv} AUC" for lv in levels)
+        + " |",
         "|---|---|" + "---|---|" * len(levels),
-    ]  # fmt: skip
+    ]
     for title, key in (("class", "by_class"), ("size", "by_size")):
         for name, entry in strata[key].items():
             cells = [f"{title} **{name}**", f"{entry['n']['real']} + {entry['n']['synthetic']}"]
             for lv in levels:
                 rec = entry.get("levels", {}).get(lv)
-                cells += [_with_interval(rec["fd"]), _with_interval(rec["auc"], ".2f")] if rec \
-                    else ["–", "–"]  # fmt: skip
+                cells += (
+                    [_with_interval(rec["fd"]), _with_interval(rec["auc"], ".2f")]
+                    if rec
+                    else ["–", "–"]
+                )
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -285,8 +307,10 @@ def least_realistic_per_class(run: Run, level: str, per_class: int = 2) -> list[
     items = []
     for _, group in synth.groupby("category", sort=True):
         worst = scores.loc[group.index].sort_values("realism").head(per_class)
-        items += [(picture(run.thumb(int(i))), f"{caption(run, int(i))} · realism "
-                   f"{row['realism']:.2f}") for i, row in worst.iterrows()]  # fmt: skip
+        items += [
+            (picture(run.thumb(int(i))), f"{caption(run, int(i))} · realism {row['realism']:.2f}")
+            for i, row in worst.iterrows()
+        ]
     return items
 
 
@@ -304,29 +328,50 @@ def attribution_figure(found: dict):
             "p(synthetic) explained by photometry (R²)",
         ),
     )
-    fig.add_trace(go.Bar(
-        x=[s["auc"] - 0.5 for s in stats], y=[s["statistic"] for s in stats], base=0.5,
-        orientation="h", showlegend=False,
-        error_x={"type": "data", "symmetric": False,
-                 "array": [s["ci95"][1] - s["auc"] for s in stats],
-                 "arrayminus": [s["auc"] - s["ci95"][0] for s in stats]},
-    ), row=1, col=1)  # fmt: skip
+    fig.add_trace(
+        go.Bar(
+            x=[s["auc"] - 0.5 for s in stats],
+            y=[s["statistic"] for s in stats],
+            base=0.5,
+            orientation="h",
+            showlegend=False,
+            error_x={
+                "type": "data",
+                "symmetric": False,
+                "array": [s["ci95"][1] - s["auc"] for s in stats],
+                "arrayminus": [s["auc"] - s["ci95"][0] for s in stats],
+            },
+        ),
+        row=1,
+        col=1,
+    )
     levels = list(found["explained"])
     r2 = [found["explained"][lv] for lv in levels]
-    fig.add_trace(go.Scatter(
-        x=levels, y=[r["r2"] for r in r2], mode="lines+markers", showlegend=False,
-        error_y={"type": "data", "symmetric": False,
-                 "array": [r["ci95"][1] - r["r2"] for r in r2],
-                 "arrayminus": [r["r2"] - r["ci95"][0] for r in r2]},
-    ), row=1, col=2)  # fmt: skip
+    fig.add_trace(
+        go.Scatter(
+            x=levels,
+            y=[r["r2"] for r in r2],
+            mode="lines+markers",
+            showlegend=False,
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [r["ci95"][1] - r["r2"] for r in r2],
+                "arrayminus": [r["r2"] - r["ci95"][0] for r in r2],
+            },
+        ),
+        row=1,
+        col=2,
+    )
     fig.update_xaxes(range=[0, 1], row=1, col=1)
     fig.update_yaxes(range=[-0.1, 1], row=1, col=2)
     fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
 
 
-def show_report(store: RunStore, run_id: str, level: str, metric: str, category: str = ALL,
-                size: str = ALL):  # fmt: skip
+def show_report(
+    store: RunStore, run_id: str, level: str, metric: str, category: str = ALL, size: str = ALL
+):
     """The gap report of a run: notes, table, chart, what differs, images to blame at
     `level` (an object run's: of `category` and `size`), history."""
     run = open_id(store, run_id)
@@ -363,6 +408,44 @@ def _gallery(label: str, elem_id: str | None = None) -> gr.Gallery:
     return PathGallery(label=label, columns=8, height=260, elem_id=elem_id)
 
 
+def _blame_choices(first: Run):
+    """(level, history metric, class, object size): what the report's galleries show."""
+    with gr.Row():
+        level = level_dropdown("Images to blame at level", first)
+        metric = gr.Dropdown(
+            label="History of", value="auc", choices=[(METRICS[m][0], m) for m in METRICS]
+        )
+    with gr.Row(visible=first.objects is not None):  # an object run's class and size
+        category = gr.Dropdown(
+            class_choices(first),
+            value=ALL,
+            label="To blame: class",
+            elem_id="blame_class",
+            allow_custom_value=True,
+        )
+        size = gr.Radio(list(SIZES), value=ALL, label="To blame: object size", elem_id="blame_size")
+    return level, metric, category, size
+
+
+def _blame_galleries() -> list[gr.Gallery]:
+    """The images to blame, four ways."""
+    return [
+        _gallery(
+            "Least realistic synthetic images (realism score; < 1 = outside the real manifold)",
+            "least_realistic",
+        ),
+        _gallery("Most obviously synthetic (out-of-fold domain classifier)"),
+        _gallery(
+            "Real images no synthetic image covers (what the synthetic data misses)",
+            "uncovered_real",
+        ),
+        _gallery(
+            "Samples from one-domain clusters (real-only: missed; synthetic-only: invented)",
+            "one_domain_clusters",
+        ),
+    ]
+
+
 def build(store: RunStore, first: Run) -> Tab:
     with gr.Blocks() as blocks:
         run_id = gr.Textbox(first.id, visible=False)
@@ -370,34 +453,33 @@ def build(store: RunStore, first: Run) -> Tab:
         table = gr.Dataframe(headers=SUMMARY_HEADERS, label="Gap per level", elem_id="gap_table")
         chart = gr.Plot(label="Metrics across levels (95% intervals; KID ± 1 std)")
         objects = gr.Markdown(elem_id="objects_gap")
-        per_class = _gallery("Least realistic synthetic objects of each class (at the level "
-                             "below)", "objects_to_blame")  # fmt: skip
+        per_class = _gallery(
+            "Least realistic synthetic objects of each class (at the level below)",
+            "objects_to_blame",
+        )
         differs = gr.Markdown(elem_id="what_differs")
         differs_chart = gr.Plot(label="What differs", elem_id="what_differs_chart")
-        with gr.Row():
-            level = level_dropdown("Images to blame at level", first)
-            metric = gr.Dropdown(label="History of", value="auc",
-                                 choices=[(METRICS[m][0], m) for m in METRICS])  # fmt: skip
-        with gr.Row(visible=first.objects is not None):  # an object run's class and size
-            category = gr.Dropdown(class_choices(first), value=ALL, label="To blame: class",
-                                   elem_id="blame_class", allow_custom_value=True)  # fmt: skip
-            size = gr.Radio(list(SIZES), value=ALL, label="To blame: object size",
-                            elem_id="blame_size")  # fmt: skip
-        galleries = [
-            _gallery("Least realistic synthetic images (realism score; < 1 = outside the real "
-                     "manifold)", "least_realistic"),
-            _gallery("Most obviously synthetic (out-of-fold domain classifier)"),
-            _gallery("Real images no synthetic image covers (what the synthetic data misses)",
-                     "uncovered_real"),
-            _gallery("Samples from one-domain clusters (real-only: missed; synthetic-only: "
-                     "invented)", "one_domain_clusters"),
-        ]  # fmt: skip
+        level, metric, category, size = _blame_choices(first)
+        galleries = _blame_galleries()
         history = gr.Plot(label="Over all published runs")
-        outputs = [notes, table, chart, objects, per_class, differs, differs_chart, *galleries,
-                   history]  # fmt: skip
+        outputs = [
+            notes,
+            table,
+            chart,
+            objects,
+            per_class,
+            differs,
+            differs_chart,
+            *galleries,
+            history,
+        ]
         choices = [run_id, level, metric, category, size]
-        gr.on([level.input, metric.input, category.input, size.input],
-              partial(show_report, store), choices, outputs)  # fmt: skip
+        gr.on(
+            [level.input, metric.input, category.input, size.input],
+            partial(show_report, store),
+            choices,
+            outputs,
+        )
         # filled on load too: the report is the slowest part of a run to draw
         blocks.load(partial(show_report, store), choices, outputs)
     return Tab(blocks, run_id, on_run, [metric], [run_id, level, *outputs])

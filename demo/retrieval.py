@@ -32,9 +32,17 @@ def table(results: dict) -> list[list]:
     rows = []
     for level, m in results["levels"].items():
         r = m["recall_at"]
-        rows.append([level, _with_ci(m["pass"]), f"{r['1']['value']:.3f}",
-                     f"{r['5']['value']:.3f}", f"{r['10']['value']:.3f}",
-                     _with_ci(m["map_at_r"]), m["no_match"]])  # fmt: skip
+        rows.append(
+            [
+                level,
+                _with_ci(m["pass"]),
+                f"{r['1']['value']:.3f}",
+                f"{r['5']['value']:.3f}",
+                f"{r['10']['value']:.3f}",
+                _with_ci(m["map_at_r"]),
+                m["no_match"],
+            ]
+        )
     return rows
 
 
@@ -45,11 +53,17 @@ def per_rank_figure(results: dict):
     fig = go.Figure()
     for level, m in results["levels"].items():
         ranks = list(range(1, len(m["per_rank_accuracy"]) + 1))
-        fig.add_trace(go.Scatter(x=ranks, y=m["per_rank_accuracy"], mode="lines+markers",
-                                 name=level))  # fmt: skip
-    fig.update_layout(height=320, margin={"t": 40, "b": 40, "l": 50, "r": 10},
-                      title="Right at each rank", xaxis_title="rank",
-                      yaxis_title="share of queries", yaxis_range=[0, 1])  # fmt: skip
+        fig.add_trace(
+            go.Scatter(x=ranks, y=m["per_rank_accuracy"], mode="lines+markers", name=level)
+        )
+    fig.update_layout(
+        height=320,
+        margin={"t": 40, "b": 40, "l": 50, "r": 10},
+        title="Right at each rank",
+        xaxis_title="rank",
+        yaxis_title="share of queries",
+        yaxis_range=[0, 1],
+    )
     return fig
 
 
@@ -68,12 +82,26 @@ def training_figure(run: Run):
     epochs = [int(r["epoch"]) for r in rows]
     fig = make_subplots(cols=2, subplot_titles=("loss", "validation accuracy"))
     for key, name in (("train_loss", "training"), ("val_loss", "validation")):
-        fig.add_trace(go.Scatter(x=epochs, y=[float(r[key]) for r in rows], name=name,
-                                 mode="lines+markers"), row=1, col=1)  # fmt: skip
-    fig.add_trace(go.Scatter(x=epochs, y=[float(r["val_accuracy"]) for r in rows],
-                             name="accuracy", mode="lines+markers"), row=1, col=2)  # fmt: skip
-    fig.update_layout(height=300, margin={"t": 50, "b": 40, "l": 50, "r": 10},
-                      title=f"Training of {run.manifest['backbone']['name']}")  # fmt: skip
+        fig.add_trace(
+            go.Scatter(x=epochs, y=[float(r[key]) for r in rows], name=name, mode="lines+markers"),
+            row=1,
+            col=1,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=epochs,
+            y=[float(r["val_accuracy"]) for r in rows],
+            name="accuracy",
+            mode="lines+markers",
+        ),
+        row=1,
+        col=2,
+    )
+    fig.update_layout(
+        height=300,
+        margin={"t": 50, "b": 40, "l": 50, "r": 10},
+        title=f"Training of {run.manifest['backbone']['name']}",
+    )
     fig.update_xaxes(title_text="epoch")
     return fig
 
@@ -81,11 +109,13 @@ def training_figure(run: Run):
 def summary(name: str, results: dict) -> str:
     k = results["k"]
     level, m = max(results["levels"].items(), key=lambda kv: kv[1]["pass"]["value"])
-    return (f"### {results['n_query']} {results['query']} queries against "
-            f"{results['n_gallery']} {results['gallery']} images\n"
-            f"A query passes when its label ({results['labels']}) is among its {k} nearest "
-            f"(by {results['metric']} distance, never itself). Best level: **{level}**, "
-            f"{m['pass']['value']:.1%} pass, mAP@R {m['map_at_r']['value']:.3f}.")  # fmt: skip
+    return (
+        f"### {results['n_query']} {results['query']} queries against "
+        f"{results['n_gallery']} {results['gallery']} images\n"
+        f"A query passes when its label ({results['labels']}) is among its {k} nearest "
+        f"(by {results['metric']} distance, never itself). Best level: **{level}**, "
+        f"{m['pass']['value']:.1%} pass, mAP@R {m['map_at_r']['value']:.3f}."
+    )
 
 
 def classes(run: Run, name: str, level: str) -> list[str]:
@@ -153,33 +183,52 @@ def on_run(store: RunStore, run_id: str, outcome: str):
     if not names:
         empty = gr.update(choices=[], value=None)
         return run.id, empty, HOW_TO, [], None, empty, empty, [], training
-    return (run.id, gr.update(choices=names, value=names[0]),
-            *show_evaluation(store, run.id, names[0], outcome), training)  # fmt: skip
+    return (
+        run.id,
+        gr.update(choices=names, value=names[0]),
+        *show_evaluation(store, run.id, names[0], outcome),
+        training,
+    )
 
 
 def build(store: RunStore, first: Run) -> Tab:
     with gr.Blocks() as blocks:
         run_id = gr.Textbox(first.id, visible=False)
-        evaluation = gr.Dropdown(label="Evaluation", allow_custom_value=True,
-                                 elem_id="retrieval_evaluation")  # fmt: skip
+        evaluation = gr.Dropdown(
+            label="Evaluation", allow_custom_value=True, elem_id="retrieval_evaluation"
+        )
         note = gr.Markdown(elem_id="retrieval_note")
-        metrics = gr.Dataframe(headers=HEADERS, label="Per level (95% intervals)",
-                               elem_id="retrieval_table")  # fmt: skip
+        metrics = gr.Dataframe(
+            headers=HEADERS, label="Per level (95% intervals)", elem_id="retrieval_table"
+        )
         chart = gr.Plot(label="Accuracy by rank", elem_id="retrieval_ranks")
         with gr.Row():
             level = gr.Dropdown(label="Queries at level", allow_custom_value=True)
             outcome = gr.Radio(OUTCOMES, value="failed", label="Show queries that")
-            label = gr.Dropdown(label="Of class", allow_custom_value=True,
-                                elem_id="retrieval_class")  # fmt: skip
-        gallery = gr.Gallery(label="Each query, then its nearest gallery images (✗: another "
-                             "label)", columns=6, height=420, object_fit="contain",
-                             elem_id="retrieval_queries")  # fmt: skip
-        evaluation.input(partial(show_evaluation, store), [run_id, evaluation, outcome],
-                         [note, metrics, chart, level, label, gallery])  # fmt: skip
-        gr.on([level.input, outcome.input, label.input], partial(show, store),
-              [run_id, evaluation, level, outcome, label], gallery)  # fmt: skip
-        training = gr.Plot(label="Training (a model from batch train classifier)",
-                           elem_id="retrieval_training")  # fmt: skip
+            label = gr.Dropdown(
+                label="Of class", allow_custom_value=True, elem_id="retrieval_class"
+            )
+        gallery = gr.Gallery(
+            label="Each query, then its nearest gallery images (✗: another label)",
+            columns=6,
+            height=420,
+            object_fit="contain",
+            elem_id="retrieval_queries",
+        )
+        evaluation.input(
+            partial(show_evaluation, store),
+            [run_id, evaluation, outcome],
+            [note, metrics, chart, level, label, gallery],
+        )
+        gr.on(
+            [level.input, outcome.input, label.input],
+            partial(show, store),
+            [run_id, evaluation, level, outcome, label],
+            gallery,
+        )
+        training = gr.Plot(
+            label="Training (a model from batch train classifier)", elem_id="retrieval_training"
+        )
         outputs = [run_id, evaluation, note, metrics, chart, level, label, gallery, training]
         blocks.load(partial(on_run, store), [run_id, outcome], outputs)
     return Tab(blocks, run_id, on_run, [outcome], outputs)

@@ -20,6 +20,7 @@ from gradio.data_classes import ImageData
 from gradio_client.utils import get_mimetype
 
 from lib.analysis.atlas import middle_level
+from lib.runtime.errors import GapscopeError
 from lib.store.annotations import REMOVE, Annotations, keys_of
 from lib.store.runs import Run, RunStore
 
@@ -48,7 +49,6 @@ def open_run(run_dir: str) -> Run:
 def open_id(store: RunStore, run_id: str | None) -> Run:
     """A published run by id (the latest for None), from the cache. A run deleted since
     the page loaded (`batch prune`) is a message in the page, not a traceback."""
-    from lib.runtime.errors import GapscopeError
 
     try:
         run = open_run(str(store.open(run_id or None).dir))
@@ -180,10 +180,16 @@ def _by_row(run: Run, by_key: dict) -> dict[int, object]:
     if not by_key:
         return {}
     keys = list(by_key)
-    wanted = pd.DataFrame({"hash": [k.hash for k in keys], "relpath": [k.relpath for k in keys],
-                           "k": np.arange(len(keys))})  # fmt: skip
-    images = pd.DataFrame({"hash": image_column(run, "hash"),
-                           "relpath": image_column(run, "relpath")})  # fmt: skip
+    wanted = pd.DataFrame(
+        {
+            "hash": [k.hash for k in keys],
+            "relpath": [k.relpath for k in keys],
+            "k": np.arange(len(keys)),
+        }
+    )
+    images = pd.DataFrame(
+        {"hash": image_column(run, "hash"), "relpath": image_column(run, "relpath")}
+    )
     found = images.reset_index(names="row").merge(wanted, on=["hash", "relpath"])
     return {int(r): by_key[keys[k]] for r, k in zip(found["row"], found["k"], strict=True)}
 
@@ -217,11 +223,17 @@ class PathGallery(gr.Gallery):
         )
         if not pairs:
             return super().postprocess(value)
-        return GalleryData(root=[
-            GalleryImage(image=ImageData(path=path, orig_name=Path(path).name,
-                                         mime_type=get_mimetype(path)), caption=text)
-            for path, text in value
-        ])  # fmt: skip
+        return GalleryData(
+            root=[
+                GalleryImage(
+                    image=ImageData(
+                        path=path, orig_name=Path(path).name, mime_type=get_mimetype(path)
+                    ),
+                    caption=text,
+                )
+                for path, text in value
+            ]
+        )
 
 
 def picture(thumb: Path | None) -> str:

@@ -39,9 +39,17 @@ def health(store: RunStore, status: str) -> dict:
     return {"status": status, "runs": len(runs), "latest": store.latest_id()}
 
 
-def serve(blocks: gr.Blocks, store: RunStore, host: str, port: int, roots: list[str],
-          css: str | None = None, status: str = "ok",
-          stop_when: Callable[[], bool] | None = None, routers: tuple = ()) -> None:  # fmt: skip
+def serve(
+    blocks: gr.Blocks,
+    store: RunStore,
+    host: str,
+    port: int,
+    roots: list[str],
+    css: str | None = None,
+    status: str = "ok",
+    stop_when: Callable[[], bool] | None = None,
+    routers: tuple = (),
+) -> None:
     """Serve `blocks` at `/`, `/healthz` and the `routers`' routes (the atlas's) until
     interrupted (or until `stop_when()`)."""
     import uvicorn
@@ -56,8 +64,7 @@ def serve(blocks: gr.Blocks, store: RunStore, host: str, port: int, roots: list[
     for router in routers:
         api.include_router(router)
 
-    api = gr.mount_gradio_app(api, blocks, path="/", allowed_paths=roots, show_error=True,
-                              css=css)  # fmt: skip
+    api = gr.mount_gradio_app(api, blocks, path="/", allowed_paths=roots, show_error=True, css=css)
     server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_level="warning"))
     if stop_when is not None:
         threading.Thread(target=_stop_when, args=(server, stop_when), daemon=True).start()

@@ -18,10 +18,19 @@ HOW_TO = (
     "closes the gap with e.g. `python -m batch whatif --transform blur=0.5,1,2 "
     "--transform jpeg` (see the README, What if); the results are published as a new run."
 )
-METRICS = {"fd": "FD (lower: closer)", "coverage": "coverage (higher: closer)",
-           "auc": "classifier AUC (0.5: indistinguishable)"}  # fmt: skip
-BEST_HEADERS = ["level", "lowers FD most", "FD before → after", "FD gap closed",
-                "lowers AUC most", "AUC before → after"]  # fmt: skip
+METRICS = {
+    "fd": "FD (lower: closer)",
+    "coverage": "coverage (higher: closer)",
+    "auc": "classifier AUC (0.5: indistinguishable)",
+}
+BEST_HEADERS = [
+    "level",
+    "lowers FD most",
+    "FD before → after",
+    "FD gap closed",
+    "lowers AUC most",
+    "AUC before → after",
+]
 
 
 def curves(results: dict, level: str, metric: str):
@@ -32,40 +41,64 @@ def curves(results: dict, level: str, metric: str):
 
     transforms = results["transforms"]
     titles = [f"{name}<br><sub>{t['parameter']}</sub>" for name, t in transforms.items()]
-    fig = make_subplots(cols=len(transforms), subplot_titles=titles, shared_yaxes=True,
-                        horizontal_spacing=0.03)  # fmt: skip
+    fig = make_subplots(
+        cols=len(transforms), subplot_titles=titles, shared_yaxes=True, horizontal_spacing=0.03
+    )
     for col, name in enumerate(transforms, start=1):
         rows = [v for v in results["variants"] if v["transform"] == name]
         rows.sort(key=lambda v: v["strength"])
         recs = [v["levels"][level]["records"][metric] for v in rows]
         changes = [v["levels"][level]["change"][metric] for v in rows]
-        fig.add_trace(go.Scatter(
-            x=[v["strength"] for v in rows], y=[r["value"] for r in recs], mode="lines+markers",
-            error_y=_error_bars([(r["value"], r["ci95"]) for r in recs]), name=name,
-            showlegend=False, marker={"size": 9, "symbol": [
-                "circle-open" if c["within_noise"] else "circle" for c in changes]},
-            hovertext=[_hover(v, r, c) for v, r, c in zip(rows, recs, changes, strict=True)],
-            hoverinfo="text",
-        ), row=1, col=col)  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[v["strength"] for v in rows],
+                y=[r["value"] for r in recs],
+                mode="lines+markers",
+                error_y=_error_bars([(r["value"], r["ci95"]) for r in recs]),
+                name=name,
+                showlegend=False,
+                marker={
+                    "size": 9,
+                    "symbol": ["circle-open" if c["within_noise"] else "circle" for c in changes],
+                },
+                hovertext=[_hover(v, r, c) for v, r, c in zip(rows, recs, changes, strict=True)],
+                hoverinfo="text",
+            ),
+            row=1,
+            col=col,
+        )
     base = results["baseline"][level][metric]
-    fig.add_hline(y=base["value"], line_dash="dash", line_color="grey", row="all", col="all",
-                  annotation_text="untransformed", annotation_position="top left")  # fmt: skip
+    fig.add_hline(
+        y=base["value"],
+        line_dash="dash",
+        line_color="grey",
+        row="all",
+        col="all",
+        annotation_text="untransformed",
+        annotation_position="top left",
+    )
     if base.get("ci95"):
         lo, hi = base["ci95"]
-        fig.add_hrect(y0=lo, y1=hi, fillcolor="grey", opacity=0.12, line_width=0,
-                      row="all", col="all")  # fmt: skip
+        fig.add_hrect(
+            y0=lo, y1=hi, fillcolor="grey", opacity=0.12, line_width=0, row="all", col="all"
+        )
     fig.update_yaxes(title_text=METRICS[metric], row=1, col=1)
-    fig.update_layout(height=380, margin={"t": 70, "b": 40, "l": 60, "r": 10},
-                      title=f"{level}: {METRICS[metric]} per transform strength "
-                            "(hollow: within noise of the untransformed images)")  # fmt: skip
+    fig.update_layout(
+        height=380,
+        margin={"t": 70, "b": 40, "l": 60, "r": 10},
+        title=f"{level}: {METRICS[metric]} per transform strength "
+        "(hollow: within noise of the untransformed images)",
+    )
     return fig
 
 
 def _hover(variant: dict, rec: dict, change: dict) -> str:
     ci = rec.get("ci95") or [float("nan")] * 2
     lo, hi = change["ci95"]
-    text = (f"{variant['label']}<br>{rec['value']:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]"
-            f"<br>change {change['value']:+.4g} [{lo:+.4g}, {hi:+.4g}]")  # fmt: skip
+    text = (
+        f"{variant['label']}<br>{rec['value']:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]"
+        f"<br>change {change['value']:+.4g} [{lo:+.4g}, {hi:+.4g}]"
+    )
     if "gap_closed" in change:
         text += f"<br>gap closed {change['gap_closed']:.0%}"
     return text + ("<br>within noise" if change["within_noise"] else "")
@@ -77,22 +110,25 @@ def best_rows(results: dict) -> list[list]:
     rows = []
     for level in results["levels"]:
         fd, auc = results["best"][level]["fd"], results["best"][level]["auc"]
-        rows.append([
-            level,
-            fd["label"] if fd else "– (nothing beyond noise)",
-            f"{fd['before']:.4g} → {fd['after']:.4g}" if fd else "",
-            f"{fd['gap_closed']:.0%}" if fd else "",
-            auc["label"] if auc else "– (nothing beyond noise)",
-            f"{auc['before']:.3f} → {auc['after']:.3f}" if auc else "",
-        ])  # fmt: skip
+        rows.append(
+            [
+                level,
+                fd["label"] if fd else "– (nothing beyond noise)",
+                f"{fd['before']:.4g} → {fd['after']:.4g}" if fd else "",
+                f"{fd['gap_closed']:.0%}" if fd else "",
+                auc["label"] if auc else "– (nothing beyond noise)",
+                f"{auc['before']:.3f} → {auc['after']:.3f}" if auc else "",
+            ]
+        )
     return rows
 
 
 def pairs(run: Run, transform: str) -> list[tuple[str, str]]:
     """Each kept image untransformed, then at every strength of `transform`."""
     results = run.whatif
-    chosen = sorted((v for v in results["variants"] if v["transform"] == transform),
-                    key=lambda v: v["strength"])  # fmt: skip
+    chosen = sorted(
+        (v for v in results["variants"] if v["transform"] == transform), key=lambda v: v["strength"]
+    )
     out = []
     for i, original in enumerate(results["pairs"].get("none", [])):
         out.append((str(run.whatif_pair(original)), f"image {i + 1}: untransformed"))
@@ -102,9 +138,11 @@ def pairs(run: Run, transform: str) -> list[tuple[str, str]]:
 
 def summary(results: dict) -> str:
     s = results["samples"]
-    lines = [f"### What if: {len(results['variants'])} variants of {s['synthetic']} synthetic "
-             f"images, each measured against the same {s['real']} real images",
-             *(f"- {line}" for line in results["findings"])]  # fmt: skip
+    lines = [
+        f"### What if: {len(results['variants'])} variants of {s['synthetic']} synthetic "
+        f"images, each measured against the same {s['real']} real images",
+        *(f"- {line}" for line in results["findings"]),
+    ]
     return "\n".join(lines)
 
 
@@ -147,16 +185,27 @@ def build(store: RunStore, first: Run) -> Tab:
         note = gr.Markdown(elem_id="whatif_note")
         with gr.Row():
             level = gr.Dropdown(label="At level", allow_custom_value=True, elem_id="whatif_level")
-            metric = gr.Radio([(label.split(" (")[0], m) for m, label in METRICS.items()],
-                              value="fd", label="Gap measured by")  # fmt: skip
+            metric = gr.Radio(
+                [(label.split(" (")[0], m) for m, label in METRICS.items()],
+                value="fd",
+                label="Gap measured by",
+            )
         plot = gr.Plot(label="Gap against each transform's strength", elem_id="whatif_curves")
-        best = gr.Dataframe(headers=BEST_HEADERS, label="Best change per level (beyond noise)",
-                            elem_id="whatif_best")  # fmt: skip
-        transform = gr.Dropdown(label="Before / after", allow_custom_value=True,
-                                elem_id="whatif_transform")  # fmt: skip
-        gallery = gr.Gallery(label="The same synthetic images, untransformed and transformed",
-                             columns=6, height=320, object_fit="contain",
-                             elem_id="whatif_pairs")  # fmt: skip
+        best = gr.Dataframe(
+            headers=BEST_HEADERS,
+            label="Best change per level (beyond noise)",
+            elem_id="whatif_best",
+        )
+        transform = gr.Dropdown(
+            label="Before / after", allow_custom_value=True, elem_id="whatif_transform"
+        )
+        gallery = gr.Gallery(
+            label="The same synthetic images, untransformed and transformed",
+            columns=6,
+            height=320,
+            object_fit="contain",
+            elem_id="whatif_pairs",
+        )
         gr.on([level.input, metric.input], partial(show, store), [run_id, level, metric], plot)
         transform.input(partial(show_pairs, store), [run_id, transform], gallery)
         outputs = [run_id, note, level, plot, best, transform, gallery]

@@ -53,11 +53,20 @@ def gap_table(run: Run) -> pd.DataFrame:
     for level, m in (run.metrics or {}).get("levels", {}).items():
         for name, rec in m["metrics"].items():
             ci = interval(rec) or [float("nan")] * 2
-            rows.append({"level": level, "metric": name, "value": float(rec["value"]),
-                         "lo": ci[0], "hi": ci[1], "n_real": m["n"]["real"],
-                         "n_synthetic": m["n"]["synthetic"]})  # fmt: skip
-    return pd.DataFrame(rows, columns=["level", "metric", "value", "lo", "hi", "n_real",
-                                       "n_synthetic"])  # fmt: skip
+            rows.append(
+                {
+                    "level": level,
+                    "metric": name,
+                    "value": float(rec["value"]),
+                    "lo": ci[0],
+                    "hi": ci[1],
+                    "n_real": m["n"]["real"],
+                    "n_synthetic": m["n"]["synthetic"],
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["level", "metric", "value", "lo", "hi", "n_real", "n_synthetic"]
+    )
 
 
 def scores(run: Run, level: str) -> pd.DataFrame:
@@ -75,7 +84,7 @@ def neighbours(run: Run, level: str, image: int) -> pd.DataFrame:
     import pandas as pd
 
     _check_level(run, level)
-    indices, distances = run.neighbors(level)
+    indices, distances = run.neighbours(level)
     if not 0 <= image < len(indices):
         raise GapscopeError(f"no image {image} in run {run.id}: ids are 0..{len(indices) - 1}")
     found = pd.DataFrame({"id": indices[image].astype(int), "distance": distances[image]})
@@ -97,8 +106,13 @@ def compare_runs(a: Run, b: Run) -> pd.DataFrame:
     return both
 
 
-def start_run(real: str | Path, synthetic: str | Path, results: str | Path = "results",
-              progress=None, **options) -> Run:  # fmt: skip
+def start_run(
+    real: str | Path,
+    synthetic: str | Path,
+    results: str | Path = "results",
+    progress=None,
+    **options,
+) -> Run:
     """Compute and publish a run of the images (or embeddings) `real` and `synthetic`
     into `results`; `options` are `batch run`'s (lib.jobs.run.RunConfig's fields:
     backbone="resnet18", crop=32, k=8, ...). Returns the published run."""
@@ -109,8 +123,9 @@ def start_run(real: str | Path, synthetic: str | Path, results: str | Path = "re
     return run(config, RunStore(Path(results)), progress)
 
 
-def extract_images(backbone, items, prepare, executor: Executor | None = None, cache=None,
-                   allocate=None, **options) -> Extraction:  # fmt: skip
+def extract_images(
+    backbone, items, prepare, executor: Executor | None = None, cache=None, allocate=None, **options
+) -> Extraction:
     """Every (image set, record) of `items` through `backbone`, pooled per level, by the
     extraction engine; `options` are lib.features.sources.Images' (pooling, batch_size)."""
     from lib.features.engine import extract
@@ -121,8 +136,16 @@ def extract_images(backbone, items, prepare, executor: Executor | None = None, c
     return extract(source, backbone, executor or Executor(), cache, allocate)
 
 
-def extract_objects(backbone, images, prepare, mode: str = "auto", executor: Executor | None = None,
-                    cache=None, allocate=None, **options) -> Extraction:  # fmt: skip
+def extract_objects(
+    backbone,
+    images,
+    prepare,
+    mode: str = "auto",
+    executor: Executor | None = None,
+    cache=None,
+    allocate=None,
+    **options,
+) -> Extraction:
     """Every object of `images` (lib.inputs.objects.ObjectImages) through `backbone`, by
     the extraction engine; `options` are lib.features.objects.Objects' (pooler, pooling,
     margin, crop_size, batch_size)."""
@@ -149,6 +172,14 @@ def _rows(run: Run) -> pd.DataFrame:
 
 
 __all__ = [
-    "GapscopeError", "compare_runs", "extract_images", "extract_objects", "level_features",
-    "gap_table", "neighbours", "open_run", "scores", "start_run",
-]  # fmt: skip
+    "GapscopeError",
+    "compare_runs",
+    "extract_images",
+    "extract_objects",
+    "level_features",
+    "gap_table",
+    "neighbours",
+    "open_run",
+    "scores",
+    "start_run",
+]

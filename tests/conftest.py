@@ -80,11 +80,23 @@ def filter_gap_store(tmp_path_factory):
     build_filter_gap(root / "data", n=WHATIF_N)
     store = RunStore(root / "results")
     data = root / "data"
-    config = RunConfig.of(real=data / "real", synthetic=data / "synthetic", projections=("pca",),
-                       atlas_level="none", attribution=0, plots=False)  # fmt: skip
+    config = RunConfig.of(
+        real=data / "real",
+        synthetic=data / "synthetic",
+        projections=("pca",),
+        atlas_level="none",
+        attribution=0,
+        plots=False,
+    )
     run(config, store)
-    job = WhatIfJob(transforms=["blur=0.75,1.5", "histmatch=1"], levels=["c2", "c3"],
-                    synthetic=WHATIF_N, real=WHATIF_N, resamples=50, pairs=3)  # fmt: skip
+    job = WhatIfJob(
+        transforms=["blur=0.75,1.5", "histmatch=1"],
+        levels=["c2", "c3"],
+        synthetic=WHATIF_N,
+        real=WHATIF_N,
+        resamples=50,
+        pairs=3,
+    )
     run_whatif(job, store)
     return store
 
@@ -171,12 +183,37 @@ def object_store(tmp_path_factory):
     data = build_object_example(root / "data", OBJECT_SCENES).root
     config, ckpt = build(root / "d2", Spec(), INPUT={"MIN_SIZE_TEST": 320, "MAX_SIZE_TEST": 400})
     result = subprocess.run(
-        [sys.executable, "-m", "batch", "run", "--real", str(data / "real"), "--synthetic",
-         str(data / "synthetic"), "--real-boxes", str(data / "real.json"), "--synthetic-boxes",
-         str(data / "synthetic.json"), "--detectron2-config", str(config), "--checkpoint",
-         str(ckpt), "--results", str(root / "results"), "--k", "8", "--projection", "umap",
-         "--atlas-level", "none", "--no-plots"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "batch",
+            "run",
+            "--real",
+            str(data / "real"),
+            "--synthetic",
+            str(data / "synthetic"),
+            "--real-boxes",
+            str(data / "real.json"),
+            "--synthetic-boxes",
+            str(data / "synthetic.json"),
+            "--detectron2-config",
+            str(config),
+            "--checkpoint",
+            str(ckpt),
+            "--results",
+            str(root / "results"),
+            "--k",
+            "8",
+            "--projection",
+            "umap",
+            "--atlas-level",
+            "none",
+            "--no-plots",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     return root / "results", data

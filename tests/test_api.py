@@ -39,7 +39,7 @@ def test_the_gap_table_holds_every_metric_of_metrics_json(published_run):
 
 
 def test_neighbours_are_the_runs_own_nearest_first(published_run):
-    indices, distances = published_run.neighbors("c4")
+    indices, distances = published_run.neighbours("c4")
     near = gapscope.neighbours(published_run, "c4", image=5)
     assert near.id.tolist() == indices[5].tolist()
     assert np.all(np.diff(near.distance.to_numpy()) >= 0)
@@ -113,4 +113,4 @@ def test_a_client_gets_the_gap_table_and_neighbours_from_the_served_demo(demo_ur
     want = gapscope.gap_table(published_run)
     assert len(rows) == len(want) and rows[0]["value"] == want.value.iloc[0]
     near = client.predict(published_run.id, "c3", 0, api_name="/neighbours")
-    assert [r["id"] for r in near] == published_run.neighbors("c3")[0][0].tolist()
+    assert [r["id"] for r in near] == published_run.neighbours("c3")[0][0].tolist()

@@ -90,8 +90,12 @@ def own(published_run, results_dir, tmp_path):
     that annotates: its edits stay out of what other tests (and their demo) read."""
     from lib.store.runs import RunStore
 
-    shutil.copytree(results_dir, tmp_path / "store", symlinks=True,
-                    ignore=shutil.ignore_patterns("annotations.sqlite*", "cache"))  # fmt: skip
+    shutil.copytree(
+        results_dir,
+        tmp_path / "store",
+        symlinks=True,
+        ignore=shutil.ignore_patterns("annotations.sqlite*", "cache"),
+    )
     store = RunStore(tmp_path / "store")
     return store, store.open(published_run.id)
 
@@ -164,8 +168,10 @@ def test_hotspot_names_are_kept_audited_and_undone(tmp_path):
     notes.name_hotspot("run1", "c4", 4, "elsewhere", who="bo")
     assert notes.hotspot_names("run1", "c3") == {4: "wet asphalt"}
     assert [a["new"] for a in notes.audit() if a["field"] == "hotspot"] == [
-        "wet roads", "wet asphalt", "elsewhere",
-    ]  # fmt: skip
+        "wet roads",
+        "wet asphalt",
+        "elsewhere",
+    ]
     assert notes.undo("ana") == "undid 1 change"
     assert notes.hotspot_names("run1", "c3") == {4: "wet roads"}
     assert notes.hotspot_names("run1", "c4") == {4: "elsewhere"}
@@ -178,7 +184,7 @@ def test_tags_show_in_the_overlap_colouring_and_in_gallery_captions(own):
 
     store, run = own
     level = run.levels[0]
-    first = int(run.neighbors(level)[0][7][0])  # the first image in row 7's gallery
+    first = int(run.neighbours(level)[0][7][0])  # the first image in row 7's gallery
     Annotations.of(run.results).tag(keys_of(run.images, [first]), "shown everywhere")
     gallery = neighbour_gallery(run, level, 7)
     assert gallery[0][1].endswith("🏷 shown everywhere")

@@ -299,8 +299,9 @@ def test_a_classifier_without_levels_is_for_caricatures_only(tmp_path, example_d
     assert "vgg11 needs a checkpoint" in one_line(exc)
     vgg = create_backbone("vgg11", random_weights=True)
     assert vgg.levels == () and "features.0" in dict(vgg.module.named_modules())
-    config = RunConfig.of(example_dir / "real", example_dir / "synthetic", backbone="vgg11",
-                       random_weights=True)  # fmt: skip
+    config = RunConfig.of(
+        example_dir / "real", example_dir / "synthetic", backbone="vgg11", random_weights=True
+    )
     with pytest.raises(GapscopeError) as exc:
         run(config, RunStore(tmp_path))
     assert "no feature levels" in one_line(exc)

@@ -26,8 +26,12 @@ def test_a_gpu_with_cuml_runs_everything_there(machine):
     machine(gpu=True, cuml=True)
     b = backend.choose_backend("auto", n_images=50_000)
     assert (b.name, b.device, b.precision, b.projection, b.clustering) == (
-        "cuml", "cuda", "bf16", "cuml", "cuml",
-    )  # fmt: skip
+        "cuml",
+        "cuda",
+        "bf16",
+        "cuml",
+        "cuml",
+    )
     assert b.knn_engine == "torch" and b.workers == 14  # FAISS here is CPU-only
     assert b.describe()["reason"] == "cuML imports and a CUDA GPU is present"
 
@@ -36,8 +40,12 @@ def test_a_gpu_without_cuml_extracts_there_and_projects_on_the_cpu(machine):
     machine(gpu=True, cuml=False)
     b = backend.choose_backend("auto")
     assert (b.name, b.device, b.precision, b.projection, b.clustering) == (
-        "cpu", "cuda", "bf16", "cpu", "sklearn",
-    )  # fmt: skip
+        "cpu",
+        "cuda",
+        "bf16",
+        "cpu",
+        "sklearn",
+    )
     assert "No module named 'cuml'" in b.reason
 
 

@@ -26,7 +26,7 @@ def coco(tmp_path, annotations, images=None, categories=None):
         "categories": categories or [{"id": 7, "name": "plane"}, {"id": 9, "name": "car"}],
         "annotations": [
             {"id": n, "image_id": 1, "category_id": 7, **a} for n, a in enumerate(annotations)
-        ],  # fmt: skip
+        ],
     }
     path = tmp_path / "instances.json"
     path.write_text(json.dumps(data))
@@ -38,11 +38,14 @@ def reasons(boxset):
 
 
 def test_coco_boxes_become_corners_in_the_images_pixels_partial_ones_clipped(tmp_path):
-    path = coco(tmp_path, [
-        {"bbox": [10, 20, 30, 40]},
-        {"bbox": [90, 70, 20, 20], "category_id": 9},  # over the right and bottom edges
-        {"bbox": [-5, -5, 10, 10], "image_id": 2},
-    ])  # fmt: skip
+    path = coco(
+        tmp_path,
+        [
+            {"bbox": [10, 20, 30, 40]},
+            {"bbox": [90, 70, 20, 20], "category_id": 9},  # over the right and bottom edges
+            {"bbox": [-5, -5, 10, 10], "image_id": 2},
+        ],
+    )
     got = read_boxes(path, RECORDS)
     assert got.format == "coco" and got.skipped == []
     assert [(b.image, b.category, b.x0, b.y0, b.x1, b.y1) for b in got.boxes] == [
@@ -54,21 +57,25 @@ def test_coco_boxes_become_corners_in_the_images_pixels_partial_ones_clipped(tmp
 
 
 def test_every_bad_coco_box_is_skipped_with_its_reason(tmp_path):
-    path = coco(tmp_path, [
-        {"bbox": [10, 10, 0, 5]},
-        {"bbox": [200, 10, 5, 5]},
-        {"bbox": [10, 10, float("nan"), 5]},
-        {"bbox": [10, 10, 5, 5], "category_id": 3},
-        {"bbox": [10, 10, 5, 5], "iscrowd": 1},
-        {"bbox": [10, 10, 5, 5], "image_id": 99},
-        {"bbox": [99.5, 10, 5, 5]},
-        {"bbox": [1, 2]},
-        {"bbox": [1, 2, 3, 4], "image_id": 3},
-        {"bbox": [1, 2, 3, 4]},
-    ], images=[
-        {"id": 1, "file_name": "a.png", "width": 100, "height": 80},
-        {"id": 3, "file_name": "sub/b.png", "width": 640, "height": 640},
-    ])  # fmt: skip
+    path = coco(
+        tmp_path,
+        [
+            {"bbox": [10, 10, 0, 5]},
+            {"bbox": [200, 10, 5, 5]},
+            {"bbox": [10, 10, float("nan"), 5]},
+            {"bbox": [10, 10, 5, 5], "category_id": 3},
+            {"bbox": [10, 10, 5, 5], "iscrowd": 1},
+            {"bbox": [10, 10, 5, 5], "image_id": 99},
+            {"bbox": [99.5, 10, 5, 5]},
+            {"bbox": [1, 2]},
+            {"bbox": [1, 2, 3, 4], "image_id": 3},
+            {"bbox": [1, 2, 3, 4]},
+        ],
+        images=[
+            {"id": 1, "file_name": "a.png", "width": 100, "height": 80},
+            {"id": 3, "file_name": "sub/b.png", "width": 640, "height": 640},
+        ],
+    )
     got = read_boxes(path, RECORDS)
     assert [(b.x0, b.y0, b.x1, b.y1) for b in got.boxes] == [(1, 2, 4, 6)]
     why = dict(reasons(got))
@@ -112,9 +119,10 @@ def test_yolo_labels_with_a_names_file(tmp_path):
     assert got.format == "yolo"
     assert [(b.image, b.category) for b in got.boxes] == [(0, "plane"), (0, "car"), (1, "car")]
     assert [(b.x0, b.y0, b.x1, b.y1) for b in got.boxes] == [
-        pytest.approx((40, 30, 60, 50)), pytest.approx((85, 20, 100, 60)),
+        pytest.approx((40, 30, 60, 50)),
+        pytest.approx((85, 20, 100, 60)),
         pytest.approx((0, 0, 32, 32)),
-    ]  # fmt: skip
+    ]
     assert sorted(reasons(got)) == [
         ("file", "no scanned image has this name"),
         ("line 4", "class 5 has no name in classes.txt"),

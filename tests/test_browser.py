@@ -102,8 +102,10 @@ def plotted_points(page) -> list[tuple[float, float, int]]:
     )
 
     def spacing(point):
-        return min((abs(point[0] - q[0]) + abs(point[1] - q[1]) for q in found if q is not point),
-                   default=1e9)  # fmt: skip
+        return min(
+            (abs(point[0] - q[0]) + abs(point[1] - q[1]) for q in found if q is not point),
+            default=1e9,
+        )
 
     return sorted(found, key=spacing, reverse=True)
 
@@ -245,9 +247,15 @@ def large_results(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("large")
     real, fake = write_pair(root / "vectors", 100_001, 100_001, dim=16)
-    config = RunConfig.of(real=real, synthetic=fake, k=8, projections=("pca",), plots=False,
-                       gap=GapParams(sample=2000, resamples=20),
-                       umap=UMAPParams(fit_sample=2000))  # the atlas's UMAP only  # fmt: skip
+    config = RunConfig.of(
+        real=real,
+        synthetic=fake,
+        k=8,
+        projections=("pca",),
+        plots=False,
+        gap=GapParams(sample=2000, resamples=20),
+        umap=UMAPParams(fit_sample=2000),
+    )  # the atlas's UMAP only
     run(config, RunStore(root / "results"))
     return root / "results"
 
@@ -307,13 +315,15 @@ def an_image_is_found_by_name_without_the_mouse(page):
 
 def zooming_the_2d_view_brings_every_point_of_the_region(page):
     page.get_by_text("2D", exact=True).click()
+    # the 3D view has no drag layer: its appearing is the 2D figure drawn (the title says
+    # "points shown" in both, so it cannot tell them apart on a loaded machine)
+    area = page.wait_for_selector("#overlap_plot .nsewdrag", timeout=30_000)
     page.wait_for_function(
         "() => document.querySelector('#overlap_plot').innerText.includes('points shown')",
         timeout=20_000,
     )
     page.wait_for_timeout(800)
     shown = _points_drawn(page)
-    area = page.query_selector("#overlap_plot .nsewdrag")
     area.scroll_into_view_if_needed()
     box = area.bounding_box()
     cx, cy = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5
@@ -355,9 +365,10 @@ def find(page, row: int) -> None:
 
 def notes_say(page, text: str) -> None:
     page.wait_for_function(
-        "(t) => document.querySelector('#image_notes').innerText.includes(t)", arg=text,
+        "(t) => document.querySelector('#image_notes').innerText.includes(t)",
+        arg=text,
         timeout=20_000,
-    )  # fmt: skip
+    )
 
 
 def download(page, kind: str) -> str:
@@ -496,8 +507,9 @@ def test_a_lasso_selection_is_tagged_kept_after_a_reload_and_exported_exactly(
     page.click("#atlas_tag_button")
     page.wait_for_function(
         "(n) => document.querySelector('#atlas_done').innerText.includes(`tagged ${n} of ${n}`)",
-        arg=len(rows), timeout=20_000,
-    )  # fmt: skip
+        arg=len(rows),
+        timeout=20_000,
+    )
     with visit(browser, demo_url) as again:  # a reload: the tag lives in SQLite
         open_atlas(again)
         again.click("#atlas_filters")
@@ -538,8 +550,9 @@ def test_zooming_into_the_atlas_draws_thumbnails_and_a_hostile_tag_stays_text(pa
     page.get_by_role("option", name="tags", exact=True).click()
     page.wait_for_function(
         "(t) => document.querySelector('#atlas .atlas-legend').innerText.includes(t)",
-        arg=hostile, timeout=20_000,
-    )  # fmt: skip
+        arg=hostile,
+        timeout=20_000,
+    )
     assert page.evaluate("() => window.__pwned") is None
     assert page.locator("#atlas .atlas-legend img").count() == 0
     # a few hundred points in view get their thumbnails at once: the example's 80 do
@@ -585,8 +598,9 @@ def test_a_lasso_on_the_2d_view_tags_exactly_the_points_plotly_selected(page, pu
     page.locator("#view").get_by_text("2D", exact=True).click()
     page.wait_for_function(
         "() => document.querySelector('#overlap_plot .js-plotly-plot')?.layout?.uirevision"
-        "?.endsWith('-2D')", timeout=20_000,
-    )  # fmt: skip
+        "?.endsWith('-2D')",
+        timeout=20_000,
+    )
     page.click("#overlap_plot .modebar-btn[data-title='Lasso Select']")
     box = page.locator("#overlap_plot .nsewdrag").first.bounding_box()
     at = lambda fx, fy: (box["x"] + fx * box["width"], box["y"] + fy * box["height"])  # noqa: E731
@@ -599,10 +613,12 @@ def test_a_lasso_on_the_2d_view_tags_exactly_the_points_plotly_selected(page, pu
         "() => document.querySelector('#lasso_note').innerText.includes('in the lasso')",
         timeout=20_000,
     )
-    plotly_rows = sorted(page.evaluate(
-        "() => document.querySelector('#overlap_plot .js-plotly-plot')._fullData.flatMap("
-        "t => (t.selectedpoints || []).map(i => Number(t.customdata[i])))"
-    ))  # fmt: skip
+    plotly_rows = sorted(
+        page.evaluate(
+            "() => document.querySelector('#overlap_plot .js-plotly-plot')._fullData.flatMap("
+            "t => (t.selectedpoints || []).map(i => Number(t.customdata[i])))"
+        )
+    )
     assert 0 < len(plotly_rows) < len(published_run.images)
     assert page.locator("#lasso_note").inner_text().startswith(f"{len(plotly_rows)} images")
     page.locator("#tag_scope").get_by_text("the picked images", exact=True).click()
@@ -631,8 +647,9 @@ def test_neighbours_clicked_in_the_gallery_are_picked_and_tagged_together(page, 
         picked = sorted(set(picked) ^ {row})
         page.wait_for_function(
             "(n) => document.querySelector('#lasso_note').innerText.includes(`${n} picked`)",
-            arg=len(picked), timeout=20_000,
-        )  # fmt: skip
+            arg=len(picked),
+            timeout=20_000,
+        )
     assert len(picked) == 2
     page.locator("#tag_scope").get_by_text("the picked images", exact=True).click()
     page.fill("#tag_name textarea, #tag_name input", "gallery picks")
@@ -665,15 +682,17 @@ def the_atlas_draws_them_all_and_a_hotspot_selects_its_cluster(large_page, large
     said = large_page.locator("#atlas_selection").inner_text()
     assert said.startswith(f"{size} selected:"), said
     large_page.wait_for_function(  # the whole cluster is selected on the map too
-        f"(n) => {ATLAS}.__atlas.sp.get('selectedPoints').length === n", arg=size,
+        f"(n) => {ATLAS}.__atlas.sp.get('selectedPoints').length === n",
+        arg=size,
         timeout=30_000,
-    )  # fmt: skip
+    )
     large_page.fill("#atlas_hotspot_name textarea, #atlas_hotspot_name input", "the big blob")
     large_page.click("#atlas_hotspot_button")
     large_page.wait_for_function(
         "() => document.querySelector('#atlas_hotspots .caption-label')?.innerText"
-        ".startsWith('the big blob · ')", timeout=20_000,
-    )  # fmt: skip
+        ".startsWith('the big blob · ')",
+        timeout=20_000,
+    )
 
 
 # ---- the What if and Retrieval tabs -----------------------------------------------------
@@ -698,8 +717,9 @@ def filter_gap_page(browser, filter_gap_store, tmp_path_factory):
 def test_the_whatif_tab_shows_curves_with_tooltips_the_best_change_and_pairs(filter_gap_page):
     page = filter_gap_page
     page.get_by_role("tab", name="What if").click()
-    page.wait_for_selector("#whatif_curves .js-plotly-plot .scatterlayer .points path",
-                           timeout=30_000)  # fmt: skip
+    page.wait_for_selector(
+        "#whatif_curves .js-plotly-plot .scatterlayer .points path", timeout=30_000
+    )
     assert "blur sigma=1.5 closes" in page.inner_text("#whatif_note")
     assert "blur sigma=1.5" in page.inner_text("#whatif_best")
     # hover the stronger blur's marker, as a person reads a point: its tooltip
@@ -782,8 +802,9 @@ def test_an_object_is_clicked_in_its_class_and_shown_with_its_box_and_nearest_ob
             " return p && p._fullData && p._fullData.every(t => t.type === 'scattergl')"
             " && p._fullData.reduce((s, t) =>"
             " s + (t.customdata || []).length, 0) === n; }",
-            arg=wanted, timeout=20_000,
-        )  # fmt: skip
+            arg=wanted,
+            timeout=20_000,
+        )
         page.wait_for_timeout(600)
         # where each of the few points is drawn; the pointer there shows its tooltip
         row = None
@@ -799,8 +820,10 @@ def test_an_object_is_clicked_in_its_class_and_shown_with_its_box_and_nearest_ob
             "() => document.querySelectorAll('#neighbours .caption-label').length >= 8",
             timeout=20_000,
         )
-        assert all(c.split(" · ")[2].split(" ")[0] in ("small", "medium", "large")
-                   for c in gallery_captions(page))  # fmt: skip
+        assert all(
+            c.split(" · ")[2].split(" ")[0] in ("small", "medium", "large")
+            for c in gallery_captions(page)
+        )
         src = page.get_attribute("#selected_image img", "src")
         assert src.endswith(run.web(row).name)  # the object beside its image, box drawn
         page.get_by_role("tab", name="Gap report").click()

@@ -46,13 +46,30 @@ def test_caricatures_for_models_layers_and_images_land_in_a_new_run(store, check
     base_id = RunStore(store).latest_id()
     base_files = _files(RunStore(store).runs_dir / base_id)  # may hold earlier caricatures
     result = batch(
-        "caricature", "--results", store,
-        "--model", f"synthetic=resnet18:{checkpoints[0]}",
-        "--model", f"mixed=resnet18:{checkpoints[1]}",
-        "--layer", "layer2.0.conv2", "--layer", "layer3_1_conv1",
-        "--steps", 15, "--size", 32, "--input-size", 64, "--mean", "0.5,0.5,0.5",
-        "--std", "0.5,0.5,0.5", "--cossim-pow", 1,
-    )  # fmt: skip
+        "caricature",
+        "--results",
+        store,
+        "--model",
+        f"synthetic=resnet18:{checkpoints[0]}",
+        "--model",
+        f"mixed=resnet18:{checkpoints[1]}",
+        "--layer",
+        "layer2.0.conv2",
+        "--layer",
+        "layer3_1_conv1",
+        "--steps",
+        15,
+        "--size",
+        32,
+        "--input-size",
+        64,
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.5,0.5,0.5",
+        "--cossim-pow",
+        1,
+    )
     assert result.returncode == 0, result.stderr
     runs = RunStore(store)
     run = runs.open()
@@ -88,9 +105,20 @@ def test_caricatures_for_models_layers_and_images_land_in_a_new_run(store, check
 def test_unknown_layer_suggests_names_and_publishes_nothing(store, checkpoints):
     before = os.readlink(store / "latest")
     result = batch(
-        "caricature", "--results", store, "--model", f"a=resnet18:{checkpoints[0]}",
-        "--layer", "layer3.1.conv9", "--steps", 2, "--size", 16, "--input-size", 32,
-    )  # fmt: skip
+        "caricature",
+        "--results",
+        store,
+        "--model",
+        f"a=resnet18:{checkpoints[0]}",
+        "--layer",
+        "layer3.1.conv9",
+        "--steps",
+        2,
+        "--size",
+        16,
+        "--input-size",
+        32,
+    )
     assert_one_line_error(result, "layer3.1.conv9", "layer3.1.conv1")
     assert os.readlink(store / "latest") == before
 
@@ -104,10 +132,26 @@ def test_a_torchscript_model_can_be_caricatured(store, tmp_path):
     listed = batch("layers", f"ts=torchscript:{path}")
     assert listed.returncode == 0 and "layer2.1.conv2" in listed.stdout.split()
     result = batch(
-        "caricature", "--results", store, "--model", f"ts=torchscript:{path}",
-        "--layer", "layer2_1_conv2", "--from-run", 2, "--steps", 10, "--size", 32,
-        "--input-size", 64, "--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5",
-    )  # fmt: skip
+        "caricature",
+        "--results",
+        store,
+        "--model",
+        f"ts=torchscript:{path}",
+        "--layer",
+        "layer2_1_conv2",
+        "--from-run",
+        2,
+        "--steps",
+        10,
+        "--size",
+        32,
+        "--input-size",
+        64,
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.5,0.5,0.5",
+    )
     assert result.returncode == 0, result.stderr
     m = RunStore(store).open().caricatures
     assert {(i["model"], i["layer"]) for i in m["items"]} == {("ts", "layer2.1.conv2")}
@@ -115,9 +159,16 @@ def test_a_torchscript_model_can_be_caricatured(store, tmp_path):
     before = os.readlink(store / "latest")
     not_a_model = store / "latest" / "manifest.json"
     bad = batch(
-        "caricature", "--results", store, "--model", f"ts=torchscript:{not_a_model}",
-        "--layer", "layer1", "--steps", 2,
-    )  # fmt: skip
+        "caricature",
+        "--results",
+        store,
+        "--model",
+        f"ts=torchscript:{not_a_model}",
+        "--layer",
+        "layer1",
+        "--steps",
+        2,
+    )
     assert_one_line_error(bad, "not a TorchScript file")
     assert os.readlink(store / "latest") == before
 
@@ -136,10 +187,24 @@ def test_a_detectron2_detector_level_can_be_caricatured(store, tmp_path):
     config = write_configs(tmp_path / "configs", spec.model_yaml())
     ckpt = save_pth(tmp_path / "model_final.pth", d2_state(spec))
     result = batch(
-        "caricature", "--results", store, "--model", f"det=detectron2:{ckpt}@{config}",
-        "--layer", "p4", "--layer", "bottom_up.res3.0.conv2", "--from-run", 2,
-        "--steps", 5, "--size", 32, "--input-size", 64,
-    )  # fmt: skip
+        "caricature",
+        "--results",
+        store,
+        "--model",
+        f"det=detectron2:{ckpt}@{config}",
+        "--layer",
+        "p4",
+        "--layer",
+        "bottom_up.res3.0.conv2",
+        "--from-run",
+        2,
+        "--steps",
+        5,
+        "--size",
+        32,
+        "--input-size",
+        64,
+    )
     assert result.returncode == 0, result.stderr
     m = RunStore(store).open().caricatures
     assert {i["layer"] for i in m["items"]} == {"p4", "bottom_up.res3.0.conv2"}

@@ -68,8 +68,18 @@ def test_messy_folders_under_cron_publish_a_run_listing_skipped_files(messy, tmp
     """Every awkward file a folder holds, and stdout a pipe, as under cron: plain lines
     saying when each stage starts and ends, no progress bars."""
     real, synthetic = messy
-    result = batch("run", "--real", real, "--synthetic", synthetic, "--results", tmp_path,
-                   "--k", 5, "--no-plots")  # fmt: skip
+    result = batch(
+        "run",
+        "--real",
+        real,
+        "--synthetic",
+        synthetic,
+        "--results",
+        tmp_path,
+        "--k",
+        5,
+        "--no-plots",
+    )
     assert result.returncode == 0, result.stderr
     assert "skipped 2 unusable files" in result.stdout
     run_dir = (tmp_path / "latest").resolve()
@@ -85,8 +95,14 @@ def test_messy_folders_under_cron_publish_a_run_listing_skipped_files(messy, tmp
     ends = [line.split(":")[0] for line in lines if ": done in " in line]
     assert starts == ends == stages
     assert "extract: started (85 images)" in lines
-    assert any(re.fullmatch(r"extract: done in [\d.]+ s \(85 images, \d+ from the feature "
-                            r"cache\)", line) for line in lines), lines  # fmt: skip
+    assert any(
+        re.fullmatch(
+            r"extract: done in [\d.]+ s \(85 images, \d+ from the feature "
+            r"cache\)",
+            line,
+        )
+        for line in lines
+    ), lines
     assert next(line for line in lines if line.startswith("scan: done")).endswith(
         "(45 real, 40 synthetic)"
     )
@@ -122,10 +138,24 @@ def test_arrays_with_sample_crop_and_random_weights(example_dir, tmp_path):
     digits, _ = real_digits(60, seed=1)
     np.save(tmp_path / "real.npy", to_rgb(digits, size=40))
     result = batch(
-        "run", "--real", tmp_path / "real.npy", "--synthetic", example_dir / "synthetic",
-        "--results", tmp_path / "results", "--sample", 30, "--crop", 48, "--k", 4, "--no-plots",
-        "--backbone", "resnet18", "--random-weights",
-    )  # fmt: skip
+        "run",
+        "--real",
+        tmp_path / "real.npy",
+        "--synthetic",
+        example_dir / "synthetic",
+        "--results",
+        tmp_path / "results",
+        "--sample",
+        30,
+        "--crop",
+        48,
+        "--k",
+        4,
+        "--no-plots",
+        "--backbone",
+        "resnet18",
+        "--random-weights",
+    )
     assert result.returncode == 0, result.stderr
     assert "RANDOM WEIGHTS" in result.stderr  # said loudly in the log...
     assert "smaller than --crop 48 and were padded" in result.stdout
@@ -255,10 +285,21 @@ def test_a_detectron2_detector_runs_through_batch_and_demo(example_dir, tmp_path
     config = write_configs(tmp_path / "configs", spec.model_yaml())
     ckpt = save_pth(tmp_path / "model_final.pth", d2_state(spec))
     result = batch(
-        "run", "--real", example_dir / "real", "--synthetic", example_dir / "synthetic",
-        "--results", tmp_path / "results", "--detectron2-config", config, "--checkpoint", ckpt,
-        "--k", 4, "--no-plots",
-    )  # fmt: skip
+        "run",
+        "--real",
+        example_dir / "real",
+        "--synthetic",
+        example_dir / "synthetic",
+        "--results",
+        tmp_path / "results",
+        "--detectron2-config",
+        config,
+        "--checkpoint",
+        ckpt,
+        "--k",
+        4,
+        "--no-plots",
+    )
     assert result.returncode == 0, result.stderr
     run = RunStore(tmp_path / "results").open()
     b = run.manifest["backbone"]

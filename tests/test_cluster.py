@@ -50,9 +50,17 @@ def inputs(example_dir, tmp_path_factory):
 def config(inputs, **kwargs):
     from lib.jobs.run import RunConfig
 
-    return RunConfig.of(real=inputs / "real", synthetic=inputs / "synthetic", k=8,
-                     projections=("umap", "pca"), atlas_level="none", attribution=0,
-                     plots=False, batch_size=8, **kwargs)  # fmt: skip
+    return RunConfig.of(
+        real=inputs / "real",
+        synthetic=inputs / "synthetic",
+        k=8,
+        projections=("umap", "pca"),
+        atlas_level="none",
+        attribution=0,
+        plots=False,
+        batch_size=8,
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +75,7 @@ def reference(inputs, tmp_path_factory):
 def assert_same_run(a, b) -> None:
     for level in a.levels:
         assert np.array_equal(a.features(level), b.features(level)), level
-        assert np.array_equal(a.neighbors(level)[0], b.neighbors(level)[0]), level
+        assert np.array_equal(a.neighbours(level)[0], b.neighbours(level)[0]), level
     cols = ["id", "level", "method", "fit_on", "x", "y", "z"]
     assert a.projections[cols].equals(b.projections[cols])
     assert a.images[["path", "hash", "domain"]].equals(b.images[["path", "hash", "domain"]])
@@ -96,8 +104,9 @@ def test_a_worker_killed_mid_run_still_gives_the_same_run(inputs, reference, tmp
 
     results = tmp_path / "results"
     env = {"GAPSCOPE_TORCH_THREADS": str(WORKER_THREADS)}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      env=env) as cluster:  # fmt: skip
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", env=env
+    ) as cluster:
         with Client(cluster) as client:  # closed before the run's own client: one at a time
             pids = client.run(os.getpid)
         killed = {}
@@ -127,12 +136,30 @@ def test_a_scheduler_that_does_not_answer_is_one_line_before_any_work(inputs, tm
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens there once closed
     results = tmp_path / "results"
-    out = batch("run", "--real", inputs / "real", "--synthetic", inputs / "synthetic",
-                "--results", results, "--dask", f"tcp://127.0.0.1:{port}")  # fmt: skip
+    out = batch(
+        "run",
+        "--real",
+        inputs / "real",
+        "--synthetic",
+        inputs / "synthetic",
+        "--results",
+        results,
+        "--dask",
+        f"tcp://127.0.0.1:{port}",
+    )
     assert_one_line_error(out, f"--dask tcp://127.0.0.1:{port}: no Dask scheduler answers")
     assert not (results / "runs").exists()
-    out = batch("run", "--real", inputs / "real", "--synthetic", inputs / "synthetic",
-                "--results", results, "--dask", "local:many")  # fmt: skip
+    out = batch(
+        "run",
+        "--real",
+        inputs / "real",
+        "--synthetic",
+        inputs / "synthetic",
+        "--results",
+        results,
+        "--dask",
+        "local:many",
+    )
     assert_one_line_error(out, "--dask local:many: say how many worker processes")
 
 
@@ -157,13 +184,36 @@ def test_a_client_killed_mid_run_resumes_from_the_shards_the_workers_finished(
     from tests.conftest import ROOT
 
     store = tmp_path / "results"
-    cmd = [sys.executable, "-m", "batch", "run", "--real", str(inputs / "real"),
-           "--synthetic", str(inputs / "synthetic"), "--results", str(store), "--k", "8",
-           "--projection", "umap", "--projection", "pca", "--atlas-level", "none",
-           "--attribution", "0", "--no-plots", "--batch-size", "8",
-           "--dask", "local:2"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "batch",
+        "run",
+        "--real",
+        str(inputs / "real"),
+        "--synthetic",
+        str(inputs / "synthetic"),
+        "--results",
+        str(store),
+        "--k",
+        "8",
+        "--projection",
+        "umap",
+        "--projection",
+        "pca",
+        "--atlas-level",
+        "none",
+        "--attribution",
+        "0",
+        "--no-plots",
+        "--batch-size",
+        "8",
+        "--dask",
+        "local:2",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
     def complete_shards() -> int:
         # a shard being written lies in a `.tmp-*` folder, also with a hashes.npy: not done
@@ -200,8 +250,12 @@ def test_an_approximate_search_spread_over_the_workers_finds_the_same_neighbours
     index.add(prepared(X, "cosine"))
     index.hnsw.efSearch = 48
     here = search_all(index, X, 8, "cosine")
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         there = search_on_cluster(BlockMap(client), tmp_path, index, X, 8, "cosine", block=1000)
     assert np.array_equal(here[0], there[0]) and np.array_equal(here[1], there[1])
     assert list(tmp_path.glob(".hnsw-*")) == []  # the shared index file is gone
@@ -226,18 +280,24 @@ def test_placements_searches_and_scores_spread_over_the_workers_are_the_run_with
     """Given embeddings large enough (for this test's thresholds) that the UMAP and atlas
     placements, the approximate search and the per-image gap scores of images outside the
     gap sample all run as block tasks on the workers: the same published run."""
-    import lib.analysis.neighbours as neighbors
+    import lib.analysis.neighbours as neighbours
     from lib.analysis.gap import GapParams
     from lib.analysis.reduce import UMAPParams
     from lib.inputs.mixture import write_pair
     from lib.jobs.run import RunConfig, run
     from lib.store.runs import RunStore
 
-    monkeypatch.setattr(neighbors, "EXACT_UP_TO", 1000)  # HNSW, its search on the workers
+    monkeypatch.setattr(neighbours, "EXACT_UP_TO", 1000)  # HNSW, its search on the workers
     real, fake = write_pair(tmp_path / "v", 1500, 1200, dim=32)
-    settings = dict(real=real, synthetic=fake, plots=False, projections=("umap",), k=8,
-                    umap=UMAPParams(fit_sample=400, transform_up_to=100),
-                    gap=GapParams(sample=300, resamples=20, kid_subsets=4))  # fmt: skip
+    settings = dict(
+        real=real,
+        synthetic=fake,
+        plots=False,
+        projections=("umap",),
+        k=8,
+        umap=UMAPParams(fit_sample=400, transform_up_to=100),
+        gap=GapParams(sample=300, resamples=20, kid_subsets=4),
+    )
     with torch_threads(WORKER_THREADS):
         here = run(RunConfig.of(**settings), RunStore(tmp_path / "here"))
     seen = Counted()
@@ -245,7 +305,7 @@ def test_placements_searches_and_scores_spread_over_the_workers_are_the_run_with
     reports = here.manifest["projections"]
     assert {r["mapped_by"] for r in reports.values() if "mapped_by" in r} == {"knn placement"}
     assert here.manifest["neighbors"]["embedding"]["engine"] == "hnsw"
-    assert np.array_equal(here.neighbors("embedding")[0], there.neighbors("embedding")[0])
+    assert np.array_equal(here.neighbours("embedding")[0], there.neighbours("embedding")[0])
     cols = ["id", "level", "method", "fit_on", "x", "y", "z"]
     assert set(here.projections["method"]) == {"umap", "atlas"}
     assert here.projections[cols].equals(there.projections[cols])
@@ -291,10 +351,18 @@ def test_an_object_run_through_dask_pools_the_same_objects(object_store, tmp_pat
 
     results, data = object_store
     d2 = results.parent / "d2"
-    settings = dict(real=data / "real", synthetic=data / "synthetic",
-                    real_boxes=data / "real.json", synthetic_boxes=data / "synthetic.json",
-                    detectron2_config=d2 / "faster_rcnn.yaml", checkpoint=d2 / "model_final.pth",
-                    k=8, projections=("pca",), atlas_level="none", plots=False)  # fmt: skip
+    settings = dict(
+        real=data / "real",
+        synthetic=data / "synthetic",
+        real_boxes=data / "real.json",
+        synthetic_boxes=data / "synthetic.json",
+        detectron2_config=d2 / "faster_rcnn.yaml",
+        checkpoint=d2 / "model_final.pth",
+        k=8,
+        projections=("pca",),
+        atlas_level="none",
+        plots=False,
+    )
     with torch_threads(WORKER_THREADS):
         here = run(RunConfig.of(**settings), RunStore(tmp_path / "here"))
     there = run(RunConfig.of(**settings, dask="local:2"), RunStore(tmp_path / "there"))

@@ -21,16 +21,23 @@ pytestmark = pytest.mark.slow
 @pytest.fixture()
 def store(published_run, results_dir, tmp_path):
     """A copy of the session's store (its run, its feature cache), no annotations."""
-    shutil.copytree(results_dir, tmp_path / "store", symlinks=True,
-                    ignore=shutil.ignore_patterns("annotations.sqlite*"))  # fmt: skip
+    shutil.copytree(
+        results_dir,
+        tmp_path / "store",
+        symlinks=True,
+        ignore=shutil.ignore_patterns("annotations.sqlite*"),
+    )
     return RunStore(tmp_path / "store")
 
 
 def batch(store: RunStore, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "batch", "annotations", *args, "--results", str(store.root)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_tagged_and_relabelled_images_export_as_csv_and_json(store):
@@ -91,10 +98,13 @@ def test_a_tags_images_are_gathered_into_one_folder_per_label(store, tmp_path):
     batch(store, "label", "50", "odd one")
     done = batch(store, "gather", "keep", "--out", str(tmp_path / "out"))
     assert "copied 3 images" in done.stdout
-    got = sorted(p.relative_to(tmp_path / "out").as_posix()
-                 for p in (tmp_path / "out").rglob("*.png"))  # fmt: skip
-    want = sorted(f"{run.images.at[i, 'category']}/{run.images.at[i, 'relpath'].split('/')[-1]}"
-                  for i in (1, 2))  # fmt: skip
+    got = sorted(
+        p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")
+    )
+    want = sorted(
+        f"{run.images.at[i, 'category']}/{run.images.at[i, 'relpath'].split('/')[-1]}"
+        for i in (1, 2)
+    )
     assert got == sorted([*want, f"odd one/{run.images.at[50, 'relpath'].split('/')[-1]}"])
     linked = batch(store, "gather", "keep", "--out", str(tmp_path / "links"), "--symlink")
     assert "linked 3 images" in linked.stdout
@@ -115,11 +125,16 @@ def test_the_demo_hands_out_a_tags_images_as_a_zip_of_published_copies(store, tm
     with zipfile.ZipFile(path) as zf:
         names = sorted(zf.namelist())
         stem = lambda i: run.images.at[i, "relpath"].split("/")[-1].rsplit(".", 1)[0]  # noqa: E731
-        assert names == sorted([f"{run.images.at[3, 'category']}/{stem(3)}.png",
-                                f"other/{stem(60)}.png"])  # fmt: skip
+        assert names == sorted(
+            [f"{run.images.at[3, 'category']}/{stem(3)}.png", f"other/{stem(60)}.png"]
+        )
         copy = run.web(3) or run.thumb(3)  # what the run published, not the original file
-        assert zf.read(names[0] if names[0].startswith(str(run.images.at[3, "category"]))
-                       else names[1]) == copy.read_bytes()  # fmt: skip
+        assert (
+            zf.read(
+                names[0] if names[0].startswith(str(run.images.at[3, "category"])) else names[1]
+            )
+            == copy.read_bytes()
+        )
     with pytest.raises(Exception, match="no image of run .* has the tag 'nobody'"):
         export_file(store, run.id, "a tag's images (.zip)", "nobody")
 
@@ -131,8 +146,9 @@ def test_a_run_can_leave_out_flagged_images_and_use_corrected_labels(store, exam
     before = store.open()
     batch(store, "tag", "remove", "--id", "0", "--id", "41")
     batch(store, "label", "2", "relabelled")
-    config = example_config(example_dir).replace(projections=("pca",), plots=False,
-                     exclude_tags=("remove",), labels_from_annotations=True)  # fmt: skip
+    config = example_config(example_dir).replace(
+        projections=("pca",), plots=False, exclude_tags=("remove",), labels_from_annotations=True
+    )
     after = run_job(config, store)
     assert len(after.images) == len(before.images) - 2
     gone = {before.images.at[i, "hash"] for i in (0, 41)}

@@ -42,7 +42,7 @@ def test_click_returns_the_exact_neighbours(client, results_dir):
         json.dumps({"id": row, "t": 1}), run.id, "c4", api_name="/select_point"
     )
     rows = [_row_of(item["caption"]) for item in gallery]
-    assert rows == [int(i) for i in run.neighbors("c4")[0][row]]
+    assert rows == [int(i) for i in run.neighbours("c4")[0][row]]
     # "… · d=0.123", then what users decided, if anything (" · 🏷 tags")
     shown = [float(item["caption"].rsplit("d=", 1)[1].split(" ")[0]) for item in gallery]
     np.testing.assert_allclose(shown, nearest, atol=2e-3)  # captions round to 3 decimals
@@ -58,7 +58,7 @@ def test_a_click_on_another_level_gives_other_neighbours(client, results_dir):
     payload = json.dumps({"id": 3, "t": 2})
     _, g2, _, _ = client.predict(payload, run.id, "c2", api_name="/select_point")
     _, g5, _, _ = client.predict(payload, run.id, "c5", api_name="/select_point")
-    expected = [int(j) for j in run.neighbors("c5")[0][3]]
+    expected = [int(j) for j in run.neighbours("c5")[0][3]]
     assert [_row_of(i["caption"]) for i in g5] == expected
     assert [i["caption"] for i in g2] != [i["caption"] for i in g5]
 
@@ -239,5 +239,5 @@ def test_the_gallery_can_show_one_domains_nearest_only(published_run, results_di
     assert [_row_of(c) for _, c in gallery] == real[np.argsort(d)[:8]].tolist()
     assert all(" real · " in c for _, c in gallery)
     both = views.filtered_neighbours(store, run.id, "c4", row, "both domains")
-    assert [_row_of(c) for _, c in both] == [int(i) for i in run.neighbors("c4")[0][row]]
+    assert [_row_of(c) for _, c in both] == [int(i) for i in run.neighbours("c4")[0][row]]
     assert views.filtered_neighbours(store, run.id, "c4", None, "real") is not None  # a skip

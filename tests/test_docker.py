@@ -178,8 +178,15 @@ def test_copied_paths_exist_and_are_not_ignored():
             assert "*" not in src, f"{dockerfile}: name files explicitly, not {src}"
             assert (ROOT / src).exists(), f"{dockerfile} copies {src}, which does not exist"
             assert ignored(src) is None, f"{dockerfile} copies {src}, ignored by {ignored(src)}"
-        for needed in ("lib/", "batch/", "demo/", "Makefile", "requirements.txt",
-                       "requirements-dev.txt", "docker/entrypoint.sh"):  # fmt: skip
+        for needed in (
+            "lib/",
+            "batch/",
+            "demo/",
+            "Makefile",
+            "requirements.txt",
+            "requirements-dev.txt",
+            "docker/entrypoint.sh",
+        ):
             assert needed in sources, f"{dockerfile} does not copy {needed}"
     for expected in (".venv", ".cache", "results", "data", ".git", "tests", ".rapids"):
         assert expected in ignore, f".dockerignore should exclude {expected}"
@@ -200,8 +207,9 @@ def test_requirements_installed_exist_and_torch_pins_come_from_requirements():
             assert any(req in srcs for srcs, _ in copies(dockerfile)), f"{req} is not copied"
         if derived:  # the GPU image keeps RAPIDS' own dask: all of requirements.txt but it
             assert f"-r {derived.group(2)}" in runs
-            out = subprocess.run(["sh", "-c", derived.group(1)], cwd=ROOT, capture_output=True,
-                                 text=True)  # fmt: skip
+            out = subprocess.run(
+                ["sh", "-c", derived.group(1)], cwd=ROOT, capture_output=True, text=True
+            )
             dropped = set(requirements.splitlines()) - set(out.stdout.splitlines())
             assert {d.split("==")[0] for d in dropped} == {"dask", "distributed"}, dropped
         else:
@@ -273,8 +281,9 @@ def test_ports_agree_with_the_demo_default(monkeypatch):
     space = yaml.safe_load(front)
     assert space["sdk"] == "docker" and str(space["app_port"]) == port
     for name, service in compose()["services"].items():
-        container_ports = [str(p).rsplit(":", 1)[-1].split("/")[0]
-                           for p in service.get("ports", [])]  # fmt: skip
+        container_ports = [
+            str(p).rsplit(":", 1)[-1].split("/")[0] for p in service.get("ports", [])
+        ]
         if name == "demo":
             assert container_ports == [port]
         elif name == "scheduler":  # Dask's port and its dashboard, as its command sets them

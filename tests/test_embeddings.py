@@ -29,8 +29,9 @@ def _vectors(seed: int, n: int = N, d: int = D, shift: float = 0.0) -> np.ndarra
 def _config(real, synthetic, **kw) -> RunConfig:
     from lib.analysis.reduce import UMAPParams
 
-    return RunConfig.of(real=real, synthetic=synthetic, k=5, plots=False,
-                     umap=UMAPParams(n_neighbors=10), **kw)  # fmt: skip
+    return RunConfig.of(
+        real=real, synthetic=synthetic, k=5, plots=False, umap=UMAPParams(n_neighbors=10), **kw
+    )
 
 
 def _npy_pair(folder, real=None, fake=None):
@@ -40,9 +41,12 @@ def _npy_pair(folder, real=None, fake=None):
     for name, x, prefix in (("real", real, "r"), ("synthetic", fake, "s")):
         x = _vectors(1 if prefix == "r" else 2, shift=0.5 * (prefix == "s")) if x is None else x
         np.save(folder / f"{name}.npy", x)
-        pd.DataFrame({"path": [f"{prefix}{i}.png" for i in range(len(x))],
-                      "category": [f"c{i % 3}" for i in range(len(x))]}).to_csv(
-            folder / f"{name}.csv", index=False)  # fmt: skip
+        pd.DataFrame(
+            {
+                "path": [f"{prefix}{i}.png" for i in range(len(x))],
+                "category": [f"c{i % 3}" for i in range(len(x))],
+            }
+        ).to_csv(folder / f"{name}.csv", index=False)
         out.append(folder / f"{name}.npy")
     return out
 
@@ -60,7 +64,7 @@ def test_npy_with_csv_becomes_a_run_with_the_given_vectors_in_row_order(tmp_path
     m = published.manifest
     assert m["backbone"]["name"] == "given embeddings" and m["feature_dims"] == {"embedding": D}
     assert [i["kind"] for i in m["inputs"]] == ["embeddings", "embeddings"]
-    idx, _ = published.neighbors("embedding")
+    idx, _ = published.neighbours("embedding")
     assert idx.shape == (2 * N, 5)
     assert m["neighbors"]["embedding"]["exact"] is True
 
@@ -72,8 +76,13 @@ def test_parquet_list_columns_are_levels_and_existing_paths_get_thumbnails(tmp_p
     frames = []
     for seed, shift in ((1, 0.0), (2, 0.5)):
         p2, p3 = _vectors(seed, shift=shift), _vectors(seed + 10, d=8, shift=shift)
-        frame = pd.DataFrame({"path": ["img/a.png"] + [f"gone{i}.png" for i in range(N - 1)],
-                              "p2": list(p2), "p3": list(p3)})  # fmt: skip
+        frame = pd.DataFrame(
+            {
+                "path": ["img/a.png"] + [f"gone{i}.png" for i in range(N - 1)],
+                "p2": list(p2),
+                "p3": list(p3),
+            }
+        )
         frames.append((frame, p2, p3))
     frames[0][0].to_parquet(folder / "real.parquet")
     frames[1][0].to_parquet(folder / "synthetic.parquet")
@@ -172,9 +181,17 @@ def _all_nan(folder, real, fake):
 
 @pytest.mark.parametrize(
     "mistake",
-    [_csv_short, _no_csv, _object_dtype, _dims_differ, _mixed_lengths,
-     _images_and_embeddings, _no_id_column, _all_nan],
-)  # fmt: skip
+    [
+        _csv_short,
+        _no_csv,
+        _object_dtype,
+        _dims_differ,
+        _mixed_lengths,
+        _images_and_embeddings,
+        _no_id_column,
+        _all_nan,
+    ],
+)
 def test_bad_embeddings_are_one_line_errors_and_publish_nothing(tmp_path, mistake):
     folder, real, fake = _bad(tmp_path, mistake.__name__)
     real, fake, message = mistake(folder, real, fake)
@@ -189,10 +206,23 @@ def test_the_cli_says_a_row_count_mismatch_in_one_line(tmp_path):
     folder, real, fake = _bad(tmp_path, "cli")
     _csv_short(folder, real, fake)
     proc = subprocess.run(
-        [sys.executable, "-m", "batch", "run", "--real", str(real), "--synthetic", str(fake),
-         "--results", str(tmp_path / "results")],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "batch",
+            "run",
+            "--real",
+            str(real),
+            "--synthetic",
+            str(fake),
+            "--results",
+            str(tmp_path / "results"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]

@@ -53,8 +53,9 @@ def _run_killed(store: RunStore, example_dir, sabotage: str) -> subprocess.Compl
                                                                     plots=False)
         lib.jobs.run.run(config, RunStore(Path({str(store.root)!r})))
     """)
-    return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 def _resumes(store: RunStore, example_dir, before: str) -> None:

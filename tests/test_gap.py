@@ -116,8 +116,11 @@ def test_prdc_handles_blocks_smaller_than_the_sets():
     real, fake = normal(300, 8, seed=7), normal(250, 8, shift=0.5, seed=8)
     whole, blocked = gap.prdc(real, fake, 5), gap.prdc(real, fake, 5, chunk=64)
     assert (whole.precision, whole.recall, whole.density, whole.coverage) == (
-        blocked.precision, blocked.recall, blocked.density, blocked.coverage,
-    )  # fmt: skip
+        blocked.precision,
+        blocked.recall,
+        blocked.density,
+        blocked.coverage,
+    )
     np.testing.assert_allclose(whole.realism, blocked.realism, rtol=1e-6)
 
 
@@ -182,8 +185,12 @@ def test_fd_interval_of_wide_features_and_few_images():
     from lib.analysis.gap.frechet import affordable_resamples
 
     assert [affordable_resamples(200, d) for d in (256, 384, 512, 1024, 2048)] == [
-        200, 200, 84, 20, 20,
-    ]  # fmt: skip
+        200,
+        200,
+        84,
+        20,
+        20,
+    ]
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(500, 16)), rng.normal(size=(500, 16)) + 0.3
     fd = gap.frechet_distance(a, b)

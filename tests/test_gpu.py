@@ -137,8 +137,12 @@ def test_cuml_dask_spreads_the_umap_transform_and_the_exact_search_over_gpu_work
     X = np.load(tmp_path / "x.npy", mmap_mode="r")  # as a run's feature file
     model = UMAP(n_components=3, random_state=42).fit(np.asarray(X[:10_000]))
     other = X[10_000:]
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         blocks = BlockMap(client)
         assert blocks.gpus
         spread = blocks.cuml_transform(model, other)

@@ -24,8 +24,9 @@ from lib.inputs.images import (
 )
 from lib.runtime.errors import GapscopeError
 
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def _png(path: Path, size=(8, 8), color=(10, 200, 30)) -> None:
@@ -175,13 +176,22 @@ def test_fuzz_metadata_csv_reads_or_says_why(tmp_path_factory, text):
 
 
 @FUZZ
-@given(payload=st.one_of(st.text(max_size=200), st.builds(
-    lambda v: __import__("json").dumps(v),
-    st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                 lambda inner: st.lists(inner, max_size=4)
-                 | st.dictionaries(st.sampled_from(["id", "t", "x"]), inner, max_size=3),
-                 max_leaves=8),
-)))  # fmt: skip
+@given(
+    payload=st.one_of(
+        st.text(max_size=200),
+        st.builds(
+            lambda v: __import__("json").dumps(v),
+            st.recursive(
+                st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                lambda inner: (
+                    st.lists(inner, max_size=4)
+                    | st.dictionaries(st.sampled_from(["id", "t", "x"]), inner, max_size=3)
+                ),
+                max_leaves=8,
+            ),
+        ),
+    )
+)
 def test_fuzz_click_payloads_give_a_row_or_nothing(payload):
     from demo.overlap import parse_click
 

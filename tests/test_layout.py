@@ -61,6 +61,28 @@ def test_the_cli_and_the_demo_start_without_torch():
         "heavy = sorted({'torch', 'umap', 'faiss'} & set(sys.modules))\n"
         "print(heavy)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     assert out.strip() == "[]"
+
+
+LONGEST = 60  # lines: a function the next engineer reads on one screen
+
+
+def test_no_function_is_longer_than_a_screen():
+    too_long = []
+    for folder in ("lib", "batch", "demo"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > LONGEST:
+                        where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                        too_long.append(f"{where} {node.name} ({lines} lines)")
+    assert not too_long, "longer than a screen: " + "; ".join(too_long)

@@ -41,8 +41,12 @@ def bilinear(fmap, y, x):
     else:
         x1 = x0 + 1
     ly, lx = y - y0, x - x0
-    return ((1 - ly) * (1 - lx) * fmap[:, y0, x0] + (1 - ly) * lx * fmap[:, y0, x1]
-            + ly * (1 - lx) * fmap[:, y1, x0] + ly * lx * fmap[:, y1, x1])  # fmt: skip
+    return (
+        (1 - ly) * (1 - lx) * fmap[:, y0, x0]
+        + (1 - ly) * lx * fmap[:, y0, x1]
+        + ly * (1 - lx) * fmap[:, y1, x0]
+        + ly * lx * fmap[:, y1, x1]
+    )
 
 
 def reference_roi_mean(fmap: np.ndarray, box, scale: float, out: int = 7) -> np.ndarray:
@@ -66,8 +70,16 @@ def reference_roi_mean(fmap: np.ndarray, box, scale: float, out: int = 7) -> np.
 
 def test_level_assignment_matches_detectron2s_rule():
     pooler = RoiPooler()
-    boxes = [(0, 0, 224, 224), (0, 0, 112, 112), (0, 0, 111.9, 112), (10, 10, 458, 458),
-             (0, 0, 1000, 900), (5, 5, 15, 15), (0, 0, 50, 400), (0, 0, 447.9, 448)]  # fmt: skip
+    boxes = [
+        (0, 0, 224, 224),
+        (0, 0, 112, 112),
+        (0, 0, 111.9, 112),
+        (10, 10, 458, 458),
+        (0, 0, 1000, 900),
+        (5, 5, 15, 15),
+        (0, 0, 50, 400),
+        (0, 0, 447.9, 448),
+    ]
     got = pooler.assign(torch.tensor(boxes, dtype=torch.float32), [4, 8, 16, 32])
     assert (got + 2).tolist() == [reference_level(b) for b in boxes]
     assert (got + 2).tolist() == [4, 3, 2, 5, 5, 2, 3, 4]
@@ -76,8 +88,12 @@ def test_level_assignment_matches_detectron2s_rule():
 def test_pooled_vectors_match_the_reference_on_every_assigned_level():
     rng = np.random.default_rng(0)
     size = (256, 320)  # input H, W
-    maps = {f"p{k}": torch.from_numpy(rng.normal(size=(2, 5, size[0] >> k, size[1] >> k))
-                                      .astype(np.float32)) for k in range(2, 7)}  # fmt: skip
+    maps = {
+        f"p{k}": torch.from_numpy(
+            rng.normal(size=(2, 5, size[0] >> k, size[1] >> k)).astype(np.float32)
+        )
+        for k in range(2, 7)
+    }
     boxes = [
         torch.tensor([[3.2, 4.7, 40.1, 30.0], [0, 0, 250, 200], [100, 90, 101.5, 95]]),
         torch.tensor([[-10, 200, 60, 270], [20.5, 30.25, 160, 150]]),  # past the edges
@@ -177,9 +193,12 @@ def object_images(tmp_path_factory):
     for name, (h, w) in {"a.png": (90, 120), "b.png": (70, 70)}.items():
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name)
     image_set = open_folder(root, "real", Prepare())
-    boxes = [np.array([[0, 0, 120, 90], [10, 10, 70, 60], [30, 20, 55, 45], [100, 70, 112, 85]],
-                      np.float32),
-             np.array([[5, 5, 40, 60], [60, 60, 70, 70]], np.float32)]  # fmt: skip
+    boxes = [
+        np.array(
+            [[0, 0, 120, 90], [10, 10, 70, 60], [30, 20, 55, 45], [100, 70, 112, 85]], np.float32
+        ),
+        np.array([[5, 5, 40, 60], [60, 60, 70, 70]], np.float32),
+    ]
     items = [(image_set, r) for r in image_set.records]
     keys = [[object_key(r.hash, b) for b in bs] for (_, r), bs in zip(items, boxes, strict=True)]
     return ObjectImages(items, boxes, keys)
@@ -240,8 +259,16 @@ def test_crop_mode_runs_each_box_crop_as_an_image_and_the_cache_keeps_objects(
     from lib.inputs.objects import crop_box
 
     cache = FeatureCache(tmp_path, "objects")
-    out = extract_objects(detector, object_images, Prepare(), "crop", margin=0.25, crop_size=64,
-                          batch_size=4, cache=cache)  # fmt: skip
+    out = extract_objects(
+        detector,
+        object_images,
+        Prepare(),
+        "crop",
+        margin=0.25,
+        crop_size=64,
+        batch_size=4,
+        cache=cache,
+    )
     first, cached = out.vectors, out.cached
     assert cached == 0 and sorted(first) == ["p2", "p3", "p4", "p5", "p6"]
     image_set, record = object_images.items[1]
@@ -249,8 +276,16 @@ def test_crop_mode_runs_each_box_crop_as_an_image_and_the_cache_keeps_objects(
     crop = crop_box(rgb, object_images.boxes[1][0], 0.25, 64)
     want = pool(detector(crop[None])["p4"], "gap").numpy()[0]
     assert np.allclose(first["p4"][4], want, atol=1e-5)
-    out = extract_objects(detector, object_images, Prepare(), "crop", margin=0.25, crop_size=64,
-                          batch_size=4, cache=cache)  # fmt: skip
+    out = extract_objects(
+        detector,
+        object_images,
+        Prepare(),
+        "crop",
+        margin=0.25,
+        crop_size=64,
+        batch_size=4,
+        cache=cache,
+    )
     again, cached = out.vectors, out.cached
     assert cached == 6 and all(np.array_equal(first[lv], again[lv]) for lv in first)
 

@@ -24,16 +24,26 @@ def run(object_store):
 def coco_boxes(data, domain: str) -> list[tuple]:
     coco = json.loads((data / f"{domain}.json").read_text())
     names = {im["id"]: im["file_name"] for im in coco["images"]}
-    return [(names[a["image_id"]], str(a["category_id"]), a["bbox"][0], a["bbox"][1],
-             a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3])
-            for a in coco["annotations"]]  # fmt: skip
+    return [
+        (
+            names[a["image_id"]],
+            str(a["category_id"]),
+            a["bbox"][0],
+            a["bbox"][1],
+            a["bbox"][0] + a["bbox"][2],
+            a["bbox"][1] + a["bbox"][3],
+        )
+        for a in coco["annotations"]
+    ]
 
 
 def test_every_annotated_box_is_a_row_pooled_as_the_roi_heads_pool_it(run, object_store):
     _, data = object_store
     m = run.manifest
     assert m["objects"]["mode"] == "roi" and m["objects"]["formats"] == {
-        "real": "coco", "synthetic": "coco"}  # fmt: skip
+        "real": "coco",
+        "synthetic": "coco",
+    }
     assert m["objects"]["pooler"]["in_features"] == ["p2", "p3", "p4", "p5"]
     assert m["objects"]["skipped"] == []
     # the scenes' sizes differ: the detector's test-time resize, from its config
@@ -42,8 +52,10 @@ def test_every_annotated_box_is_a_row_pooled_as_the_roi_heads_pool_it(run, objec
     objects, images = run.objects, run.images
     for domain in ("real", "synthetic"):
         mine = objects[objects["domain"] == domain]
-        got = [(images.at[int(r.image_id), "relpath"], r.category, r.x0, r.y0, r.x1, r.y1)
-               for r in mine.itertuples()]  # fmt: skip
+        got = [
+            (images.at[int(r.image_id), "relpath"], r.category, r.x0, r.y0, r.x1, r.y1)
+            for r in mine.itertuples()
+        ]
         assert got == coco_boxes(data, domain)
         assert m["counts"][domain] == len(mine)
     assert run.features("roi").shape == (len(objects), 16)
@@ -67,8 +79,10 @@ def test_the_gap_is_measured_per_class_and_per_object_size(run):
         assert min(stratum["n"].values()) >= 20
     for name, stratum in strata["by_class"].items():
         n = run.objects[run.objects["category"] == name]["domain"].value_counts()
-        assert stratum["n"] == {"real": int(n.get("real", 0)),
-                                "synthetic": int(n.get("synthetic", 0))}  # fmt: skip
+        assert stratum["n"] == {
+            "real": int(n.get("real", 0)),
+            "synthetic": int(n.get("synthetic", 0)),
+        }
 
 
 def test_the_demo_shows_an_object_its_image_with_the_box_and_its_nearest_objects(run):
@@ -93,18 +107,33 @@ def test_the_demo_shows_an_object_its_image_with_the_box_and_its_nearest_objects
 
 def test_boxes_for_one_domain_only_or_none_usable_are_one_line_errors(object_store, tmp_path):
     _, data = object_store
-    common = ["run", "--real", data / "real", "--synthetic", data / "synthetic",
-              "--results", tmp_path / "results", "--projection", "pca", "--no-plots"]  # fmt: skip
-    assert_one_line_error(batch(*common, "--real-boxes", data / "real.json"),
-                          "--synthetic-boxes is missing")  # fmt: skip
+    common = [
+        "run",
+        "--real",
+        data / "real",
+        "--synthetic",
+        data / "synthetic",
+        "--results",
+        tmp_path / "results",
+        "--projection",
+        "pca",
+        "--no-plots",
+    ]
+    assert_one_line_error(
+        batch(*common, "--real-boxes", data / "real.json"), "--synthetic-boxes is missing"
+    )
     coco = json.loads((data / "synthetic.json").read_text())
     for image in coco["images"]:
         image["file_name"] = "elsewhere/" + image["file_name"].replace("scene", "other")
     (tmp_path / "bad.json").write_text(json.dumps(coco))
-    result = batch(*common, "--real-boxes", data / "real.json", "--synthetic-boxes",
-                   tmp_path / "bad.json")  # fmt: skip
-    assert_one_line_error(result, "no usable boxes on the synthetic images",
-                          "its image is not among the scanned images")  # fmt: skip
+    result = batch(
+        *common, "--real-boxes", data / "real.json", "--synthetic-boxes", tmp_path / "bad.json"
+    )
+    assert_one_line_error(
+        result,
+        "no usable boxes on the synthetic images",
+        "its image is not among the scanned images",
+    )
     assert not (tmp_path / "results" / "latest").exists()
 
 

@@ -43,12 +43,43 @@ def test_run_without_options_uses_the_dataclass_defaults(seen, tmp_path):
 
 def test_run_options_reach_every_nested_parameter(seen, tmp_path):
     invoke(
-        "run", "--real", "r", "--synthetic", "s", "--results", tmp_path, "--k", 4,
-        "--n-neighbors", 7, "--umap-seed", 1, "--perplexity", 12, "--gap-k", 3,
-        "--resamples", 50, "--folds", 3, "--min-cluster-size", 9, "--kid-subsets", 10,
-        "--projection", "pca", "--projection", "umap", "--projection", "pca", "--no-plots",
-        "--backbone", "resnet18:m.pth", "--precision", "fp32",
-    )  # fmt: skip
+        "run",
+        "--real",
+        "r",
+        "--synthetic",
+        "s",
+        "--results",
+        tmp_path,
+        "--k",
+        4,
+        "--n-neighbors",
+        7,
+        "--umap-seed",
+        1,
+        "--perplexity",
+        12,
+        "--gap-k",
+        3,
+        "--resamples",
+        50,
+        "--folds",
+        3,
+        "--min-cluster-size",
+        9,
+        "--kid-subsets",
+        10,
+        "--projection",
+        "pca",
+        "--projection",
+        "umap",
+        "--projection",
+        "pca",
+        "--no-plots",
+        "--backbone",
+        "resnet18:m.pth",
+        "--precision",
+        "fp32",
+    )
     assert seen == [
         RunConfig.of(
             real=Path("r"),
@@ -61,7 +92,7 @@ def test_run_options_reach_every_nested_parameter(seen, tmp_path):
             umap=UMAPParams(n_neighbors=7, random_state=1),
             tsne=TSNEParams(perplexity=12),
             gap=GapParams(k=3, resamples=50, folds=3, min_cluster_size=9, kid_subsets=10),
-        )  # fmt: skip
+        )
     ]
 
 
@@ -75,16 +106,27 @@ def test_help_shows_the_defaults_of_the_dataclasses():
 
 def test_caricature_options_build_the_job(seen, tmp_path):
     invoke(
-        "caricature", "--results", tmp_path, "--model", "a=resnet18:a.pth", "--model",
-        "b=efficientnet-lite0", "--layer", "layer3", "--mean", "0.5,0.5,0.5", "--steps", 9,
-    )  # fmt: skip
+        "caricature",
+        "--results",
+        tmp_path,
+        "--model",
+        "a=resnet18:a.pth",
+        "--model",
+        "b=efficientnet-lite0",
+        "--layer",
+        "layer3",
+        "--mean",
+        "0.5,0.5,0.5",
+        "--steps",
+        9,
+    )
     assert seen == [
         CaricatureJob(
             models=["a=resnet18:a.pth", "b=efficientnet-lite0"],
             layers=["layer3"],
             mean=(0.5, 0.5, 0.5),
             steps=9,
-        )  # fmt: skip
+        )
     ]
     bad = invoke("caricature", "--model", "a=resnet18", "--layer", "x", "--std", "1,2")
     assert isinstance(bad.exception, GapscopeError)

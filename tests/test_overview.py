@@ -14,11 +14,13 @@ from demo.thinning import GRID, MAX_POINTS, _cells, budgets, thin
 
 def test_budgets_show_a_small_domain_whole():
     assert budgets({"real": 1_797, "synthetic": 1_000_000}, 60_000) == {
-        "real": 1_797, "synthetic": 58_203,
-    }  # fmt: skip
+        "real": 1_797,
+        "synthetic": 58_203,
+    }
     assert budgets({"real": 500_000, "synthetic": 500_000}, 60_000) == {
-        "real": 30_000, "synthetic": 30_000,
-    }  # fmt: skip
+        "real": 30_000,
+        "synthetic": 30_000,
+    }
 
 
 def test_thinning_keeps_the_density_and_every_occupied_cell():
@@ -47,9 +49,15 @@ def lopsided(tmp_path_factory):
     root = tmp_path_factory.mktemp("lopsided")
     real = write_domain(root / "v", "real", 2_000, seed=1, dim=16)
     fake = write_domain(root / "v", "synthetic", 80_000, seed=2, dim=16, shift=1.0)
-    config = RunConfig.of(real=real, synthetic=fake, k=8, projections=("pca",), plots=False,
-                       atlas_level="none",  # the overlap view's test: no atlas UMAP (30 s)
-                       gap=GapParams(sample=1000, resamples=20))  # fmt: skip
+    config = RunConfig.of(
+        real=real,
+        synthetic=fake,
+        k=8,
+        projections=("pca",),
+        plots=False,
+        atlas_level="none",  # the overlap view's test: no atlas UMAP (30 s)
+        gap=GapParams(sample=1000, resamples=20),
+    )
     return run(config, RunStore(root / "results"))
 
 
@@ -74,25 +82,32 @@ def test_the_overview_ships_a_bounded_sample_with_the_small_domain_whole_and_on_
 def test_a_zoomed_2d_region_has_every_point_inside_it(lopsided):
     view, _ = views.projection_view(lopsided, "embedding", "pca", "real")
     x, y = view["x"], view["y"]
-    box = [float(np.quantile(x, 0.4)), float(np.quantile(x, 0.6)),
-           float(np.quantile(y, 0.4)), float(np.quantile(y, 0.6))]  # fmt: skip
+    box = [
+        float(np.quantile(x, 0.4)),
+        float(np.quantile(x, 0.6)),
+        float(np.quantile(y, 0.4)),
+        float(np.quantile(y, 0.6)),
+    ]
     inside = view["id"][(x >= box[0]) & (x <= box[1]) & (y >= box[2]) & (y <= box[3])]
-    zoom = json.dumps({"key": views.view_key(lopsided, "embedding", "pca", "real", "2D"),
-                       "box": box})  # fmt: skip
+    zoom = json.dumps(
+        {"key": views.view_key(lopsided, "embedding", "pca", "real", "2D"), "box": box}
+    )
     parsed = views.parse_zoom(zoom, lopsided, "embedding", "pca", "real")
     fig = views.overlap_figure(lopsided, "embedding", "real", method="pca", view="2D", box=parsed)
     assert sorted(_ids(fig)) == sorted(inside)
     assert list(fig.layout.xaxis.range) == box[:2]
     # a zoom made in another view (3D, another level) is not applied here
-    other = json.dumps({"key": views.view_key(lopsided, "embedding", "pca", "real", "3D"),
-                        "box": box})  # fmt: skip
+    other = json.dumps(
+        {"key": views.view_key(lopsided, "embedding", "pca", "real", "3D"), "box": box}
+    )
     assert views.parse_zoom(other, lopsided, "embedding", "pca", "real") is None
     assert views.parse_zoom('{"key": 1}', lopsided, "embedding", "pca", "real") is None
 
 
 def test_density_contours_come_from_every_point_as_a_small_grid(lopsided):
-    fig = views.overlap_figure(lopsided, "embedding", "real", method="pca", view="2D",
-                               contours=True)  # fmt: skip
+    fig = views.overlap_figure(
+        lopsided, "embedding", "real", method="pca", view="2D", contours=True
+    )
     contours = [t for t in fig.data if t.type == "contour"]
     assert [t.name for t in contours] == ["synthetic density", "real density"]
     assert np.asarray(contours[0].z).shape == (80, 80)

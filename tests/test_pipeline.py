@@ -25,8 +25,17 @@ def test_run_is_published_with_every_file(published_run, results_dir):
     assert m["backbone"]["random_weights"] is False
     assert "ImageNet" in m["backbone"]["weights"]
     assert m["counts"] == {"real": N_PER_DOMAIN, "synthetic": N_PER_DOMAIN}
-    stages = {"scan", "model", "extract", "project", "atlas", "neighbors", "gap", "attribution",
-              "plots"}  # fmt: skip
+    stages = {
+        "scan",
+        "model",
+        "extract",
+        "project",
+        "atlas",
+        "neighbors",
+        "gap",
+        "attribution",
+        "plots",
+    }
     assert set(m["timings_s"]) == stages
     assert m["backend"]["name"] == "cpu" and m["backend"]["reason"]
     assert m["backend"]["precision"] == "fp32" and m["backend"]["knn_engine"] == "torch"
@@ -92,7 +101,7 @@ def test_neighbours_are_exact_in_feature_space(published_run):
         Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
         d = 1 - Xn @ Xn.T
         np.fill_diagonal(d, np.inf)
-        idx, dist = published_run.neighbors(level)
+        idx, dist = published_run.neighbours(level)
         assert idx.shape == dist.shape == (2 * N_PER_DOMAIN, 8)
         np.testing.assert_allclose(dist, np.sort(d, axis=1)[:, :8], atol=1e-4)
         assert (idx != np.arange(len(X))[:, None]).all()
@@ -101,7 +110,7 @@ def test_neighbours_are_exact_in_feature_space(published_run):
 def test_real_neighbours_of_digits_share_their_category(published_run):
     """Meaningful out of the box: the packaged ImageNet weights group same digits."""
     images = published_run.images
-    idx, _ = published_run.neighbors("c4")
+    idx, _ = published_run.neighbours("c4")
     cats = images["category"].to_numpy()
     agree = (cats[idx[:, :3]] == cats[:, None]).mean()
     assert agree > 0.3  # chance is 0.1 for ten balanced digits
@@ -161,7 +170,7 @@ def test_stored_distances_are_the_distances_of_the_stored_neighbours(published_r
     for level in ("c1", "c4"):
         X = np.asarray(published_run.features(level), dtype=np.float64)
         Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
-        idx, dist = published_run.neighbors(level)
+        idx, dist = published_run.neighbours(level)
         recomputed = 1 - np.einsum("id,ikd->ik", Xn, Xn[np.asarray(idx)])
         np.testing.assert_allclose(dist, recomputed, atol=1e-5)
         assert (np.diff(dist, axis=1) >= -1e-6).all()  # nearest first
@@ -235,8 +244,13 @@ def test_projections_run_where_the_backend_says(
     monkeypatch.setattr(lib.jobs.run, "choose_backend", marked)
     monkeypatch.setattr(lib.jobs.run.measure, "project", project)
     shutil.copytree(results_dir / "cache", tmp_path / "cache")
-    config = RunConfig.of(example_dir / "real", example_dir / "synthetic", k=4,
-                       projections=("pca", "umap"), plots=False)  # fmt: skip
+    config = RunConfig.of(
+        example_dir / "real",
+        example_dir / "synthetic",
+        k=4,
+        projections=("pca", "umap"),
+        plots=False,
+    )
     published = run(config, RunStore(tmp_path))
     assert used == ["marker", "marker", "marker"]  # PCA, UMAP and the atlas's UMAP
     assert published.manifest["backend"]["projection"] == "marker"

@@ -89,8 +89,9 @@ def test_the_demo_says_a_removed_run_was_removed(tmp_path):
 
 
 def _cli(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "batch", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "batch", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_batch_prune_and_nightly_keep(tmp_path):
@@ -107,10 +108,25 @@ def test_two_runs_at_once_both_publish_whole_runs(tmp_path):
     from lib.inputs.mixture import write_pair
 
     real, fake = write_pair(tmp_path / "v", 300, 300, dim=8)
-    cmd = [sys.executable, "-m", "batch", "run", "--real", str(real), "--synthetic", str(fake),
-           "--results", str(tmp_path / "results"), "--projection", "pca", "--no-plots"]  # fmt: skip
-    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(2)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "batch",
+        "run",
+        "--real",
+        str(real),
+        "--synthetic",
+        str(fake),
+        "--results",
+        str(tmp_path / "results"),
+        "--projection",
+        "pca",
+        "--no-plots",
+    ]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
     for proc in procs:
         assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-2000:]
     store = RunStore(tmp_path / "results")
@@ -128,8 +144,11 @@ def test_the_demo_on_a_port_in_use_says_so_in_one_line(tmp_path):
         port = taken.getsockname()[1]
         out = subprocess.run(
             [sys.executable, "-m", "demo", "--results", str(tmp_path), "--port", str(port)],
-            cwd=ROOT, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip() == (
         f"error: cannot serve on 127.0.0.1:{port} (Address already in use): pass another "

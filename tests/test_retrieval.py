@@ -29,8 +29,11 @@ def test_metrics_are_the_hand_computed_ones_with_ties_and_a_query_without_a_matc
     # q2: 2 and 3 tie at 0.5, 1 and 4 at 1.5: gallery order decides; q4: 1 (a) and 2 (b)
     # tie at 0.5, 0 (a) and 3 (b) at 1.5
     assert found.neighbours[:, :5].tolist() == [
-        [0, 1, 2, 3, 4], [2, 3, 1, 4, 0], [4, 3, 2, 1, 0], [1, 2, 0, 3, 4],
-    ]  # fmt: skip
+        [0, 1, 2, 3, 4],
+        [2, 3, 1, 4, 0],
+        [4, 3, 2, 1, 0],
+        [1, 2, 0, 3, 4],
+    ]
     assert found.same_label.tolist() == [3, 2, 0, 3]
     metrics, per_query = scores(found, k=2)
     # AP@R: q1 (R 3) hits at 1, 2 → (1 + 1) / 3; q2 (R 2) → (1 + 1) / 2; q4 (R 3) hits at
@@ -47,8 +50,9 @@ def test_metrics_are_the_hand_computed_ones_with_ties_and_a_query_without_a_matc
 
 
 def test_a_query_in_the_gallery_is_never_its_own_neighbour():
-    found = retrieve(GALLERY, GALLERY, GALLERY_LABELS, GALLERY_LABELS, "euclidean",
-                     same=np.arange(5))  # fmt: skip
+    found = retrieve(
+        GALLERY, GALLERY, GALLERY_LABELS, GALLERY_LABELS, "euclidean", same=np.arange(5)
+    )
     assert all(i not in row for i, row in enumerate(found.neighbours.tolist()))
     assert found.same_label.tolist() == [2, 2, 1, 1, 2]  # itself not counted
     assert found.neighbours[0, 0] == 1 and found.neighbours[2, 0] == 1  # 1 before 3: a tie
@@ -100,8 +104,10 @@ def test_bad_sets_and_levels_are_one_line_errors(store):
         with pytest.raises(GapscopeError) as exc:
             evaluate(run, job)
         assert words in one_line(exc)
-    assert_one_line_error(batch("evaluate", "retrieval", "--results", store.root,
-                                "--gallery", "fakes"), "unknown set 'fakes'")  # fmt: skip
+    assert_one_line_error(
+        batch("evaluate", "retrieval", "--results", store.root, "--gallery", "fakes"),
+        "unknown set 'fakes'",
+    )
 
 
 def test_a_tag_names_a_set(store):
@@ -136,8 +142,9 @@ def test_the_tab_shows_the_table_and_failed_queries_with_their_neighbours(store)
 
 def test_an_unlabelled_image_is_nobodys_match():
     gallery = on_a_line(0, 1, 2, 3, 4)
-    found = retrieve(on_a_line(0.1, 1.1, 2.1), gallery, ["", "a", "a"], ["", "", "a", "a", "a"],
-                     "euclidean")  # fmt: skip
+    found = retrieve(
+        on_a_line(0.1, 1.1, 2.1), gallery, ["", "a", "a"], ["", "", "a", "a", "a"], "euclidean"
+    )
     assert not found.right[0].any() and found.same_label.tolist() == [0, 3, 3]
     # 1.1 → rows 1 (''), 2, 0 (''), 3, 4; 2.1 → rows 2, 3, 1 (''), 4, 0 ('')
     assert found.right[1].tolist() == [False, True, False, True, True]
@@ -150,8 +157,14 @@ def test_map_at_r_sees_the_whole_class_when_it_fills_the_gallery():
     """Queries outside a one-class gallery: R is the whole gallery, and perfect retrieval
     is AP 1 (it was cut one short when any query sat in the gallery)."""
     gallery = on_a_line(0, 1, 2)
-    found = retrieve(on_a_line(0.5, 5), gallery, ["a", "a"], ["a", "a", "a"], "euclidean",
-                     same=np.array([-1, -1]))  # fmt: skip
+    found = retrieve(
+        on_a_line(0.5, 5),
+        gallery,
+        ["a", "a"],
+        ["a", "a", "a"],
+        "euclidean",
+        same=np.array([-1, -1]),
+    )
     metrics, per_query = scores(found)
     assert per_query["ap_at_r"].tolist() == [1.0, 1.0] and metrics["map_at_r"]["value"] == 1.0
 
@@ -161,11 +174,14 @@ def test_a_split_and_a_domain_within_it_name_sets():
 
     from lib.jobs.retrieval import resolve_set
 
-    images = pd.DataFrame({
-        "domain": ["real"] * 4 + ["synthetic"] * 4, "hash": list("abcdefgh"),
-        "relpath": list("abcdefgh"),
-        "meta:split": ["train", "test", "test", None, "test", "train", "val", "test"],
-    })  # fmt: skip
+    images = pd.DataFrame(
+        {
+            "domain": ["real"] * 4 + ["synthetic"] * 4,
+            "hash": list("abcdefgh"),
+            "relpath": list("abcdefgh"),
+            "meta:split": ["train", "test", "test", None, "test", "train", "val", "test"],
+        }
+    )
     assert resolve_set("split:test", images).tolist() == [1, 2, 4, 7]
     assert resolve_set("real/split:test", images).tolist() == [1, 2]
     assert resolve_set("synthetic/split:val", images).tolist() == [6]

@@ -30,12 +30,32 @@ def _batch(tmp_path, results) -> list[str]:
     """A run slow enough to be killed mid-extraction: ResNet-18 (fixed random weights,
     saved as a checkpoint so every run has the same), 4 images a batch, 8 a shard."""
     return [
-        sys.executable, "-m", "batch", "run", "--real", str(tmp_path / "real"),
-        "--synthetic", str(tmp_path / "synthetic"), "--results", str(results),
-        "--backbone", f"resnet18:{tmp_path / 'resnet18.pth'}",
-        "--batch-size", "4", "--shard", "8", "--workers", "0", "--no-plots",
-        "--projection", "pca", "--atlas-level", "none", "--attribution", "0",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "batch",
+        "run",
+        "--real",
+        str(tmp_path / "real"),
+        "--synthetic",
+        str(tmp_path / "synthetic"),
+        "--results",
+        str(results),
+        "--backbone",
+        f"resnet18:{tmp_path / 'resnet18.pth'}",
+        "--batch-size",
+        "4",
+        "--shard",
+        "8",
+        "--workers",
+        "0",
+        "--no-plots",
+        "--projection",
+        "pca",
+        "--atlas-level",
+        "none",
+        "--attribution",
+        "0",
+    ]
 
 
 def test_a_run_killed_during_extraction_resumes_with_identical_features(tmp_path):
@@ -48,8 +68,9 @@ def test_a_run_killed_during_extraction_resumes_with_identical_features(tmp_path
     _photos(tmp_path / "synthetic", 32, seed=2)
     cmd = _batch(tmp_path, tmp_path / "store")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(ROOT / ".cache" / "numba")}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     cache = tmp_path / "store" / "cache"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
@@ -110,45 +131,47 @@ def test_approximate_neighbours_report_the_recall_they_reach(metric):
 def test_approximate_neighbours_hold_their_recall_when_read_in_many_blocks(monkeypatch):
     """Features are read a block at a time; the graph must still be one graph (FAISS
     built a poor one from several adds: recall 0.57 at 1M + 1M)."""
-    import lib.analysis.neighbours as neighbors
+    import lib.analysis.neighbours as neighbours
     from lib.inputs.mixture import mixture_block
 
-    monkeypatch.setattr(neighbors, "BLOCK", 12_500)  # four blocks: 0.91 from four adds
+    monkeypatch.setattr(neighbours, "BLOCK", 12_500)  # four blocks: 0.91 from four adds
     X = np.concatenate(
         [
             mixture_block(25_000, np.random.default_rng(1), dim=64)[0],
             mixture_block(25_000, np.random.default_rng(2), dim=64, shift=1, missing=2)[0],
         ]
     )
-    idx, _, report = neighbors.knn_report(X, 16, "cosine", engine="hnsw")
-    exact_idx, _ = neighbors.knn(X, 16, "cosine", engine="faiss")
-    assert neighbors.recall_at_k(idx, exact_idx) >= 0.98
-    assert report["ef_search"] == neighbors.EF_SEARCH[0]  # no widening needed
+    idx, _, report = neighbours.knn_report(X, 16, "cosine", engine="hnsw")
+    exact_idx, _ = neighbours.knn(X, 16, "cosine", engine="faiss")
+    assert neighbours.recall_at_k(idx, exact_idx) >= 0.98
+    assert report["ef_search"] == neighbours.EF_SEARCH[0]  # no widening needed
 
 
 def test_search_widens_until_the_probe_reaches_the_target(monkeypatch):
-    import lib.analysis.neighbours as neighbors
+    import lib.analysis.neighbours as neighbours
 
     X = np.random.default_rng(0).normal(size=(4000, 48)).astype(np.float32)  # hard: isotropic
-    monkeypatch.setattr(neighbors, "TARGET_RECALL", 0.99)
-    report = neighbors.knn_report(X, 10, "euclidean", engine="hnsw")[2]
-    assert report["ef_search"] > neighbors.EF_SEARCH[0]
+    monkeypatch.setattr(neighbours, "TARGET_RECALL", 0.99)
+    report = neighbours.knn_report(X, 10, "euclidean", engine="hnsw")[2]
+    assert report["ef_search"] > neighbours.EF_SEARCH[0]
 
 
 def test_a_large_run_stores_its_measured_recall(tmp_path, monkeypatch):
-    import lib.analysis.neighbours as neighbors
+    import lib.analysis.neighbours as neighbours
     from lib.inputs.mixture import write_pair
     from lib.jobs.run import RunConfig, run
 
-    monkeypatch.setattr(neighbors, "EXACT_UP_TO", 1000)  # as if this run were large
+    monkeypatch.setattr(neighbours, "EXACT_UP_TO", 1000)  # as if this run were large
     real, fake = write_pair(tmp_path / "v", 1500, 1200, dim=32)
-    published = run(RunConfig.of(real=real, synthetic=fake, plots=False, projections=("pca",)),
-                    RunStore(tmp_path / "results"))  # fmt: skip
+    published = run(
+        RunConfig.of(real=real, synthetic=fake, plots=False, projections=("pca",)),
+        RunStore(tmp_path / "results"),
+    )
     report = published.manifest["neighbors"]["embedding"]
     assert report["engine"] == "hnsw" and report["recall_at_k"] >= 0.95
-    exact, _ = neighbors.knn(np.asarray(published.features("embedding")), 16, engine="faiss")
-    stored, _ = published.neighbors("embedding")
-    assert abs(neighbors.recall_at_k(stored, exact) - report["recall_at_k"]) < 0.02
+    exact, _ = neighbours.knn(np.asarray(published.features("embedding")), 16, engine="faiss")
+    stored, _ = published.neighbours("embedding")
+    assert abs(neighbours.recall_at_k(stored, exact) - report["recall_at_k"]) < 0.02
 
 
 # ---- UMAP on a sample --------------------------------------------------------------------

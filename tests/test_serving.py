@@ -46,9 +46,15 @@ def hosted(tmp_path_factory):
         (folder / ".env").write_text("TOKEN=secret")
     # sideways on disk, upright by its tag: 1500 wide stored, shown 900 × 1500
     _photo(root / "real" / "12_tall.jpg", 1500, 900, 7, orientation=6)
-    config = RunConfig.of(real=root / "real", synthetic=root / "synthetic", resize=64, k=4,
-                       projections=("pca",), plots=False,
-                       gap=GapParams(k=3, resamples=20, min_cluster_size=3))  # fmt: skip
+    config = RunConfig.of(
+        real=root / "real",
+        synthetic=root / "synthetic",
+        resize=64,
+        k=4,
+        projections=("pca",),
+        plots=False,
+        gap=GapParams(k=3, resamples=20, min_cluster_size=3),
+    )
     published = run(config, RunStore(root / "results"))
     with serve_demo(root / "results") as url:
         yield root, published, url
@@ -104,10 +110,21 @@ def test_the_page_shows_no_server_paths_and_a_click_shows_the_web_copy(hosted):
 
 def test_serving_originals_publicly_is_refused_unless_forced(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "demo", "--results", str(tmp_path), "--serve-originals",
-         "--host", "0.0.0.0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "demo",
+            "--results",
+            str(tmp_path),
+            "--serve-originals",
+            "--host",
+            "0.0.0.0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith("error: --serve-originals on --host 0.0.0.0 would serve")
 
@@ -130,10 +147,20 @@ def test_a_first_start_serves_a_building_page_that_hands_over_to_the_demo(tmp_pa
     port = free_port()
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "demo", "--results", str(results), "--port", str(port),
-         "--building"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "demo",
+            "--results",
+            str(results),
+            "--port",
+            str(port),
+            "--building",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         while True:
@@ -212,8 +239,14 @@ def test_a_public_demo_is_read_only_unless_given_a_write_token(published_run, re
 
     with serve_demo(results_dir, args=("--host", "0.0.0.0")) as url:
         assert "image_notes" in elem_ids(url)  # what others decided is shown
-        assert not {"curate", "tag_button", "remove_button", "atlas_tag_button",
-                    "atlas_remove_button", "atlas_hotspot_button"} & elem_ids(url)  # fmt: skip
+        assert not {
+            "curate",
+            "tag_button",
+            "remove_button",
+            "atlas_tag_button",
+            "atlas_remove_button",
+            "atlas_hotspot_button",
+        } & elem_ids(url)
         assert "atlas" in elem_ids(url)  # the map itself is for everyone
         api = Client(url, verbose=False).view_api(print_info=False, return_format="dict")
         assert "/select_point" in api["named_endpoints"]
@@ -241,8 +274,12 @@ def test_the_demo_killed_in_a_burst_of_edits_loses_no_committed_one(published_ru
     from lib.store.annotations import Annotations
 
     results = tmp_path / "results"
-    shutil.copytree(published_run.dir.parent.parent, results, symlinks=True,
-                    ignore=shutil.ignore_patterns("annotations.sqlite*", "cache"))  # fmt: skip
+    shutil.copytree(
+        published_run.dir.parent.parent,
+        results,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("annotations.sqlite*", "cache"),
+    )
     done: list[int] = []
     with serve_demo(results, process=True) as (url, server):
         client = Client(url, verbose=False)
@@ -250,8 +287,9 @@ def test_the_demo_killed_in_a_burst_of_edits_loses_no_committed_one(published_ru
         def burst() -> None:
             for row in range(len(published_run.images)):
                 try:
-                    client.predict(published_run.id, "c3", row, "burst", "this image", "",
-                                   "", api_name="/tag")  # fmt: skip
+                    client.predict(
+                        published_run.id, "c3", row, "burst", "this image", "", "", api_name="/tag"
+                    )
                 except Exception:  # noqa: BLE001 - the server is gone
                     return
                 done.append(row)
@@ -266,6 +304,7 @@ def test_the_demo_killed_in_a_burst_of_edits_loses_no_committed_one(published_ru
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.close()
     kept = Annotations.of(results).tagged("burst")
-    answered = {(published_run.images.at[r, "hash"], published_run.images.at[r, "relpath"])
-                for r in done}  # fmt: skip
+    answered = {
+        (published_run.images.at[r, "hash"], published_run.images.at[r, "relpath"]) for r in done
+    }
     assert answered <= kept and len(kept) >= 15

@@ -18,7 +18,7 @@ def write_run(writer, n: int = 4, seed: int = 0) -> dict:
     """The files a batch run leaves, small; returns what was written."""
     rng = np.random.default_rng(seed)
     features = {lv: rng.normal(size=(n, 8)).astype(np.float32) for lv in LEVELS}
-    neighbors = {
+    neighbours = {
         lv: (
             np.tile(np.arange(1, 3, dtype=np.int32), (n, 1)),
             np.sort(rng.random((n, 2)).astype(np.float32), axis=1),
@@ -41,10 +41,10 @@ def write_run(writer, n: int = 4, seed: int = 0) -> dict:
     }
     for lv in LEVELS:
         writer.features(lv, features[lv])
-        writer.neighbors(lv, *neighbors[lv])
+        writer.neighbours(lv, *neighbours[lv])
     writer.images(images)
     writer.manifest(manifest)
-    return {"features": features, "neighbors": neighbors, "images": images}
+    return {"features": features, "neighbours": neighbours, "images": images}
 
 
 def visible(store: RunStore) -> list[str]:
@@ -154,11 +154,11 @@ def test_run_reads_back_what_was_written(tmp_path):
         assert isinstance(features, np.memmap)  # memory-mapped, not read whole
         assert features.dtype == np.float32 and features.shape == (6, 8)
         np.testing.assert_array_equal(features, data["features"][lv])
-        idx, dist = run.neighbors(lv)
+        idx, dist = run.neighbours(lv)
         assert isinstance(idx, np.memmap) and isinstance(dist, np.memmap)
         assert idx.dtype == np.int32 and dist.dtype == np.float32
-        np.testing.assert_array_equal(idx, data["neighbors"][lv][0])
-        np.testing.assert_array_equal(dist, data["neighbors"][lv][1])
+        np.testing.assert_array_equal(idx, data["neighbours"][lv][0])
+        np.testing.assert_array_equal(dist, data["neighbours"][lv][1])
     assert run.thumb(2) == run.dir / "thumbs" / "t2.png"
     assert str(run.image_file(2)) == "/data/2.png"
     assert [str(p) for p in run.image_roots()] == ["/data"]
@@ -272,12 +272,22 @@ def test_runs_say_their_schema_and_the_first_schema_still_opens():
     raw = __import__("json").loads((run.dir / "metrics.json").read_text())
     c3, old = run.metrics["levels"]["c3"], raw["levels"]["c3"]
     assert run.metrics["schema"] == 2 and set(c3["metrics"]) >= {
-        "fd", "fd_inf", "kid", "auc", "precision", "recall", "density", "coverage", "mixing",
+        "fd",
+        "fd_inf",
+        "kid",
+        "auc",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "mixing",
         "realism",
-    }  # fmt: skip
+    }
     assert c3["metrics"]["precision"] == {
-        "value": old["precision"], "ci95": old["precision_ci95"], "n": 20,
-    }  # fmt: skip
+        "value": old["precision"],
+        "ci95": old["precision_ci95"],
+        "n": 20,
+    }
     assert c3["metrics"]["auc"]["value"] == old["classifier"]["auc"]
     assert c3["metrics"]["kid"]["value"] == old["kid"]["mean"]
     assert c3["metrics"]["kid"]["std"] == old["kid"]["std"]

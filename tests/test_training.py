@@ -25,8 +25,11 @@ SMALL = {"epochs": 4, "batch_size": 16, "image_size": 32, "warmup_epochs": 1}
 
 
 def job(example_dir, **kwargs) -> TrainJob:
-    return TrainJob(name="digits", data=[example_dir / "real", example_dir / "synthetic"],
-                    schedule=Schedule(**{**SMALL, **kwargs}))  # fmt: skip
+    return TrainJob(
+        name="digits",
+        data=[example_dir / "real", example_dir / "synthetic"],
+        schedule=Schedule(**{**SMALL, **kwargs}),
+    )
 
 
 def rows(folder) -> list[dict]:
@@ -35,10 +38,29 @@ def rows(folder) -> list[dict]:
 
 
 def train_command(example_dir, results) -> list[str]:
-    return [sys.executable, "-m", "batch", "train", "classifier", "--name", "digits",
-            "--data", str(example_dir / "real"), "--data", str(example_dir / "synthetic"),
-            "--results", str(results), "--epochs", "4", "--batch-size", "16",
-            "--image-size", "32", "--warmup-epochs", "1"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "batch",
+        "train",
+        "classifier",
+        "--name",
+        "digits",
+        "--data",
+        str(example_dir / "real"),
+        "--data",
+        str(example_dir / "synthetic"),
+        "--results",
+        str(results),
+        "--epochs",
+        "4",
+        "--batch-size",
+        "16",
+        "--image-size",
+        "32",
+        "--warmup-epochs",
+        "1",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +68,9 @@ def trained(example_dir, tmp_path_factory):
     """Four epochs on the example's 80 digits, uninterrupted, in a process of its own (as
     the resumed one is: a long-lived test process's torch state may round otherwise)."""
     results = tmp_path_factory.mktemp("train") / "results"
-    subprocess.run(train_command(example_dir, results), cwd=ROOT, check=True,
-                   capture_output=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        train_command(example_dir, results), cwd=ROOT, check=True, capture_output=True, timeout=300
+    )
     return results / "models" / "digits"
 
 
@@ -124,8 +147,9 @@ def test_the_protocol_tests_three_models_on_the_same_held_out_real_images(exampl
     from lib.jobs.training import ProtocolJob, run_protocol
 
     small = Schedule(epochs=2, warmup_epochs=1, batch_size=16, image_size=32)
-    job = ProtocolJob(real=example_dir / "real", synthetic=example_dir / "synthetic",
-                      schedule=small)  # fmt: skip
+    job = ProtocolJob(
+        real=example_dir / "real", synthetic=example_dir / "synthetic", schedule=small
+    )
     out = run_protocol(job, tmp_path)
     assert out["test"] == 12  # 30 % of the 40 real digits, the same for every model
     trained_on = {v: m["trained_on"] for v, m in out["models"].items()}
@@ -142,7 +166,10 @@ def test_the_protocol_tests_three_models_on_the_same_held_out_real_images(exampl
     reverse = run_protocol(replace(job, test_on="synthetic"), tmp_path)
     assert reverse["tested_on"] == "synthetic" and reverse["test"] == 12
     assert {v: m["trained_on"] for v, m in reverse["models"].items()} == {
-        "synthetic": 28, "real": 40, "both": 68}  # fmt: skip
+        "synthetic": 28,
+        "real": 40,
+        "both": 68,
+    }
     both, synthetic = (
         reverse["models"][v]["test_accuracy"]["value"] for v in ("both", "synthetic")
     )
@@ -158,9 +185,15 @@ def test_a_run_with_the_trained_model_shows_its_training_curves(example_dir, tra
     from lib.store.runs import RunStore
 
     store = RunStore(trained.parent.parent)  # the results folder the model was trained in
-    config = RunConfig.of(real=example_dir / "real", synthetic=example_dir / "synthetic",
-                       backbone="trained:digits", projections=("pca",), atlas_level="none",
-                       attribution=0, plots=False)  # fmt: skip
+    config = RunConfig.of(
+        real=example_dir / "real",
+        synthetic=example_dir / "synthetic",
+        backbone="trained:digits",
+        projections=("pca",),
+        atlas_level="none",
+        attribution=0,
+        plots=False,
+    )
     published = run(config, store)
     assert published.manifest["backbone"]["name"] == "trained:digits"
     assert published.manifest["feature_dims"]["c5"] == 320
@@ -173,8 +206,12 @@ def test_a_run_with_the_trained_model_shows_its_training_curves(example_dir, tra
 def test_metric_learning_brings_a_class_together(example_dir, tmp_path):
     from lib.jobs.training import MetricJob, train_metric
 
-    job = MetricJob(name="metric", data=[example_dir / "real", example_dir / "synthetic"],
-                    schedule=Schedule(**SMALL), embedding=32)  # fmt: skip
+    job = MetricJob(
+        name="metric",
+        data=[example_dir / "real", example_dir / "synthetic"],
+        schedule=Schedule(**SMALL),
+        embedding=32,
+    )
     out = train_metric(job, tmp_path)
     history = rows(out)
     assert [int(r["epoch"]) for r in history] == [1, 2, 3, 4]
@@ -188,8 +225,9 @@ def test_metric_learning_brings_a_class_together(example_dir, tmp_path):
     precision = [float(r["val_accuracy"]) for r in history]
     assert best["val_accuracy"] == max(precision) and 0 <= max(precision) <= 1
     one_epoch = Schedule(**{**SMALL, "epochs": 1, "warmup_epochs": 0})
-    online = train_metric(replace(job, name="online", mining="online", schedule=one_epoch),
-                          tmp_path)  # fmt: skip
+    online = train_metric(
+        replace(job, name="online", mining="online", schedule=one_epoch), tmp_path
+    )
     assert all(0 <= float(r["train_loss"]) <= job.margin + 2 for r in rows(online))
     with pytest.raises(GapscopeError, match="--mining sometimes"):
         replace(job, mining="sometimes")

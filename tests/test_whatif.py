@@ -89,8 +89,9 @@ def test_fda_takes_the_low_frequencies_from_the_real_image_and_keeps_the_shapes(
 
     def similarity(a, b) -> torch.Tensor:
         a, b = (t.float().flatten(1) for t in (a, b))
-        return torch.nn.functional.cosine_similarity(a - a.mean(1, keepdim=True),
-                                                     b - b.mean(1, keepdim=True))  # fmt: skip
+        return torch.nn.functional.cosine_similarity(
+            a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+        )
 
     light = apply("fda", 0.01, x, reference=Reference(style=style))  # the mean only
     strong = apply("fda", 0.09, x, reference=Reference(style=style))
@@ -203,10 +204,14 @@ def test_a_whatif_run_is_derived_and_keeps_before_after_pairs(filter_gap_store):
 def test_whatif_errors_are_one_line_and_publish_nothing(filter_gap_store):
     before = filter_gap_store.run_ids()
     results = filter_gap_store.root
-    assert_one_line_error(batch("whatif", "--results", results, "--transform", "sharpen"),
-                          "unknown transform 'sharpen'")  # fmt: skip
-    assert_one_line_error(batch("whatif", "--results", results, "--transform", "jpeg=0,50"),
-                          "--transform jpeg: strength 0 is out of range")  # fmt: skip
+    assert_one_line_error(
+        batch("whatif", "--results", results, "--transform", "sharpen"),
+        "unknown transform 'sharpen'",
+    )
+    assert_one_line_error(
+        batch("whatif", "--results", results, "--transform", "jpeg=0,50"),
+        "--transform jpeg: strength 0 is out of range",
+    )
     assert_one_line_error(
         batch("whatif", "--results", results, "--transform", "blur=1", "--level", "p9"),
         "--level p9",
@@ -231,8 +236,10 @@ def test_the_tab_draws_a_panel_per_transform_and_the_pairs(filter_gap_store):
     assert [row[0] for row in out[4]] == ["c2", "c3"] and out[4][0][1] == "blur sigma=1.5"
     gallery = out[6]
     assert [caption for _, caption in gallery[:3]] == [
-        "image 1: untransformed", "blur sigma=0.75", "blur sigma=1.5",
-    ]  # fmt: skip
+        "image 1: untransformed",
+        "blur sigma=0.75",
+        "blur sigma=1.5",
+    ]
     assert len(gallery) == 3 * 3 and all(path.endswith(".png") for path, _ in gallery)
     histmatch = view.show_pairs(filter_gap_store, run.id, "histmatch")
     assert [c for _, c in histmatch[:2]] == ["image 1: untransformed", "histmatch share=1"]

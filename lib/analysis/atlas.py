@@ -91,8 +91,9 @@ def category_layout(xy: np.ndarray, categories: np.ndarray) -> tuple[np.ndarray,
     """Each category as a square block of points (a grid in the order of `xy`), blocks
     packed in rows, largest first: (coordinates, the blocks)."""
     xy = np.asarray(xy)
-    names, codes, counts = np.unique(np.asarray(categories).astype(str), return_inverse=True,
-                                     return_counts=True)  # fmt: skip
+    names, codes, counts = np.unique(
+        np.asarray(categories).astype(str), return_inverse=True, return_counts=True
+    )
     order = np.argsort(-counts, kind="stable")
     sides = np.ceil(np.sqrt(counts)).astype(int)
     gap = 2  # empty cells between blocks, room for a label
@@ -117,7 +118,7 @@ def category_layout(xy: np.ndarray, categories: np.ndarray) -> tuple[np.ndarray,
             int(counts[c]),
             float((origins[c][0] - centre[0]) * scale),
             float((origins[c][1] - centre[1]) * scale),
-        )  # fmt: skip
+        )
         for c in order
     ]
     return coords, blocks

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from lib.analysis.gap.classifier import rank_auc
-from lib.analysis.photometry import STATISTICS
+from lib.analysis.photometry import STATISTICS, jpeg_quality, statistics
+from lib.inputs.images import decode_rgb
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,9 @@ class Separation:
         return self.ci95[0] > 0.5 or self.ci95[1] < 0.5
 
 
-def separation(stats: dict[str, np.ndarray], synthetic: np.ndarray, resamples: int = 200,
-               seed: int = 0) -> list[Separation]:  # fmt: skip
+def separation(
+    stats: dict[str, np.ndarray], synthetic: np.ndarray, resamples: int = 200, seed: int = 0
+) -> list[Separation]:
     """Each statistic's separation of the domains (`synthetic`: True per synthetic
     image), strongest first; statistics missing for an image (NaN: JPEG quality of a
     PNG) are compared on the images that have them, and skipped without both domains."""
@@ -67,17 +69,29 @@ def separation(stats: dict[str, np.ndarray], synthetic: np.ndarray, resamples: i
         auc = rank_auc(y, v)
         aucs = []
         for _ in range(resamples):  # stratified: each resample keeps both domains' sizes
-            idx = np.concatenate([rng.choice(np.flatnonzero(y == c), size=int((y == c).sum()))
-                                  for c in (False, True)])  # fmt: skip
+            idx = np.concatenate(
+                [
+                    rng.choice(np.flatnonzero(y == c), size=int((y == c).sum()))
+                    for c in (False, True)
+                ]
+            )
             aucs.append(rank_auc(y[idx], v[idx]))
         lo, hi = np.percentile(aucs, [2.5, 97.5])
-        out.append(Separation(name, auc, (float(lo), float(hi)), float(np.median(v[~y])),
-                              float(np.median(v[y]))))  # fmt: skip
+        out.append(
+            Separation(
+                name, auc, (float(lo), float(hi)), float(np.median(v[~y])), float(np.median(v[y]))
+            )
+        )
     return sorted(out, key=lambda s: -s.strength)
 
 
-def explained(stats: dict[str, np.ndarray], p_synthetic: np.ndarray, folds: int = 5,
-              repeats: int = 2, seed: int = 0) -> dict:  # fmt: skip
+def explained(
+    stats: dict[str, np.ndarray],
+    p_synthetic: np.ndarray,
+    folds: int = 5,
+    repeats: int = 2,
+    seed: int = 0,
+) -> dict:
     """How much of p(synthetic) the statistics explain together: {"r2", "ci95", "n"}."""
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.metrics import r2_score
@@ -112,8 +126,9 @@ def sentences(found: list[Separation], top: int = 3) -> list[str]:
             words = f"{size:.1f}× {more if ratio >= 1 else less}"
         else:
             words = more if s.auc > 0.5 else less
-        out.append(f"synthetic images are {words} (AUC {s.auc:.2f}, "
-                   f"{s.ci95[0]:.2f}–{s.ci95[1]:.2f})")  # fmt: skip
+        out.append(
+            f"synthetic images are {words} (AUC {s.auc:.2f}, {s.ci95[0]:.2f}–{s.ci95[1]:.2f})"
+        )
     return out
 
 
@@ -121,8 +136,9 @@ IMAGE_SIDE = 256  # statistics of every image at this longest side: domains of d
 # resolutions compare fairly, and a 4k photo costs what a 256-px one does (~30 ms)
 
 
-def attribute(paths: list[str], synthetic: np.ndarray, p_synthetic: dict[str, np.ndarray],
-              seed: int = 0) -> dict:  # fmt: skip
+def attribute(
+    paths: list[str], synthetic: np.ndarray, p_synthetic: dict[str, np.ndarray], seed: int = 0
+) -> dict:
     """The run's "what differs": the statistics of the images at `paths` (a seeded
     sample of both domains; `synthetic` marks the synthetic ones), their separation, and
     per level how much of that level's out-of-fold p(synthetic) (for the same images)
@@ -130,9 +146,6 @@ def attribute(paths: list[str], synthetic: np.ndarray, p_synthetic: dict[str, np
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
-
-    from lib.analysis.photometry import jpeg_quality, statistics
-    from lib.inputs.images import decode_rgb
 
     def one(path: str) -> dict:
         image = Image.fromarray(decode_rgb(Path(path)))
@@ -158,7 +171,7 @@ def attribute(paths: list[str], synthetic: np.ndarray, p_synthetic: dict[str, np
                 "clear": s.clear,
             }
             for s in found
-        ],  # fmt: skip
+        ],
         "explained": levels,
         "sentences": sentences(found) + explained_sentences(levels),
     }

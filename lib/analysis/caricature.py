@@ -474,6 +474,39 @@ def _as_list(x) -> list[Tensor]:
     return [x] if isinstance(x, Tensor) else list(x)
 
 
+@dataclass
+class _Pairs:
+    """(activation, target) per layer of a batch of images: item i of layer g is scored on
+    layer g's output, the items being the targets in order, layer after layer."""
+
+    model_fn: Callable[[Tensor], Tensor | Sequence[Tensor]]
+    normalize: Callable[[Tensor], Tensor]
+    input_size: int
+    groups: list[Tensor]
+
+    def __call__(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
+        acts = _as_list(self.model_fn(self.normalize(upsample(x, self.input_size))))
+        if len(acts) != len(self.groups):
+            raise ValueError(f"model_fn returned {len(acts)} activations for {len(self.groups)}")
+        out, start = [], 0
+        for act, target in zip(acts, self.groups, strict=True):
+            act = act[start : start + len(target)]
+            if act.shape != target.shape:
+                raise ValueError(f"activation {tuple(act.shape)} vs target {tuple(target.shape)}")
+            out.append((act.float(), target))
+            start += len(target)
+        return out
+
+
+def _evaluate(pairs: _Pairs, to_rgb, cossim_pow: float) -> tuple[Tensor, Tensor]:
+    """(cosine, objective) per item of the images as they are now, without gradients."""
+    with torch.no_grad():
+        scored = pairs(to_rgb())
+        cos = torch.cat([cosine(a, t) for a, t in scored])
+        obj = torch.cat([objective(a, t, cossim_pow) for a, t in scored])
+    return cos, obj
+
+
 def caricatures(
     model_fn: Callable[[Tensor], Tensor | Sequence[Tensor]],
     targets: Tensor | Sequence[Tensor],
@@ -493,36 +526,15 @@ def caricatures(
     """
     t0 = time.perf_counter()
     groups = [t.detach().to(device, torch.float32) for t in _as_list(targets)]
-    counts = [len(t) for t in groups]
-    batch = sum(counts)
+    batch = sum(len(t) for t in groups)
     if batch == 0:
         raise GapscopeError("no caricature targets given")
     generator = torch.Generator().manual_seed(params.seed)
     image_params, to_rgb = image_param(
         batch, params.size, params.fft, params.decorrelate, generator, params.decay_power, device
     )
-
-    def pairs(x: Tensor) -> list[tuple[Tensor, Tensor]]:
-        acts = _as_list(model_fn(normalize(upsample(x, params.input_size))))
-        if len(acts) != len(groups):
-            raise ValueError(f"model_fn returned {len(acts)} activations for {len(groups)}")
-        out, start = [], 0
-        for act, target, n in zip(acts, groups, counts, strict=True):
-            act = act[start : start + n]
-            if act.shape != target.shape:
-                raise ValueError(f"activation {tuple(act.shape)} vs target {tuple(target.shape)}")
-            out.append((act.float(), target))
-            start += n
-        return out
-
-    def evaluate() -> tuple[Tensor, Tensor]:
-        with torch.no_grad():
-            ps = pairs(to_rgb())
-            cos = torch.cat([cosine(a, t) for a, t in ps])
-            obj = torch.cat([objective(a, t, params.cossim_pow) for a, t in ps])
-        return cos, obj
-
-    start_cos, _ = evaluate()
+    pairs = _Pairs(model_fn, normalize, params.input_size, groups)
+    start_cos, _ = _evaluate(pairs, to_rgb, params.cossim_pow)
     optimizer = torch.optim.Adam(image_params, lr=params.lr)
     for step in range(params.steps):
         x = transforms(to_rgb(), params, generator)
@@ -533,18 +545,13 @@ def caricatures(
         optimizer.step()
         if progress is not None:
             progress(step + 1, params.steps)
-    end_cos, end_obj = evaluate()
+    end_cos, end_obj = _evaluate(pairs, to_rgb, params.cossim_pow)
     with torch.no_grad():
         images = to_rgb().permute(0, 2, 3, 1).float().cpu().numpy()
     seconds = time.perf_counter() - t0
-    log.info(
-        "%d caricatures, %d steps in %.1f s: cosine %.3f -> %.3f (mean)",
-        batch,
-        params.steps,
-        seconds,
-        float(start_cos.mean()),
-        float(end_cos.mean()),
-    )
+    mean = float(start_cos.mean()), float(end_cos.mean())
+    how = "%d caricatures, %d steps in %.1f s: cosine %.3f -> %.3f (mean)"
+    log.info(how, batch, params.steps, seconds, *mean)
     return CaricatureResult(
         images=np.ascontiguousarray(images, dtype=np.float32),
         cosine=end_cos.cpu().numpy().astype(np.float32),

@@ -25,6 +25,9 @@ from lib.inputs.images import sample_indices
 from lib.runtime.errors import GapscopeError
 from lib.runtime.memmap import map_blocks, release, row_blocks
 
+K = 16  # nearest neighbours per image (`batch run --k`)
+METRIC = "cosine"  # the neighbour distance (`batch run --metric`)
+
 METRICS = ("cosine", "euclidean")
 ENGINES = ("auto", "torch", "faiss", "hnsw")
 FAISS_FROM = 10_000  # below this both take about a second: keep one path for small sets
@@ -66,8 +69,8 @@ def exact_engine(engine: str) -> str:
 
 def knn(
     X: np.ndarray,
-    k: int = 16,
-    metric: str = "cosine",
+    k: int = K,
+    metric: str = METRIC,
     device: str = "cpu",
     chunk: int = 4096,
     col_chunk: int = 65536,
@@ -85,8 +88,8 @@ def knn(
 
 def knn_report(
     X: np.ndarray,
-    k: int = 16,
-    metric: str = "cosine",
+    k: int = K,
+    metric: str = METRIC,
     device: str = "cpu",
     chunk: int = 4096,
     col_chunk: int = 65536,
@@ -138,7 +141,7 @@ def distance_blocks(x: np.ndarray, y: np.ndarray, device: str = "cpu", chunk: in
 
 
 def nearest_among(
-    X: np.ndarray, row: int, candidates: np.ndarray, k: int, metric: str = "cosine"
+    X: np.ndarray, row: int, candidates: np.ndarray, k: int, metric: str = METRIC
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact (indices, distances) of the k rows of `candidates` nearest to X[row] (never
     itself), nearest first: one query, so X is read a block at a time and no index is
@@ -244,8 +247,9 @@ def _prepared_whole(X: np.ndarray, metric: str) -> np.ndarray:
 
 def _search_blocks(index, X, k: int, metric: str, rows: np.ndarray):
     """Each of `rows`' k nearest other rows, a block at a time."""
-    return join_searches(list(map_blocks(partial(search_rows, index, k, metric), X,
-                                         row_blocks(rows))), k)  # fmt: skip
+    return join_searches(
+        list(map_blocks(partial(search_rows, index, k, metric), X, row_blocks(rows))), k
+    )
 
 
 def search_rows(index, k: int, metric: str, rows: np.ndarray, x: np.ndarray):
@@ -268,8 +272,10 @@ def join_searches(parts: list, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The blocks' (indices, distances) as one pair of (N, k) int32 and float32 arrays."""
     if not parts:
         return np.empty((0, k), np.int32), np.empty((0, k), np.float32)
-    return (np.concatenate([p[0] for p in parts]).astype(np.int32, copy=False),
-            np.concatenate([p[1] for p in parts]).astype(np.float32, copy=False))  # fmt: skip
+    return (
+        np.concatenate([p[0] for p in parts]).astype(np.int32, copy=False),
+        np.concatenate([p[1] for p in parts]).astype(np.float32, copy=False),
+    )
 
 
 def pair_distances(X: np.ndarray, indices: np.ndarray, metric: str, device: str = "cpu"):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.inputs.images import decode_rgb
+
 STATISTICS = {  # name: (what it is, the words for "synthetic has more", "... less")
     "brightness": ("mean L* (CIE Lab)", "brighter", "darker"),
     "contrast": ("standard deviation of L*", "more contrasted", "flatter"),
@@ -24,7 +26,7 @@ STATISTICS = {  # name: (what it is, the words for "synthetic has more", "... le
         "standard deviation of b*",
         "more varied in blue-yellow",
         "less varied in blue-yellow",
-    ),  # fmt: skip
+    ),
     "saturation": ("mean HSV saturation", "more saturated", "less saturated"),
     "sharpness": ("variance of the Laplacian of grey", "sharper", "blurrier"),
     "noise": ("wavelet estimate of the noise σ (scikit-image)", "noisier", "cleaner"),
@@ -32,13 +34,13 @@ STATISTICS = {  # name: (what it is, the words for "synthetic has more", "... le
         "share of spectral energy above half Nyquist",
         "richer in fine detail",
         "poorer in fine detail",
-    ),  # fmt: skip
+    ),
     "edge_density": ("share of pixels on Canny edges", "edgier", "smoother"),
     "jpeg_quality": (
         "estimated JPEG quality (JPEG files only)",
         "less compressed",
         "more compressed",
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -90,12 +92,75 @@ def high_frequency_share(grey: np.ndarray, cutoff: float = 0.25) -> float:
 
 
 # the IJG's standard luminance table (libjpeg's quality 50), in natural order
-_IJG_LUMINANCE = np.array([
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
-    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
-    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
-], dtype=float)  # fmt: skip
+_IJG_LUMINANCE = np.array(
+    [
+        16,
+        11,
+        10,
+        16,
+        24,
+        40,
+        51,
+        61,
+        12,
+        12,
+        14,
+        19,
+        26,
+        58,
+        60,
+        55,
+        14,
+        13,
+        16,
+        24,
+        40,
+        57,
+        69,
+        56,
+        14,
+        17,
+        22,
+        29,
+        51,
+        87,
+        80,
+        62,
+        18,
+        22,
+        37,
+        56,
+        68,
+        109,
+        103,
+        77,
+        24,
+        35,
+        55,
+        64,
+        81,
+        104,
+        113,
+        92,
+        49,
+        64,
+        78,
+        87,
+        103,
+        121,
+        120,
+        101,
+        72,
+        92,
+        95,
+        98,
+        112,
+        100,
+        103,
+        99,
+    ],
+    dtype=float,
+)
 
 
 def jpeg_quality(path: Path) -> float | None:
@@ -121,7 +186,6 @@ def jpeg_quality(path: Path) -> float | None:
 
 def statistics_of_files(paths: list[Path]) -> dict[str, np.ndarray]:
     """Each statistic for each file (decoded as the batch job decodes: lib.inputs.images)."""
-    from lib.inputs.images import decode_rgb
 
     rows = [statistics(decode_rgb(Path(p)), jpeg_quality(Path(p))) for p in paths]
     return {name: np.array([r[name] for r in rows]) for name in STATISTICS}

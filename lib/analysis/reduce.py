@@ -59,8 +59,9 @@ class UMAPParams:
 
     def estimator_kwargs(self) -> dict:
         """What UMAP itself takes (the sampling settings are gapscope's)."""
-        return {k: v for k, v in self.as_dict().items()
-                if k not in ("fit_sample", "transform_up_to")}  # fmt: skip
+        return {
+            k: v for k, v in self.as_dict().items() if k not in ("fit_sample", "transform_up_to")
+        }
 
 
 def check_enough_points(n: int, params: UMAPParams, what: str = "the fitted domain") -> None:

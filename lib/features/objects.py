@@ -27,6 +27,7 @@ from typing import ClassVar
 import numpy as np
 
 from lib.features.pooling import DEFAULT, key_name, pool, resolve_pooling
+from lib.features.sources import BATCH_SIZE
 from lib.inputs.images import Prepare, loader_of
 from lib.inputs.objects import AS_IS, ObjectImages, crop_box
 from lib.runtime.errors import GapscopeError
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 MODES = ("auto", "roi", "levels", "crop")
 ROI_LEVEL = "roi"
+MARGIN = 0.25  # `--objects crop`: context around the box, a share of its longer side
+CROP_SIZE = 224  # `--objects crop`: side of the square crop the model sees
 
 
 def check_mode(mode: str) -> str:
@@ -76,8 +79,12 @@ class RoiPooler:
         the standard one over the levels the backbone has (FPN p2..p5 when it has them)."""
         given = info.get("roi_pooler")
         if given:
-            return cls(tuple(given["in_features"]), int(given["resolution"]),
-                       int(given["sampling_ratio"]), bool(given["aligned"]))  # fmt: skip
+            return cls(
+                tuple(given["in_features"]),
+                int(given["resolution"]),
+                int(given["sampling_ratio"]),
+                bool(given["aligned"]),
+            )
         standard = tuple(lv for lv in cls.in_features if lv in levels)
         return cls(standard or tuple(levels[:4]))
 
@@ -103,8 +110,9 @@ class RoiPooler:
         k = torch.floor(self.canonical_level + torch.log2(sizes / self.canonical_box_size + 1e-8))
         return torch.clamp(k, min=lo, max=hi).to(torch.int64) - lo
 
-    def pool(self, maps: dict, boxes: list, input_size: tuple[int, int],
-             every_level: bool = False) -> dict:  # fmt: skip
+    def pool(
+        self, maps: dict, boxes: list, input_size: tuple[int, int], every_level: bool = False
+    ) -> dict:
         """Mean of each box's ROIAlign grid: {level: (N, C)} for the boxes of every image
         in the batch (`boxes[i]`: (n_i, 4) float32 x0 y0 x1 y1 in the input's pixels),
         in order. `every_level`: each box on each of `maps`' levels; otherwise one level,
@@ -112,8 +120,9 @@ class RoiPooler:
         import torch
         from torchvision.ops import roi_align
 
-        rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], dim=1)
-                          for i, b in enumerate(boxes)])  # fmt: skip
+        rois = torch.cat(
+            [torch.cat([torch.full((len(b), 1), float(i)), b], dim=1) for i, b in enumerate(boxes)]
+        )
         if every_level:
             return {lv: self._align(roi_align, fmap, rois, input_size) for lv, fmap in maps.items()}
         names = [lv for lv in self.in_features if lv in maps]
@@ -134,9 +143,14 @@ class RoiPooler:
 
     def _align(self, roi_align, fmap, rois, input_size):
         s = stride(fmap, input_size)
-        pooled = roi_align(fmap.float(), rois.to(fmap.device), self.resolution,
-                           spatial_scale=1.0 / s, sampling_ratio=self.sampling_ratio,
-                           aligned=self.aligned)  # fmt: skip
+        pooled = roi_align(
+            fmap.float(),
+            rois.to(fmap.device),
+            self.resolution,
+            spatial_scale=1.0 / s,
+            sampling_ratio=self.sampling_ratio,
+            aligned=self.aligned,
+        )
         return pooled.mean(dim=(2, 3)).cpu()
 
 
@@ -164,9 +178,9 @@ class Objects:
     pooler: RoiPooler
     backbone_levels: tuple[str, ...]
     pooling: str = DEFAULT
-    margin: float = 0.25
-    crop_size: int = 224
-    batch_size: int = 32
+    margin: float = MARGIN
+    crop_size: int = CROP_SIZE
+    batch_size: int = BATCH_SIZE
     stacked: ClassVar[bool] = False  # images keep their own sizes
 
     def __post_init__(self):

@@ -12,6 +12,8 @@ import numpy as np
 from lib.features.pooling import DEFAULT, key_name, pool, pool_valid, resolve_pooling
 from lib.inputs.images import ImageRecord, Prepare, loader_of
 
+BATCH_SIZE = 32  # images per forward pass (`batch run --batch-size`)
+
 
 @dataclass
 class Images:
@@ -24,7 +26,7 @@ class Images:
     prepare: Prepare
     levels: tuple[str, ...]
     pooling: str = DEFAULT
-    batch_size: int = 32
+    batch_size: int = BATCH_SIZE
 
     def __post_init__(self):
         self.pooling = resolve_pooling(self.pooling)  # an unknown one fails before any work

@@ -137,8 +137,9 @@ class _Boxes:
         x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
         if x1 - x0 < 1 or y1 - y0 < 1:
             return self.skip(file, source, f"box {_fmt(values)} is under a pixel once clipped")
-        self.out.boxes.append(Box(image, category, float(x0), float(y0), float(x1), float(y1),
-                                  source))  # fmt: skip
+        self.out.boxes.append(
+            Box(image, category, float(x0), float(y0), float(x1), float(y1), source)
+        )
 
 
 def _fmt(values) -> str:
@@ -166,9 +167,12 @@ def _coco(path: Path, images: _Images, label: str) -> BoxSet:
         if i is not None and im.get("width") and im.get("height"):
             record = images.records[i]
             if (int(im["width"]), int(im["height"])) != (record.width, record.height):
-                boxes.skip(record.relpath, f"image {image_id}",
-                           f"annotated as {im['width']}×{im['height']} but the file is "
-                           f"{record.width}×{record.height}: its boxes are skipped")  # fmt: skip
+                boxes.skip(
+                    record.relpath,
+                    f"image {image_id}",
+                    f"annotated as {im['width']}×{im['height']} but the file is "
+                    f"{record.width}×{record.height}: its boxes are skipped",
+                )
                 i = None
         found[image_id] = i
     for n, ann in enumerate(annotations):
@@ -209,8 +213,7 @@ def _yolo(path: Path, images: _Images, label: str) -> BoxSet:
         rel = txt.relative_to(path).with_suffix("").as_posix()
         i = images.by_stem.get(rel)
         if i is None:
-            boxes.skip(txt.relative_to(path).as_posix(), "file",
-                       "no scanned image has this name")  # fmt: skip
+            boxes.skip(txt.relative_to(path).as_posix(), "file", "no scanned image has this name")
             continue
         record = images.records[i]
         w, h = record.width, record.height
@@ -227,11 +230,19 @@ def _yolo(path: Path, images: _Images, label: str) -> BoxSet:
                 boxes.skip(record.relpath, f"line {n}", "needs: class cx cy w h")
                 continue
             if not 0 <= cls < len(names):
-                boxes.skip(record.relpath, f"line {n}",
-                           f"class {cls} has no name in {names_file.name}")  # fmt: skip
+                boxes.skip(
+                    record.relpath, f"line {n}", f"class {cls} has no name in {names_file.name}"
+                )
                 continue
-            boxes.add(i, names[cls], (cx - bw / 2) * w, (cy - bh / 2) * h,
-                      (cx + bw / 2) * w, (cy + bh / 2) * h, f"line {n}")  # fmt: skip
+            boxes.add(
+                i,
+                names[cls],
+                (cx - bw / 2) * w,
+                (cy - bh / 2) * h,
+                (cx + bw / 2) * w,
+                (cy + bh / 2) * h,
+                f"line {n}",
+            )
     return boxes.out
 
 
@@ -261,8 +272,12 @@ def _voc(path: Path, images: _Images) -> BoxSet:
             except ValueError:
                 aw, ah = record.width, record.height
             if (aw, ah) != (record.width, record.height):
-                boxes.skip(record.relpath, rel, f"annotated as {aw}×{ah} but the file is "
-                           f"{record.width}×{record.height}: its boxes are skipped")  # fmt: skip
+                boxes.skip(
+                    record.relpath,
+                    rel,
+                    f"annotated as {aw}×{ah} but the file is "
+                    f"{record.width}×{record.height}: its boxes are skipped",
+                )
                 continue
         for n, obj in enumerate(root.iter("object"), 1):
             source = f"{rel} object {n}"

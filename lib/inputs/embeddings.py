@@ -32,6 +32,7 @@ import numpy as np
 
 from lib.inputs.images import Skipped, sample_indices
 from lib.runtime.errors import GapscopeError, first_line
+from lib.runtime.memmap import release
 
 ID_COLUMNS = ("id", "path", "filename")
 SINGLE_LEVEL = "embedding"
@@ -55,10 +56,11 @@ def is_embeddings(source: Path) -> bool:
 
 def _level_files(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and (p.suffix.lower() == ".parquet"
-                            or (p.suffix.lower() == ".npy" and _npy_ndim(p) == 2))
-    )  # fmt: skip
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and (p.suffix.lower() == ".parquet" or (p.suffix.lower() == ".npy" and _npy_ndim(p) == 2))
+    )
 
 
 def _npy_ndim(path: Path) -> int:
@@ -112,12 +114,11 @@ class EmbeddingSet:
                 "height": self.sizes[self.keep, 0],
                 "padded": False,
             }
-        )  # fmt: skip
+        )
 
     def copy_into(self, level: str, out: np.ndarray, start: int) -> None:
         """Write this domain's kept vectors of `level` into out[start:start + len(self)],
         a block at a time."""
-        from lib.runtime.memmap import release
 
         x = self.levels[level]
         for s in range(0, len(self.keep), BLOCK):
@@ -195,8 +196,14 @@ def _read_npy(path: Path) -> tuple[dict[str, np.ndarray], tuple]:
         raise GapscopeError(f"{path}: expected embeddings shaped (N, D), got {array.shape}")
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise GapscopeError(f"{path}: expected numeric embeddings, got dtype {array.dtype}")
-    meta_file = next((path.parent / n.format(stem=path.stem) for n in CSV_NAMES
-                      if (path.parent / n.format(stem=path.stem)).is_file()), None)  # fmt: skip
+    meta_file = next(
+        (
+            path.parent / n.format(stem=path.stem)
+            for n in CSV_NAMES
+            if (path.parent / n.format(stem=path.stem)).is_file()
+        ),
+        None,
+    )
     if meta_file is None:
         raise GapscopeError(
             f"{path}: needs a CSV of the images in the same row order beside it "
@@ -249,9 +256,13 @@ def _read_parquet(path: Path) -> tuple[dict[str, np.ndarray], tuple]:
         else np.full(len(ids), "", dtype=object)
     )
     rest = [n for n in names if n not in (column, "category")]
-    lists = [n for n in rest if pa.types.is_list(table[n].type)
-             or pa.types.is_fixed_size_list(table[n].type)
-             or pa.types.is_large_list(table[n].type)]  # fmt: skip
+    lists = [
+        n
+        for n in rest
+        if pa.types.is_list(table[n].type)
+        or pa.types.is_fixed_size_list(table[n].type)
+        or pa.types.is_large_list(table[n].type)
+    ]
     if lists:
         levels = {n: _list_column(path, n, table[n]) for n in lists}
     else:
@@ -313,7 +324,6 @@ def _numbered_columns(path: Path, table, names: list[str]) -> np.ndarray:
 
 def _finite_rows(levels: dict[str, np.ndarray], ids: np.ndarray):
     """Rows finite at every level; the others as Skipped (the first 1,000) and a count."""
-    from lib.runtime.memmap import release
 
     n = len(ids)
     bad = np.zeros(n, dtype=bool)

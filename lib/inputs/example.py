@@ -213,8 +213,9 @@ def to_rgb(digits: np.ndarray, size: int = 64) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
-def _write_domain(tmp: Path, domain: str, rgb: np.ndarray, labels: np.ndarray,
-                  fonts: list[str]) -> list[tuple]:  # fmt: skip
+def _write_domain(
+    tmp: Path, domain: str, rgb: np.ndarray, labels: np.ndarray, fonts: list[str]
+) -> list[tuple]:
     rows = []
     for category in CATEGORIES:
         (tmp / domain / category).mkdir(parents=True, exist_ok=True)
@@ -260,8 +261,12 @@ def soft_rgb(digits: np.ndarray, size: int = 64) -> np.ndarray:
     """(n, 8, 8) 0..16 → (n, size, size, 3) uint8 photo-like digits: bilinear upscale (no
     blocks), ink dark on white."""
     grey = [(255 - d.astype(float) * 255 / LEVELS).astype(np.uint8) for d in digits]
-    return np.stack([np.asarray(Image.fromarray(g).resize((size, size), Image.BILINEAR)
-                                .convert("RGB")) for g in grey])  # fmt: skip
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(g).resize((size, size), Image.BILINEAR).convert("RGB"))
+            for g in grey
+        ]
+    )
 
 
 def sharpen(images: np.ndarray, noise: float = 4.0, seed: int = 0) -> np.ndarray:
@@ -275,8 +280,9 @@ def sharpen(images: np.ndarray, noise: float = 4.0, seed: int = 0) -> np.ndarray
     return np.stack(out)
 
 
-def build_filter_gap(out: Path, n: int = 400, size: int = 64, seed: int = 0,
-                     overwrite: bool = False) -> ExampleSummary:  # fmt: skip
+def build_filter_gap(
+    out: Path, n: int = 400, size: int = 64, seed: int = 0, overwrite: bool = False
+) -> ExampleSummary:
     """A case with a known answer: n real digits against n other real digits sharpened
     (unsharp mask) with a little noise, both bilinear photo-like (`soft_rgb`). The gap is
     one of filters only, so attribution must name sharpness and noise, and a what-if blur
@@ -287,9 +293,12 @@ def build_filter_gap(out: Path, n: int = 400, size: int = 64, seed: int = 0,
     real, synthetic = order[:n], order[n:]
     domains = {
         "real": (soft_rgb(digits[real], size), labels[real], ["none"] * n),
-        "synthetic": (sharpen(soft_rgb(digits[synthetic], size), seed=seed), labels[synthetic],
-                      ["unsharp mask + noise"] * n),
-    }  # fmt: skip
+        "synthetic": (
+            sharpen(soft_rgb(digits[synthetic], size), seed=seed),
+            labels[synthetic],
+            ["unsharp mask + noise"] * n,
+        ),
+    }
     return _write_example(out, domains, overwrite, size, seed, column="filter")
 
 
@@ -298,8 +307,9 @@ def _check_size(size: int) -> None:
         raise GapscopeError(f"size must be at least 8 pixels, got {size}")
 
 
-def _write_example(out: Path, domains: dict, overwrite: bool, size: int, seed: int,
-                   column: str = "font") -> ExampleSummary:  # fmt: skip
+def _write_example(
+    out: Path, domains: dict, overwrite: bool, size: int, seed: int, column: str = "font"
+) -> ExampleSummary:
     """Each domain's (images, labels, a metadata value per image) as PNGs under
     out/<domain>/<label>/ with one metadata.csv, written aside and renamed into place."""
     out = Path(out)
@@ -327,10 +337,12 @@ def _write_example(out: Path, domains: dict, overwrite: bool, size: int, seed: i
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     counts = {d: len(v[1]) for d, v in domains.items()}
-    logger.info("wrote %s: %d real, %d synthetic, %d px", out, counts["real"],
-                counts["synthetic"], size)  # fmt: skip
-    return ExampleSummary(root=out, real=counts["real"], synthetic=counts["synthetic"],
-                          size=size, seed=seed)  # fmt: skip
+    logger.info(
+        "wrote %s: %d real, %d synthetic, %d px", out, counts["real"], counts["synthetic"], size
+    )
+    return ExampleSummary(
+        root=out, real=counts["real"], synthetic=counts["synthetic"], size=size, seed=seed
+    )
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -360,8 +372,9 @@ DIGIT_SIDES = (16, 128)  # box sides from small (< 32 px) to large (≥ 96 px), 
 DIGITS_PER_SCENE = (2, 7)
 
 
-def build_object_example(out: Path, n_scenes: int = 300, seed: int = 0,
-                         overwrite: bool = False) -> ExampleSummary:  # fmt: skip
+def build_object_example(
+    out: Path, n_scenes: int = 300, seed: int = 0, overwrite: bool = False
+) -> ExampleSummary:
     """Scenes of 2–7 digits each on white canvases of mixed sizes: real scenes from the
     handwritten digits, synthetic ones from the font-rendered digits, each digit upscaled
     to a box of 16–128 px (so COCO's small, medium and large strata all occur) and placed
@@ -412,17 +425,28 @@ def _scenes(folder: Path, digits: np.ndarray, labels: np.ndarray, n: int, rng) -
             j = order[used % len(order)]
             used += 1
             glyph = to_rgb(digits[j : j + 1], side)[0, :, :, 0]
-            canvas[y : y + side, x : x + side] = np.minimum(canvas[y : y + side, x : x + side],
-                                                            glyph)  # fmt: skip
+            canvas[y : y + side, x : x + side] = np.minimum(
+                canvas[y : y + side, x : x + side], glyph
+            )
             placed.append(box)
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
-                                "category_id": int(labels[j]), "bbox": [x, y, side, side],
-                                "area": side * side, "iscrowd": 0})  # fmt: skip
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(labels[j]),
+                    "bbox": [x, y, side, side],
+                    "area": side * side,
+                    "iscrowd": 0,
+                }
+            )
         name = f"scene_{i:05d}.png"
         Image.fromarray(canvas).convert("RGB").save(folder / name)
         images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
-    return {"images": images, "annotations": annotations,
-            "categories": [{"id": int(c), "name": c} for c in CATEGORIES]}  # fmt: skip
+    return {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": int(c), "name": c} for c in CATEGORIES],
+    }
 
 
 def _overlap(a, b) -> bool:

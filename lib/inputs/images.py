@@ -165,10 +165,20 @@ class ImageSet:
         """The images-table rows of this domain (see lib.jobs.run.images_frame)."""
         import pandas as pd
 
-        columns = ("domain", "category", "path", "source", "relpath", "hash", "width",
-                   "height", "padded")  # fmt: skip
-        return pd.DataFrame([{c: getattr(r, c) for c in columns} for r in self.records],
-                            columns=list(columns))  # fmt: skip
+        columns = (
+            "domain",
+            "category",
+            "path",
+            "source",
+            "relpath",
+            "hash",
+            "width",
+            "height",
+            "padded",
+        )
+        return pd.DataFrame(
+            [{c: getattr(r, c) for c in columns} for r in self.records], columns=list(columns)
+        )
 
     def load(self, record: ImageRecord, prepare: Prepare) -> np.ndarray:
         """The prepared (H, W, 3) uint8 image the model sees."""
@@ -422,8 +432,12 @@ def discover(
             if target in seen:  # a loop, or a folder reached twice
                 _refuse(skipped, sub, "symlinked folder already scanned (a loop?)")
             elif not follow_symlinks and not target.is_relative_to(root):
-                _refuse(skipped, sub, "symlink to a folder outside the input folder "
-                                      "(pass --follow-symlinks to use it)")  # fmt: skip
+                _refuse(
+                    skipped,
+                    sub,
+                    "symlink to a folder outside the input folder "
+                    "(pass --follow-symlinks to use it)",
+                )
             else:
                 seen.add(target)
                 kept.append(name)
@@ -438,8 +452,12 @@ def discover(
                     _refuse(skipped, path, "broken symlink")
                     continue
                 if not follow_symlinks and not target.is_relative_to(root):
-                    _refuse(skipped, path, "symlink to a file outside the input folder "
-                                           "(pass --follow-symlinks to use it)")  # fmt: skip
+                    _refuse(
+                        skipped,
+                        path,
+                        "symlink to a file outside the input folder "
+                        "(pass --follow-symlinks to use it)",
+                    )
                     continue
             files.append(path)
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
@@ -458,8 +476,9 @@ def _hidden(path: Path, root: Path) -> bool:
 def metadata_file(folder: Path) -> Path | None:
     """The metadata.csv describing a folder's images: in the folder or its parent."""
     folder = Path(folder)
-    return next((d / METADATA_FILE for d in (folder, folder.parent)
-                 if (d / METADATA_FILE).is_file()), None)  # fmt: skip
+    return next(
+        (d / METADATA_FILE for d in (folder, folder.parent) if (d / METADATA_FILE).is_file()), None
+    )
 
 
 def read_metadata(folder: Path) -> tuple[list[str], list[dict]]:

@@ -28,7 +28,7 @@ def mixture_block(
     shift: float = 0.0,
     missing: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(n, dim) float32 vectors and their blob labels."""  # fmt: skip
+    """(n, dim) float32 vectors and their blob labels."""
     fixed = np.random.default_rng(12345)  # the mixture itself is the same for both domains
     basis = fixed.standard_normal((latent, dim)).astype(np.float32) / np.sqrt(latent)
     centres = fixed.standard_normal((clusters, latent)).astype(np.float32) * 3
@@ -64,8 +64,9 @@ def write_pair(
     shift: float = 1.0,
     missing: int = 2,
 ) -> tuple[Path, Path]:
-    """Both domains; returns (real.npy, synthetic.npy)."""  # fmt: skip
+    """Both domains; returns (real.npy, synthetic.npy)."""
     real = write_domain(folder, "real", n_real, seed=1, dim=dim)
-    fake = write_domain(folder, "synthetic", n_synthetic, seed=2, dim=dim, shift=shift,
-                        missing=missing)  # fmt: skip
+    fake = write_domain(
+        folder, "synthetic", n_synthetic, seed=2, dim=dim, shift=shift, missing=missing
+    )
     return real, fake

@@ -14,6 +14,7 @@ import numpy as np
 from lib.inputs.boxes import read_boxes, size_class
 from lib.inputs.images import Prepare
 from lib.runtime.errors import GapscopeError
+from lib.store.runs import thumb_name, web_name
 
 AS_IS = Prepare()  # boxes are in the original image's pixels: decode, nothing else
 
@@ -104,36 +105,40 @@ class ObjectScan:
         (the object with its margin, box drawn) and `web` (the whole image, box drawn)."""
         import pandas as pd
 
-        from lib.store.runs import thumb_name, web_name
-
         boxes = np.concatenate(self.images.boxes).astype(np.float64)
         image_ids = np.repeat(self.image_ids, [len(b) for b in self.images.boxes])
         domains = np.repeat(self.domains, [len(b) for b in self.images.boxes])
         keys = [k for ks in self.images.keys for k in ks]
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         of_image = images.iloc[image_ids]
-        return pd.DataFrame({
-            "id": np.arange(len(boxes), dtype=np.int64),
-            "image_id": image_ids.astype(np.int64),
-            "domain": domains,
-            "category": [c for cs in self.categories for c in cs],
-            "size": [size_class(a) for a in area],
-            "x0": boxes[:, 0], "y0": boxes[:, 1], "x1": boxes[:, 2], "y1": boxes[:, 3],
-            "area": area,
-            "width": np.round(boxes[:, 2] - boxes[:, 0]).astype(np.int64),
-            "height": np.round(boxes[:, 3] - boxes[:, 1]).astype(np.int64),
-            "hash": keys,
-            "image_hash": of_image["hash"].to_numpy(),
-            "path": of_image["path"].to_numpy(),
-            "source": of_image["source"].to_numpy(),
-            "relpath": of_image["relpath"].to_numpy(),
-            "thumb": [thumb_name(d, k) for d, k in zip(domains, keys, strict=True)],
-            "web": [web_name(d, k) for d, k in zip(domains, keys, strict=True)],
-        })  # fmt: skip
+        return pd.DataFrame(
+            {
+                "id": np.arange(len(boxes), dtype=np.int64),
+                "image_id": image_ids.astype(np.int64),
+                "domain": domains,
+                "category": [c for cs in self.categories for c in cs],
+                "size": [size_class(a) for a in area],
+                "x0": boxes[:, 0],
+                "y0": boxes[:, 1],
+                "x1": boxes[:, 2],
+                "y1": boxes[:, 3],
+                "area": area,
+                "width": np.round(boxes[:, 2] - boxes[:, 0]).astype(np.int64),
+                "height": np.round(boxes[:, 3] - boxes[:, 1]).astype(np.int64),
+                "hash": keys,
+                "image_hash": of_image["hash"].to_numpy(),
+                "path": of_image["path"].to_numpy(),
+                "source": of_image["source"].to_numpy(),
+                "relpath": of_image["relpath"].to_numpy(),
+                "thumb": [thumb_name(d, k) for d, k in zip(domains, keys, strict=True)],
+                "web": [web_name(d, k) for d, k in zip(domains, keys, strict=True)],
+            }
+        )
 
 
-def scan_objects(sets: dict, image_rows: dict[str, np.ndarray], boxes: dict, prepare,
-                 crop: bool = False) -> ObjectScan:  # fmt: skip
+def scan_objects(
+    sets: dict, image_rows: dict[str, np.ndarray], boxes: dict, prepare, crop: bool = False
+) -> ObjectScan:
     """Each domain's boxes (`boxes[domain]`: the annotations' path) on its scanned images
     (`sets`); a box the run's --crop or --resize cuts away entirely is skipped (roi and
     levels modes pool the prepared image)."""
@@ -147,14 +152,19 @@ def scan_objects(sets: dict, image_rows: dict[str, np.ndarray], boxes: dict, pre
     for domain, image_set in sets.items():
         found = read_boxes(boxes[domain], image_set.records, domain)
         formats[domain] = found.format
-        skipped += [{"domain": domain, "file": s.file, "source": s.source, "reason": s.reason}
-                    for s in found.skipped]  # fmt: skip
+        skipped += [
+            {"domain": domain, "file": s.file, "source": s.source, "reason": s.reason}
+            for s in found.skipped
+        ]
         by_image: dict[int, list] = {}
         for box in found.boxes:
             by_image.setdefault(box.image, []).append(box)
         for i, record in enumerate(image_set.records):
-            kept = [b for b in by_image.get(i, ())
-                    if crop or _visible(prepare, record, b, skipped, domain)]  # fmt: skip
+            kept = [
+                b
+                for b in by_image.get(i, ())
+                if crop or _visible(prepare, record, b, skipped, domain)
+            ]
             if not kept:
                 continue
             corners = np.array([(b.x0, b.y0, b.x1, b.y1) for b in kept], np.float32)
@@ -164,8 +174,9 @@ def scan_objects(sets: dict, image_rows: dict[str, np.ndarray], boxes: dict, pre
             domains.append(domain)
             image_ids.append(int(image_rows[domain][i]))
             categories.append([b.category for b in kept])
-    scan = ObjectScan(ObjectImages(items, arrays, keys), domains, image_ids, categories,
-                      formats, skipped)  # fmt: skip
+    scan = ObjectScan(
+        ObjectImages(items, arrays, keys), domains, image_ids, categories, formats, skipped
+    )
     for domain, rows in scan.rows.items():
         if len(rows) == 0:
             n = sum(s["domain"] == domain for s in skipped)
@@ -183,8 +194,7 @@ def _visible(prepare, record, box, skipped: list, domain: str) -> bool:
     if x1 > 0 and y1 > 0 and x0 < w and y0 < h:
         return True
     why = f"cut away by the run's preparation ({prepare.describe()})"
-    skipped.append({"domain": domain, "file": record.relpath, "source": box.source,
-                    "reason": why})  # fmt: skip
+    skipped.append({"domain": domain, "file": record.relpath, "source": box.source, "reason": why})
     return False
 
 
@@ -194,9 +204,12 @@ def _first_reason(skipped: list, domain: str) -> str:
 
 
 def write_object_pictures(
-    scan: ObjectScan, thumb: Callable, web: Callable, thumb_size: int = 160,
+    scan: ObjectScan,
+    thumb: Callable,
+    web: Callable,
+    thumb_size: int = 160,
     web_size: int = OBJECT_WEB_SIZE,
-) -> None:  # fmt: skip
+) -> None:
     """Each object's thumbnail (its crop with the margin, box drawn) and web picture (the
     whole image, box drawn), decoding each image once."""
     from concurrent.futures import ThreadPoolExecutor
@@ -232,15 +245,17 @@ def _boxed_image(rgb: np.ndarray, box, size: int):
     image = Image.fromarray(rgb)
     s = min(1.0, size / max(image.size))
     if s < 1:
-        image = image.resize((max(1, round(image.width * s)), max(1, round(image.height * s))),
-                             Image.BILINEAR)  # fmt: skip
+        image = image.resize(
+            (max(1, round(image.width * s)), max(1, round(image.height * s))), Image.BILINEAR
+        )
     x0, y0, x1, y1 = (float(v) * s for v in box)
     width = max(2, round(max(image.size) / 200))
     ImageDraw.Draw(image).rectangle((x0, y0, x1 - 1, y1 - 1), outline=BOX_COLOUR, width=width)
     crop = _boxed_crop(rgb, box, max(image.height, 96))
     gap = 8
-    out = Image.new("RGB", (crop.width + gap + image.width, max(crop.height, image.height)),
-                    (255, 255, 255))  # fmt: skip
+    out = Image.new(
+        "RGB", (crop.width + gap + image.width, max(crop.height, image.height)), (255, 255, 255)
+    )
     out.paste(crop, (0, 0))
     out.paste(image, (crop.width + gap, 0))
     return out

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.features.backbones import create_backbone, lookup, parse_model_spec
+from lib.inputs.images import decode_rgb, resize_crop, thumbnail_png
 from lib.runtime.errors import GapscopeError
 from lib.runtime.params import REQUIRED, check_minimums, comma_floats, param
 from lib.store.runs import Run, RunStore, RunWriter
@@ -53,7 +55,6 @@ class CaricatureModel:
 def load_model(text: str, mean=None, std=None) -> CaricatureModel:
     """A named model from NAME=ARCH[:CHECKPOINT][@CONFIG]; mean/std (0..1) for models
     without a normalisation of their own."""
-    from lib.features.backbones import create_backbone, lookup, parse_model_spec
 
     spec = parse_model_spec(text, named=True)
     entry = lookup(spec.arch)
@@ -74,7 +75,6 @@ def list_layers(text: str) -> list[str]:
     architecture alone decides them, so no checkpoint is needed (a TorchScript file is
     its own architecture)."""
     from lib.analysis.caricature import layer_names
-    from lib.features.backbones import create_backbone, parse_model_spec
 
     spec = parse_model_spec(text)
     backbone = create_backbone(spec, random_weights=spec.checkpoint is None)
@@ -135,7 +135,6 @@ class CaricatureJob:
 
 def _pick_images(job: CaricatureJob, base: Run) -> list[tuple[str, np.ndarray, str]]:
     """(name, pixels (H, W, 3) uint8, where it came from) for every input image."""
-    from lib.inputs.images import decode_rgb
 
     if job.images:
         return [(p.stem, decode_rgb(Path(p)), str(Path(p).resolve())) for p in job.images]
@@ -153,7 +152,6 @@ def _pick_images(job: CaricatureJob, base: Run) -> list[tuple[str, np.ndarray, s
 
 def run_caricatures(job: CaricatureJob, store: RunStore, progress=None) -> Run:
     """Compute every combination, publish a run derived from the base run, return it."""
-    from lib.inputs.images import resize_crop
 
     base = store.open(job.run_id)
     if not job.models or not job.layers:
@@ -188,7 +186,6 @@ def run_caricatures(job: CaricatureJob, store: RunStore, progress=None) -> Run:
 
 
 def _write_inputs(writer: RunWriter, names: list[str], stack: np.ndarray, size: int) -> None:
-    from lib.inputs.images import thumbnail_png
 
     for name, model_input in zip(names, stack, strict=True):
         thumbnail_png(model_input, writer.caricature_input(name), size=size)
@@ -231,20 +228,40 @@ def _caricatures_of(model, layers, stack, names, job: CaricatureJob, out: Path, 
     report = (lambda s, n: progress(model.name, s, n)) if progress else None
     items = []
     for steps, group in by_steps.items():
-        params = CaricatureParams(size=job.size, input_size=job.input_size, steps=steps,
-                                  lr=job.lr, cossim_pow=job.cossim_pow, seed=job.seed)  # fmt: skip
+        params = CaricatureParams(
+            size=job.size,
+            input_size=job.input_size,
+            steps=steps,
+            lr=job.lr,
+            cossim_pow=job.cossim_pow,
+            seed=job.seed,
+        )
         result = compute(
-            inputs["model"], group, stack, inputs["mean"], inputs["std"], params,
-            bgr=inputs["bgr"], levels=inputs["levels"], device=job.device, progress=report,
-        )  # fmt: skip
+            inputs["model"],
+            group,
+            stack,
+            inputs["mean"],
+            inputs["std"],
+            params,
+            bgr=inputs["bgr"],
+            levels=inputs["levels"],
+            device=job.device,
+            progress=report,
+        )
         item_images = [names[i % len(names)] for i in range(len(result))]
         pngs = [p for p in save(result, out, model.name, None, item_images) if p.suffix == ".png"]
         for i, png in enumerate(pngs):
-            items.append({
-                "model": model.name, "layer": result.layers[i], "image": item_images[i],
-                "png": png.name, "npy": png.with_suffix(".npy").name,
-                "cosine": float(result.cosine[i]), "start_cosine": float(result.start_cosine[i]),
-                "steps": steps,
-            })  # fmt: skip
+            items.append(
+                {
+                    "model": model.name,
+                    "layer": result.layers[i],
+                    "image": item_images[i],
+                    "png": png.name,
+                    "npy": png.with_suffix(".npy").name,
+                    "cosine": float(result.cosine[i]),
+                    "start_cosine": float(result.start_cosine[i]),
+                    "steps": steps,
+                }
+            )
         log.info("%s: %d caricatures in %.1f s", model.name, len(result), result.seconds)
     return items

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lib.analysis.gap.records import mean_ci, record, wilson
+from lib.analysis.neighbours import METRIC, prepared
 from lib.inputs.images import METADATA_PREFIX, sample_indices
 from lib.runtime.errors import GapscopeError
 from lib.runtime.memmap import read_rows
@@ -54,13 +55,18 @@ class Retrieved:
     same_label: np.ndarray  # (n_queries,) R: gallery images with the query's label
 
 
-def retrieve(queries: np.ndarray, gallery: np.ndarray, query_labels, gallery_labels,
-             metric: str = "cosine", same: np.ndarray | None = None,
-             depth: int | None = None) -> Retrieved:  # fmt: skip
+def retrieve(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    query_labels,
+    gallery_labels,
+    metric: str = METRIC,
+    same: np.ndarray | None = None,
+    depth: int | None = None,
+) -> Retrieved:
     """Exact neighbours of every query among `gallery` (read a block of queries at a
     time). `same[i]`: the gallery position of query i itself (−1: not in the gallery), never
     its own neighbour. `depth`: neighbours kept (default: enough for mAP@R, ≤ R_CAP)."""
-    from lib.analysis.neighbours import prepared
 
     query_labels, gallery_labels = np.asarray(query_labels), np.asarray(gallery_labels)
     same = np.full(len(queries), -1) if same is None else np.asarray(same)
@@ -129,12 +135,12 @@ def scores(found: Retrieved, k: int = 5) -> tuple[dict, dict[str, np.ndarray]]:
                 n,
             )
             for j in RECALL_AT
-        },  # fmt: skip
+        },
         "map_at_r": record(
             np.nanmean(ap) if matched.any() else 0.0,
             mean_ci(ap[matched]) if matched.sum() > 1 else None,
             int(matched.sum()),
-        ),  # fmt: skip
+        ),
         "per_rank_accuracy": [float(v) for v in per_rank],
     }
     return metrics, {"pass": passed, "ap_at_r": ap, "same_label": r}
@@ -191,14 +197,15 @@ class RetrievalJob:
         "(metadata.csv's split column), or DOMAIN/tag:NAME, DOMAIN/split:NAME.",
     )
     gallery: str = param("real", "Gallery set, named as the query set.")
-    k: int = param(5, "A query passes when its label is among its k nearest.", flag="--k",
-                   minimum=1)  # fmt: skip
-    levels: list[str] = param([], "Level to evaluate, repeatable (default: all).",
-                              flag="--level")  # fmt: skip
+    k: int = param(
+        5, "A query passes when its label is among its k nearest.", flag="--k", minimum=1
+    )
+    levels: list[str] = param([], "Level to evaluate, repeatable (default: all).", flag="--level")
     query_sample: int = param(
-        10_000, "Evaluate a seeded sample of at most this many queries (exact search).",
+        10_000,
+        "Evaluate a seeded sample of at most this many queries (exact search).",
         minimum=1,
-    )  # fmt: skip
+    )
     seed: int = param(0, "Seed of the query sample.", minimum=0)
     labels_from_annotations: bool = param(
         False, "Judge by the labels users corrected (results/annotations.sqlite)."
@@ -216,15 +223,46 @@ class RetrievalJob:
 
 def evaluate(run, job: RetrievalJob) -> tuple[dict, dict]:
     """(results, per-query tables by level) of one run's retrieval from query to gallery."""
-    import pandas as pd
-
-    images = run.rows
     unknown = [lv for lv in job.levels if lv not in run.levels]
     if unknown:
-        raise GapscopeError(f"--level {unknown[0]}: run {run.id} has no such level "
-                            f"({', '.join(run.levels)})")  # fmt: skip
-    query, gallery = (resolve_set(s, images, run.results) for s in (job.query, job.gallery))
+        raise GapscopeError(
+            f"--level {unknown[0]}: run {run.id} has no such level ({', '.join(run.levels)})"
+        )
     labels = _labels(run, job.labels_from_annotations)
+    query, gallery, unlabelled = _query_and_gallery(run, job, labels)
+    position = np.full(len(run.rows), -1)
+    position[gallery] = np.arange(len(gallery))
+    metric = run.manifest["config"].get("metric", "cosine")
+    results = {
+        "query": job.query,
+        "gallery": job.gallery,
+        "k": job.k,
+        "metric": metric,
+        "labels": "corrected" if job.labels_from_annotations else "category",
+        "n_query": len(query),
+        "n_gallery": len(gallery),
+        "unlabelled": unlabelled,
+        "levels": {},
+    }
+    tables = {}
+    for level in job.levels or run.levels:
+        X = run.features(level)
+        found = retrieve(
+            read_rows(X, query),
+            read_rows(X, gallery),
+            labels[query],
+            labels[gallery],
+            metric,
+            same=position[query],
+        )
+        results["levels"][level], per_query = scores(found, job.k)
+        tables[level] = _per_query_table(found, query, gallery, labels, per_query)
+    return results, tables
+
+
+def _query_and_gallery(run, job: RetrievalJob, labels: np.ndarray):
+    """(query rows: labelled, sampled; gallery rows; how many query images had no label)."""
+    query, gallery = (resolve_set(s, run.rows, run.results) for s in (job.query, job.gallery))
     unlabelled = int((labels[query] == UNLABELLED).sum())
     query = query[labels[query] != UNLABELLED]  # nothing to judge them by
     if len(query) == 0:
@@ -234,30 +272,30 @@ def evaluate(run, job: RetrievalJob) -> tuple[dict, dict]:
         )
     query = query[sample_indices(len(query), job.query_sample, job.seed)]
     if (labels[gallery] == UNLABELLED).all():
-        raise GapscopeError("the gallery's images have no labels (categories): nothing to "
-                            "judge retrieval by (give metadata.csv or class folders)")  # fmt: skip
-    position = np.full(len(images), -1)
-    position[gallery] = np.arange(len(gallery))
-    metric = run.manifest["config"].get("metric", "cosine")
-    results = {"query": job.query, "gallery": job.gallery, "k": job.k, "metric": metric,
-               "labels": "corrected" if job.labels_from_annotations else "category",
-               "n_query": len(query), "n_gallery": len(gallery), "unlabelled": unlabelled,
-               "levels": {}}  # fmt: skip
-    tables = {}
-    for level in job.levels or run.levels:
-        X = run.features(level)
-        found = retrieve(read_rows(X, query), read_rows(X, gallery), labels[query],
-                         labels[gallery], metric, same=position[query])  # fmt: skip
-        results["levels"][level], per_query = scores(found, job.k)
-        kept = found.neighbours[:, :RANKS]
-        tables[level] = pd.DataFrame({
-            "query": query, "label": labels[query], **per_query,
+        raise GapscopeError(
+            "the gallery's images have no labels (categories): nothing to "
+            "judge retrieval by (give metadata.csv or class folders)"
+        )
+    return query, gallery, unlabelled
+
+
+def _per_query_table(found, query, gallery, labels, per_query: dict):
+    """One row per query: its scores and its first RANKS neighbours with their labels."""
+    import pandas as pd
+
+    kept = found.neighbours[:, :RANKS]
+    return pd.DataFrame(
+        {
+            "query": query,
+            "label": labels[query],
+            **per_query,
             "neighbours": [gallery[row[row >= 0]].tolist() for row in kept],
             "neighbour_labels": [labels[gallery[row[row >= 0]]].tolist() for row in kept],
-            "right": [r[: (row >= 0).sum()].tolist() for r, row in zip(found.right, kept,
-                                                                         strict=True)],
-        })  # fmt: skip
-    return results, tables
+            "right": [
+                r[: (row >= 0).sum()].tolist() for r, row in zip(found.right, kept, strict=True)
+            ],
+        }
+    )
 
 
 def _labels(run, corrected: bool) -> np.ndarray:

@@ -17,16 +17,20 @@ learning rate, seconds).
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from lib.analysis.gap.records import record, wilson
+from lib.features.backbones import create_backbone
+from lib.inputs.images import Prepare, open_folder
+from lib.jobs.fitting import Fitting, epochs, save_atomic, write_history
+from lib.jobs.retrieval import retrieve, scores
+from lib.runtime.backend import check_device, choose_backend
 from lib.runtime.errors import GapscopeError
 from lib.runtime.params import REQUIRED, check_minimums, param
 
@@ -48,17 +52,16 @@ class Schedule:
     warmup_epochs: int = param(5, "Epochs of linear warm-up before the cosine decay.", minimum=0)
     val_share: float = param(0.1, "Share of the images held out for validation (seeded).")
     patience: int = param(5, "Stop after this many epochs without a better accuracy.", minimum=1)
-    image_size: int = param(224, "Images resized (shorter side) and centre-cropped to this.",
-                            minimum=8)  # fmt: skip
-    seed: int = param(0, "Seed of the splits, the order and the head's initial weights.",
-                      minimum=0)  # fmt: skip
+    image_size: int = param(
+        224, "Images resized (shorter side) and centre-cropped to this.", minimum=8
+    )
+    seed: int = param(0, "Seed of the splits, the order and the head's initial weights.", minimum=0)
     device: str = param("auto", "cpu, cuda, or auto: a GPU when there is one.")
 
     def __post_init__(self):
         check_minimums(self)
         if not 0 < self.val_share < 1:
             raise GapscopeError(f"--val-share {self.val_share}: give a share between 0 and 1")
-        from lib.runtime.backend import check_device
 
         check_device(self.device)
 
@@ -184,14 +187,16 @@ class _Metric:
         if self.mining == "online":
             yield from _in_order(order, batch_size)
             return
-        e = torch.nn.functional.normalize(_outputs(model, items, order, prepare, device,
-                                                  batch_size), dim=1).numpy()  # fmt: skip
+        e = torch.nn.functional.normalize(
+            _outputs(model, items, order, prepare, device, batch_size), dim=1
+        ).numpy()
         model.modules.train()
         a, p, n = mine_triplets(e, labels[order], rng, self.tries)
         for start in range(0, len(a), batch_size):
             chunk = slice(start, start + batch_size)
-            rows, index = np.unique(np.concatenate([a[chunk], p[chunk], n[chunk]]),
-                                    return_inverse=True)  # fmt: skip
+            rows, index = np.unique(
+                np.concatenate([a[chunk], p[chunk], n[chunk]]), return_inverse=True
+            )
             k = len(a[chunk])
             triplets = tuple(torch.as_tensor(index[i * k : (i + 1) * k]) for i in range(3))
             yield order[rows], triplets
@@ -211,8 +216,6 @@ class _Metric:
         import torch
         from pytorch_metric_learning import losses
 
-        from lib.jobs.retrieval import retrieve, scores
-
         val = torch.nn.functional.normalize(
             _outputs(model, items, rows, prepare, device, batch_size), dim=1
         )
@@ -222,8 +225,14 @@ class _Metric:
         loss = float(
             losses.TripletMarginLoss(margin=self.margin)(val, torch.as_tensor(labels[rows]))
         )
-        found = retrieve(val.numpy(), gallery.numpy(), labels[rows].astype(str),
-                         labels[train_rows].astype(str), "euclidean", depth=1)  # fmt: skip
+        found = retrieve(
+            val.numpy(),
+            gallery.numpy(),
+            labels[rows].astype(str),
+            labels[train_rows].astype(str),
+            "euclidean",
+            depth=1,
+        )
         return loss, scores(found, k=1)[0]["recall_at"]["1"]["value"]
 
 
@@ -279,7 +288,6 @@ def _outputs(model, items, rows, prepare, device, batch_size):
 
 def labelled(folders, image_size: int):
     """([(image set, record)] of every labelled image in the folders, how to prepare them)."""
-    from lib.inputs.images import Prepare, open_folder
 
     prepare = Prepare(resize=image_size)
     sets = [open_folder(Path(p), "train", prepare) for p in folders]
@@ -304,18 +312,6 @@ def _split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def _lr_factor(s: Schedule, steps_per_epoch: int):
-    """Linear warm-up, then cosine decay to 0, per step."""
-    warm, total = s.warmup_epochs * steps_per_epoch, s.epochs * steps_per_epoch
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    return factor
-
-
 def train_classifier(job: TrainJob, results: Path, progress=None, images=None) -> Path:
     """Train (or resume) and return the model's folder. `images`: (items, classes,
     prepare) chosen by the caller (the sim-to-real protocol) instead of all of `job.data`."""
@@ -324,85 +320,77 @@ def train_classifier(job: TrainJob, results: Path, progress=None, images=None) -
 
 def train_metric(job: MetricJob, results: Path, progress=None) -> Path:
     """Metric learning (triplets): train (or resume) and return the model's folder."""
-    return _train(job, results, _Metric(job.margin, job.embedding, job.mining, job.tries),
-                  progress)  # fmt: skip
+    return _train(job, results, _Metric(job.margin, job.embedding, job.mining, job.tries), progress)
 
 
 def _train(job: TrainJob, results: Path, objective, progress=None, images=None) -> Path:
     import torch
 
-    from lib.features.backbones import create_backbone
-    from lib.runtime.backend import choose_backend
-
-    out, s = model_dir(results, job.name), job.schedule
+    s = job.schedule
     items, classes, prepare = images or _images(job)
     train_rows, val_rows = _split(len(items), s.val_share, s.seed)
     backend = choose_backend("auto")
     device = backend.device if s.device == "auto" else s.device
+    precision = backend.precision if device.startswith("cuda") else "fp32"
     torch.manual_seed(s.seed)
     model = Classifier(create_backbone(s.arch), objective.outputs(len(classes)), s.image_size)
     model.modules.to(device)
-    optimizer = torch.optim.AdamW(model.modules.parameters(), lr=s.lr,
-                                  weight_decay=s.weight_decay)  # fmt: skip
     steps = math.ceil(len(train_rows) / s.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(s, steps))
-    state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "history": []}
-    last = out / "last.pt"
-    if last.is_file():
-        saved = torch.load(last, map_location=device, weights_only=True)
-        if saved["settings"] != job.settings():
-            raise GapscopeError(f"{out} holds a model trained with other settings: choose "
-                                "another --name, or delete it")  # fmt: skip
-        model.modules.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng"])
-        state = {k: saved[k] for k in state}
+    folder = model_dir(results, job.name)
+    fit = Fitting.start(model.modules, s, steps, job.settings(), folder, precision)
+    state = fit.resume(device, {"epoch": 0, "best": -1.0, "best_epoch": 0, "history": []})
+    if state["epoch"]:
         log.info("resuming %s after epoch %d", job.name, state["epoch"])
-    out.mkdir(parents=True, exist_ok=True)
+    fit.folder.mkdir(parents=True, exist_ok=True)
     label_of = {c: i for i, c in enumerate(classes)}
     labels = np.array([label_of[r.category] for _, r in items])
-    precision = backend.precision if device.startswith("cuda") else "fp32"
-    for epoch in range(state["epoch"] + 1, s.epochs + 1):
-        if epoch - state["best_epoch"] > s.patience and state["best_epoch"]:
-            log.info("no better accuracy for %d epochs: stopped", s.patience)
-            break
+    for epoch in epochs(state, s.epochs, s.patience):
         t = time.perf_counter()
         rng = np.random.default_rng([s.seed, epoch])
         order = train_rows[rng.permutation(len(train_rows))]
-        model.modules.train()
-        losses, seen = [], 0
-        batches = objective.batches(model, items, order, labels, prepare, device, s.batch_size,
-                                    rng)  # fmt: skip
-        for batch, extra in batches:
-            with torch.autocast(torch.device(device).type, torch.bfloat16,
-                                enabled=precision == "bf16"):  # fmt: skip
-                logits = model.logits(_pixels(items, batch, prepare), device)
-                target = torch.as_tensor(labels[batch], device=device)
-                loss = objective.loss(logits, target, extra)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item() * len(batch))
-            seen += len(batch)
-        val_loss, accuracy = objective.validate(model, items, val_rows, labels, prepare, device,
-                                                s.batch_size, train_rows)  # fmt: skip
-        row = {"epoch": epoch, "train_loss": sum(losses) / max(seen, 1), "val_loss": val_loss,
-               "val_accuracy": accuracy, "lr": scheduler.get_last_lr()[0],
-               "seconds": round(time.perf_counter() - t, 3)}  # fmt: skip
+        train_loss = _epoch(model, objective, fit, items, order, labels, prepare, rng, s, device)
+        val_loss, accuracy = objective.validate(
+            model, items, val_rows, labels, prepare, device, s.batch_size, train_rows
+        )
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_accuracy": accuracy,
+            "lr": fit.lr,
+            "seconds": round(time.perf_counter() - t, 3),
+        }
         state["history"].append(row)
         state["epoch"] = epoch
         if accuracy > state["best"]:
             state["best"], state["best_epoch"] = accuracy, epoch
-            _save(out / "best.pt", _best(model, job, classes, epoch, accuracy, objective.kind))
-        _save(last, {"settings": job.settings(), "model": model.modules.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "rng": torch.get_rng_state(), **state})  # fmt: skip
-        _write_csv(out / "training.csv", state["history"])
+            best = _best(model, job, classes, epoch, accuracy, objective.kind)
+            save_atomic(fit.folder / "best.pt", best)
+        fit.save(state)
+        write_history(fit.folder / "training.csv", state["history"], COLUMNS)
         if progress:
             progress(epoch, s.epochs, row)
-    return out
+    if state["epoch"] < s.epochs and state["best_epoch"]:
+        log.info("no better accuracy for %d epochs: stopped", s.patience)
+    return fit.folder
+
+
+def _epoch(model, objective, fit, items, order, labels, prepare, rng, s, device) -> float:
+    """One pass over the training rows in `order`; the mean training loss."""
+    import torch
+
+    model.modules.train()
+    losses, seen = [], 0
+    batches = objective.batches(model, items, order, labels, prepare, device, s.batch_size, rng)
+    for batch, extra in batches:
+        with fit.autocast(device):
+            logits = model.logits(_pixels(items, batch, prepare), device)
+            target = torch.as_tensor(labels[batch], device=device)
+            loss = objective.loss(logits, target, extra)
+        fit.step(loss)
+        losses.append(loss.item() * len(batch))
+        seen += len(batch)
+    return sum(losses) / max(seen, 1)
 
 
 def _pixels(items, rows, prepare) -> np.ndarray:
@@ -410,36 +398,22 @@ def _pixels(items, rows, prepare) -> np.ndarray:
 
 
 def _best(model, job: TrainJob, classes, epoch: int, accuracy: float, kind: str) -> dict:
-    return {"kind": kind, "arch": job.schedule.arch, "classes": classes,
-            "image_size": job.schedule.image_size,
-            "level": model.level, "epoch": epoch, "val_accuracy": accuracy,
-            "body": model.backbone.module.state_dict(),
-            "head": model.head.state_dict()}  # fmt: skip
-
-
-def _save(path: Path, obj) -> None:
-    """Written aside and renamed into place: a kill never leaves half a checkpoint."""
-    import torch
-
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_csv(path: Path, history: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
+    return {
+        "kind": kind,
+        "arch": job.schedule.arch,
+        "classes": classes,
+        "image_size": job.schedule.image_size,
+        "level": model.level,
+        "epoch": epoch,
+        "val_accuracy": accuracy,
+        "body": model.backbone.module.state_dict(),
+        "head": model.head.state_dict(),
+    }
 
 
 def accuracy(model_folder: Path, items, prepare, batch_size: int = 64) -> tuple[float, int]:
     """(share right, n) of a trained classifier (its best epoch) on labelled images."""
     import torch
-
-    from lib.features.backbones import create_backbone
 
     saved = torch.load(Path(model_folder) / "best.pt", map_location="cpu", weights_only=True)
     backbone = create_backbone(f"trained:{model_folder}")
@@ -491,8 +465,6 @@ def run_protocol(job: ProtocolJob, results: Path, progress=None) -> dict:
     domain's own training images changes."""
     import json
 
-    from lib.analysis.gap.records import record, wilson
-
     s = job.schedule
     real, prepare = labelled([job.real], s.image_size)
     synthetic, _ = labelled([job.synthetic], s.image_size)
@@ -505,20 +477,35 @@ def run_protocol(job: ProtocolJob, results: Path, progress=None) -> dict:
     sets[tested] = [sets[tested][i] for i in train_rows]
     classes = sorted({r.category for _, r in real + synthetic})
     table = {}
-    for variant, items in (("synthetic", sets["synthetic"]), ("real", sets["real"]),
-                           ("both", sets["synthetic"] + sets["real"])):  # fmt: skip
+    for variant, items in (
+        ("synthetic", sets["synthetic"]),
+        ("real", sets["real"]),
+        ("both", sets["synthetic"] + sets["real"]),
+    ):
         warmup = min(s.warmup_epochs, s.epochs - 1)
-        train_job = TrainJob(name=f"{job.prefix}-{variant}", data=[job.real, job.synthetic],
-                             schedule=replace(s, warmup_epochs=warmup))  # fmt: skip
+        train_job = TrainJob(
+            name=f"{job.prefix}-{variant}",
+            data=[job.real, job.synthetic],
+            schedule=replace(s, warmup_epochs=warmup),
+        )
         folder = train_classifier(train_job, results, progress, (items, classes, prepare))
         share, n = accuracy(folder, test, prepare, s.batch_size)
         right = wilson(round(share * n), n)
-        table[variant] = {"trained_on": len(items), "model": str(folder),
-                          "test_accuracy": record(share, right, n)}  # fmt: skip
-    out = {"real": str(Path(job.real).resolve()), "synthetic": str(Path(job.synthetic).resolve()),
-           "tested_on": tested, "test": len(test), "classes": classes, "models": table,
-           f"{other}_buys": table["both"]["test_accuracy"]["value"]
-           - table[tested]["test_accuracy"]["value"]}  # fmt: skip
+        table[variant] = {
+            "trained_on": len(items),
+            "model": str(folder),
+            "test_accuracy": record(share, right, n),
+        }
+    out = {
+        "real": str(Path(job.real).resolve()),
+        "synthetic": str(Path(job.synthetic).resolve()),
+        "tested_on": tested,
+        "test": len(test),
+        "classes": classes,
+        "models": table,
+        f"{other}_buys": table["both"]["test_accuracy"]["value"]
+        - table[tested]["test_accuracy"]["value"],
+    }
     path = model_dir(results, f"{job.prefix}-protocol").with_suffix(".json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")

@@ -23,18 +23,21 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.analysis.gap.paired import METRICS
+from lib.analysis.gap import GapParams
+from lib.analysis.gap.paired import METRICS, Comparison
+from lib.features.backbones import create_backbone
 from lib.features.engine import extract
 from lib.features.pooling import pool
-from lib.inputs.images import load_recorded
+from lib.inputs.images import Prepare, load_recorded, thumbnail_png
 from lib.inputs.transforms import (
+    TRANSFORMS,
     Reference,
     Transform,
     channel_histogram,
     parse_transform,
     reference_cdf,
 )
-from lib.runtime.backend import default_workers
+from lib.runtime.backend import check_device, choose_backend, default_workers
 from lib.runtime.errors import GapscopeError
 from lib.runtime.executor import Executor
 from lib.runtime.memmap import read_rows
@@ -81,7 +84,6 @@ class WhatIfJob:
 
     def __post_init__(self):
         check_minimums(self)
-        from lib.runtime.backend import check_device
 
         check_device(self.device)
 
@@ -104,7 +106,6 @@ class Variant:
 def variants_of(texts: list[str]) -> list[Variant]:
     """The baseline, then every transform × strength named (all at their defaults when
     none is); a misspelt name or a bad strength fails here, before any work."""
-    from lib.inputs.transforms import TRANSFORMS
 
     chosen = [parse_transform(t) for t in texts] or [(t, t.defaults) for t in TRANSFORMS.values()]
     out = [Variant(None)]
@@ -130,17 +131,28 @@ def run_whatif(job: WhatIfJob, store: RunStore, progress: Progress | None = None
     seconds = {"reference": reference.seconds}
     with store.writing(derive_from=base) as writer:
         started = time.perf_counter()
-        source = Variants(_Recorded.of(base, rows["synthetic"]), prepare, variants, reference,
-                          levels, base.manifest["config"]["pooling"], job.seed, job.batch_size,
-                          job.pairs, writer.new_whatif_dir())  # fmt: skip
-        executor = Executor.on(device, progress, precision=precision,
-                               workers=default_workers(device))  # fmt: skip
+        source = Variants(
+            _Recorded.of(base, rows["synthetic"]),
+            prepare,
+            variants,
+            reference,
+            levels,
+            base.manifest["config"]["pooling"],
+            job.seed,
+            job.batch_size,
+            job.pairs,
+            writer.new_whatif_dir(),
+        )
+        executor = Executor.on(
+            device, progress, precision=precision, workers=default_workers(device)
+        )
         features = extract(source, backbone, executor, task="what-if images").vectors
         seconds.update(source.seconds)
         seconds["decode"] = time.perf_counter() - started - sum(source.seconds.values())
         t = time.perf_counter()
-        measured = _measure(real_features, source.by_variant(features), variants, job, base,
-                            device, progress)  # fmt: skip
+        measured = _measure(
+            real_features, source.by_variant(features), variants, job, base, device, progress
+        )
         seconds["measure"] = time.perf_counter() - t
         n_images = len(rows["synthetic"]) * (len(variants) - 1)
         results = {
@@ -174,8 +186,6 @@ def _levels(job: WhatIfJob, base: Run) -> list[str]:
 def _model_of(base: Run):
     """The run's own model, preprocessing and precision; the weights must be those the
     run used (a changed checkpoint would measure another model's gap)."""
-    from lib.features.backbones import create_backbone
-    from lib.inputs.images import Prepare
 
     m = base.manifest
     if any(i["kind"] == "embeddings" for i in m["inputs"]):
@@ -189,8 +199,12 @@ def _model_of(base: Run):
             "runs need whole images of one size (a run with --crop or --resize N)"
         )
     config = m["config"]
-    backbone = create_backbone(config["backbone"], config["checkpoint"],
-                               config["random_weights"], config["detectron2_config"])  # fmt: skip
+    backbone = create_backbone(
+        config["backbone"],
+        config["checkpoint"],
+        config["random_weights"],
+        config["detectron2_config"],
+    )
     if backbone.weights != m["backbone"]["weights"]:
         raise GapscopeError(
             f"the model's weights are not those run {base.id} used ({backbone.weights} now, "
@@ -204,7 +218,6 @@ def _model_of(base: Run):
 
 
 def _device(choice: str) -> str:
-    from lib.runtime.backend import choose_backend
 
     return choose_backend("auto").device if choice == "auto" else choice
 
@@ -322,8 +335,10 @@ class Variants:
 
     def load(self, unit: int):
         style = self.reference.style
-        return (self.images.load(unit, self.prepare),
-                style.load(unit, self.prepare) if style is not None else None)  # fmt: skip
+        return (
+            self.images.load(unit, self.prepare),
+            style.load(unit, self.prepare) if style is not None else None,
+        )
 
     def collate(self, loaded: list):
         pixels = _nchw(np.stack([p for p, _ in loaded]))
@@ -370,7 +385,6 @@ def _pair_file(index: int, key: str) -> str:
 
 
 def _save_pairs(changed, start: int, variant: Variant, pairs: int, folder) -> None:
-    from lib.inputs.images import thumbnail_png
 
     for j in range(max(0, min(pairs - start, len(changed)))):
         image = changed[j].permute(1, 2, 0).cpu().numpy()
@@ -383,14 +397,17 @@ def _pair_names(variants: list[Variant], n: int) -> dict[str, list[str]]:
 
 def _measure(real, features, variants, job, base, device, progress) -> dict:
     """Per level: the baseline's gap, then each variant's and its paired change."""
-    from lib.analysis.gap import GapParams
-    from lib.analysis.gap.paired import Comparison
 
     run_params = (base.metrics or {}).get("params", {})
     n = max(len(next(iter(real.values()))), len(next(iter(features[BASELINE].values()))))
     # classifier_max = n: every image scored, so the AUC change pairs them all
-    params = GapParams(k=run_params.get("k", 5), folds=run_params.get("folds", 5),
-                       resamples=job.resamples, seed=job.seed, classifier_max=n)  # fmt: skip
+    params = GapParams(
+        k=run_params.get("k", 5),
+        folds=run_params.get("folds", 5),
+        resamples=job.resamples,
+        seed=job.seed,
+        classifier_max=n,
+    )
     progress.start("what-if gaps", len(real) * len(variants))
     baseline, by_variant = {}, {v.key: {} for v in variants[1:]}
     for level, x in real.items():
@@ -400,12 +417,21 @@ def _measure(real, features, variants, job, base, device, progress) -> dict:
         progress.advance("what-if gaps")
         for v in variants[1:]:
             gap = comparison.measure(features[v.key][level])
-            by_variant[v.key][level] = {"records": gap.records,
-                                        "change": comparison.change(base_gap, gap)}  # fmt: skip
+            by_variant[v.key][level] = {
+                "records": gap.records,
+                "change": comparison.change(base_gap, gap),
+            }
             progress.advance("what-if gaps")
-    rows = [{"transform": v.transform.name, "strength": v.strength, "key": v.key,
-             "label": v.transform.label(v.strength), "levels": by_variant[v.key]}
-            for v in variants[1:]]  # fmt: skip
+    rows = [
+        {
+            "transform": v.transform.name,
+            "strength": v.strength,
+            "key": v.key,
+            "label": v.transform.label(v.strength),
+            "levels": by_variant[v.key],
+        }
+        for v in variants[1:]
+    ]
     return {"baseline": baseline, "variants": rows, "best": best_per_level(baseline, rows)}
 
 
@@ -413,8 +439,9 @@ def _transforms_table(variants: list[Variant]) -> dict:
     out = {}
     for v in variants[1:]:
         t = v.transform
-        entry = out.setdefault(t.name, {"parameter": t.parameter, "description": t.description,
-                                        "strengths": []})  # fmt: skip
+        entry = out.setdefault(
+            t.name, {"parameter": t.parameter, "description": t.description, "strengths": []}
+        )
         entry["strengths"].append(v.strength)
     return out
 
@@ -426,18 +453,24 @@ def best_per_level(baseline: dict, variants: list[dict]) -> dict:
     for level in baseline:
         out[level] = {}
         for metric in ("fd", "auc"):
-            closing = [v for v in variants
-                       if not v["levels"][level]["change"][metric]["within_noise"]
-                       and v["levels"][level]["change"][metric]["value"] < 0]  # fmt: skip
+            closing = [
+                v
+                for v in variants
+                if not v["levels"][level]["change"][metric]["within_noise"]
+                and v["levels"][level]["change"][metric]["value"] < 0
+            ]
             if not closing:
                 out[level][metric] = None
                 continue
             top = max(closing, key=lambda v: v["levels"][level]["change"][metric]["gap_closed"])
             measured = top["levels"][level]
-            out[level][metric] = {"key": top["key"], "label": top["label"],
-                                  "gap_closed": measured["change"][metric]["gap_closed"],
-                                  "before": baseline[level][metric]["value"],
-                                  "after": measured["records"][metric]["value"]}  # fmt: skip
+            out[level][metric] = {
+                "key": top["key"],
+                "label": top["label"],
+                "gap_closed": measured["change"][metric]["gap_closed"],
+                "before": baseline[level][metric]["value"],
+                "after": measured["records"][metric]["value"],
+            }
     return out
 
 
@@ -458,13 +491,17 @@ def findings(results: dict) -> list[str]:
             continue
         parts = []
         if fd is not None:
-            parts.append(f"{fd['label']} closes {_share(fd['gap_closed'])} of the FD gap "
-                         f"({fd['before']:.3g} → {fd['after']:.3g})")  # fmt: skip
+            parts.append(
+                f"{fd['label']} closes {_share(fd['gap_closed'])} of the FD gap "
+                f"({fd['before']:.3g} → {fd['after']:.3g})"
+            )
         if auc is not None:
             same = fd is not None and fd["key"] == auc["key"]
             who = "and" if same else f"{auc['label']} closes"
-            parts.append(f"{who} {_share(auc['gap_closed'])} of the classifier's "
-                         f"(AUC {auc['before']:.2f} → {auc['after']:.2f})")  # fmt: skip
+            parts.append(
+                f"{who} {_share(auc['gap_closed'])} of the classifier's "
+                f"(AUC {auc['before']:.2f} → {auc['after']:.2f})"
+            )
         else:
             base = results["baseline"][level]["auc"]["value"]
             parts.append(f"nothing moves the classifier's AUC ({base:.2f}) beyond noise")
@@ -473,7 +510,7 @@ def findings(results: dict) -> list[str]:
             for v in results["variants"]
             if not all(v["levels"][level]["change"][m]["within_noise"] for m in METRICS)
         }
-        idle = sorted({v["transform"] for v in results["variants"]} - moved)  # fmt: skip
+        idle = sorted({v["transform"] for v in results["variants"]} - moved)
         if idle:
             parts.append(f"within noise: {', '.join(idle)}")
         lines.append(f"{level}: " + "; ".join(parts))

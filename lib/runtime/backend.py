@@ -19,6 +19,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 
+from lib.analysis.neighbours import choose_engine
 from lib.runtime.errors import GapscopeError
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,6 @@ def choose_backend(
     knn_engine: str = "auto",
 ) -> Backend:
     """Every placement a run of `n_images` needs, chosen once and logged once."""
-    from lib.analysis.neighbours import choose_engine
 
     check_choices(requested, precision)
     name, device, reason = _compute(requested)
@@ -123,9 +123,16 @@ def choose_backend(
     )
     log.info(
         "backend %s (%s): torch on %s, %s, %d decoding workers, kNN %s, projections %s, "
-        "clustering %s", backend.name, backend.reason, backend.device, backend.precision,
-        backend.workers, backend.knn_engine, backend.projection, backend.clustering,
-    )  # fmt: skip
+        "clustering %s",
+        backend.name,
+        backend.reason,
+        backend.device,
+        backend.precision,
+        backend.workers,
+        backend.knn_engine,
+        backend.projection,
+        backend.clustering,
+    )
     return backend
 
 

@@ -26,6 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.analysis.neighbours import (
+    join_searches,
+    others_first,
+    pair_distances,
+    prepared,
+    search_all,
+    search_rows,
+)
+from lib.features.backbones import create_backbone
 from lib.features.cache import SHARD, FeatureCache
 from lib.features.engine import batches
 from lib.runtime.errors import GapscopeError, first_line
@@ -55,9 +64,14 @@ def connect(address: str) -> Iterator[object]:
             raise GapscopeError(f"--dask {address}: say how many worker processes, e.g. local:2")
         # each worker's torch gets its share of the cores (Dask's nanny starts it at one)
         threads = max(1, (os.cpu_count() or 1) // int(n))
-        cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
-                               dashboard_address=":0", silence_logs=logging.ERROR,
-                               env={TORCH_THREADS: str(threads)})  # fmt: skip
+        cluster = LocalCluster(
+            n_workers=int(n),
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+            env={TORCH_THREADS: str(threads)},
+        )
         client = Client(cluster)
     else:
         cluster = None
@@ -77,8 +91,12 @@ def connect(address: str) -> Iterator[object]:
                 f"{WORKERS_TIMEOUT_S} s): start some with `dask worker {address}`"
             ) from None
         workers = len(client.scheduler_info(n_workers=-1)["workers"])
-        log.info("dask: %d workers at %s (dashboard %s)", workers, client.scheduler.address,
-                 client.dashboard_link)  # fmt: skip
+        log.info(
+            "dask: %d workers at %s (dashboard %s)",
+            workers,
+            client.scheduler.address,
+            client.dashboard_link,
+        )
         yield client
     finally:
         client.close()
@@ -210,7 +228,6 @@ def _worker_threads() -> None:
 def _worker_model(model: tuple):
     """The model (its lib.features.backbones.ModelSpec and fingerprint), built once per
     worker process; weights that differ from the client's are an error, not features."""
-    from lib.features.backbones import create_backbone
 
     spec, fingerprint = model
     _worker_threads()
@@ -308,8 +325,6 @@ class BlockMap:
         if NearestNeighbors is None:
             return None
 
-        from lib.analysis.neighbours import others_first, pair_distances, prepared
-
         rows = gpu_rows(X, functools.partial(prepared, metric=metric))
         self.tasks += rows.numblocks[0]
         search = NearestNeighbors(client=self.client, n_neighbors=k + 1).fit(rows)
@@ -331,8 +346,15 @@ class BlockMap:
             return
         [shared] = self.client.scatter([fn], broadcast=True, hash=False)
         self.tasks += len(blocks)
-        futures = self.client.map(_block, [shared] * len(blocks), blocks, path=where[0],
-                                  first=where[1], pure=False, retries=3)  # fmt: skip
+        futures = self.client.map(
+            _block,
+            [shared] * len(blocks),
+            blocks,
+            path=where[0],
+            first=where[1],
+            pure=False,
+            retries=3,
+        )
         task = "blocks of rows on Dask workers"  # one bar, started again by each stage
         if self.progress is not None:
             self.progress.start(task, len(blocks))
@@ -352,8 +374,12 @@ def _cuml_dask(module: str, name: str):
     try:
         return getattr(importlib.import_module(f"cuml.dask.{module}"), name)
     except ImportError as exc:
-        log.warning("cuml.dask.%s.%s does not import (%s): on the client instead", module, name,
-                    first_line(exc))  # fmt: skip
+        log.warning(
+            "cuml.dask.%s.%s does not import (%s): on the client instead",
+            module,
+            name,
+            first_line(exc),
+        )
         return None
 
 
@@ -369,10 +395,15 @@ def dask_rows(X: np.ndarray):
     path, first = where
     read = dask.delayed(_read_rows, pure=True)
     return da.concatenate(
-        [da.from_delayed(read(path, first + int(b[0]), first + int(b[-1]) + 1),
-                         shape=(len(b), X.shape[1]), dtype=X.dtype)
-         for b in row_blocks(len(X), BLOCK)]
-    )  # fmt: skip
+        [
+            da.from_delayed(
+                read(path, first + int(b[0]), first + int(b[-1]) + 1),
+                shape=(len(b), X.shape[1]),
+                dtype=X.dtype,
+            )
+            for b in row_blocks(len(X), BLOCK)
+        ]
+    )
 
 
 def gpu_rows(X: np.ndarray, prepare=None):
@@ -383,8 +414,9 @@ def gpu_rows(X: np.ndarray, prepare=None):
     def on_gpu(block: np.ndarray):
         return cupy.asarray(prepare(block) if prepare else block, dtype=cupy.float32)
 
-    return dask_rows(X).map_blocks(on_gpu, dtype=np.float32,
-                                   meta=cupy.empty((0, 0), dtype=cupy.float32))  # fmt: skip
+    return dask_rows(X).map_blocks(
+        on_gpu, dtype=np.float32, meta=cupy.empty((0, 0), dtype=cupy.float32)
+    )
 
 
 def _read_rows(path: str, start: int, stop: int) -> np.ndarray:
@@ -406,8 +438,15 @@ def _block(fn, rows: np.ndarray, path: str, first: int):
     return next(map_blocks(fn, np.load(path, mmap_mode="r")[first:], [rows]))
 
 
-def search_on_cluster(blocks: BlockMap, folder: Path, index, X: np.ndarray, k: int, metric: str,
-                      block: int | None = None):  # fmt: skip
+def search_on_cluster(
+    blocks: BlockMap,
+    folder: Path,
+    index,
+    X: np.ndarray,
+    k: int,
+    metric: str,
+    block: int | None = None,
+):
     """lib.analysis.neighbours.search_all with the queries spread over the workers: the built index
     is written to `folder` (shared storage: the partial run) and each worker reads it once
     (memory-mapped where FAISS can), the queries' rows from X's file. The same indices and
@@ -416,15 +455,12 @@ def search_on_cluster(blocks: BlockMap, folder: Path, index, X: np.ndarray, k: i
 
     import faiss
 
-    from lib.analysis.neighbours import join_searches, search_all
-
     if file_rows(X) is None:  # not a file the workers can read: searched here
         return search_all(index, X, k, metric)
     path = Path(folder) / f".hnsw-{secrets.token_hex(4)}.faiss"
     faiss.write_index(index, str(path))
     try:
-        search = functools.partial(_search_block, str(path), int(index.hnsw.efSearch), k,
-                                   metric)  # fmt: skip
+        search = functools.partial(_search_block, str(path), int(index.hnsw.efSearch), k, metric)
         parts = list(blocks(search, X, row_blocks(len(X), block or BLOCK)))
     finally:
         path.unlink(missing_ok=True)
@@ -442,7 +478,6 @@ def _worker_index(path: str):
 
 
 def _search_block(index: str, ef: int, k: int, metric: str, rows: np.ndarray, x: np.ndarray):
-    from lib.analysis.neighbours import search_rows
 
     built = _worker_index(index)
     built.hnsw.efSearch = ef

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import MISSING, field
 from typing import Any
 
+from lib.runtime.errors import GapscopeError
+
 REQUIRED: Any = MISSING  # param(REQUIRED, "...") for a field without a default
 
 
@@ -37,7 +39,6 @@ def param(
 
 def comma_floats(flag: str, n: int = 3) -> Callable[[str], tuple[float, ...]]:
     """A parser for '0.5,0.5,0.5'-style options."""
-    from lib.runtime.errors import GapscopeError
 
     def parse(text: str) -> tuple[float, ...]:
         try:
@@ -56,8 +57,6 @@ def check_minimums(obj) -> None:
     """A one-line error for a field below its `minimum` (call from __post_init__), so a
     value that would fail hours into a run fails before any work."""
     from dataclasses import fields
-
-    from lib.runtime.errors import GapscopeError
 
     for f in fields(obj):
         low, value = f.metadata.get("minimum"), getattr(obj, f.name)

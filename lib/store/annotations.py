@@ -139,11 +139,15 @@ class Annotations:
             changed = 0
             for key in keys:
                 if add:
-                    cur = db.execute("INSERT OR IGNORE INTO tags VALUES (?, ?, ?, ?)",
-                                     (key.hash, key.relpath, key.domain, tag))  # fmt: skip
+                    cur = db.execute(
+                        "INSERT OR IGNORE INTO tags VALUES (?, ?, ?, ?)",
+                        (key.hash, key.relpath, key.domain, tag),
+                    )
                 else:
-                    cur = db.execute("DELETE FROM tags WHERE hash=? AND relpath=? AND tag=?",
-                                     (key.hash, key.relpath, tag))  # fmt: skip
+                    cur = db.execute(
+                        "DELETE FROM tags WHERE hash=? AND relpath=? AND tag=?",
+                        (key.hash, key.relpath, tag),
+                    )
                 if cur.rowcount:
                     old, new = (None, tag) if add else (tag, None)
                     _audit(db, action, who, key, f"tag:{tag}", old, new)
@@ -155,8 +159,9 @@ class Annotations:
         back to the original removes the correction. Returns whether anything changed."""
         label = _name(label, "label")
         with self._db() as db:
-            row = db.execute("SELECT label FROM labels WHERE hash=? AND relpath=?",
-                             (key.hash, key.relpath)).fetchone()  # fmt: skip
+            row = db.execute(
+                "SELECT label FROM labels WHERE hash=? AND relpath=?", (key.hash, key.relpath)
+            ).fetchone()
             old = row[0] if row else None
             new = None if label == original else label
             if old == new:
@@ -165,14 +170,17 @@ class Annotations:
             _audit(db, _next_action(db), who, key, "label", old, new, original=original)
             return True
 
-    def name_hotspot(self, run: str, level: str, cluster: int, name: str,
-                     who: str = ANONYMOUS) -> None:  # fmt: skip
+    def name_hotspot(
+        self, run: str, level: str, cluster: int, name: str, who: str = ANONYMOUS
+    ) -> None:
         """Name one of a run's clusters (an empty name takes the name off). Audited as
         field "hotspot" of the pseudo-image ("", "<run>/<level>/<cluster>", "")."""
         name = (name or "").strip() and _name(name, "hotspot name")
         with self._db() as db:
-            row = db.execute("SELECT name FROM hotspots WHERE run=? AND level=? AND cluster=?",
-                             (run, level, cluster)).fetchone()  # fmt: skip
+            row = db.execute(
+                "SELECT name FROM hotspots WHERE run=? AND level=? AND cluster=?",
+                (run, level, cluster),
+            ).fetchone()
             old = row[0] if row else None
             if old == (name or None):
                 return
@@ -183,8 +191,12 @@ class Annotations:
     def undo(self, who: str = ANONYMOUS) -> str:
         """Revert `who`'s last change that is not yet undone; says what was undone."""
         with self._db() as db:
-            undone = {r[0] for r in db.execute(
-                "SELECT undoes FROM audit WHERE who=? AND undoes IS NOT NULL", (who,))}  # fmt: skip
+            undone = {
+                r[0]
+                for r in db.execute(
+                    "SELECT undoes FROM audit WHERE who=? AND undoes IS NOT NULL", (who,)
+                )
+            }
             last = db.execute(
                 "SELECT MAX(action) FROM audit WHERE who=? AND undoes IS NULL"
                 + (f" AND action NOT IN ({','.join('?' * len(undone))})" if undone else ""),
@@ -194,7 +206,9 @@ class Annotations:
                 return "nothing to undo"
             rows = db.execute(
                 "SELECT hash, relpath, domain, field, old, new, original FROM audit "
-                "WHERE action=? ORDER BY seq DESC", (last,)).fetchall()  # fmt: skip
+                "WHERE action=? ORDER BY seq DESC",
+                (last,),
+            ).fetchall()
             action = _next_action(db)
             for h, relpath, domain, field, old, new, original in rows:
                 key = ImageKey(h, relpath, domain)
@@ -203,11 +217,13 @@ class Annotations:
                 elif field == "hotspot":
                     _write_hotspot(db, key, old)
                 elif old is None:  # the tag was added: take it off
-                    db.execute("DELETE FROM tags WHERE hash=? AND relpath=? AND tag=?",
-                               (h, relpath, new))  # fmt: skip
+                    db.execute(
+                        "DELETE FROM tags WHERE hash=? AND relpath=? AND tag=?", (h, relpath, new)
+                    )
                 else:
-                    db.execute("INSERT OR IGNORE INTO tags VALUES (?, ?, ?, ?)",
-                               (h, relpath, domain, old))  # fmt: skip
+                    db.execute(
+                        "INSERT OR IGNORE INTO tags VALUES (?, ?, ?, ?)", (h, relpath, domain, old)
+                    )
                 _audit(db, action, who, key, field, new, old, original=original, undoes=last)
             return f"undid {len(rows)} change{'s' if len(rows) != 1 else ''}"
 
@@ -240,8 +256,9 @@ class Annotations:
                 f"SELECT hash, relpath, label FROM labels WHERE {where}", args
             ):
                 labels[(h, relpath)] = label
-        return [(tags.get((k.hash, k.relpath), set()), labels.get((k.hash, k.relpath)))
-                for k in keys]  # fmt: skip
+        return [
+            (tags.get((k.hash, k.relpath), set()), labels.get((k.hash, k.relpath))) for k in keys
+        ]
 
     def tagged(self, tag: str) -> set[tuple[str, str]]:
         """(hash, relpath) of every image with `tag`."""
@@ -257,8 +274,9 @@ class Annotations:
 
     def hotspot_names(self, run: str, level: str) -> dict[int, str]:
         """The names users gave a run's clusters at one level."""
-        rows = self._read("SELECT cluster, name FROM hotspots WHERE run=? AND level=?",
-                          (run, level))  # fmt: skip
+        rows = self._read(
+            "SELECT cluster, name FROM hotspots WHERE run=? AND level=?", (run, level)
+        )
         return dict(rows)
 
     def labels(self) -> dict[ImageKey, tuple[str, str]]:
@@ -268,8 +286,20 @@ class Annotations:
 
     def audit(self) -> list[dict]:
         """The audit table, oldest first."""
-        cols = ("seq", "action", "at", "who", "hash", "relpath", "domain", "field", "old",
-                "new", "original", "undoes")  # fmt: skip
+        cols = (
+            "seq",
+            "action",
+            "at",
+            "who",
+            "hash",
+            "relpath",
+            "domain",
+            "field",
+            "old",
+            "new",
+            "original",
+            "undoes",
+        )
         rows = self._read(f"SELECT {', '.join(cols)} FROM audit ORDER BY seq")
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
@@ -300,24 +330,39 @@ def _write_label(db, key: ImageKey, original: str, label: str | None) -> None:
     if label is None:
         db.execute("DELETE FROM labels WHERE hash=? AND relpath=?", (key.hash, key.relpath))
     else:
-        db.execute("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?)",
-                   (key.hash, key.relpath, key.domain, original, label))  # fmt: skip
+        db.execute(
+            "INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?)",
+            (key.hash, key.relpath, key.domain, original, label),
+        )
 
 
 def _write_hotspot(db, key: ImageKey, name: str | None) -> None:
     run, level, cluster = key.relpath.rsplit("/", 2)
     if name is None:
-        db.execute("DELETE FROM hotspots WHERE run=? AND level=? AND cluster=?",
-                   (run, level, int(cluster)))  # fmt: skip
+        db.execute(
+            "DELETE FROM hotspots WHERE run=? AND level=? AND cluster=?", (run, level, int(cluster))
+        )
     else:
-        db.execute("INSERT OR REPLACE INTO hotspots VALUES (?, ?, ?, ?)",
-                   (run, level, int(cluster), name))  # fmt: skip
+        db.execute(
+            "INSERT OR REPLACE INTO hotspots VALUES (?, ?, ?, ?)", (run, level, int(cluster), name)
+        )
 
 
 def _audit(db, action, who, key: ImageKey, field, old, new, original=None, undoes=None):
     db.execute(
         "INSERT INTO audit (action, at, who, hash, relpath, domain, field, old, new, original, "
         "undoes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (action, time.strftime("%Y-%m-%dT%H:%M:%S%z"), _name(who or ANONYMOUS, "name"),
-         key.hash, key.relpath, key.domain, field, old, new, original, undoes),
-    )  # fmt: skip
+        (
+            action,
+            time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            _name(who or ANONYMOUS, "name"),
+            key.hash,
+            key.relpath,
+            key.domain,
+            field,
+            old,
+            new,
+            original,
+            undoes,
+        ),
+    )

@@ -16,12 +16,22 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from lib.inputs.images import read_metadata
+from lib.inputs.images import Skipped, read_metadata
 from lib.runtime.errors import GapscopeError
 from lib.store.annotations import REMOVE, Annotations
 
-COLUMNS = ("id", "domain", "relpath", "path", "hash", "category", "label", "label_changed",
-           "tags", "removed")  # fmt: skip
+COLUMNS = (
+    "id",
+    "domain",
+    "relpath",
+    "path",
+    "hash",
+    "category",
+    "label",
+    "label_changed",
+    "tags",
+    "removed",
+)
 REMOVED_MODES = ("drop", "mark")
 
 
@@ -43,8 +53,20 @@ def annotated(run, notes: Annotations, tag: str | None = None):
         if tag is not None and tag not in its_tags:
             continue
         label = labels[key][1] if key in labels else r.category
-        rows.append((int(r.id), r.domain, r.relpath, r.path, r.hash, r.category, label,
-                     key in labels, ";".join(sorted(its_tags)), REMOVE in its_tags))  # fmt: skip
+        rows.append(
+            (
+                int(r.id),
+                r.domain,
+                r.relpath,
+                r.path,
+                r.hash,
+                r.category,
+                label,
+                key in labels,
+                ";".join(sorted(its_tags)),
+                REMOVE in its_tags,
+            )
+        )
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
@@ -82,14 +104,19 @@ def corrected_metadata(run, notes: Annotations, domain: str, removed: str = "dro
             "files: export the CSV or JSON instead"
         )
     frame = annotated(run, notes)
-    by_path = {p: (lab, rem) for p, lab, rem in zip(frame["path"], frame["label"],
-                                                     frame["removed"], strict=True)}  # fmt: skip
+    by_path = {
+        p: (lab, rem)
+        for p, lab, rem in zip(frame["path"], frame["label"], frame["removed"], strict=True)
+    }
     header, rows = read_metadata(Path(images["source"].iloc[0]))
     if not header:
         header = ["filename", "category"]
-        rows = [{"filename": rel, "category": cat, "_path": path}
-                for rel, cat, path in zip(images["relpath"], images["category"],
-                                          images["path"], strict=True)]  # fmt: skip
+        rows = [
+            {"filename": rel, "category": cat, "_path": path}
+            for rel, cat, path in zip(
+                images["relpath"], images["category"], images["path"], strict=True
+            )
+        ]
     elif "category" not in header:
         header.append("category")
     if removed == "mark":
@@ -120,8 +147,7 @@ def gather(run, notes: Annotations, tag: str, out: Path, symlink: bool = False) 
     def on_disk(name: str) -> bool:
         return (out / name).exists() or (out / name).is_symlink()
 
-    for path, label, image_hash in zip(frame["path"], frame["label"], frame["hash"],
-                                       strict=True):  # fmt: skip
+    for path, label, image_hash in zip(frame["path"], frame["label"], frame["hash"], strict=True):
         if not path or not Path(path).is_file():
             missing.append(path)
             continue
@@ -147,8 +173,7 @@ def gather_zip(run, notes: Annotations, tag: str, out: Path) -> dict:
         raise GapscopeError(f"no image of run {run.id} has the tag {tag!r}")
     taken: set[str] = set()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:  # PNG/JPEG: compressed already
-        for row, label, image_hash in zip(frame["id"], frame["label"], frame["hash"],
-                                          strict=True):  # fmt: skip
+        for row, label, image_hash in zip(frame["id"], frame["label"], frame["hash"], strict=True):
             copy = run.web(int(row)) or run.thumb(int(row))
             stem = Path(run.rows.at[int(row), "relpath"]).stem
             name = _placed(label, f"{stem}{copy.suffix}", image_hash, taken.__contains__)
@@ -177,7 +202,6 @@ def _safe(name: str) -> str:
 def apply(image_set, notes: Annotations, exclude_tags: tuple[str, ...], relabel: bool):
     """A domain's scanned images without those carrying any of `exclude_tags` and, with
     `relabel`, with corrected categories; and what was done ({"excluded", "relabelled"})."""
-    from lib.inputs.images import Skipped
 
     excluded = set()
     for tag in exclude_tags:
@@ -187,8 +211,9 @@ def apply(image_set, notes: Annotations, exclude_tags: tuple[str, ...], relabel:
     for record in image_set.records:
         key = (record.hash, record.relpath)
         if key in excluded:
-            dropped.append(Skipped(record.path or record.relpath,
-                                   f"tagged {' or '.join(exclude_tags)}"))  # fmt: skip
+            dropped.append(
+                Skipped(record.path or record.relpath, f"tagged {' or '.join(exclude_tags)}")
+            )
             continue
         if key in labels and labels[key] != record.category:
             record = replace(record, category=labels[key])

@@ -6,7 +6,7 @@
       cache/                  pooled features by image hash (see lib.features.engine)
 
 This module is the only one that knows the names of a run's files. Writers and readers
-go through typed methods per artefact (`RunWriter.features`, `Run.neighbors`, ...):
+go through typed methods per artefact (`RunWriter.features`, `Run.neighbours`, ...):
 
     manifest.json                 config, versions, backend, timings; `schema` (SCHEMA)
     images.parquet                one row per image
@@ -49,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.analysis.gap.records import upgrade
+from lib.analysis.plots import direction_title
 from lib.runtime.errors import GapscopeError
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ PROJECTIONS = "projections.parquet"
 SCORES = "scores.parquet"
 METRICS = "metrics.json"
 FEATURES = "features"
-NEIGHBORS = "neighbors"
+NEIGHBOURS = "neighbors"
 PLOTS = "plots"
 THUMBS = "thumbs"
 WEB = "web"
@@ -91,7 +93,6 @@ def web_name(domain: str, image_hash: str) -> str:
 
 def overlap_plot_name(method: str, level: str, fit_on: str) -> str:
     """The original tool's names: '3d_UMAP_c4 (Synthetic mapped to Real latent space).png'."""
-    from lib.analysis.plots import direction_title
 
     return f"3d_{method.upper()}_{level} ({direction_title(fit_on)}).png"
 
@@ -104,8 +105,8 @@ def _features_file(level: str) -> str:
     return f"{FEATURES}/{level}.npy"
 
 
-def _neighbor_files(level: str) -> tuple[str, str]:
-    return f"{NEIGHBORS}/{level}.npy", f"{NEIGHBORS}/{level}.distances.npy"
+def _neighbour_files(level: str) -> tuple[str, str]:
+    return f"{NEIGHBOURS}/{level}.npy", f"{NEIGHBOURS}/{level}.distances.npy"
 
 
 class RunWriter:
@@ -165,8 +166,8 @@ class RunWriter:
     def projections(self, frame) -> None:
         self._table(PROJECTIONS, frame)
 
-    def neighbors(self, level: str, indices: np.ndarray, distances: np.ndarray) -> None:
-        idx_file, dist_file = _neighbor_files(level)
+    def neighbours(self, level: str, indices: np.ndarray, distances: np.ndarray) -> None:
+        idx_file, dist_file = _neighbour_files(level)
         self._array(idx_file, np.asarray(indices, dtype=np.int32))
         self._array(dist_file, np.asarray(distances, dtype=np.float32))
 
@@ -506,7 +507,6 @@ class Run:
         path = self.dir / METRICS
         if not path.is_file():
             return None
-        from lib.analysis.gap.records import upgrade
 
         return upgrade(json.loads(path.read_text()))
 
@@ -521,19 +521,19 @@ class Run:
     def features(self, level: str) -> np.ndarray:
         return np.load(self.dir / _features_file(level), mmap_mode="r")
 
-    def neighbors(self, level: str) -> tuple[np.ndarray, np.ndarray]:
+    def neighbours(self, level: str) -> tuple[np.ndarray, np.ndarray]:
         """(N, k) int32 row indices and float32 distances, nearest first; mapped once
         per level (a published run never changes: the demo's clicks reuse the maps)."""
-        if level not in self._neighbor_maps:
-            idx_file, dist_file = _neighbor_files(level)
-            self._neighbor_maps[level] = (
+        if level not in self._neighbour_maps:
+            idx_file, dist_file = _neighbour_files(level)
+            self._neighbour_maps[level] = (
                 np.load(self.dir / idx_file, mmap_mode="r"),
                 np.load(self.dir / dist_file, mmap_mode="r"),
             )
-        return self._neighbor_maps[level]
+        return self._neighbour_maps[level]
 
     @cached_property
-    def _neighbor_maps(self) -> dict:
+    def _neighbour_maps(self) -> dict:
         return {}
 
     def column(self, name: str) -> np.ndarray:
@@ -599,8 +599,9 @@ class Run:
         folder = self.dir / RETRIEVAL
         if not folder.is_dir():
             return {}
-        return {p.parent.name: json.loads(p.read_text())
-                for p in sorted(folder.glob("*/results.json"))}  # fmt: skip
+        return {
+            p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/results.json"))
+        }
 
     def retrieval_table(self, name: str, level: str):
         """One evaluation's per-query table at one level."""

@@ -46,6 +46,8 @@ from lib.analysis.gap.records import (
     record,
     wilson,
 )
+from lib.analysis.neighbours import distance_blocks, distances_to_nearest, exact_engine
+from lib.runtime.backend import cpu_backend
 from lib.runtime.errors import GapscopeError
 from lib.runtime.memmap import map_blocks, release, row_blocks
 from lib.runtime.params import check_minimums, param
@@ -128,8 +130,9 @@ def _sample_rows(n: int, size: int, rng) -> np.ndarray:
     return np.arange(n) if n <= size else np.sort(rng.choice(n, size, replace=False))
 
 
-def _every_image(scores, full, rows, scale, hoods, classifier, clusters, k, device,
-                 blocks=map_blocks) -> dict:  # fmt: skip
+def _every_image(
+    scores, full, rows, scale, hoods, classifier, clusters, k, device, blocks=map_blocks
+) -> dict:
     """The sample's per-image scores, extended to every image of both domains (memory-
     mapped, read a block at a time, through the block map `blocks`: here, or on Dask
     workers): realism against the sample's real k-NN balls, coverage against the sample's
@@ -143,18 +146,33 @@ def _every_image(scores, full, rows, scale, hoods, classifier, clusters, k, devi
     radii = np.asarray(hoods.real_radii, dtype=np.float32)
     kept = radii <= np.median(radii)  # realism's half of the real balls, as in prdc
     zr_s = scale(real[rows_r], np.float32)
-    scorer = _ImageScorer(scale, classifier, clusters, zr_s, scale(fake[rows_f], np.float32),
-                          zr_s[kept], radii[kept], k, device)  # fmt: skip
+    scorer = _ImageScorer(
+        scale,
+        classifier,
+        clusters,
+        zr_s,
+        scale(fake[rows_f], np.float32),
+        zr_s[kept],
+        radii[kept],
+        k,
+        device,
+    )
     out = {
         "realism": _spread(scores["realism"], rows_f, n_f, np.nan),
         "covered": _spread(scores["covered"], rows_r, n_r, False),
-        "p_synthetic": np.r_[_spread(scores["p_synthetic"][: len(rows_r)], rows_r, n_r, np.nan),
-                             _spread(scores["p_synthetic"][len(rows_r):], rows_f, n_f, np.nan)],
-        "clusters": np.r_[_spread(scores["clusters"][: len(rows_r)], rows_r, n_r, -1),
-                          _spread(scores["clusters"][len(rows_r):], rows_f, n_f, -1)],
-    }  # fmt: skip
-    for domain, x, offset, sampled_rows in (("real", real, 0, rows_r),
-                                            ("synthetic", fake, n_r, rows_f)):  # fmt: skip
+        "p_synthetic": np.r_[
+            _spread(scores["p_synthetic"][: len(rows_r)], rows_r, n_r, np.nan),
+            _spread(scores["p_synthetic"][len(rows_r) :], rows_f, n_f, np.nan),
+        ],
+        "clusters": np.r_[
+            _spread(scores["clusters"][: len(rows_r)], rows_r, n_r, -1),
+            _spread(scores["clusters"][len(rows_r) :], rows_f, n_f, -1),
+        ],
+    }
+    for domain, x, offset, sampled_rows in (
+        ("real", real, 0, rows_r),
+        ("synthetic", fake, n_r, rows_f),
+    ):
         sampled = np.zeros(len(x), bool)
         sampled[sampled_rows] = True
         todo = [b[~sampled[b]] for b in row_blocks(len(x))]
@@ -186,8 +204,6 @@ class _ImageScorer:
     def __call__(self, domain: str, rows: np.ndarray, x: np.ndarray) -> dict:
         import torch
         from threadpoolctl import threadpool_limits
-
-        from lib.analysis.neighbours import distance_blocks, distances_to_nearest
 
         # on a Dask worker without the client's GPU: its CPU, the same numbers within float error
         device = self.device if torch.cuda.is_available() else "cpu"
@@ -238,31 +254,20 @@ def level_gap(
     """Every metric for one level, with intervals and sample sizes; the per-image scores
     of images outside the sample through the block map `blocks` (lib.runtime.memmap.map_blocks, or
     lib.runtime.dask.BlockMap on Dask workers)."""
-    from lib.runtime.backend import cpu_backend
 
     backend = backend or cpu_backend()
-    # one random stream per metric family: resampling one more or less (a new interval
-    # method, more resamples) never moves another metric's numbers
-    kid_rng, clf_rng, interval_rng, inf_rng, sample_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(params.seed).spawn(5)
-    )
-    equal_n_rng = np.random.default_rng(params.seed)  # FD's equal-N subsample as before
+    kid_rng, clf_rng, interval_rng, inf_rng, sample_rng, equal_n_rng = _streams(params.seed)
     if min(len(real), len(fake)) <= params.k + 1:
         raise GapscopeError(f"gap metrics need more than {params.k + 1} images per domain")
     full = real, fake
-    rows_r, rows_f = (_sample_rows(len(x), params.sample, sample_rng) for x in full)
-    real = np.asarray(real[rows_r], dtype=np.float64)  # memory-mapped input: rows read here
-    fake = np.asarray(fake[rows_f], dtype=np.float64)
-    for x in full:
-        release(x)
+    (real, rows_r), (fake, rows_f) = (_sampled(x, params.sample, sample_rng) for x in full)
     seconds = _Seconds()
     with seconds("fd"):
         records = _frechet_records(real, fake, params, (equal_n_rng, interval_rng, inf_rng))
     zr, zf = standardise(real, fake)
     with seconds("kid"):
-        records["kid"] = kid_record(
-            kid(zr, zf, params.kid_subsets, params.kid_subset_size, kid_rng)
-        )
+        kids = kid(zr, zf, params.kid_subsets, params.kid_subset_size, kid_rng)
+    records["kid"] = kid_record(kids)
     with seconds("neighbours"):
         p, mix, hoods = _ball_metrics(zr, zf, params.k, backend)
     records.update(_ball_records(p, mix, params.k, len(real) + len(fake)))
@@ -272,34 +277,61 @@ def level_gap(
         )
     records["auc"] = auc_record(clf)
     with seconds("clusters"):
-        clusters = DomainClusters(
-            params.min_cluster_size, params.cluster_dims,
-            implementation=backend.clustering, seed=params.seed, max_points=params.cluster_max,
-        ).fit(zr, zf)  # fmt: skip
-    labels, table = clusters.labels_, clusters.table_
-    fitted_on = (
-        len(labels) if backend.clustering == "cuml" else min(len(labels), params.cluster_max)
-    )
-    p_synthetic = np.r_[clf["p_synthetic_real"], clf["p_synthetic_fake"]]
-    per_image = {"realism": p.realism, "p_synthetic": p_synthetic, "covered": p.covered,
-                 "clusters": labels}  # fmt: skip
-    sampled = len(rows_r) < len(full[0]) or len(rows_f) < len(full[1])
+        clusters, fitted_on = _fit_clusters(zr, zf, params, backend)
+    per_image = {
+        "realism": p.realism,
+        "p_synthetic": np.r_[clf["p_synthetic_real"], clf["p_synthetic_fake"]],
+        "covered": p.covered,
+        "clusters": clusters.labels_,
+    }
     with seconds("per-image"):
-        scale = _Standardiser.of(real)
+        models = hoods, clf["model"], clusters
+        rows = rows_r, rows_f
         per_image = _every_image(
-            per_image, full, (rows_r, rows_f), scale, hoods, clf["model"], clusters,
-            params.k, backend.device, blocks,
-        )  # fmt: skip
+            per_image, full, rows, _Standardiser.of(real), *models, params.k, backend.device, blocks
+        )
+    sampled = len(rows_r) < len(full[0]) or len(rows_f) < len(full[1])
     metrics = {
         "n": {"real": len(real), "synthetic": len(fake)},
         **({"sampled_from": {"real": len(full[0]), "synthetic": len(full[1])}} if sampled else {}),
         "dim": int(real.shape[1]),
         "metrics": records,
-        "clusters": _cluster_summary(labels, table, fitted_on),
+        "clusters": _cluster_summary(clusters.labels_, clusters.table_, fitted_on),
         "seconds": {name: round(s, 3) for name, s in seconds.items()},
     }
-    return LevelGap(metrics=metrics, seconds=dict(seconds), sample_rows=(rows_r, rows_f),
-                    **per_image)  # fmt: skip
+    return LevelGap(
+        metrics=metrics, seconds=dict(seconds), sample_rows=(rows_r, rows_f), **per_image
+    )
+
+
+def _streams(seed: int) -> list[np.random.Generator]:
+    """One random stream per metric family (KID, classifier, FD's interval, FD∞, the
+    sample), so that resampling one more or less (a new interval method, more resamples)
+    never moves another metric's numbers; and FD's equal-N subsample's, seeded as before."""
+    spawned = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
+    return [*spawned, np.random.default_rng(seed)]
+
+
+def _sampled(x: np.ndarray, size: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(the sampled rows of x read into float64, their indices); a memory-mapped x is
+    read only here, and released after."""
+    rows = _sample_rows(len(x), size, rng)
+    sampled = np.asarray(x[rows], dtype=np.float64)
+    release(x)
+    return sampled, rows
+
+
+def _fit_clusters(zr, zf, params: GapParams, backend: Backend):
+    """HDBSCAN over both domains, and how many points it was fitted on."""
+    clusters = DomainClusters(
+        params.min_cluster_size,
+        params.cluster_dims,
+        implementation=backend.clustering,
+        seed=params.seed,
+        max_points=params.cluster_max,
+    ).fit(zr, zf)
+    n = len(clusters.labels_)
+    return clusters, n if backend.clustering == "cuml" else min(n, params.cluster_max)
 
 
 def _frechet_records(real, fake, params: GapParams, rngs) -> dict:
@@ -317,7 +349,6 @@ def _frechet_records(real, fake, params: GapParams, rngs) -> dict:
 
 
 def _ball_metrics(zr: np.ndarray, zf: np.ndarray, k: int, backend: Backend):
-    from lib.analysis.neighbours import exact_engine
 
     hoods = neighbourhoods(zr, zf, k, backend.device, exact_engine(backend.knn_engine))
     p = prdc(zr, zf, k, radii=(hoods.real_radii, hoods.fake_radii), device=backend.device)
@@ -333,9 +364,10 @@ def _ball_records(p: PRDC, mix: dict, k: int, n: int) -> dict:
         "density": record(p.density, mean_ci(p.fake_in_real / k), n_fake),
         "coverage": record(p.coverage, wilson(int(p.covered.sum()), n_real), n_real),
         "mixing": record(mix.pop("value"), mix.pop("ci95"), n, **mix),
-        "realism": record(np.median(p.realism), None, n_fake,
-                          share_inside=float((p.realism >= 1).mean())),
-    }  # fmt: skip
+        "realism": record(
+            np.median(p.realism), None, n_fake, share_inside=float((p.realism >= 1).mean())
+        ),
+    }
 
 
 def _cluster_summary(labels: np.ndarray, table: list[dict], fitted_on: int) -> dict:
@@ -367,8 +399,22 @@ NOTES = {
 }
 
 __all__ = [
-    "GapParams", "LevelGap", "NOTES", "PRDC", "classifier_test", "cluster_table",
-    "domain_clusters", "fd_infinity", "fd_interval", "frechet_distance",
-    "kid", "kth_neighbour_radii", "level_gap", "mixing", "mmd2_unbiased",
-    "neighbourhoods", "prdc", "standardise",
-]  # fmt: skip
+    "GapParams",
+    "LevelGap",
+    "NOTES",
+    "PRDC",
+    "classifier_test",
+    "cluster_table",
+    "domain_clusters",
+    "fd_infinity",
+    "fd_interval",
+    "frechet_distance",
+    "kid",
+    "kth_neighbour_radii",
+    "level_gap",
+    "mixing",
+    "mmd2_unbiased",
+    "neighbourhoods",
+    "prdc",
+    "standardise",
+]

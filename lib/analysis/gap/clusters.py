@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lib.analysis.neighbours import nearest_in
+
 
 def domain_clusters(
     real: np.ndarray,
@@ -42,8 +44,15 @@ class DomainClusters:
     `predict(x)` labels more images (standardised like the fitted ones) with the label of
     their nearest fitted image in the principal components."""
 
-    def __init__(self, min_cluster_size=20, dims=10, one_domain=0.9, implementation="sklearn",
-                 seed=0, max_points=None):  # fmt: skip
+    def __init__(
+        self,
+        min_cluster_size=20,
+        dims=10,
+        one_domain=0.9,
+        implementation="sklearn",
+        seed=0,
+        max_points=None,
+    ):
         self.min_cluster_size, self.dims, self.one_domain = min_cluster_size, dims, one_domain
         self.implementation, self.seed, self.max_points = implementation, seed, max_points
 
@@ -55,13 +64,13 @@ class DomainClusters:
         n_components = min(self.dims, x.shape[1], len(x) - 1)
         self.pca_ = PCA(n_components=n_components, random_state=self.seed).fit(x)
         self.z_ = self.pca_.transform(x).astype(np.float32)
-        self.labels_ = _cluster(self.z_, is_fake, self.min_cluster_size, self.implementation,
-                                self.seed, self.max_points)  # fmt: skip
+        self.labels_ = _cluster(
+            self.z_, is_fake, self.min_cluster_size, self.implementation, self.seed, self.max_points
+        )
         self.table_ = cluster_table(self.labels_, is_fake, self.one_domain)
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        from lib.analysis.neighbours import nearest_in
 
         z = self.pca_.transform(np.asarray(x, dtype=np.float32)).astype(np.float32)
         return self.labels_[nearest_in(z, self.z_)]
@@ -97,15 +106,19 @@ def cluster_table(labels: np.ndarray, is_fake: np.ndarray, one_domain: float = 0
         elif share <= 1 - one_domain:
             kind = "real-only"
         table.append(
-            {"cluster": int(c), "real": n_real, "synthetic": n_fake,
-             "synthetic_share": round(share, 4), "kind": kind}
-        )  # fmt: skip
+            {
+                "cluster": int(c),
+                "real": n_real,
+                "synthetic": n_fake,
+                "synthetic_share": round(share, 4),
+                "kind": kind,
+            }
+        )
     table.sort(key=lambda row: abs(row["synthetic_share"] - base), reverse=True)
     return table
 
 
 def _fit_sample_assign_rest(model, z: np.ndarray, is_fake: np.ndarray, m: int, seed: int):
-    from lib.analysis.neighbours import nearest_in
 
     rng = np.random.default_rng(seed)
     share = m / len(z)

@@ -51,8 +51,9 @@ def frechet_from_factors(mu1, a1, mu2, a2, fast: bool = False) -> float:
     diff = mu1 - mu2
     m = a1 @ a2.T
     if fast:
-        cross = np.sqrt(np.clip(np.linalg.eigvalsh(m @ m.T if len(m) <= m.shape[1] else m.T @ m),
-                                0.0, None)).sum()  # fmt: skip
+        cross = np.sqrt(
+            np.clip(np.linalg.eigvalsh(m @ m.T if len(m) <= m.shape[1] else m.T @ m), 0.0, None)
+        ).sum()
     else:
         cross = svdvals(m).sum()
     return float(diff @ diff + (a1 * a1).sum() + (a2 * a2).sum() - 2.0 * cross)

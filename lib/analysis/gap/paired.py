@@ -63,8 +63,9 @@ class Comparison:
         fd = frechet_distance(self.real[:n], fake[:n])
         ci, how = fd_interval(self.real[:n], fake[:n], fd, p.resamples, self._rng(0))
         zf = self.scale(fake)
-        balls = prdc(self.zr, zf, p.k, (self.radii, kth_neighbour_radii(zf, p.k, self.device)),
-                     self.device)  # fmt: skip
+        balls = prdc(
+            self.zr, zf, p.k, (self.radii, kth_neighbour_radii(zf, p.k, self.device)), self.device
+        )
         n_r = len(self.zr)
         clf = classifier_test(self.zr, zf, p.folds, p.classifier_max, self._rng(1), p.resamples)
         records = {
@@ -110,8 +111,10 @@ class Comparison:
         for _ in range(self.params.resamples):  # the same images drawn for both variants
             r, f = rng.integers(0, n_r, n_r), n_r + rng.integers(0, n_f, n_f)
             idx = np.r_[r, f]
-            boot.append(rank_auc(y_o[idx], other.p_synthetic[idx])
-                        - rank_auc(y_b[idx], base.p_synthetic[idx]))  # fmt: skip
+            boot.append(
+                rank_auc(y_o[idx], other.p_synthetic[idx])
+                - rank_auc(y_b[idx], base.p_synthetic[idx])
+            )
         return _change(value, np.asarray(boot))
 
     def _fd_change(self, base, other, rng) -> dict:
@@ -124,8 +127,10 @@ class Comparison:
         for _ in range(resamples):
             half = rng.permutation(n)[: n // 2]
             real = sample_factor(self.real[half])
-            fds = [frechet_from_factors(*real, *sample_factor(v.fake[half]), fast=True)
-                   for v in (other, base)]  # fmt: skip
+            fds = [
+                frechet_from_factors(*real, *sample_factor(v.fake[half]), fast=True)
+                for v in (other, base)
+            ]
             halves.append(fds[0] - fds[1])
         halves = np.asarray(halves)
         rate = np.sqrt((n // 2) / (n - n // 2))  # as lib.analysis.gap.frechet: 1 for even n

@@ -68,17 +68,27 @@ def upgrade(metrics: dict) -> dict:
 def kid_record(k: dict) -> dict:
     """KID's {mean, std, subsets, subset_size, reduced} as a record."""
     return record(
-        k["mean"], None, k["subset_size"], std=k["std"], subsets=k["subsets"],
-        subset_size=k["subset_size"], reduced=k["reduced"],
-    )  # fmt: skip
+        k["mean"],
+        None,
+        k["subset_size"],
+        std=k["std"],
+        subsets=k["subsets"],
+        subset_size=k["subset_size"],
+        reduced=k["reduced"],
+    )
 
 
 def auc_record(clf: dict) -> dict:
     """The classifier test's {auc, ci95, accuracy, folds, n: [real, synthetic]} as a record."""
     return record(
-        clf["auc"], clf["ci95"], sum(clf["n"]), accuracy=clf["accuracy"], folds=clf["folds"],
-        n_real=clf["n"][0], n_synthetic=clf["n"][1],
-    )  # fmt: skip
+        clf["auc"],
+        clf["ci95"],
+        sum(clf["n"]),
+        accuracy=clf["accuracy"],
+        folds=clf["folds"],
+        n_real=clf["n"][0],
+        n_synthetic=clf["n"][1],
+    )
 
 
 def fd_inf_record(inf: dict) -> dict:
@@ -87,16 +97,16 @@ def fd_inf_record(inf: dict) -> dict:
     return record(inf["value"], None, max(inf["sizes"]), **rest)
 
 
-NO_CLUSTERS = {"n": 0, "fitted_on": 0, "noise": 0, "real_only": 0, "synthetic_only": 0,
-               "table": []}  # fmt: skip
+NO_CLUSTERS = {"n": 0, "fitted_on": 0, "noise": 0, "real_only": 0, "synthetic_only": 0, "table": []}
 
 
 def _upgrade_level(m: dict) -> dict:
     n_real, n_fake = m["n"]["real"], m["n"]["synthetic"]
     fd, mixing = m["fd"], m["mixing"]
     records = {
-        "fd": record(fd["value"], fd.get("ci95"), fd["n"], method="bootstrap",
-                     resamples=fd.get("bootstrap")),
+        "fd": record(
+            fd["value"], fd.get("ci95"), fd["n"], method="bootstrap", resamples=fd.get("bootstrap")
+        ),
         "fd_inf": fd_inf_record(m["fd_inf"]),
         "kid": kid_record(m["kid"]),
         "auc": auc_record(m["classifier"]),
@@ -104,11 +114,18 @@ def _upgrade_level(m: dict) -> dict:
         "recall": record(m["recall"], m.get("recall_ci95"), n_real),
         "density": record(m["density"], m.get("density_ci95"), n_fake),
         "coverage": record(m["coverage"]["value"], m["coverage"]["ci95"], n_real),
-        "mixing": record(mixing["value"], mixing["ci95"], n_real + n_fake,
-                         real=mixing["real"], synthetic=mixing["synthetic"], k=mixing["k"]),
-        "realism": record(m["realism"]["median"], None, n_fake,
-                          share_inside=m["realism"]["share_inside"]),
-    }  # fmt: skip
+        "mixing": record(
+            mixing["value"],
+            mixing["ci95"],
+            n_real + n_fake,
+            real=mixing["real"],
+            synthetic=mixing["synthetic"],
+            k=mixing["k"],
+        ),
+        "realism": record(
+            m["realism"]["median"], None, n_fake, share_inside=m["realism"]["share_inside"]
+        ),
+    }
     kept = {k: m[k] for k in ("n", "dim", "seconds") if k in m}
     # the first gap runs had no clusters yet
     return {**kept, "clusters": m.get("clusters", NO_CLUSTERS), "metrics": records}

@@ -13,15 +13,21 @@ from __future__ import annotations
 import numpy as np
 
 from lib.analysis.gap import GapParams
+from lib.analysis.gap.paired import Comparison
 
 MIN_PER_DOMAIN = 20  # below this an FD or an AUC interval says little
 
 
-def gap_by(vectors: dict, real: np.ndarray, synthetic: np.ndarray, labels: np.ndarray,
-           params: GapParams, device: str = "cpu") -> dict:  # fmt: skip
+def gap_by(
+    vectors: dict,
+    real: np.ndarray,
+    synthetic: np.ndarray,
+    labels: np.ndarray,
+    params: GapParams,
+    device: str = "cpu",
+) -> dict:
     """{stratum: {"n": {real, synthetic}, "levels": {level: records}}} for each value of
     `labels` (one per row of the run); strata too small get "skipped" instead of levels."""
-    from lib.analysis.gap.paired import Comparison
 
     least = max(MIN_PER_DOMAIN, params.k + 2, params.folds * 2)
     rng = np.random.default_rng(params.seed)

@@ -13,6 +13,7 @@ import importlib
 from dataclasses import replace
 from pathlib import Path
 
+from lib.features.backbones import registry
 from lib.features.backbones.base import Backbone
 from lib.features.backbones.registry import Entry, ModelSpec, parse_model_spec
 from lib.runtime.errors import GapscopeError
@@ -34,7 +35,6 @@ def _registered() -> None:
 
 
 def lookup(arch: str) -> Entry:
-    from lib.features.backbones import registry
 
     _registered()
     return registry.lookup(arch)
@@ -42,7 +42,6 @@ def lookup(arch: str) -> Entry:
 
 def available() -> list[str]:
     """Registered architectures (families such as torchvision classifiers aside)."""
-    from lib.features.backbones import registry
 
     _registered()
     return registry.names()
@@ -105,6 +104,12 @@ def _absolute(path: Path | None) -> Path | None:
 
 
 __all__ = [
-    "Backbone", "DEFAULT", "ModelSpec", "available", "create_backbone", "lookup",
-    "parse_model_spec", "resolve_spec",
-]  # fmt: skip
+    "Backbone",
+    "DEFAULT",
+    "ModelSpec",
+    "available",
+    "create_backbone",
+    "lookup",
+    "parse_model_spec",
+    "resolve_spec",
+]

@@ -91,8 +91,9 @@ def _classifier(arch: str, checkpoint, random_weights: bool):
     own = net.state_dict()
     head_fits = all(
         k in own and tuple(v.shape) == tuple(own[k].shape)
-        for k, v in state.items() if k.startswith(CLASSIFIER_HEADS)
-    )  # fmt: skip
+        for k, v in state.items()
+        if k.startswith(CLASSIFIER_HEADS)
+    )
     ignore = () if head_fits else CLASSIFIER_HEADS  # a head of another size: retrained
     load_into(net, state, str(checkpoint), ignore_prefixes=ignore)
     return net.eval(), weights, False
@@ -132,9 +133,13 @@ def classifier(arch: str):
     def factory(checkpoint=None, random_weights: bool = False) -> Backbone:
         net, weights, untrained = _classifier(arch, checkpoint, random_weights)
         return Backbone(
-            name=arch, module=net, levels=(), weights=weights, random_weights=untrained,
+            name=arch,
+            module=net,
+            levels=(),
+            weights=weights,
+            random_weights=untrained,
             info={"architecture": f"torchvision {arch}"},
-        )  # fmt: skip
+        )
 
     return factory
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from lib.features.backbones import create_backbone
 from lib.features.backbones.base import Backbone
 from lib.features.backbones.registry import register_backbone
 from lib.runtime.errors import GapscopeError
@@ -30,7 +31,6 @@ def best_checkpoint(checkpoint: Path | None) -> Path:
 
 @register_backbone("trained", "A model fine-tuned by `batch train classifier`: trained:NAME")
 def trained(checkpoint=None, random_weights: bool = False) -> Backbone:
-    from lib.features.backbones import create_backbone
 
     path = best_checkpoint(checkpoint)
     saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -38,11 +38,20 @@ def trained(checkpoint=None, random_weights: bool = False) -> Backbone:
     if not random_weights:
         base.module.load_state_dict(saved["body"])
     base.module.eval()
-    weights = (f"trained {path.parent.name} from {saved['arch']} (epoch {saved['epoch']}, "
-               f"validation accuracy {saved['val_accuracy']:.3f})")  # fmt: skip
+    weights = (
+        f"trained {path.parent.name} from {saved['arch']} (epoch {saved['epoch']}, "
+        f"validation accuracy {saved['val_accuracy']:.3f})"
+    )
     if random_weights:
         weights = "RANDOM WEIGHTS (asked for with --random-weights)"
-    return replace(base, name=f"trained:{path.parent.name}", weights=weights,
-                   random_weights=random_weights,
-                   info={**base.info, "classes": saved["classes"],
-                         "training_csv": str(path.parent / "training.csv")})  # fmt: skip
+    return replace(
+        base,
+        name=f"trained:{path.parent.name}",
+        weights=weights,
+        random_weights=random_weights,
+        info={
+            **base.info,
+            "classes": saved["classes"],
+            "training_csv": str(path.parent / "training.csv"),
+        },
+    )

@@ -56,8 +56,14 @@ def _stages(config: RunConfig, ctx: Context, started: datetime) -> None:
     objects = scan_boxes(config.boxes, scanned, checks, ctx)
     rows = objects.rows if objects else scanned.rows
     runtime, executor = config.runtime, ctx.executor
-    executor.settle(choose_backend(runtime.backend, executor.precision(runtime.precision),
-                                   runtime.workers, n_images=len(scanned)))  # fmt: skip
+    executor.settle(
+        choose_backend(
+            runtime.backend,
+            executor.precision(runtime.precision),
+            runtime.workers,
+            n_images=len(scanned),
+        )
+    )
     found = features(config.model, config.extraction, config.boxes, scanned, objects, ctx)
     projected = project_all(config.projection, found.vectors, rows, ctx)
     searches = find_neighbours(config.neighbours, found.vectors, ctx)
@@ -73,12 +79,21 @@ def _stages(config: RunConfig, ctx: Context, started: datetime) -> None:
     ctx.writer.metrics(metrics)
     save_plots(config.projection, projected.frame, rows, ctx)
     ctx.writer.images(table)
-    ctx.writer.manifest(manifest(
-        config, started, scanned.record(), found.record(), projected.record(),
-        backend=executor.backend.describe(), dask=executor.describe(), neighbors=searches,
-        counts={d: int(len(r)) for d, r in rows.items()}, timings_s=dict(ctx.stages),
-        objects=objects_record(config.boxes, objects, found.source) if objects else None,
-    ))  # fmt: skip
+    ctx.writer.manifest(
+        manifest(
+            config,
+            started,
+            scanned.record(),
+            found.record(),
+            projected.record(),
+            backend=executor.backend.describe(),
+            dask=executor.describe(),
+            neighbors=searches,
+            counts={d: int(len(r)) for d, r in rows.items()},
+            timings_s=dict(ctx.stages),
+            objects=objects_record(config.boxes, objects, found.source) if objects else None,
+        )
+    )
 
 
 def _checked(config: RunConfig, store: RunStore) -> tuple[RunConfig, RunStore]:
@@ -93,8 +108,9 @@ def _checked(config: RunConfig, store: RunStore) -> tuple[RunConfig, RunStore]:
     if config.runtime.dask:
         store = RunStore(store.root.resolve())
         inputs = config.inputs
-        config = config.replace(real=Path(inputs.real).resolve(),
-                                synthetic=Path(inputs.synthetic).resolve())  # fmt: skip
+        config = config.replace(
+            real=Path(inputs.real).resolve(), synthetic=Path(inputs.synthetic).resolve()
+        )
     return config, store
 
 

@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import get_type_hints
 
 from lib.analysis.gap import GapParams
+from lib.analysis.neighbours import METRIC, K
 from lib.analysis.reduce import TSNEParams, UMAPParams
 from lib.features.cache import SHARD
+from lib.features.objects import CROP_SIZE, MARGIN
 from lib.features.pooling import DEFAULT as DEFAULT_POOLING
+from lib.features.sources import BATCH_SIZE
 from lib.inputs.images import WEB_SIZE
 from lib.runtime.params import REQUIRED, check_minimums, param
 
@@ -93,10 +96,10 @@ class ObjectParams(_Checked):
         "cropped and run as an image); auto: roi for an FPN, else levels.",
     )
     object_margin: float = param(
-        0.25, "--objects crop: context around the box, a share of its longer side.", minimum=0
+        MARGIN, "--objects crop: context around the box, a share of its longer side.", minimum=0
     )
     object_size: int = param(
-        224, "--objects crop: side of the square crop the model sees.", minimum=8
+        CROP_SIZE, "--objects crop: side of the square crop the model sees.", minimum=8
     )
 
     @property
@@ -132,7 +135,7 @@ class ExtractParams(_Checked):
     pooling: str = param(
         DEFAULT_POOLING, "avg (global average; `gap` is its old name) | channel-sum | channel-mean"
     )
-    batch_size: int = param(32, "Images per forward pass.", minimum=1)
+    batch_size: int = param(BATCH_SIZE, "Images per forward pass.", minimum=1)
     shard: int = param(
         SHARD,
         "Images per feature-cache shard: a killed run resumes after the last complete one.",
@@ -165,8 +168,8 @@ class ProjectParams(_Checked):
 class NeighbourParams(_Checked):
     """Each row's nearest rows, per level."""
 
-    k: int = param(16, "Nearest neighbours per image.", flag="--k", minimum=1)
-    metric: str = param("cosine", "Neighbour distance: cosine | euclidean.")
+    k: int = param(K, "Nearest neighbours per image.", flag="--k", minimum=1)
+    metric: str = param(METRIC, "Neighbour distance: cosine | euclidean.")
 
 
 @dataclass
@@ -240,8 +243,11 @@ class RunConfig:
         out = {}
         for name, stage in _stages(type(self)).items():
             value = getattr(self, name)
-            out |= {name: value} if stage is None else {f.name: getattr(value, f.name)
-                                                        for f in fields(value)}  # fmt: skip
+            out |= (
+                {name: value}
+                if stage is None
+                else {f.name: getattr(value, f.name) for f in fields(value)}
+            )
         return out
 
     def as_dict(self) -> dict:

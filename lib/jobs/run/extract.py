@@ -42,8 +42,14 @@ class Features:
         }
 
 
-def features(model: ModelParams, extraction: ExtractParams, boxes: ObjectParams,
-             scanned: Scanned, objects: ObjectScan | None, ctx: Context) -> Features:  # fmt: skip
+def features(
+    model: ModelParams,
+    extraction: ExtractParams,
+    boxes: ObjectParams,
+    scanned: Scanned,
+    objects: ObjectScan | None,
+    ctx: Context,
+) -> Features:
     """The run's vectors: the embeddings given, or the model's for every image (or
     object) through the executor."""
     if scanned.embeddings:
@@ -55,14 +61,26 @@ def features(model: ModelParams, extraction: ExtractParams, boxes: ObjectParams,
     what = f"{len(objects)} objects ({boxes.objects})" if objects else f"{len(scanned)} images"
     with ctx.stages("extract", f"{what}{ctx.executor.where()}") as stage:
         if objects is None:
-            source = Images(scanned.items, scanned.prepare, backbone.levels, extraction.pooling,
-                            extraction.batch_size)  # fmt: skip
+            source = Images(
+                scanned.items,
+                scanned.prepare,
+                backbone.levels,
+                extraction.pooling,
+                extraction.batch_size,
+            )
         else:
             mode = resolve_mode(boxes.objects, backbone.levels)
-            source = Objects(objects.images, scanned.prepare, mode,
-                             RoiPooler.for_backbone(backbone), backbone.levels,
-                             extraction.pooling, boxes.object_margin, boxes.object_size,
-                             extraction.batch_size)  # fmt: skip
+            source = Objects(
+                objects.images,
+                scanned.prepare,
+                mode,
+                RoiPooler.for_backbone(backbone),
+                backbone.levels,
+                extraction.pooling,
+                boxes.object_margin,
+                boxes.object_size,
+                extraction.batch_size,
+            )
         vectors, cached = extract_into(source, backbone, extraction, ctx)
         stage.summary = f"{what}, {cached} from the feature cache"
     return Features(vectors, cached, backbone.describe())
@@ -91,8 +109,9 @@ def load_backbone(params: ModelParams):
             "choose a backbone from `python -m batch backbones`"
         )
     if backbone.random_weights:
-        log.warning("RANDOM WEIGHTS: %s features are untrained; neighbours mean little",
-                    backbone.name)  # fmt: skip
+        log.warning(
+            "RANDOM WEIGHTS: %s features are untrained; neighbours mean little", backbone.name
+        )
     return backbone
 
 

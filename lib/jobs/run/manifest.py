@@ -10,11 +10,30 @@ from lib.jobs.run.config import RunConfig
 
 # the manifest's keys in the order it has always listed them
 ORDER = (
-    "status", "created", "finished", "config", "prepare", "image_size", "backbone", "backend",
-    "dask", "inputs", "skipped", "padded", "counts", "test_size", "objects", "annotations",
-    "levels", "feature_dims", "cached_images", "neighbors", "projections", "timings_s",
+    "status",
+    "created",
+    "finished",
+    "config",
+    "prepare",
+    "image_size",
+    "backbone",
+    "backend",
+    "dask",
+    "inputs",
+    "skipped",
+    "padded",
+    "counts",
+    "test_size",
+    "objects",
+    "annotations",
+    "levels",
+    "feature_dims",
+    "cached_images",
+    "neighbors",
+    "projections",
+    "timings_s",
     "versions",
-)  # fmt: skip
+)
 
 
 def manifest(config: RunConfig, started: datetime, *records: dict, **entries) -> dict:

@@ -47,8 +47,7 @@ def projectors(params: ProjectParams, implementation: str = "cpu", blocks=None) 
     if not params.projections:
         raise GapscopeError("name at least one projection (--projection umap)")
     by_name = {"umap": params.umap, "tsne": params.tsne}
-    return [create_projector(m, by_name.get(m), implementation, blocks)
-            for m in params.projections]  # fmt: skip
+    return [create_projector(m, by_name.get(m), implementation, blocks) for m in params.projections]
 
 
 def project_all(params: ProjectParams, vectors: dict, rows: dict, ctx: Context) -> Projected:
@@ -182,10 +181,16 @@ def find_neighbours(params: NeighbourParams, vectors, ctx: Context) -> dict:
         reports = {}
         for level, X in vectors.items():
             idx, dist, reports[level] = knn_report(
-                X, params.k, params.metric, backend.device, engine=backend.knn_engine,
-                seed=ctx.seed, search=search, exact=exact,
-            )  # fmt: skip
-            ctx.writer.neighbors(level, idx, dist)
+                X,
+                params.k,
+                params.metric,
+                backend.device,
+                engine=backend.knn_engine,
+                seed=ctx.seed,
+                search=search,
+                exact=exact,
+            )
+            ctx.writer.neighbours(level, idx, dist)
         recalls = [f"{lv} {r['recall_at_k']:.3f}" for lv, r in reports.items() if not r["exact"]]
         if recalls:
             stage.summary = f"approximate; recall@k on the probe: {', '.join(recalls)}"
@@ -206,8 +211,13 @@ def measure_gap(params: GapParams, vectors, rows, ctx: Context):
         levels, frames = {}, []
         executor.progress.start("gap", len(vectors))
         for level, X in vectors.items():
-            result = level_gap(X[span(rows["real"])], X[span(rows["synthetic"])], params,
-                               executor.backend, executor.blocks)  # fmt: skip
+            result = level_gap(
+                X[span(rows["real"])],
+                X[span(rows["synthetic"])],
+                params,
+                executor.backend,
+                executor.blocks,
+            )
             levels[level] = result.metrics
             frames.append(_scores_frame(result, rows, level))
             executor.progress.advance("gap")
@@ -242,15 +252,16 @@ def strata_gap(params: GapParams, vectors, rows, objects, ctx: Context) -> dict:
     real, synthetic, device = rows["real"], rows["synthetic"], ctx.executor.backend.device
     with ctx.stages("strata", "gap per class and per object size"):
         return {
-            "by_class": gap_by(vectors, real, synthetic, objects["category"].to_numpy(),
-                               params, device),
-            "by_size": gap_by(vectors, real, synthetic, objects["size"].to_numpy(), params,
-                              device),
-        }  # fmt: skip
+            "by_class": gap_by(
+                vectors, real, synthetic, objects["category"].to_numpy(), params, device
+            ),
+            "by_size": gap_by(vectors, real, synthetic, objects["size"].to_numpy(), params, device),
+        }
 
 
-def attribute_gap(params: AttributionParams, scanned: Scanned, table, scores,
-                  ctx: Context) -> dict | None:  # fmt: skip
+def attribute_gap(
+    params: AttributionParams, scanned: Scanned, table, scores, ctx: Context
+) -> dict | None:
     """lib.analysis.attribution on a seeded sample of the images with files, against each
     level's out-of-fold p(synthetic); None when there is nothing to look at."""
     sample = _attribution_sample(params, scanned, table, ctx.seed)

@@ -111,7 +111,7 @@ class Scanned:
             "padded": 0 if self.embeddings else sum(r.padded for _, r in self.items),
             "test_size": list(self.prepare.test_size) if self.prepare.detector else None,
             "annotations": self.annotations,
-        }  # fmt: skip
+        }
 
 
 def preparation(inputs: InputParams, model: ModelParams) -> Prepare:
@@ -126,8 +126,9 @@ def preparation(inputs: InputParams, model: ModelParams) -> Prepare:
     return Prepare(crop=inputs.crop, resize=inputs.resize, test_size=test_size)
 
 
-def scan(params: InputParams, prepare: Prepare, fallback: Prepare | None, projectors: list,
-         ctx: Context) -> Scanned:  # fmt: skip
+def scan(
+    params: InputParams, prepare: Prepare, fallback: Prepare | None, projectors: list, ctx: Context
+) -> Scanned:
     """Find, hash and check every image (thumbnails written on the way; through the
     executor's scan map: on Dask workers there), or read the given embeddings; apply the
     users' annotations when asked; check there are enough images for every projection.
@@ -154,8 +155,9 @@ def scan(params: InputParams, prepare: Prepare, fallback: Prepare | None, projec
     return scanned
 
 
-def _scan_images(params: InputParams, prepare: Prepare, fallback: Prepare | None,
-                 ctx: Context) -> Scanned:  # fmt: skip
+def _scan_images(
+    params: InputParams, prepare: Prepare, fallback: Prepare | None, ctx: Context
+) -> Scanned:
     writer = ctx.writer
 
     def thumb(record: ImageRecord):
@@ -165,12 +167,20 @@ def _scan_images(params: InputParams, prepare: Prepare, fallback: Prepare | None
         return writer.web(record.domain, record.hash)
 
     sets = {
-        domain: open_images(getattr(params, domain), domain, prepare, thumbs=thumb, web=web,
-                            web_size=params.web_size, sample=params.sample, seed=params.seed,
-                            follow_symlinks=params.follow_symlinks,
-                            mapper=ctx.executor.scan_map)
+        domain: open_images(
+            getattr(params, domain),
+            domain,
+            prepare,
+            thumbs=thumb,
+            web=web,
+            web_size=params.web_size,
+            sample=params.sample,
+            seed=params.seed,
+            follow_symlinks=params.follow_symlinks,
+            mapper=ctx.executor.scan_map,
+        )
         for domain in DOMAINS
-    }  # fmt: skip
+    }
     try:
         return Scanned(sets, check_common_size(list(sets.values()), prepare), prepare)
     except GapscopeError as exc:
@@ -203,9 +213,13 @@ def _annotated(scanned: Scanned, params: InputParams, results: Path) -> Scanned:
         sets[domain], applied[domain] = apply(
             image_set, notes, params.exclude_tags, params.labels_from_annotations
         )
-    record = {"database": str(notes.path.resolve()), "audit_seq": notes.last_seq(),
-              "exclude_tags": list(params.exclude_tags),
-              "labels_from_annotations": params.labels_from_annotations, **applied}  # fmt: skip
+    record = {
+        "database": str(notes.path.resolve()),
+        "audit_seq": notes.last_seq(),
+        "exclude_tags": list(params.exclude_tags),
+        "labels_from_annotations": params.labels_from_annotations,
+        **applied,
+    }
     return Scanned(sets, scanned.size, scanned.prepare, record)
 
 
@@ -236,8 +250,9 @@ def _scan_embeddings(params: InputParams, prepare: Prepare, writer: RunWriter) -
     return Scanned(sets, None, prepare)
 
 
-def scan_boxes(params: ObjectParams, scanned: Scanned, projectors: list,
-               ctx: Context) -> ObjectScan | None:  # fmt: skip
+def scan_boxes(
+    params: ObjectParams, scanned: Scanned, projectors: list, ctx: Context
+) -> ObjectScan | None:
     """The run's objects (lib.inputs.objects), their thumbnails and pictures written,
     checked to be enough for every projection; None when no boxes are given."""
     if not params.given:

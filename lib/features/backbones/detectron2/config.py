@@ -319,8 +319,10 @@ class Arch:
         """What the box head pools (for per-object features) and the test-time resize.
         Read leniently: a detector without ROI heads over FPN levels (a RetinaNet, a
         C4 model) still gives its FPN levels; object mode says what is missing."""
-        self.test_size = (self._int(cfg, "INPUT.MIN_SIZE_TEST"),
-                          self._int(cfg, "INPUT.MAX_SIZE_TEST"))  # fmt: skip
+        self.test_size = (
+            self._int(cfg, "INPUT.MIN_SIZE_TEST"),
+            self._int(cfg, "INPUT.MAX_SIZE_TEST"),
+        )
         in_features = _get(cfg, "MODEL.ROI_HEADS.IN_FEATURES")
         kind = _get(cfg, "MODEL.ROI_BOX_HEAD.POOLER_TYPE")
         self.box_pooler = None

@@ -147,14 +147,14 @@ def test_column_blocks_give_the_same_neighbours(metric):
 def test_nearest_among_one_domain_are_the_exact_ones(metric, monkeypatch):
     """The gallery filtered to one domain: the exact nearest of that domain's rows, read
     in blocks, never the image itself."""
-    import lib.analysis.neighbours as neighbors
+    import lib.analysis.neighbours as neighbours
 
-    monkeypatch.setattr(neighbors, "BLOCK", 70)  # several blocks
+    monkeypatch.setattr(neighbours, "BLOCK", 70)  # several blocks
     rng = np.random.default_rng(4)
     X = rng.normal(size=(500, 12)).astype(np.float32)
     domain, scattered = np.arange(200, 500), np.arange(0, 500, 3)  # a slice, or any rows
     for candidates, row in [(domain, 3), (domain, 250), (scattered, 9)]:
-        idx, dist = neighbors.nearest_among(X, row, candidates, 7, metric)
+        idx, dist = neighbours.nearest_among(X, row, candidates, 7, metric)
         a, b = X[row], X[candidates]
         if metric == "cosine":
             d = 1 - b @ a / np.linalg.norm(b, axis=1) / np.linalg.norm(a)
