@@ -32,6 +32,18 @@ STATUS_EVERY_S = 2.0
 TITLE = "# gapscope — does your model see synthetic images like real ones?"
 
 
+# The tabs, in order: each builds its own gr.Blocks for a run as
+# build(store, first run, servable roots, editing) and returns a demo.runs.Tab.
+TABS = {
+    "Overlap": lambda store, first, roots, editing: overlap.build(store, roots, first, editing),
+    "Atlas": lambda store, first, roots, editing: atlas.build(store, first, editing),
+    "Gap report": lambda store, first, roots, editing: report.build(store, first),
+    "What if": lambda store, first, roots, editing: whatif.build(store, first),
+    "Retrieval": lambda store, first, roots, editing: retrieval.build(store, first),
+    "Caricatures": lambda store, first, roots, editing: caricatures.build(store, first),
+}
+
+
 def allowed_paths(store: RunStore, originals: bool = False) -> list[str]:
     """The folders the demo may serve files from: the runs (thumbnails, web copies,
     plots, caricatures: what the batch job published) and the demo's own assets; with
@@ -76,14 +88,7 @@ def build_app(
             )
         return app
     first = open_id(store, store.latest_id() or choices[0][1])
-    tabs = {
-        "Overlap": overlap.build(store, roots, first, editing),
-        "Atlas": atlas.build(store, first, editing),
-        "Gap report": report.build(store, first),
-        "What if": whatif.build(store, first),
-        "Retrieval": retrieval.build(store, first),
-        "Caricatures": caricatures.build(store, first),
-    }
+    tabs = {name: build(store, first, roots, editing) for name, build in TABS.items()}
     with gr.Blocks(title="gapscope") as app:
         gr.Markdown(TITLE)
         # allow_custom_value: runs published after start-up (nightly) are valid choices too
@@ -100,6 +105,9 @@ def build_app(
     keep_private(app)
     # every event only reads published runs: run them side by side rather than one at a
     # time, and answer "queue full" rather than let a crowd wait without end
-    app.queue(default_concurrency_limit=CONCURRENT_EVENTS, max_size=queue_size,
-              status_update_rate=STATUS_EVERY_S)  # fmt: skip
+    app.queue(
+        default_concurrency_limit=CONCURRENT_EVENTS,
+        max_size=queue_size,
+        status_update_rate=STATUS_EVERY_S,
+    )
     return app

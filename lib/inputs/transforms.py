@@ -49,6 +49,10 @@ class Transform:
     integer: bool = False
     needs: str = ""  # "cdf" or "style": what of the real images it uses
     random: bool = False
+    # the strength that changes nothing, or that the change vanishes towards (math.inf:
+    # as the strength grows); None: none exists (FDA's smallest window still swaps the
+    # mean colour, as the FDA reference implementation does)
+    identity: float | None = 0.0
 
     def check(self, strength: float) -> None:
         inside = (self.low <= strength if self.closed else self.low < strength) and (
@@ -77,8 +81,9 @@ def transform(name: str, parameter: str, defaults, low, high, description: str, 
     """Register the decorated function as the transform `name` (see `Transform`)."""
 
     def register(fn):
-        TRANSFORMS[name] = Transform(name, parameter, tuple(defaults), low, high, fn,
-                                     description, **kwargs)  # fmt: skip
+        TRANSFORMS[name] = Transform(
+            name, parameter, tuple(defaults), low, high, fn, description, **kwargs
+        )
         return fn
 
     return register
@@ -125,8 +130,14 @@ def _uint8(x: torch.Tensor) -> torch.Tensor:
     return (x * 255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
-@transform("blur", "sigma (px)", (0.5, 1.0, 2.0), 0, 20,
-           "Gaussian blur (a softer lens, defocus, downsampling).")  # fmt: skip
+@transform(
+    "blur",
+    "sigma (px)",
+    (0.5, 1.0, 2.0),
+    0,
+    20,
+    "Gaussian blur (a softer lens, defocus, downsampling).",
+)
 def _blur(batch, sigma, generator, reference):
     from torchvision.transforms.v2 import functional as F
 
@@ -135,8 +146,15 @@ def _blur(batch, sigma, generator, reference):
     return F.gaussian_blur(batch, [k, k], [sigma, sigma])
 
 
-@transform("noise", "sigma (of full range)", (0.01, 0.02, 0.05), 0, 1,
-           "Gaussian sensor noise, the same for every pixel.", random=True)  # fmt: skip
+@transform(
+    "noise",
+    "sigma (of full range)",
+    (0.01, 0.02, 0.05),
+    0,
+    1,
+    "Gaussian sensor noise, the same for every pixel.",
+    random=True,
+)
 def _noise(batch, sigma, generator, reference):
     import torch
     from torchvision.transforms.v2 import functional as F
@@ -154,6 +172,7 @@ def _noise(batch, sigma, generator, reference):
     1e6,
     "Shot noise: fewer photons, more noise, brighter pixels noisier.",
     random=True,
+    identity=math.inf,
 )
 def _poisson(batch, photons, generator, reference):
     import torch
@@ -173,6 +192,7 @@ def _poisson(batch, photons, generator, reference):
     "JPEG re-encoding (libjpeg, 4:2:0) at this quality.",
     closed=True,
     integer=True,
+    identity=100,
 )
 def _jpeg(batch, quality, generator, reference):
     from torchvision.transforms.v2 import functional as F
@@ -180,22 +200,30 @@ def _jpeg(batch, quality, generator, reference):
     return F.jpeg(batch.cpu(), int(quality)).to(batch.device)  # libjpeg runs on the CPU
 
 
-@transform("colour", "jitter", (0.1, 0.2, 0.4), 0, 1,
-           "Random brightness, contrast and saturation factors in [1−s, 1+s], hue ±s/4, "
-           "drawn per image.", random=True)  # fmt: skip
+@transform(
+    "colour",
+    "jitter",
+    (0.1, 0.2, 0.4),
+    0,
+    1,
+    "Random brightness, contrast and saturation factors in [1−s, 1+s], hue ±s/4, drawn per image.",
+    random=True,
+)
 def _colour(batch, s, generator, reference):
     import torch
     from torchvision.transforms.v2 import functional as F
 
-    out = torch.empty_like(batch)
-    for i, image in enumerate(batch):
+    # in floats, rounded once at the end: torchvision's uint8 adjustments each truncate,
+    # which darkened every image by ~1.7 grey levels at a strength of 0.001
+    out = _float(batch)
+    for i, image in enumerate(out):
         b, c, sat = (1 + s * (2 * torch.rand(3, generator=generator) - 1)).tolist()
         hue = float(s / 4 * (2 * torch.rand(1, generator=generator) - 1))
         image = F.adjust_brightness(image, b)
         image = F.adjust_contrast(image, c)
         image = F.adjust_saturation(image, sat)
         out[i] = F.adjust_hue(image, hue)
-    return out
+    return _uint8(out)
 
 
 @transform(
@@ -205,6 +233,7 @@ def _colour(batch, s, generator, reference):
     0,
     10,
     "Gamma curve: below 1 brightens the shadows, above 1 darkens them.",
+    identity=1,
 )
 def _gamma(batch, gamma, generator, reference):
     from torchvision.transforms.v2 import functional as F
@@ -212,9 +241,15 @@ def _gamma(batch, gamma, generator, reference):
     return F.adjust_gamma(batch, gamma)
 
 
-@transform("histmatch", "share", (0.5, 1.0), 0, 1,
-           "Each channel's histogram mapped onto the real sample's (share 1: all the way; "
-           "0.5: halfway).", needs="cdf")  # fmt: skip
+@transform(
+    "histmatch",
+    "share",
+    (0.5, 1.0),
+    0,
+    1,
+    "Each channel's histogram mapped onto the real sample's (share 1: all the way; 0.5: halfway).",
+    needs="cdf",
+)
 def _histmatch(batch, share, generator, reference):
     import torch
 
@@ -231,10 +266,19 @@ def _histmatch(batch, share, generator, reference):
     return out.round_().clamp_(0, 255).to(torch.uint8).reshape(batch.shape)
 
 
-@transform("fda", "beta", (0.01, 0.05, 0.09), 0, 0.5,
-           "Fourier domain adaptation (Yang & Soatto 2020): the lowest frequencies' "
-           "amplitude (a window of beta × the shorter side) taken from a real image, the "
-           "phase kept.", needs="style", random=True)  # fmt: skip
+@transform(
+    "fda",
+    "beta",
+    (0.01, 0.05, 0.09),
+    0,
+    0.5,
+    "Fourier domain adaptation (Yang & Soatto 2020): the lowest frequencies' "
+    "amplitude (a window of beta × the shorter side) taken from a real image, the "
+    "phase kept.",
+    needs="style",
+    random=True,
+    identity=None,
+)
 def _fda(batch, beta, generator, reference):
     import torch
     from torchvision.transforms.v2 import functional as F
