@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,9 @@ import numpy as np
 from lib.inputs.images import Skipped, sample_indices
 from lib.runtime.errors import GapscopeError, first_line
 from lib.runtime.memmap import release
+from lib.store.names import checked_name, shown
+
+log = logging.getLogger(__name__)
 
 ID_COLUMNS = ("id", "path", "filename")
 SINGLE_LEVEL = "embedding"
@@ -154,6 +158,10 @@ def open_embeddings(
                     f"has {len(found)} vector columns ({', '.join(found)})"
                 )
             found = {path.stem: next(iter(found.values()))}
+        for level in found:  # a level names its files in the run: never a path
+            checked_name(level, f"{path.name}: level name")
+        if len(meta[0]) == 0:
+            raise GapscopeError(f"{domain} embeddings {path.name} hold no rows")
         rows = rows or meta
         if len(meta[0]) != len(rows[0]):
             raise GapscopeError(
@@ -161,6 +169,7 @@ def open_embeddings(
             )
         levels.update(found)
     ids, categories, base = rows
+    _check_unique(ids, domain)
     paths = _existing_paths(ids, base)
     keep, skipped, total = _finite_rows(levels, ids)
     keep = keep[sample_indices(len(keep), sample, seed)]
@@ -340,18 +349,44 @@ def _finite_rows(levels: dict[str, np.ndarray], ids: np.ndarray):
     return np.flatnonzero(~bad), skipped, len(dropped)
 
 
-def _existing_paths(ids: np.ndarray, base: Path) -> np.ndarray:
-    """Each id as a resolved path when it names an existing file (relative ids against
-    `base`), else ""."""
-    import os
+def _check_unique(ids: np.ndarray, domain: str) -> None:
+    """An id names one image: repeated ids would share thumbnails, tags and labels."""
+    named = ids[ids != ""].astype(str)
+    values, counts = np.unique(named, return_counts=True)
+    if len(values) and counts.max() > 1:
+        worst = int(counts.argmax())
+        raise GapscopeError(
+            f"{domain} embeddings: ids must be unique, but {shown(values[worst])} names "
+            f"{counts[worst]} rows ({int((counts > 1).sum())} ids repeat)"
+        )
 
+
+def _existing_paths(ids: np.ndarray, base: Path) -> np.ndarray:
+    """Each id as a resolved path when it names an existing regular file inside `base`
+    (relative ids against it), else "": an id naming a file elsewhere on the disk
+    (`/etc/...`, `../../x`, a link out) never becomes a published thumbnail."""
+    import os
+    import stat
+
+    root = os.path.realpath(base)
     out = np.full(len(ids), "", dtype=object)
+    outside = 0
     for i, name in enumerate(ids):
         if not name:
             continue
-        path = os.path.join(base, name)
-        if os.path.isfile(path):
-            out[i] = os.path.realpath(path)
+        path = os.path.realpath(os.path.join(base, name))
+        try:
+            regular = stat.S_ISREG(os.stat(path).st_mode)
+        except OSError:  # missing, a loop, too long a name: no image
+            continue
+        if not regular:
+            continue
+        if os.path.commonpath([root, path]) != root:
+            outside += 1
+            continue
+        out[i] = path
+    if outside:
+        log.warning("%d ids name files outside %s: shown without images", outside, base)
     return out
 
 

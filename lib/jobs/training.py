@@ -33,6 +33,7 @@ from lib.jobs.retrieval import retrieve, scores
 from lib.runtime.backend import check_device, choose_backend
 from lib.runtime.errors import GapscopeError
 from lib.runtime.params import REQUIRED, check_minimums, param
+from lib.store.names import checked_name
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,7 @@ MINING = ("offline", "online")
 
 
 def model_dir(results: Path, name: str) -> Path:
-    if not name or "/" in name or name.startswith("."):
-        raise GapscopeError(f"--name {name!r}: give a plain name (letters, digits, - or _)")
-    return Path(results) / "models" / name
+    return Path(results) / "models" / checked_name(name, "--name")
 
 
 class Classifier:

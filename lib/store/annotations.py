@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lib.runtime.errors import GapscopeError
+from lib.store.names import shown
 
 FILENAME = "annotations.sqlite"
 REMOVE = "remove"  # the tag that flags an image for removal (`batch run --exclude-tag`)
@@ -318,7 +319,7 @@ class Annotations:
 def _name(text: str, what: str) -> str:
     text = (text or "").strip()
     if not text or len(text) > 200 or any(c in text for c in "\n\r\t"):
-        raise GapscopeError(f"a {what} must be 1 to 200 characters on one line, got {text!r}")
+        raise GapscopeError(f"a {what} must be 1 to 200 characters on one line, got {shown(text)}")
     return text
 
 

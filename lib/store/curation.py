@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -175,7 +176,7 @@ def gather_zip(run, notes: Annotations, tag: str, out: Path) -> dict:
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:  # PNG/JPEG: compressed already
         for row, label, image_hash in zip(frame["id"], frame["label"], frame["hash"], strict=True):
             copy = run.web(int(row)) or run.thumb(int(row))
-            stem = Path(run.rows.at[int(row), "relpath"]).stem
+            stem = _safe(Path(run.rows.at[int(row), "relpath"]).stem)
             name = _placed(label, f"{stem}{copy.suffix}", image_hash, taken.__contains__)
             taken.add(name)
             zf.write(copy, name)
@@ -191,9 +192,11 @@ def _placed(label: str, filename: str, image_hash: str, taken) -> str:
 
 
 def _safe(name: str) -> str:
-    """A label as one folder name: no separators, no '..'."""
-    name = name.replace("/", "_").replace("\\", "_").strip()
-    return "_" if name in ("", ".", "..") else name
+    """A label (or a file's stem) as one name in a folder or a zip: no separators (/, \\),
+    no control characters (a newline in a zip entry), no leading dot; letters of any
+    script kept."""
+    name = re.sub(r"[\x00-\x1f\x7f/\\]", "_", name).strip().lstrip(".")
+    return name or "_"
 
 
 # ---- applying annotations to a new run ---------------------------------------------------

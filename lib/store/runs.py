@@ -52,6 +52,7 @@ import numpy as np
 from lib.analysis.gap.records import upgrade
 from lib.analysis.plots import direction_title
 from lib.runtime.errors import GapscopeError
+from lib.store.names import checked_name
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +103,11 @@ def _caricature_input_file(image: str) -> str:
 
 
 def _features_file(level: str) -> str:
-    return f"{FEATURES}/{level}.npy"
+    return f"{FEATURES}/{checked_name(level, 'level')}.npy"
 
 
 def _neighbour_files(level: str) -> tuple[str, str]:
+    level = checked_name(level, "level")
     return f"{NEIGHBOURS}/{level}.npy", f"{NEIGHBOURS}/{level}.distances.npy"
 
 
