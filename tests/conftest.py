@@ -101,6 +101,27 @@ def filter_gap_store(tmp_path_factory):
     return store
 
 
+def batch(*args) -> subprocess.CompletedProcess:
+    """`python -m batch ARGS` as a user runs it, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "batch", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The one `error: ...` line a failed batch command printed (no traceback)."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
 def one_line(exc: pytest.ExceptionInfo) -> str:
     """The message of a raised GapscopeError, checked to be the one line users see."""
     text = str(exc.value)

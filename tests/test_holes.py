@@ -8,13 +8,12 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
-import sys
 import zipfile
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT
+from conftest import batch, one_error_line
 from PIL import Image
 
 from lib.runtime.errors import GapscopeError
@@ -25,25 +24,6 @@ N, D = 60, 8
 
 def _vectors(seed: int, n: int = N) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, D)).astype(np.float32)
-
-
-def batch(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "batch", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-
-
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
 
 
 def _parquet(path, column: str, vectors: np.ndarray, ids=None) -> None:

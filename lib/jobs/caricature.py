@@ -186,7 +186,6 @@ def run_caricatures(job: CaricatureJob, store: RunStore, progress=None) -> Run:
 
 
 def _write_inputs(writer: RunWriter, names: list[str], stack: np.ndarray, size: int) -> None:
-
     for name, model_input in zip(names, stack, strict=True):
         thumbnail_png(model_input, writer.caricature_input(name), size=size)
 

@@ -218,7 +218,6 @@ def _model_of(base: Run):
 
 
 def _device(choice: str) -> str:
-
     return choose_backend("auto").device if choice == "auto" else choice
 
 
@@ -385,7 +384,6 @@ def _pair_file(index: int, key: str) -> str:
 
 
 def _save_pairs(changed, start: int, variant: Variant, pairs: int, folder) -> None:
-
     for j in range(max(0, min(pairs - start, len(changed)))):
         image = changed[j].permute(1, 2, 0).cpu().numpy()
         thumbnail_png(image, folder / _pair_file(start + j, variant.key))

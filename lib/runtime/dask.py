@@ -478,7 +478,6 @@ def _worker_index(path: str):
 
 
 def _search_block(index: str, ef: int, k: int, metric: str, rows: np.ndarray, x: np.ndarray):
-
     built = _worker_index(index)
     built.hnsw.efSearch = ef
     return search_rows(built, k, metric, rows, x)

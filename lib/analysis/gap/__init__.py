@@ -349,7 +349,6 @@ def _frechet_records(real, fake, params: GapParams, rngs) -> dict:
 
 
 def _ball_metrics(zr: np.ndarray, zf: np.ndarray, k: int, backend: Backend):
-
     hoods = neighbourhoods(zr, zf, k, backend.device, exact_engine(backend.knn_engine))
     p = prdc(zr, zf, k, radii=(hoods.real_radii, hoods.fake_radii), device=backend.device)
     is_fake = np.r_[np.zeros(len(zr), bool), np.ones(len(zf), bool)]

@@ -71,7 +71,6 @@ class DomainClusters:
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-
         z = self.pca_.transform(np.asarray(x, dtype=np.float32)).astype(np.float32)
         return self.labels_[nearest_in(z, self.z_)]
 
@@ -119,7 +118,6 @@ def cluster_table(labels: np.ndarray, is_fake: np.ndarray, one_domain: float = 0
 
 
 def _fit_sample_assign_rest(model, z: np.ndarray, is_fake: np.ndarray, m: int, seed: int):
-
     rng = np.random.default_rng(seed)
     share = m / len(z)
     sample = np.sort(

@@ -35,7 +35,6 @@ def _registered() -> None:
 
 
 def lookup(arch: str) -> Entry:
-
     _registered()
     return registry.lookup(arch)
 

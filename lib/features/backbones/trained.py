@@ -31,7 +31,6 @@ def best_checkpoint(checkpoint: Path | None) -> Path:
 
 @register_backbone("trained", "A model fine-tuned by `batch train classifier`: trained:NAME")
 def trained(checkpoint=None, random_weights: bool = False) -> Backbone:
-
     path = best_checkpoint(checkpoint)
     saved = torch.load(path, map_location="cpu", weights_only=True)
     base = create_backbone(saved["arch"], random_weights=True)
