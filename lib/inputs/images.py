@@ -9,10 +9,12 @@ and reported, never silently dropped.
 from __future__ import annotations
 
 import csv
+import errno
 import functools
 import hashlib
 import logging
 import os
+import stat
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,11 +22,36 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.inputs import spreadsheet
 from lib.runtime.errors import GapscopeError, first_line
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".jfif",
+    ".png",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".gif",
+    ".avif",
+)
+# images of formats Pillow (as installed) does not decode: listed as skipped, not ignored
+UNREAD_EXTENSIONS = (
+    ".heic",
+    ".heif",
+    ".jxl",
+    ".svg",
+    ".exr",
+    ".dng",
+    ".raw",
+    ".cr2",
+    ".nef",
+    ".arw",
+)
 METADATA_FILE = "metadata.csv"
 THUMB_SIZE = 160
 WEB_SIZE = 1024  # longest side of the copy the demo shows large
@@ -308,9 +335,16 @@ def to_rgb_array(img) -> np.ndarray:
 def array_scale(array: np.ndarray) -> float:
     """255 for float arrays in [0, 1], else 1: decided once for the whole array, so a dark
     image in a [0, 255] array is not mistaken for a [0, 1] one."""
-    if np.issubdtype(array.dtype, np.floating) and float(np.nanmax(array)) <= 1.0:
-        return 255.0
-    return 1.0
+    if not np.issubdtype(array.dtype, np.floating):
+        return 1.0
+    top = -np.inf
+    rows = max(1, 2**24 // max(1, array[0].size))  # ~16 M values at a time: flat memory
+    for start in range(0, len(array), rows):
+        chunk = np.asarray(array[start : start + rows])
+        finite = chunk[np.isfinite(chunk)]  # NaN/inf rows are skipped, not measured
+        if finite.size:
+            top = max(top, float(finite.max()))
+    return 255.0 if top <= 1.0 else 1.0
 
 
 def array_row_hash(rgb: np.ndarray) -> str:
@@ -444,23 +478,33 @@ def discover(
         dirnames[:] = kept
         for name in filenames:
             path = here / name
-            if name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            suffix = path.suffix.lower()
+            if name.startswith(".") or suffix not in IMAGE_EXTENSIONS + UNREAD_EXTENSIONS:
                 continue
-            if path.is_symlink():
-                target = path.resolve()
-                if not target.is_file():
-                    _refuse(skipped, path, "broken symlink")
-                    continue
-                if not follow_symlinks and not target.is_relative_to(root):
-                    _refuse(
-                        skipped,
-                        path,
-                        "symlink to a file outside the input folder "
-                        "(pass --follow-symlinks to use it)",
-                    )
-                    continue
-            files.append(path)
+            reason = _not_readable(path, root, follow_symlinks)
+            if suffix in UNREAD_EXTENSIONS:
+                reason = f"{suffix} images are not read (convert them to PNG or JPEG)"
+            if reason:
+                _refuse(skipped, path, reason)
+            else:
+                files.append(path)
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _not_readable(path: Path, root: Path, follow_symlinks: bool) -> str | None:
+    """Why the scan must not open `path`, or None: only regular files are read (a named
+    pipe would block the job forever), and a symlink only within the folder."""
+    try:
+        mode = path.stat().st_mode  # through links: what opening it would open
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symlink loop"
+        return "broken symlink" if path.is_symlink() else f"cannot be read ({error.strerror})"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a named pipe, socket or device)"
+    if path.is_symlink() and not follow_symlinks and not path.resolve().is_relative_to(root):
+        return "symlink to a file outside the input folder (pass --follow-symlinks to use it)"
+    return None
 
 
 def _refuse(skipped: list[Skipped] | None, path: Path, reason: str) -> None:
@@ -489,10 +533,19 @@ def read_metadata(folder: Path) -> tuple[list[str], list[dict]]:
         return [], []
     with meta.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's BOM
         reader = csv.DictReader(fh)
+        if reader.fieldnames:
+            reader.fieldnames = [spreadsheet.unescape(name) for name in reader.fieldnames]
         if not reader.fieldnames or "filename" not in reader.fieldnames:
             raise GapscopeError(f"{meta}: needs a 'filename' column")
-        rows = [dict(row, _path=str((meta.parent / row["filename"]).resolve())) for row in reader]
+        rows = [_read_row(row, meta.parent) for row in reader]
     return list(reader.fieldnames), rows
+
+
+def _read_row(row: dict, folder: Path) -> dict:
+    """A metadata.csv row as written before a spreadsheet-safe export (lib.inputs.
+    spreadsheet), with its image's resolved path under "_path"."""
+    row = {k: spreadsheet.unescape(v) if isinstance(v, str) else v for k, v in row.items()}
+    return dict(row, _path=str((folder / row["filename"]).resolve()))
 
 
 def read_categories(folder: Path) -> dict[Path, str]:
@@ -621,7 +674,9 @@ def open_array(
     h, w = array.shape[1:3]
     scale = array_scale(array)
 
-    def scan(row: int) -> tuple[ImageRecord, np.ndarray]:
+    def scan(row: int) -> tuple[ImageRecord, np.ndarray] | Skipped:
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array[row]).all():
+            return Skipped(f"{path.name} row {row}", "holds NaN or infinite values")
         rgb = array_row_to_uint8(array[row], scale)
         return ImageRecord(
             domain=domain,

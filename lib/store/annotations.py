@@ -27,6 +27,7 @@ from lib.store.names import shown
 FILENAME = "annotations.sqlite"
 REMOVE = "remove"  # the tag that flags an image for removal (`batch run --exclude-tag`)
 ANONYMOUS = "anonymous"
+TAG_SEPARATOR = ";"  # between an image's tags in the CSV export: no tag may hold it
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -135,6 +136,8 @@ class Annotations:
 
     def _change_tag(self, keys: Iterable[ImageKey], tag: str, who: str, add: bool) -> int:
         tag = _name(tag, "tag")
+        if add and TAG_SEPARATOR in tag:  # the CSV joins an image's tags with it
+            raise GapscopeError(f"a tag cannot hold {TAG_SEPARATOR!r}, got {shown(tag)}")
         with self._db() as db:
             action = _next_action(db)
             changed = 0

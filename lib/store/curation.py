@@ -17,9 +17,10 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from lib.inputs import spreadsheet
 from lib.inputs.images import Skipped, read_metadata
 from lib.runtime.errors import GapscopeError
-from lib.store.annotations import REMOVE, Annotations
+from lib.store.annotations import REMOVE, TAG_SEPARATOR, Annotations
 
 COLUMNS = (
     "id",
@@ -38,8 +39,8 @@ REMOVED_MODES = ("drop", "mark")
 
 def annotated(run, notes: Annotations, tag: str | None = None):
     """One row per annotated image of `run` (or per image with `tag`): its original
-    category, its label (corrected or not), its tags (sorted, ";"-joined) and whether it
-    is flagged for removal; in the run's row order."""
+    category, its label (corrected or not), its tags (sorted, joined by TAG_SEPARATOR)
+    and whether it is flagged for removal; in the run's row order."""
     import pandas as pd
 
     images = run.rows
@@ -64,7 +65,7 @@ def annotated(run, notes: Annotations, tag: str | None = None):
                 r.category,
                 label,
                 key in labels,
-                ";".join(sorted(its_tags)),
+                TAG_SEPARATOR.join(sorted(its_tags)),
                 REMOVE in its_tags,
             )
         )
@@ -73,9 +74,10 @@ def annotated(run, notes: Annotations, tag: str | None = None):
 
 def to_csv(frame) -> str:
     """CSV text: a header, plain fields (no padding: pixplotml's export had a leading
-    space in every field), quoted only where needed."""
+    space in every field), quoted only where needed, a cell a spreadsheet would run as
+    a formula written as text (lib.inputs.spreadsheet)."""
     out = io.StringIO()
-    frame.to_csv(out, index=False, lineterminator="\n")
+    frame.map(spreadsheet.escape).to_csv(out, index=False, lineterminator="\n")
     return out.getvalue()
 
 
@@ -84,7 +86,7 @@ def to_json(frame, run_id: str, seq: int) -> str:
     its tags as a list."""
     images = frame.to_dict(orient="records")
     for image in images:
-        image["tags"] = image["tags"].split(";") if image["tags"] else []
+        image["tags"] = image["tags"].split(TAG_SEPARATOR) if image["tags"] else []
     return json.dumps({"run": run_id, "audit_seq": seq, "images": images}, indent=2) + "\n"
 
 
@@ -124,7 +126,7 @@ def corrected_metadata(run, notes: Annotations, domain: str, removed: str = "dro
         header.append("removed")
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=header, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    writer.writerow({c: spreadsheet.escape(c) for c in header})  # column names are data too
     for row in rows:
         label, is_removed = by_path.get(row["_path"], (None, False))
         if label is not None:
@@ -133,7 +135,7 @@ def corrected_metadata(run, notes: Annotations, domain: str, removed: str = "dro
             continue
         if removed == "mark":
             row["removed"] = int(bool(is_removed))
-        writer.writerow(row)
+        writer.writerow({k: spreadsheet.escape(v) for k, v in row.items()})
     return out.getvalue()
 
 
