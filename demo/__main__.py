@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from demo.guard import LOOPBACK
 from lib.runtime.errors import GapscopeError
 
 
@@ -46,6 +47,15 @@ def _parser() -> argparse.ArgumentParser:
         "GAPSCOPE_WRITE_TOKEN). Without it a demo on 127.0.0.1 writes freely and any other "
         "is read-only.",
     )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="Another name a demo on 127.0.0.1 may be asked under (repeatable). Without it "
+        "such a demo answers only requests for 127.0.0.1, localhost or ::1: a web page "
+        "re-pointing its own name at this machine (DNS rebinding) is refused.",
+    )
     return parser
 
 
@@ -62,11 +72,16 @@ def main(argv: list[str] | None = None) -> None:
         if args.queue_size < 1:
             raise GapscopeError(f"--queue-size must be at least 1, got {args.queue_size}")
         from demo import atlas
-        from demo.app import CSS, allowed_paths, build_app
+        from demo.app import CSS, allowed_paths, build_app, image_roots
         from demo.curation import Editing
         from demo.serve import building_app, serve
         from lib.store.runs import RunStore
 
+        if not args.building and args.results.is_dir():
+            # files go to the page as paths relative to the results folder, so no URL (a
+            # gallery's, a download's) shows where the results live on the server
+            os.chdir(args.results)
+            args.results = Path(".")
         store = RunStore(args.results)
         if args.building:
             page = building_app(args.results)
@@ -83,13 +98,23 @@ def main(argv: list[str] | None = None) -> None:
         roots = allowed_paths(store, originals=args.serve_originals)  # every manifest, once
         editing = Editing.decide(args.host, args.write_token, LOCAL_HOSTS)
         app = build_app(args.results, roots, queue_size=args.queue_size, editing=editing)
-        serve(app, store, args.host, args.port, roots, css=CSS, routers=(atlas.router(store),))
+        serve(
+            app,
+            store,
+            args.host,
+            args.port,
+            roots,
+            css=CSS,
+            routers=(atlas.router(store),),
+            originals=image_roots(store) if args.serve_originals else (),
+            extra_hosts=tuple(args.allow_host),
+        )
     except GapscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
 
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+LOCAL_HOSTS = tuple(sorted(LOOPBACK))
 
 
 def _check_originals(serve_originals: bool, host: str, force: bool) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gradio as gr
 
 import lib as gapscope
+from demo import markup
 from demo.runs import open_id, run_choices
 from lib.store.runs import RunStore
 
@@ -53,7 +54,7 @@ def neighbours(store: RunStore, run_id: str, level: str, image: int) -> list[dic
     try:
         found = gapscope.neighbours(open_id(store, run_id), level, int(image))
     except gapscope.GapscopeError as exc:
-        raise gr.Error(str(exc)) from None
+        raise markup.error(exc) from None
     return found.astype(object).where(found.notna(), None).to_dict(orient="records")
 
 

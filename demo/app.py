@@ -50,10 +50,15 @@ def allowed_paths(store: RunStore, originals: bool = False) -> list[str]:
     `originals`, also the folders the runs' images came from."""
     paths = {str(store.runs_dir.resolve()), str(ASSETS)}
     if originals:
-        for run_id in store.run_ids():
-            run = open_run(str(store.runs_dir / run_id))
-            paths.update(str(p) for p in run.image_roots())
+        paths.update(image_roots(store))
     return sorted(paths)
+
+
+def image_roots(store: RunStore) -> list[str]:
+    """The folders the published runs' images came from."""
+    return sorted(
+        {str(p) for i in store.run_ids() for p in open_run(str(store.runs_dir / i)).image_roots()}
+    )
 
 
 def refresh(store: RunStore, shown: str):
@@ -89,7 +94,8 @@ def build_app(
         return app
     first = open_id(store, store.latest_id() or choices[0][1])
     tabs = {name: build(store, first, roots, editing) for name, build in TABS.items()}
-    with gr.Blocks(title="gapscope") as app:
+    # Gradio's cache of returned files (downloads): emptied of files older than an hour
+    with gr.Blocks(title="gapscope", delete_cache=(3600, 3600)) as app:
         gr.Markdown(TITLE)
         # allow_custom_value: runs published after start-up (nightly) are valid choices too
         run_dd = gr.Dropdown(choices=choices, value=first.id, label="Run", allow_custom_value=True)

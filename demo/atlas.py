@@ -23,6 +23,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from demo import markup
 from demo.curation import Editing, change_tags, downloads
 from demo.runs import (
     ASSETS,
@@ -589,7 +590,7 @@ def name_hotspot(
             run.id, atlas_level(run) or "", int(cluster), name, who or "anonymous"
         )
     except GapscopeError as exc:
-        raise gr.Error(str(exc)) from None
+        raise markup.error(exc) from None
     return hotspot_gallery(store, run_id)
 
 
@@ -792,7 +793,8 @@ def build(store: RunStore, first: Run, editing: Editing | None = None) -> Tab:
                     object_fit="contain",
                 )
                 editor = _Editor.build(editing) if editing.enabled else None
-                downloads(store, run_id, prefix="atlas_")
+                if editing.enabled:  # the exports hold server paths: for editors only
+                    downloads(store, run_id, prefix="atlas_")
         hotspot, spots, hotspot_name = _hotspot_gallery(store, editing, run_id, editor)
         gr.on(
             [layout.change, color_by.change, *(f.change for f in filters)],
@@ -849,14 +851,16 @@ def router(store: RunStore):
         except (GapscopeError, gr.Error, OSError, ValueError):
             raise HTTPException(404, "no such run") from None
 
-    @api.get(f"/{SCRIPT.name}")
-    def script() -> FileResponse:
+    # response_class, not a return annotation: FastAPI's /openapi.json cannot resolve an
+    # annotation naming a class imported inside this function (it answered 500)
+    @api.get(f"/{SCRIPT.name}", response_class=FileResponse)
+    def script():
         return FileResponse(
             SCRIPT, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"}
         )
 
-    @api.get("/{run_id}/points.bin")
-    def points(run_id: str, layout: str = "umap") -> Response:
+    @api.get("/{run_id}/points.bin", response_class=Response)
+    def points(run_id: str, layout: str = "umap"):
         if layout not in layouts.LAYOUTS:
             raise HTTPException(404, "no such layout")
         run = published(run_id)
@@ -866,8 +870,8 @@ def router(store: RunStore):
             raise HTTPException(404, str(exc)) from None
         return Response(body, media_type="application/octet-stream", headers=forever)
 
-    @api.get("/{run_id}/thumb/{row}")
-    def thumb(run_id: str, row: int) -> FileResponse:
+    @api.get("/{run_id}/thumb/{row}", response_class=FileResponse)
+    def thumb(run_id: str, row: int):
         run = published(run_id)
         path = run.thumb(row) if 0 <= row < len(run.rows) else None
         if path is None or not Path(path).exists():

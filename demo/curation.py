@@ -11,14 +11,17 @@ editing controls.
 
 from __future__ import annotations
 
+import atexit
 import hmac
+import shutil
 import tempfile
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import gradio as gr
 
+from demo import markup
 from demo.runs import open_id
 from lib.runtime.errors import GapscopeError
 from lib.store import curation
@@ -68,9 +71,10 @@ def selection_notes(store: RunStore, run_id: str, row: int | None) -> tuple[str,
         return "", ""
     (key,) = keys_of(run.rows, [row])
     tags, label = Annotations.of(store.root).about(key)
-    parts = [f"tags: {', '.join(sorted(tags))}" if tags else "no tags"]
+    parts = [f"tags: {markup.text(', '.join(sorted(tags)))}" if tags else "no tags"]
     if label:
-        parts.append(f"label corrected: {label[0] or '–'} → **{label[1]}**")
+        old, new = markup.text(label[0] or "–"), markup.text(label[1])
+        parts.append(f"label corrected: {old} → **{new}**")
     shown = label[1] if label else str(run.rows.at[row, "category"])
     return f"#{row}: " + "; ".join(parts), shown
 
@@ -116,8 +120,9 @@ def change_tags(
         change = notes.untag if untag else notes.tag
         n = change(keys_of(run.rows, rows), tag, who or "anonymous")
     except GapscopeError as exc:
-        raise gr.Error(str(exc)) from None
-    return f"{'untagged' if untag else 'tagged'} {n} of {len(rows)} images {tag.strip()!r}."
+        raise markup.error(exc) from None
+    done = "untagged" if untag else "tagged"
+    return f"{done} {n} of {len(rows)} images {markup.text(repr(tag.strip()))}."
 
 
 def flag_removal(store, editing, run_id, level, row, scope, who, token, picked=None) -> str:
@@ -135,7 +140,7 @@ def save_label(
             key, str(run.rows.at[r, "category"]), label, who or "anonymous"
         )
     except GapscopeError as exc:
-        raise gr.Error(str(exc)) from None
+        raise markup.error(exc) from None
     return ("label saved. " if changed else "label unchanged. ") + image_notes(store, run_id, r)
 
 
@@ -154,7 +159,7 @@ def export_file(
 
     run, notes = open_id(store, run_id), Annotations.of(store.root)
     fmt = EXPORTS[kind]
-    folder = Path(tempfile.mkdtemp(prefix="gapscope-export-"))  # Gradio copies it to its cache
+    folder = _export_folder()
     try:
         if fmt == "zip":
             tag = (tag or "").strip()
@@ -171,10 +176,38 @@ def export_file(
             text = curation.to_json(curation.annotated(run, notes), run.id, notes.last_seq())
             name = "annotations.json"
     except GapscopeError as exc:
-        raise gr.Error(str(exc)) from None
+        raise markup.error(exc) from None
     path = folder / f"{run.id}_{name}"
     path.write_text(text, encoding="utf-8")
     return str(path)
+
+
+KEEP_EXPORTS = 16  # folders: more than the exports that can be between return and copy
+
+
+@lru_cache(maxsize=1)
+def _exports_root() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="gapscope-exports-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
+def _export_folder() -> Path:
+    """A fresh folder for one export. Gradio copies the returned file into its own cache
+    as the event ends, so only the newest `KEEP_EXPORTS` are kept (8 events run at once)
+    and the rest go when the demo stops: exports never pile up in /tmp."""
+    root = _exports_root()
+    done = sorted(root.iterdir(), key=_age)
+    for old in done[: max(0, len(done) - KEEP_EXPORTS + 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=root))
+
+
+def _age(folder: Path) -> int:
+    try:
+        return folder.stat().st_mtime_ns
+    except OSError:  # removed by another export meanwhile
+        return 0
 
 
 def _file_safe(text: str) -> str:
@@ -236,7 +269,7 @@ def panel(store: RunStore, editing: Editing, run_id, level, selected_row, picked
         }
         for name, (button, fn, inputs) in events.items():
             button.click(partial(fn, store, editing), inputs, notes, api_name=name)
-    downloads(store, run_id)
+        downloads(store, run_id)  # the exports hold server paths: for editors only
 
 
 def downloads(store: RunStore, run_id, prefix: str = "") -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from demo import curation
+from demo import curation, markup
 from demo.curation import Editing
 from demo.runs import (
     METHOD_LABELS,
@@ -213,13 +213,14 @@ class _Points:
             if self.flat:
                 marker["size"] = marker["size"] + 3
             text = _hover_text(self.run, ids, self.domains[r]) if detailed else None
-            hover = "%{text}" if detailed else f"#%{{customdata}} {name}"
+            # the group's name reaches the tooltip as the trace's, never as a template
+            hover = "%{text}" if detailed else "#%{customdata} %{fullData.name}"
             xyz = dict(zip(self.axes_used, self.coords[r].T, strict=True))
             fig.add_trace(
                 trace(
                     **xyz,
                     mode="markers",
-                    name=name,
+                    name=markup.label(name),
                     customdata=ids,
                     text=text,
                     hovertemplate=hover + "<extra></extra>",
@@ -314,7 +315,7 @@ def _hover_text(run: Run, ids: np.ndarray, domains: np.ndarray) -> list[str]:
     categories = image_column(run, "category")[ids]
     paths = image_column(run, "relpath")[ids]
     return [
-        f"#{j} {d} · {c or '–'} · {p}"
+        markup.label(f"#{j} {d} · {c or '–'} · {p}")
         for j, d, c, p in zip(ids, domains, categories, paths, strict=True)
     ]
 
@@ -560,10 +561,11 @@ def find_image(store: RunStore, roots: list[str], query: str, run_id: str, level
     paths = image_column(run, "relpath")
     hits = np.flatnonzero(np.char.find(paths.astype(str), query) >= 0)
     if len(hits) == 0:
-        message = f"No image of this run has {query!r} in its name or id."
+        message = f"No image of this run has {markup.text(repr(query))} in its name or id."
         return gr.skip(), gr.skip(), message, gr.skip()
     image, gallery, info, row = _selection(run, roots, int(hits[0]), level)
-    more = f" ({len(hits):,} match {query!r}; the first is shown.)" if len(hits) > 1 else ""
+    more = f" ({len(hits):,} match {markup.text(repr(query))}; the first is shown.)"
+    more = more if len(hits) > 1 else ""
     return image, gallery, info + more, row
 
 
@@ -576,7 +578,8 @@ def _selection(run: Run, roots: list[str], row: int | None, level: str):
     return (
         picture(shown_image(run, row, roots)),  # a value, not an update: see the docstring
         neighbour_gallery(run, level, row),
-        f"**Selected {caption(run, row)}** — `{image_column(run, 'relpath')[row]}`; "
+        f"**Selected {markup.text(caption(run, row))}** — "
+        f"{markup.code(image_column(run, 'relpath')[row])}; "
         f"its {run.manifest['config']['k']} nearest neighbours at level {level}:",
         row,
     )

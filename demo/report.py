@@ -12,6 +12,7 @@ from functools import partial
 import gradio as gr
 import numpy as np
 
+from demo import markup
 from demo.overlap import ALL, SIZES, class_choices, object_filter
 from demo.runs import (
     PathGallery,
@@ -191,8 +192,9 @@ def notes_markdown(run: Run) -> str:
     kid = w["metrics"]["kid"]
     cov = {lv: metric_value(levels[lv], "coverage")[0] for lv in (worst, best)}
     lines = [
-        f"**Largest gap at {worst}** (domain classifier AUC {auc[worst]:.3f}, coverage "
-        f"{cov[worst]:.3f}); **smallest at {best}** (AUC {auc[best]:.3f}, coverage "
+        f"**Largest gap at {markup.text(worst)}** (domain classifier AUC {auc[worst]:.3f}, "
+        "coverage "
+        f"{cov[worst]:.3f}); **smallest at {markup.text(best)}** (AUC {auc[best]:.3f}, coverage "
         f"{cov[best]:.3f}).",
         f"- N = {w['n']['real']} real, {w['n']['synthetic']} synthetic; FD at equal N = "
         f"{w['metrics']['fd']['n']} (FD shrinks like 1/N: compare runs at equal N, or FD∞).",
@@ -203,7 +205,7 @@ def notes_markdown(run: Run) -> str:
         "real domain's statistics.",
         f"- k = {run.metrics['params']['k']} for precision/recall/density/coverage, realism and "
         "mixing. Realism is the plain distance ratio (≥ 1: inside the real manifold).",
-        f"- Clusters at {worst}: {w['clusters']['n']} (HDBSCAN), "
+        f"- Clusters at {markup.text(worst)}: {w['clusters']['n']} (HDBSCAN), "
         f"{w['clusters']['real_only']} real-only (what the synthetic data misses), "
         f"{w['clusters']['synthetic_only']} synthetic-only (what it invents).",
     ]
@@ -274,13 +276,16 @@ def objects_section(run: Run) -> str:
         "no figures.",
         "",
         "| objects | N real + synthetic | "
-        + " | ".join(f"{lv} FD | {lv} AUC" for lv in levels)
+        + " | ".join(f"{markup.text(lv)} FD | {markup.text(lv)} AUC" for lv in levels)
         + " |",
         "|---|---|" + "---|---|" * len(levels),
     ]
     for title, key in (("class", "by_class"), ("size", "by_size")):
         for name, entry in strata[key].items():
-            cells = [f"{title} **{name}**", f"{entry['n']['real']} + {entry['n']['synthetic']}"]
+            cells = [
+                f"{title} **{markup.text(name)}**",
+                f"{entry['n']['real']} + {entry['n']['synthetic']}",
+            ]
             for lv in levels:
                 rec = entry.get("levels", {}).get(lv)
                 cells += (

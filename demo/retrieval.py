@@ -10,6 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from demo import markup
 from demo.runs import Tab, open_id
 from lib.store.runs import Run, RunStore
 
@@ -112,7 +113,8 @@ def summary(name: str, results: dict) -> str:
     return (
         f"### {results['n_query']} {results['query']} queries against "
         f"{results['n_gallery']} {results['gallery']} images\n"
-        f"A query passes when its label ({results['labels']}) is among its {k} nearest "
+        f"A query passes when its label ({markup.text(results['labels'])}) is among its {k} "
+        "nearest "
         f"(by {results['metric']} distance, never itself). Best level: **{level}**, "
         f"{m['pass']['value']:.1%} pass, mAP@R {m['map_at_r']['value']:.3f}."
     )
@@ -163,7 +165,7 @@ def show_evaluation(store: RunStore, run_id: str, name: str, outcome: str):
     and the queries of its first level."""
     run = open_id(store, run_id)
     if name not in run.retrievals:
-        raise gr.Error(f"this run has no evaluation {name!r}: pick one from the list")
+        raise markup.error(f"this run has no evaluation {name!r}: pick one from the list")
     results = run.retrievals[name]
     level = next(iter(results["levels"]))
     return (

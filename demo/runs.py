@@ -19,9 +19,11 @@ from gradio.components.gallery import GalleryData, GalleryImage
 from gradio.data_classes import ImageData
 from gradio_client.utils import get_mimetype
 
+from demo import markup
 from lib.analysis.atlas import middle_level
 from lib.runtime.errors import GapscopeError
 from lib.store.annotations import REMOVE, Annotations, keys_of
+from lib.store.names import shown
 from lib.store.runs import Run, RunStore
 
 
@@ -48,15 +50,17 @@ def open_run(run_dir: str) -> Run:
 
 def open_id(store: RunStore, run_id: str | None) -> Run:
     """A published run by id (the latest for None), from the cache. A run deleted since
-    the page loaded (`batch prune`) is a message in the page, not a traceback."""
+    the page loaded (`batch prune`), or an id no run has, is a message in the page that
+    names no server path, not a traceback."""
 
     try:
         run = open_run(str(store.open(run_id or None).dir))
-    except GapscopeError as exc:
+    except (GapscopeError, OSError, ValueError):  # OSError: an id too long for a file name
         if not run_id:
-            raise
-        raise gr.Error(
-            f"{exc}: it was removed; reload the page for the runs there are now"
+            raise gr.Error("no run is published yet") from None
+        raise markup.error(
+            f"no published run {shown(run_id)}: it may have been removed; reload the page "
+            "for the runs there are now"
         ) from None
     _announce(store, run.id)
     return run
@@ -120,12 +124,13 @@ def banner(run: Run) -> str:
     lines = [f"**Run {run.id}** · computed {m['created'].replace('T', ' ')} UTC"]
     for inp in m["inputs"]:
         lines.append(  # the folder's name only: a hosted demo never shows server paths
-            f"- {inp['domain']}: `{Path(inp['source']).name}` ({inp['used']} images"
+            f"- {inp['domain']}: {markup.code(Path(inp['source']).name)} ({inp['used']} images"
             + (f", {inp['skipped']} skipped" if inp["skipped"] else "")
             + ")"
         )
     lines.append(
-        f"- backbone **{b['name']}**, levels {', '.join(b['levels'])}; weights: {b['weights']}"
+        f"- backbone **{markup.text(b['name'])}**, levels {markup.text(', '.join(b['levels']))}; "
+        f"weights: {markup.text(b['weights'])}"
     )
     lines.append(
         f"- pooling {m['config']['pooling']}, images {m['prepare']}, projections "

@@ -13,7 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
+from demo.guard import Guard, Policy, Servable
+from demo.runs import ASSETS
 from lib.store.runs import RunStore
 
 BUILD_LOG = "building.log"  # written by docker/entrypoint.sh into the results folder
@@ -49,9 +52,13 @@ def serve(
     status: str = "ok",
     stop_when: Callable[[], bool] | None = None,
     routers: tuple = (),
+    originals: tuple = (),
+    extra_hosts: tuple = (),
 ) -> None:
     """Serve `blocks` at `/`, `/healthz` and the `routers`' routes (the atlas's) until
-    interrupted (or until `stop_when()`)."""
+    interrupted (or until `stop_when()`), behind demo.guard: requests naming another
+    host than `host` (and `extra_hosts`), uploads, and files that are not a published
+    run's pictures (or the `originals`' images) are refused."""
     import uvicorn
     from fastapi import FastAPI
 
@@ -64,8 +71,14 @@ def serve(
     for router in routers:
         api.include_router(router)
 
-    api = gr.mount_gradio_app(api, blocks, path="/", allowed_paths=roots, show_error=True, css=css)
-    server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_level="warning"))
+    # show_error=False: the page shows gr.Error's messages (written for it) and "Error" for
+    # anything unexpected, whose message may hold a server path (the log has it whole)
+    api = gr.mount_gradio_app(api, blocks, path="/", allowed_paths=roots, show_error=False, css=css)
+    # Gradio's cache holds what the app's events returned (a download): served whole
+    servable = Servable.of(store, roots=(ASSETS, get_upload_folder()), originals=originals)
+    endpoints = {fn.api_name for fn in blocks.fns.values() if fn.api_name}
+    guarded = Guard(api, Policy.for_host(host, servable, extra_hosts, endpoints))
+    server = uvicorn.Server(uvicorn.Config(guarded, host=host, port=port, log_level="warning"))
     if stop_when is not None:
         threading.Thread(target=_stop_when, args=(server, stop_when), daemon=True).start()
     print(f"* Running on local URL:  http://{host}:{port}", flush=True)

@@ -84,7 +84,7 @@ def test_the_demo_says_a_removed_run_was_removed(tmp_path):
     assert open_id(store, old).id == old
     assert old in store.serving()  # the demo announced what it shows
     os.replace(store.runs_dir / old, tmp_path / "elsewhere")  # deleted by hand
-    with pytest.raises(gr.Error, match="it was removed; reload the page"):
+    with pytest.raises(gr.Error, match="may have been removed; reload the page"):
         open_id(store, old)
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,7 +106,7 @@ def test_the_page_shows_no_server_paths_and_a_click_shows_the_web_copy(hosted):
     assert row == tall
     with Image.open(image) as shown:  # the file the demo shows large, downloaded
         assert shown.size == (614, 1024)  # the web copy, not the 1500-px original
-    assert "12_tall.jpg" in info
+    assert "<code>12\\_tall.jpg</code>" in info  # the name as text (demo.markup)
 
 
 def test_serving_originals_publicly_is_refused_unless_forced(tmp_path):
@@ -248,9 +249,13 @@ def test_a_public_demo_is_read_only_unless_given_a_write_token(published_run, re
             "atlas_hotspot_button",
         } & elem_ids(url)
         assert "atlas" in elem_ids(url)  # the map itself is for everyone
+        assert not {"export_button", "atlas_export_button"} & elem_ids(url)  # #27 hole 6
         api = Client(url, verbose=False).view_api(print_info=False, return_format="dict")
         assert "/select_point" in api["named_endpoints"]
-        assert not {"/tag", "/save_label", "/flag_removal"} & set(api["named_endpoints"])
+        assert not {"/tag", "/save_label", "/flag_removal", "/export"} & set(api["named_endpoints"])
+        for name in ("tag", "export"):  # #27 hole 16: a 404, not a 500 and a traceback
+            status, _, text = _answer(url, f"gradio_api/call/{name}", "POST", body=b"{}")
+            assert status == 404 and "no such endpoint" in text
     with serve_demo(results_dir, args=("--host", "0.0.0.0", "--write-token", "s3cret")) as url:
         assert {"curate", "write_token", "atlas_tag_button", "atlas_token"} <= elem_ids(url)
         client = Client(url, verbose=False)
@@ -308,3 +313,107 @@ def test_the_demo_killed_in_a_burst_of_edits_loses_no_committed_one(published_ru
         (published_run.images.at[r, "hash"], published_run.images.at[r, "relpath"]) for r in done
     }
     assert answered <= kept and len(kept) >= 15
+
+
+# ---- #27's holes in serving: each failed on the code before its fix ------------------------
+
+
+def _answer(url: str, path: str = "", method: str = "GET", headers=None, body=None):
+    """(status, headers, text) of one request to the demo, errors included."""
+    import httpx
+
+    r = httpx.request(method, f"{url}{path}", headers=headers or {}, content=body, timeout=30)
+    return r.status_code, r.headers, r.text
+
+
+def test_2_a_page_on_another_host_name_is_refused_dns_rebinding(hosted):
+    _, published, url = hosted
+    port = url.rsplit(":", 1)[1].strip("/")
+    evil = {"host": f"evil.example:{port}", "origin": f"http://evil.example:{port}"}
+    for path, method in (("", "GET"), ("config", "GET"), ("gradio_api/call/export", "POST")):
+        status, headers, _ = _answer(url, path, method, evil, b'{"data": []}')
+        assert status == 403, path
+        assert "evil.example" not in headers.get("access-control-allow-origin", "")
+    # a loopback page calling with the rebound name as its origin is refused too
+    status, _, _ = _answer(url, "config", headers={"origin": "http://evil.example"})
+    assert status == 403
+    for name in ("127.0.0.1", "localhost"):  # the names this machine answers to
+        status, _, _ = _answer(url, "config", headers={"host": f"{name}:{port}"})
+        assert status == 200, name
+    same = {"origin": f"http://localhost:{port}", "host": f"localhost:{port}"}
+    assert _answer(url, "config", headers=same)[0] == 200
+
+
+def test_3_run_internals_are_not_served_and_no_url_or_error_shows_a_server_path(hosted):
+    import httpx
+    from gradio_client import Client
+
+    root, published, url = hosted
+    run_dir = published.dir
+    for inside in ("manifest.json", "images.parquet", "metrics.json", "scores.parquet"):
+        assert served(url, run_dir / inside) == 404, inside
+    assert served(url, next((run_dir / "features").glob("*.npy"))) == 404
+    assert served(url, f"runs/{published.id}/manifest.json") == 404  # relative, too
+    assert served(url, f"runs/{published.id}/thumbs/{published.images.at[0, 'thumb']}") == 200
+    assert served(url, published.thumb(0)) == 200  # a picture the run published
+    assert served(url, "http://127.0.0.1:9/x.png") == 404  # no fetching for a visitor
+    # the event's answer: every file URL is relative to the results folder
+    call = httpx.post(
+        f"{url}gradio_api/call/select_point",
+        json={"data": ['{"id": 3}', published.id, "c3"]},
+        timeout=30,
+    ).json()
+    stream = httpx.get(f"{url}gradio_api/call/select_point/{call['event_id']}", timeout=30).text
+    assert "thumbs/" in stream and str(root) not in stream and "/tmp" not in stream
+    with pytest.raises(Exception) as refused:  # an id too long for a file name
+        Client(url, verbose=False).predict('{"id": 3}', "a" * 300, "c3", api_name="/select_point")
+    message = str(refused.value)
+    assert "no published run" in message and "/" not in message.replace("a" * 60, "")
+
+
+def test_4_a_run_being_written_is_not_served(hosted):
+    root, published, url = hosted
+    partial = root / "results" / "runs" / ".partial-20990101-000000-beef"
+    (partial / "thumbs").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(partial / "thumbs" / "real_0.png")
+    (partial / ".owner.json").write_text('{"pid": 1, "host": "secret-host"}')
+    for path in (partial / "thumbs" / "real_0.png", partial / ".owner.json"):
+        assert served(url, path) == 404, path
+    assert served(url, f"runs/{partial.name}/thumbs/real_0.png") == 404
+
+
+def test_5_uploads_are_refused(hosted, tmp_path):
+    import httpx
+
+    _, _, url = hosted
+    answer = httpx.post(
+        f"{url}gradio_api/upload", files={"files": ("x.html", b"<script>1</script>")}, timeout=30
+    )
+    assert answer.status_code == 403 and "no uploads" in answer.text
+
+
+def test_16_the_openapi_schema_answers(hosted):
+    _, _, url = hosted
+    status, _, text = _answer(url, "openapi.json")
+    assert status == 200 and '"/atlas/{run_id}/thumb/{row}"' in text
+
+
+def test_15_exports_leave_no_folder_behind(published_run, results_dir, tmp_path, monkeypatch):
+    import tempfile
+
+    from demo import curation as demo_curation
+    from lib.store.runs import RunStore
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    demo_curation._exports_root.cache_clear()
+    store = RunStore(results_dir)
+    files = [demo_curation.export_file(store, published_run.id, "CSV") for _ in range(40)]
+    root = demo_curation._exports_root()
+    assert len(list(root.iterdir())) <= demo_curation.KEEP_EXPORTS
+    assert Path(files[-1]).is_file() and not Path(files[0]).exists()
+    demo_curation._exports_root.cache_clear()
+    code = "from demo.curation import _exports_root; print(_exports_root())"
+    made = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert not Path(made.stdout.strip()).exists()  # gone when the process ends
