@@ -618,7 +618,9 @@ def _view_controls(first: Run):
         direction = gr.Radio(
             list(DIRECTIONS), value=list(DIRECTIONS)[0], label="Direction", scale=2
         )
-        color_by = gr.Radio(list(COLOR_BY), value="domain", label="Colour by", scale=2)
+        color_by = gr.Radio(
+            list(COLOR_BY), value="domain", label="Colour by", scale=2, elem_id="overlap_color"
+        )
     with gr.Row():
         view = gr.Radio(
             list(VIEWS),
@@ -671,7 +673,9 @@ class _Selection:
     @classmethod
     def build(cls, store: RunStore, editing: Editing, run_id, level) -> _Selection:
         image = gr.Image(label="Selected image", height=260, elem_id="selected_image")
-        info = gr.Markdown("Click a point in the plot to see its nearest neighbours.")
+        info = gr.Markdown(
+            "Click a point in the plot to see its nearest neighbours.", elem_id="selection_info"
+        )
         neighbours_from = gr.Radio(
             list(NEIGHBOURS_FROM),
             value=NEIGHBOURS_FROM[0],

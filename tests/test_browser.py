@@ -833,3 +833,81 @@ def test_an_object_is_clicked_in_its_class_and_shown_with_its_box_and_nearest_ob
         )
         table = page.inner_text("#objects_gap")
         assert "the gap per class and per size" in table and "size medium" in table
+
+
+# ---- #27 hole 7: what comes from data is text, in Markdown and in the plot's legend -------
+
+EVIL_PICTURE = "![p](http://evil.example/pixel.png)"
+EVIL_LINK = '<a href="http://evil.example/">link</a>'
+
+
+@pytest.fixture(scope="module")
+def hostile_url(tmp_path_factory):
+    """A run whose categories and file names carry Markdown and HTML, served."""
+    import numpy as np
+    from conftest import serve_demo
+    from PIL import Image
+
+    from lib.analysis.gap import GapParams
+    from lib.jobs.run import RunConfig, run
+    from lib.store.runs import RunStore
+
+    root = tmp_path_factory.mktemp("hostile")
+    rng = np.random.default_rng(0)
+    categories = [EVIL_PICTURE, EVIL_LINK, "<b>bold</b>"]
+    for domain in ("real", "synthetic"):
+        (root / domain).mkdir()
+        rows = ["filename,category"]
+        for i in range(12):
+            name = f"a`b*{i}*`{domain}.png" if i == 0 else f"{domain}{i:02d}.png"
+            pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / domain / name)
+            rows.append(f'"{name}","{categories[i % 3].replace(chr(34), chr(34) * 2)}"')
+        (root / domain / "metadata.csv").write_text("\n".join(rows) + "\n")
+    config = RunConfig.of(
+        real=root / "real",
+        synthetic=root / "synthetic",
+        k=4,
+        projections=("pca",),
+        plots=False,
+        gap=GapParams(k=3, resamples=20, min_cluster_size=3),
+    )
+    published = run(config, RunStore(root / "results"))
+    from lib.store.annotations import Annotations, keys_of
+
+    Annotations.of(root / "results").tag(keys_of(published.images, [0]), EVIL_PICTURE)
+    with serve_demo(root / "results") as url:
+        yield url, published
+
+
+def test_27_markup_in_categories_file_names_and_tags_is_shown_as_text(browser, hostile_url):
+    url, published = hostile_url
+    asked = []
+    with visit(browser, url) as page:
+        page.on("request", lambda r: asked.append(r.url))
+        find(page, 0)  # a.png's row: a backtick name, a picture category and tag
+        info = page.locator("#selection_info").inner_text()
+        assert f"Selected #0 real · {EVIL_PICTURE}" in info
+        assert published.images.at[0, "relpath"] in info  # the backticks and stars kept
+        notes_say(page, f"tags: {EVIL_PICTURE}")
+        page.locator("#overlap_color").get_by_text("category", exact=True).click()
+        page.wait_for_function(
+            "(t) => [...document.querySelectorAll('#overlap_plot .legendtext')]"
+            ".some(e => e.textContent === t)",
+            arg="<b>bold</b>",
+            timeout=20_000,
+        )
+        legend = page.locator("#overlap_plot .legendtext").all_text_contents()
+        assert EVIL_LINK in legend and EVIL_PICTURE in legend
+        page.locator("#overlap_color").get_by_text("tags", exact=True).click()
+        page.wait_for_function(
+            "(t) => [...document.querySelectorAll('#overlap_plot .legendtext')]"
+            ".some(e => e.textContent === t)",
+            arg=EVIL_PICTURE,
+            timeout=20_000,
+        )
+        for where in ("#selection_info", "#image_notes", "#overlap_plot .legend", "#banner"):
+            assert page.locator(f"{where} a, {where} img, {where} b").count() == 0, where
+        assert page.locator('a[href*="evil.example"], img[src*="evil.example"]').count() == 0
+        page.wait_for_timeout(500)
+    assert not [u for u in asked if "evil.example" in u]

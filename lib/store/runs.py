@@ -294,7 +294,31 @@ class RunStore:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name[len(PARTIAL) :])
             log.info("removed the partial run %s: its writer is gone", path.name)
+        latest = self.latest_id()
+        for path in self._placing():  # killed between placing the run and switching latest
+            if path.name != latest and not _owner_alive(path / OWNER):
+                doomed = self.runs_dir / f"{PARTIAL}deleting-{path.name}"
+                os.replace(path, doomed)  # out of the listing first, then deleted
+                shutil.rmtree(doomed, ignore_errors=True)
+                removed.append(path.name)
+                log.info("removed the run %s: killed before it was published", path.name)
+        for link in self.root.glob(".latest-*") if self.root.is_dir() else ():
+            run_id = link.name[len(".latest-") :]
+            writing = self.runs_dir / f"{PARTIAL}{run_id}", self.runs_dir / run_id
+            if not any(_owner_alive(d / OWNER) for d in writing if (d / OWNER).exists()):
+                link.unlink(missing_ok=True)
         return removed
+
+    def _placing(self) -> list[Path]:
+        """Runs moved into place whose `latest` switch has not finished: they still hold
+        their writer's owner file."""
+        if not self.runs_dir.is_dir():
+            return []
+        return [
+            p
+            for p in self.runs_dir.iterdir()
+            if not p.name.startswith(".") and (p / OWNER).exists()
+        ]
 
     def prune(self, keep: int) -> list[str]:
         """Delete published runs beyond the newest `keep`, never `latest` nor a run a live
@@ -362,7 +386,8 @@ class RunStore:
         switch fails the run is taken out again: `latest` names the previous run, which
         stays whole, and nothing half-published is listed."""
         final = self.runs_dir / writer.id
-        (writer.dir / OWNER).unlink(missing_ok=True)  # published: nobody's partial any more
+        # the owner file travels with the run: until `latest` names it, a run in place
+        # is not listed, and if this process dies here the next run removes it
         os.replace(writer.dir, final)
         tmp_link = self.root / f".latest-{writer.id}"
         try:
@@ -373,6 +398,7 @@ class RunStore:
             tmp_link.unlink(missing_ok=True)
             os.replace(final, writer.dir)  # back to partial, for the caller to discard
             raise
+        (final / OWNER).unlink(missing_ok=True)  # published: nobody's partial any more
         _fsync_dir(self.root)
         log.info("published run %s", writer.id)
         writer.published = Run(final)
@@ -388,10 +414,14 @@ class RunStore:
         """Published runs, newest first."""
         if not self.runs_dir.is_dir():
             return []
+        latest = self.latest_id()
         ids = [
             p.name
             for p in self.runs_dir.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+            if p.is_dir()
+            and not p.name.startswith(".")
+            and (p / MANIFEST).is_file()
+            and (p.name == latest or not (p / OWNER).exists())  # not one still being placed
         ]
         return sorted(ids, reverse=True)
 
