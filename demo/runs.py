@@ -8,6 +8,7 @@ Runs are immutable once published, so opened runs are cached by directory.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,6 +40,8 @@ class Tab:
     inputs: list
     outputs: list
 
+
+log = logging.getLogger(__name__)
 
 METHOD_LABELS = {"umap": "UMAP", "pca": "PCA", "tsne": "t-SNE"}
 
@@ -79,7 +82,10 @@ def _announce(store: RunStore, run_id: str, remember: int = 8) -> None:
         shown.remove(run_id)
     shown.append(run_id)
     del shown[:-remember]
-    store.announce_serving(shown)
+    try:
+        store.announce_serving(shown)
+    except OSError as exc:  # a full disk: showing the run matters more than the note
+        log.warning("could not note the runs this demo shows (%s)", exc.strerror or exc)
 
 
 def default_level(run: Run) -> str:

@@ -3,7 +3,9 @@ file-serving probe, web copies instead of originals, no server paths on the page
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import subprocess
 import sys
 import urllib.error
@@ -417,3 +419,63 @@ def test_15_exports_leave_no_folder_behind(published_run, results_dir, tmp_path,
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert not Path(made.stdout.strip()).exists()  # gone when the process ends
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 64 MB tmpfs, where this machine lets the tests mount one (root, outside a locked
+    container); skipped elsewhere."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _fill(disk) -> None:
+    """Write until the disk takes no more, smaller and smaller pieces."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (1 << 20, 1 << 14, 512, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                continue
+    finally:
+        os.close(fd)
+
+
+def test_14_on_a_full_disk_the_demo_still_reads_and_says_the_disk_is_full(
+    published_run, small_disk
+):
+    import shutil
+
+    from gradio_client import Client
+
+    results = small_disk / "results"
+    older = "20000101-000000-0000"
+    for run_id in (published_run.id, older):
+        shutil.copytree(published_run.dir, results / "runs" / run_id)
+    (results / "latest").symlink_to(f"runs/{published_run.id}")
+    with serve_demo(results) as url:
+        client = Client(url, verbose=False)
+        client.predict(published_run.id, "c3", 5, "seen", "this image", "ana", "", api_name="/tag")
+        _fill(small_disk)
+        assert shutil.disk_usage(small_disk).free < 64 << 10
+        for run_id in (published_run.id, older):  # a run switch writes .serving: it may fail
+            _, gallery, info, row = client.predict(
+                '{"id": 5}', run_id, "c3", api_name="/select_point"
+            )
+            assert row == 5 and "Selected #5 " in info
+        with pytest.raises(Exception, match="the disk holding the annotations is full"):
+            client.predict(
+                published_run.id, "c3", 5, "more", "this image", "ana", "", api_name="/tag"
+            )
+        exported = client.predict(published_run.id, "CSV", "", api_name="/export")
+        rows = list(csv.DictReader(open(exported, encoding="utf-8")))
+        assert [(r["id"], r["tags"]) for r in rows] == [("5", "seen")]  # read on a full disk

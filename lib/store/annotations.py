@@ -14,6 +14,7 @@ readers never block the writer, and a committed edit survives the process being 
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -100,7 +101,7 @@ class Annotations:
         try:
             if write:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db = self._connect(write)
         except sqlite3.Error as exc:
             raise GapscopeError(f"cannot open {self.path}: {exc}") from None
         try:
@@ -117,11 +118,34 @@ class Annotations:
                 raise
             db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
+            if "disk is full" in str(exc) or ("I/O" in str(exc) and _nearly_full(self.path.parent)):
+                raise GapscopeError(
+                    "the disk holding the annotations is full: nothing was saved; free some "
+                    "space and try again"
+                ) from None
             raise GapscopeError(
                 f"{self.path} is not a usable annotations database: {exc}"
             ) from None
         finally:
             db.close()
+
+    def _connect(self, write: bool) -> sqlite3.Connection:
+        """A connection; on a full disk, a reader's that needs no new file. SQLite in WAL
+        mode makes a shared-memory file (-shm) for the first connection after the last
+        closed: on a full disk that fails ("disk I/O error") or, on tmpfs, kills the
+        process (SIGBUS). With no -shm there is no WAL either, so the database file alone
+        is the whole truth, and nobody can commit to a full disk meanwhile: read it as
+        immutable. A writer is told the disk is full before SQLite is touched."""
+        if _nearly_full(self.path.parent):
+            if write:
+                raise GapscopeError(
+                    "the disk holding the annotations is full: nothing was saved (reading "
+                    "still works); free some space and try again"
+                )
+            if self.path.exists() and not Path(f"{self.path}-shm").exists():
+                uri = f"{self.path.resolve().as_uri()}?immutable=1"
+                return sqlite3.connect(uri, uri=True, isolation_level=None)
+        return sqlite3.connect(self.path, timeout=30, isolation_level=None)
 
     # ---- changes -----------------------------------------------------------------------
 
@@ -317,6 +341,16 @@ class Annotations:
             return []
         with self._db(write=False) as db:
             return db.execute(sql, args).fetchall()
+
+
+FULL_BELOW = 1 << 20  # bytes free: SQLite needs room for its journal and shared memory
+
+
+def _nearly_full(folder: Path, below: int = FULL_BELOW) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < below
+    except OSError:  # no folder yet: nothing to read, and a writer makes it
+        return False
 
 
 def _name(text: str, what: str) -> str:
