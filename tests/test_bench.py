@@ -57,6 +57,7 @@ def test_demo_section_loads_the_server_with_clients_and_counts_errors(bench):
     assert load["clicks_per_s"] > 0 and load["errors"] == 0
     assert load["p50_ms"] <= load["p95_ms"] <= load["p99_ms"]
     assert load["server_cores_busy"] > 0
+    assert len(load["load_average_1m"]) == 2 and min(load["load_average_1m"]) >= 0  # beside it
 
 
 def test_whatif_section_times_every_transform_and_the_job_by_step(bench):

@@ -344,6 +344,31 @@ def test_2_a_page_on_another_host_name_is_refused_dns_rebinding(hosted):
         assert status == 200, name
     same = {"origin": f"http://localhost:{port}", "host": f"localhost:{port}"}
     assert _answer(url, "config", headers=same)[0] == 200
+    hosts = {  # Host header: answered?
+        f"127.0.0.1:{port}": True,
+        f"LOCALHOST:{port}": True,
+        f"[::1]:{port}": True,
+        "127.0.0.1": True,
+        f"127.0.0.1.evil.example:{port}": False,
+        f"localhost.evil.example:{port}": False,
+        f"evil.example:{port}": False,
+        f"0.0.0.0:{port}": False,
+        f"127.0.0.2:{port}": False,
+        f"[::1:{port}": False,  # unparseable
+        "": False,
+    }
+    origins = {
+        f"http://127.0.0.1:{port}": True,
+        f"http://localhost:{port}": True,
+        "http://localhost": True,
+        "http://evil.example": False,
+        "https://127.0.0.1.evil.example": False,
+        "null": False,  # a sandboxed frame or a file: page
+    }
+    got = {h: _answer(url, "config", headers={"host": h})[0] == 200 for h in hosts}
+    got_origins = {o: _answer(url, "config", headers={"origin": o})[0] == 200 for o in origins}
+    print(f"host/origin sweep: {len(hosts) + len(origins)} tried")
+    assert got == hosts and got_origins == origins
 
 
 def test_3_run_internals_are_not_served_and_no_url_or_error_shows_a_server_path(hosted):
@@ -479,3 +504,50 @@ def test_14_on_a_full_disk_the_demo_still_reads_and_says_the_disk_is_full(
         exported = client.predict(published_run.id, "CSV", "", api_name="/export")
         rows = list(csv.DictReader(open(exported, encoding="utf-8")))
         assert [(r["id"], r["tags"]) for r in rows] == [("5", "seen")]  # read on a full disk
+
+
+def test_27_every_file_of_the_store_and_every_trick_gets_the_right_answer(hosted):
+    """The hostile suite's file-serving half, as a sweep: every file under the results
+    folder and the inputs, asked for by absolute and by relative path, plus traversal,
+    encoding and link tricks; only a published run's pictures answer 200."""
+    import urllib.parse
+
+    root, published, url = hosted
+    results = root / "results"
+    out = root / "outside.png"
+    Image.new("RGB", (4, 4)).save(out)
+    link = published.dir / "thumbs" / "zz_link_out.png"
+    link.symlink_to(out)  # a picture name inside a run, leading outside it
+    cases = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
+        shown = (
+            path.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"}
+            and path.resolve().is_relative_to(published.dir.resolve())
+            and not any(part.startswith(".") for part in path.relative_to(published.dir).parts)
+            and path.is_relative_to(published.dir)
+        )
+        cases.append((str(path), 200 if shown else 404))
+        if path.is_relative_to(results):
+            cases.append((str(path.relative_to(results)), 200 if shown else 404))
+    thumb = published.thumb(0).relative_to(results)
+    tricks = [
+        f"runs/{published.id}/../../{thumb}",  # resolves inside again: still a picture
+        f"runs/{published.id}/../{published.id}/manifest.json",
+        f"runs/{published.id}/thumbs/../images.parquet",
+        f"runs/{published.id}/thumbs/../../../../../../etc/passwd",
+        urllib.parse.quote(f"runs/{published.id}/manifest.json"),
+        f"runs//{published.id}//manifest.json",
+        f"runs/{published.id}/thumbs/%2e%2e/manifest.json",
+        "latest/manifest.json",
+        "annotations.sqlite",
+        "/etc/passwd",
+        "/proc/self/environ",
+        "file:///etc/passwd",
+        "http://127.0.0.1:1/x.png",
+        "//evil.example/x.png",
+    ]
+    cases += [(t, 200 if t.startswith(f"runs/{published.id}/../../") else 404) for t in tricks]
+    wrong = [(p, want, got) for p, want in cases if (got := served(url, p)) != want]
+    print(f"file-serving sweep: {len(cases)} tried, {len(cases) - len(wrong)} held")
+    link.unlink()
+    assert not wrong
