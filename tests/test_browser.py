@@ -803,7 +803,7 @@ def test_an_object_is_clicked_in_its_class_and_shown_with_its_box_and_nearest_ob
             " && p._fullData.reduce((s, t) =>"
             " s + (t.customdata || []).length, 0) === n; }",
             arg=wanted,
-            timeout=20_000,
+            timeout=60_000,  # the class's objects drawn: the first filter change of a page
         )
         page.wait_for_timeout(600)
         # where each of the few points is drawn; the pointer there shows its tooltip
