@@ -345,7 +345,7 @@ def test_a_feature_file_as_a_dask_array_reads_each_block_from_the_file(tmp_path,
 
 def test_an_object_run_through_dask_pools_the_same_objects(object_store, tmp_path):
     """The object example's boxes pooled by the detector's ROI pooler on the workers, in
-    the local run's batches (mixed sizes pad to a batch's largest): the same vectors."""
+    the local run's batches (each image computed as if alone): the same vectors."""
     from lib.jobs.run import RunConfig, run
     from lib.store.runs import RunStore
 

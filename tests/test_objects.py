@@ -11,7 +11,7 @@ import torch
 
 from lib.features.objects import RoiPooler
 from lib.inputs.images import Prepare
-from lib.inputs.objects import crop_box
+from lib.inputs.objects import ObjectImages, crop_box
 
 # ---- an independent reference: detectron2's assignment and torchvision's ROIAlign, in
 # plain Python over numpy arrays (the algorithm as published, not the library's code)
@@ -238,16 +238,48 @@ def test_objects_are_pooled_from_the_maps_of_the_image_the_detector_sees(detecto
     assert sorted(set(levels)) == [2, 3, 4, 5]
 
 
-def test_a_batch_pads_as_detectron2_and_its_largest_image_pools_as_alone(detector, object_images):
-    from lib import extract_objects
+@pytest.mark.parametrize("mode", ["roi", "levels", "images"])
+def test_31_a_vector_does_not_depend_on_its_batch_and_the_cache_gives_a_fresh_ones(
+    detector, object_images, tmp_path, mode
+):
+    """Every object (and image) of a batch, the smaller image's border boxes included,
+    equals its image computed alone; vectors cached at one batch size are what a fresh
+    run at another computes (the cache's key has no batch size)."""
+    from lib import extract_images, extract_objects
+    from lib.features.cache import FeatureCache
 
     prepare = Prepare(resize="detector", test_size=(448, 800))
-    alone = extract_objects(detector, object_images, prepare, "levels", batch_size=1).vectors
-    batched = extract_objects(detector, object_images, prepare, "levels", batch_size=2).vectors
-    assert sorted(alone) == ["p2", "p3", "p4", "p5", "p6"]
-    for lv in alone:  # image a (448×597) sets the batch's size; b is padded to it
-        assert np.allclose(alone[lv][:4], batched[lv][:4], rtol=1e-5, atol=1e-5)
-        assert alone[lv].shape == (6, 16)
+
+    def vectors(batch_size, items=object_images, cache=None):
+        if mode == "images":
+            got = extract_images(detector, items.items, prepare, batch_size=batch_size, cache=cache)
+        else:
+            got = extract_objects(
+                detector, items, prepare, mode, batch_size=batch_size, cache=cache
+            )
+        return got.vectors, got.cached
+
+    alone = {lv: [] for lv in vectors(1)[0]}
+    for i in range(len(object_images.items)):
+        one = ObjectImages(
+            object_images.items[i : i + 1],
+            object_images.boxes[i : i + 1],
+            object_images.keys[i : i + 1],
+        )
+        for lv, v in vectors(1, one)[0].items():
+            alone[lv].append(v)
+    batched, _ = vectors(2)
+    for lv, parts in alone.items():
+        want = np.concatenate(parts)
+        scale = np.abs(want).max()
+        assert np.abs(batched[lv] - want).max() <= 1e-5 * scale, lv
+    cache = FeatureCache(tmp_path, mode)
+    vectors(2, cache=cache)
+    hit, cached = vectors(1, cache=cache)
+    fresh, _ = vectors(1)
+    assert cached == len(next(iter(fresh.values())))
+    for lv in fresh:
+        assert np.abs(hit[lv] - fresh[lv]).max() <= 1e-5 * np.abs(fresh[lv]).max(), lv
 
 
 def test_crop_mode_runs_each_box_crop_as_an_image_and_the_cache_keeps_objects(

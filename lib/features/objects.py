@@ -168,8 +168,8 @@ def stride(fmap, input_size: tuple[int, int]) -> int:
 class Objects:
     """The objects on `images` as an item source of the extraction engine
     (lib.features.engine): a unit is an image, its rows are its objects (image by image,
-    box by box). `roi`/`levels`: `batch_size` images per forward pass (mixed sizes padded
-    as detectron2 pads them), each box pooled by `pooler`; `crop`: one image per unit
+    box by box). `roi`/`levels`: `batch_size` images per forward pass (each computed as if
+    alone: see Backbone.forward_alike), each box pooled by `pooler`; `crop`: one image per unit
     batch, its crops `batch_size` at a time, pooled by `pooling`."""
 
     images: ObjectImages
@@ -238,10 +238,18 @@ class Objects:
                 lv: np.concatenate([pool(m[lv], self.pooling).cpu().numpy() for m in parts])
                 for lv in self.levels
             }
-        maps, size = backbone.forward_padded([rgb for rgb, _ in batch], device, precision)
-        boxes = [_tensor(b) for _, b in batch]
-        pooled = self.pooler.pool(maps, boxes, size, every_level=self.mode == "levels")
-        return {lv: v.numpy() for lv, v in pooled.items()}
+        # each image as if alone (Backbone.forward_alike): its objects' vectors never
+        # depend on the other images of the batch
+        per_image: list[dict | None] = [None] * len(batch)
+        images = [rgb for rgb, _ in batch]
+        for positions, maps, size in backbone.forward_alike(images, device, precision):
+            boxes = [_tensor(batch[i][1]) for i in positions]
+            pooled = self.pooler.pool(maps, boxes, size, every_level=self.mode == "levels")
+            ends = np.cumsum([len(b) for b in boxes])[:-1]
+            split = {lv: np.split(v.numpy(), ends) for lv, v in pooled.items()}
+            for n, i in enumerate(positions):
+                per_image[i] = {lv: parts[n] for lv, parts in split.items()}
+        return {lv: np.concatenate([p[lv] for p in per_image]) for lv in self.levels}
 
     def part(self, units: Sequence[int]) -> Objects:
         images = ObjectImages(

@@ -19,8 +19,9 @@ BATCH_SIZE = 32  # images per forward pass (`batch run --batch-size`)
 class Images:
     """Each (image set or loader, record) of `items`, prepared by `prepare`, pooled by
     `pooling` on every level of `levels`, `batch_size` images per forward pass. Images
-    of mixed sizes (the detector's resize keeps each one's aspect) are padded to their
-    batch's largest, and each pools only its own part of the map."""
+    of mixed sizes (the detector's resize keeps each one's aspect) are computed as if
+    alone (those of one padded size share a pass), and each pools only its own part of
+    the map: a vector never depends on its batch."""
 
     items: Sequence[tuple[object, ImageRecord]]
     prepare: Prepare
@@ -64,10 +65,15 @@ class Images:
         return torch.from_numpy(np.stack(loaded))
 
     def forward(self, backbone, batch, units, device: str, precision: str) -> dict:
-        if not self.stacked:
-            maps, size = backbone.forward_padded(batch, device=device, precision=precision)
-            sizes = [p.shape[:2] for p in batch]
-            return {lv: pool_valid(maps[lv], sizes, size, self.pooling) for lv in self.levels}
+        if not self.stacked:  # each image as if alone (Backbone.forward_alike)
+            out = {lv: [None] * len(batch) for lv in self.levels}
+            for positions, maps, size in backbone.forward_alike(batch, device, precision):
+                sizes = [batch[i].shape[:2] for i in positions]
+                for lv in self.levels:
+                    pooled = pool_valid(maps[lv], sizes, size, self.pooling)
+                    for i, row in zip(positions, pooled, strict=True):
+                        out[lv][i] = row
+            return {lv: np.stack(rows) for lv, rows in out.items()}
         maps = backbone(batch, device=device, precision=precision)
         return {lv: pool(maps[lv], self.pooling).cpu().numpy() for lv in self.levels}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -101,6 +102,24 @@ class Backbone:
             return x
 
         return self._forward(batch, device, precision), (h, w)
+
+    def forward_alike(
+        self, images: list, device: str = "cpu", precision: str = "fp32"
+    ) -> Iterator[tuple[list[int], dict[str, torch.Tensor], tuple[int, int]]]:
+        """Images of different sizes, each computed as if it were alone: grouped by their
+        own padded size (rounded up to the size divisibility), one `forward_padded` per
+        group. detectron2 pads a batch to its largest image, and the zeros a smaller image
+        is padded with reach its right and bottom edges through the convolutions (up to
+        0.25 of the largest value at a border box): a stored vector then depended on its
+        batch mates and on the batch size, which the feature cache does not know. Yields
+        (positions in `images`, maps, padded (H, W)) per group."""
+        d = max(self.size_divisibility, 1)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault((-(-im.shape[0] // d), -(-im.shape[1] // d)), []).append(i)
+        for positions in groups.values():
+            maps, size = self.forward_padded([images[i] for i in positions], device, precision)
+            yield positions, maps, size
 
     def _forward(self, inputs, device: str, precision: str) -> dict[str, torch.Tensor]:
         import torch
