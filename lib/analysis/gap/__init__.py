@@ -70,7 +70,7 @@ class GapParams:
     fd_inf_sizes: int = 8  # subset sizes for the FD∞ fit, from N/4 to N
     resamples: int = param(
         200,
-        "Resamples for the FD half-sampling interval and the classifier AUC bootstrap.",
+        "Resamples for the FD half-sampling interval and the paired changes' bootstrap.",
         minimum=20,
     )
     folds: int = param(5, "Cross-validation folds of the domain classifier.", minimum=2)
@@ -272,9 +272,7 @@ def level_gap(
         p, mix, hoods = _ball_metrics(zr, zf, params.k, backend)
     records.update(_ball_records(p, mix, params.k, len(real) + len(fake)))
     with seconds("classifier"):
-        clf = classifier_test(
-            zr, zf, params.folds, params.classifier_max, clf_rng, params.resamples
-        )
+        clf = classifier_test(zr, zf, params.folds, params.classifier_max, clf_rng)
     records["auc"] = auc_record(clf)
     with seconds("clusters"):
         clusters, fitted_on = _fit_clusters(zr, zf, params, backend)

@@ -1,8 +1,9 @@
 """Classifier two-sample test: how well a linear model tells the domains apart.
 
 Cross-validated ROC AUC of a logistic-regression domain classifier (0.5 = the domains are
-indistinguishable), with a bootstrap interval over the out-of-fold predictions, and each
-image's out-of-fold probability of being synthetic (the "most obviously synthetic" view).
+indistinguishable), with an interval that counts the variance of fitting (the folds'
+spread with Nadeau & Bengio's correction), and each image's out-of-fold probability
+of being synthetic (the "most obviously synthetic" view).
 """
 
 from __future__ import annotations
@@ -16,41 +17,36 @@ def classifier_test(
     folds: int = 5,
     max_per_domain: int = 5000,
     rng=None,
-    resamples: int = 200,
 ) -> dict:
-    """Cross-validated ROC AUC of a logistic-regression domain classifier and each image's
-    out-of-fold probability of being synthetic (NaN for images left out by subsampling;
-    `model`, fitted on all sampled images, scores those)."""
+    """Cross-validated ROC AUC of a logistic-regression domain classifier, with an interval
+    that includes the variance of fitting, and each image's out-of-fold probability of
+    being synthetic (NaN for images left out by subsampling; `model`, fitted on all
+    sampled images, scores those).
+
+    The AUC is the mean of the `folds` held-out folds' AUCs; its 95 % interval is Nadeau
+    & Bengio's corrected resampled t interval (2003): the folds' AUCs vary with the fitted
+    model as well as with the test images, and their overlap in training data is allowed
+    for by the factor 1/J + n_test/n_train. Measured (tests/test_gap.py, 1,000 + 1,000
+    32-d Gaussians, 300 draws): it holds the truth in 93 % of draws with no gap and 95 %
+    with one (AUC 0.56); the bootstrap it replaces, which resampled the pooled predictions
+    with the fitted models held fixed, held 0.5 in 84 %. Two cross-validations averaged
+    (10 folds) held it in only 89 %: the correction undercounts their overlap."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold
 
     rng = rng or np.random.default_rng(0)
     idx_r = np.sort(_choice(len(real), max_per_domain, rng))
     idx_f = np.sort(_choice(len(fake), max_per_domain, rng))
     x = np.concatenate([real[idx_r], fake[idx_f]]).astype(np.float64)
     y = np.r_[np.zeros(len(idx_r)), np.ones(len(idx_f))]
-    oof = np.empty(len(y))
-    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=int(rng.integers(2**31)))
-    for train, test in cv.split(x, y):
-        clf = LogisticRegression(max_iter=500, class_weight="balanced")
-        clf.fit(x[train], y[train])
-        oof[test] = clf.predict_proba(x[test])[:, 1]
-    auc = float(roc_auc_score(y, oof))
-    boot = []
-    labels = y.astype(bool)
-    for _ in range(resamples):
-        s = rng.integers(0, len(y), len(y))
-        if 0 < y[s].sum() < len(s):
-            boot.append(rank_auc(labels[s], oof[s]))
+    oof, aucs = _cross_validated(x, y, folds, int(rng.integers(2**31)))
     final = LogisticRegression(max_iter=500, class_weight="balanced").fit(x, y)
     p_real = np.full(len(real), np.nan)
     p_fake = np.full(len(fake), np.nan)
     p_real[idx_r] = oof[: len(idx_r)]
     p_fake[idx_f] = oof[len(idx_r) :]
     return {
-        "auc": auc,
-        "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+        "auc": float(np.mean(aucs)),
+        "ci95": _interval(np.asarray(aucs), folds),
         "accuracy": float(((oof > 0.5) == y).mean()),
         "folds": folds,
         "n": [len(idx_r), len(idx_f)],
@@ -60,10 +56,37 @@ def classifier_test(
     }
 
 
+def _cross_validated(x, y, folds: int, seed: int) -> tuple[np.ndarray, list[float]]:
+    """One stratified cross-validation: out-of-fold probabilities and each fold's AUC."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    oof = np.empty(len(y))
+    aucs = []
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+        clf = LogisticRegression(max_iter=500, class_weight="balanced").fit(x[train], y[train])
+        oof[test] = clf.predict_proba(x[test])[:, 1]
+        aucs.append(rank_auc(y[test].astype(bool), oof[test]))
+    return oof, aucs
+
+
+def _interval(aucs: np.ndarray, folds: int) -> list[float]:
+    """Nadeau & Bengio's corrected resampled t interval of the folds' mean AUC: variance
+    (1/J + n_test/n_train) × S² over the J folds' AUCs, t with J − 1 degrees of freedom;
+    clipped to [0, 1]."""
+    from scipy.stats import t
+
+    j = len(aucs)
+    se = np.sqrt((1 / j + 1 / (folds - 1)) * aucs.var(ddof=1))
+    half = float(t.ppf(0.975, j - 1) * se)
+    mean = float(aucs.mean())
+    return [max(0.0, mean - half), min(1.0, mean + half)]
+
+
 def rank_auc(y: np.ndarray, v: np.ndarray) -> float:
     """ROC AUC of `v` for the boolean labels `y` by the rank-sum (Mann-Whitney U)
     identity, ties halved: sklearn's roc_auc_score gives the same, at 20× the cost in a
-    bootstrap loop."""
+    loop."""
     from scipy.stats import rankdata
 
     ranks = rankdata(v)

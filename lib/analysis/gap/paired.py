@@ -67,7 +67,7 @@ class Comparison:
             self.zr, zf, p.k, (self.radii, kth_neighbour_radii(zf, p.k, self.device)), self.device
         )
         n_r = len(self.zr)
-        clf = classifier_test(self.zr, zf, p.folds, p.classifier_max, self._rng(1), p.resamples)
+        clf = classifier_test(self.zr, zf, p.folds, p.classifier_max, self._rng(1))
         records = {
             "fd": record(fd, ci, n, **how),
             "coverage": record(balls.coverage, wilson(int(balls.covered.sum()), n_r), n_r),
