@@ -4,7 +4,7 @@ Not tests: nothing here asserts a time. Each section reports what it measured, o
 machine, and the ratio between the two ways of doing the same work.
 
     python bench/run.py [--sections gap,prdc,pipeline,umap,knn,extraction,caricature,scale,demo,
-                         resume,atlas,whatif,dask,training]
+                         resume,atlas,whatif,dask,training,objects,threads]
                         [--out results/bench.json]
 """
 
@@ -653,6 +653,70 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def bench_threads(sizes=(200, 2000), d: int = 64, busy_workers: int | None = None) -> dict:
+    """The per-stage thread rule (lib.runtime.threads) against the libraries' defaults,
+    on a quiet machine and on a busy one (a CPU-bound process per core beside it): the
+    gap of one level (`sizes` images per domain, `d`-dimensional) and the attribution's
+    gradient-boosting fits (5 folds × 2 on 10 statistics of 2 × `n` images). Seconds,
+    best of 3, with the 1-minute load average beside each figure."""
+    import multiprocessing as mp
+
+    from threadpoolctl import threadpool_limits
+
+    from lib.analysis.attribution import STATISTICS, explained
+    from lib.analysis.gap import GapParams, level_gap
+
+    def work(n):
+        rng = np.random.default_rng(0)
+        real, fake = rng.normal(size=(n, d)), rng.normal(0.2, 1.0, size=(n, d))
+        stats = {name: rng.normal(size=2 * n) for name in STATISTICS}
+        p = rng.random(2 * n)
+        params = GapParams(resamples=50, kid_subsets=20)
+        return {
+            "gap": lambda: level_gap(real, fake, params),
+            "attribution": lambda: explained(stats, p),
+        }
+
+    def best(fn, limit) -> float:
+        times = []
+        for _ in range(3):
+            with threadpool_limits(limits=limit):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+        return round(min(times), 3)
+
+    out = {}
+    for state in ("quiet", "busy"):
+        burners = []
+        if state == "busy":
+            for _ in range(busy_workers or os.cpu_count() or 1):
+                burners.append(mp.get_context("spawn").Process(target=_burn, daemon=True))
+                burners[-1].start()
+            time.sleep(2)
+        try:
+            for n in sizes:
+                for stage, fn in work(n).items():
+                    rule, default = best(fn, 1), best(fn, None)
+                    row = {
+                        "rule_1_thread_s": rule,
+                        "default_threads_s": default,
+                        "default_over_rule": round(default / rule, 2),
+                        "load_average_1m": round(os.getloadavg()[0], 2),
+                    }
+                    out[f"{state}_{stage}_{n}"] = row
+                    print(f"bench: threads {state} {stage} n={n}: {row}", file=sys.stderr)
+        finally:
+            for b in burners:
+                b.terminate()
+    return out
+
+
+def _burn() -> None:
+    while True:  # a CPU-bound neighbour: another job on the shared machine
+        pass
+
+
 def bench_atlas(sizes=(100_000, 1_000_000)) -> dict:
     """The atlas's renderer, chosen by this measurement: regl-scatterplot, plotly's
     scattergl and deck.gl drawing the same points in headless Chromium (see
@@ -920,6 +984,7 @@ SECTIONS = {
     "dask": bench_dask,
     "training": bench_training,
     "objects": bench_objects,
+    "threads": bench_threads,
 }
 
 

@@ -72,3 +72,25 @@ def test_asking_for_cuml_without_it_and_misspelt_choices_are_one_line_errors(mac
     with pytest.raises(GapscopeError) as exc:
         backend.choose_backend("cpu", precision="fp16")
     assert "unknown precision 'fp16'" in one_line(exc)
+
+
+def test_31_small_fit_stages_run_their_libraries_on_one_thread():
+    """lib.runtime.threads: the gap, strata and attribution stages run BLAS and OpenMP
+    (scikit-learn's fits, torch's CPU kernels) on one thread, where two waiting for a
+    busy core cost up to 40× (`make bench` section threads); extraction keeps them all."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from lib.runtime.progress import Silent, Stages
+
+    def threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info()}
+
+    default = threads()
+    stages = Stages(Silent())
+    for name in ("gap", "strata", "attribution"):
+        with stages(name):
+            assert threads() == {1} and torch.get_num_threads() == 1, name
+    with stages("extract"):
+        assert threads() == default
+    assert threads() == default  # restored after the stage

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
+from lib.runtime.threads import stage_threads
+
 log = logging.getLogger(__name__)
 
 
@@ -61,7 +63,8 @@ class Stages(dict):
         log.info("stage %s: started %s", name, detail)
         t0 = time.perf_counter()
         try:
-            yield stage
+            with stage_threads(name):  # lib.runtime.threads: each stage's thread counts
+                yield stage
         except BaseException as exc:  # a log read the next morning says where it stopped
             seconds = time.perf_counter() - t0
             self.progress.stage_failed(name, seconds, str(exc) or type(exc).__name__)
