@@ -142,8 +142,19 @@ def summary(results: dict) -> str:
         f"### What if: {len(results['variants'])} variants of {s['synthetic']} synthetic "
         f"images, each measured against the same {s['real']} real images",
         *(f"- {line}" for line in results["findings"]),
+        "",
+        GAP_CLOSED,
     ]
     return "\n".join(lines)
+
+
+GAP_CLOSED = (
+    "*Gap closed* is the share of the untransformed images' distance from no gap that a "
+    "change removes: for the AUC, from 0.5; for FD, from the FD two samples of this size "
+    "read with no gap at all (two halves of the real sample), not from 0 — at deep "
+    "levels and a few hundred images FD's small-sample bias is most of the FD, and a "
+    "share of the whole would understate any change."
+)
 
 
 # ---- the tab ----------------------------------------------------------------------------

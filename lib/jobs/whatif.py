@@ -490,7 +490,8 @@ def findings(results: dict) -> list[str]:
         parts = []
         if fd is not None:
             parts.append(
-                f"{fd['label']} closes {_share(fd['gap_closed'])} of the FD gap "
+                f"{fd['label']} closes {_share(fd['gap_closed'])} of the FD gap above "
+                "its no-gap level "
                 f"({fd['before']:.3g} → {fd['after']:.3g})"
             )
         if auc is not None:
