@@ -14,7 +14,7 @@ import torch
 
 from lib.analysis.reduce import PROJECTORS, create_projector
 from lib.features.backbones import available, create_backbone, lookup
-from lib.inputs.transforms import TRANSFORMS, Reference
+from lib.inputs.transforms import TRANSFORMS, Reference, channel_histogram, tone_curve
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SIDE = 64  # px: the smallest image every backbone's coarsest level still sees
@@ -103,7 +103,8 @@ def _reference() -> Reference:
     real = 255 - _digits(8, seed=11)
     flat = real.permute(1, 0, 2, 3).reshape(3, -1).long()
     counts = torch.zeros(3, 256).scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.float32))
-    return Reference(cdf=counts.cumsum(1) / flat.shape[1], style=real)
+    curve = tone_curve(channel_histogram(real), channel_histogram(_digits()))
+    return Reference(cdf=counts.cumsum(1) / flat.shape[1], style=real, curve=curve)
 
 
 def _change(name: str, strength: float) -> float:

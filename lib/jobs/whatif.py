@@ -36,6 +36,7 @@ from lib.inputs.transforms import (
     channel_histogram,
     parse_transform,
     reference_cdf,
+    tone_curve,
 )
 from lib.runtime.backend import check_device, choose_backend, default_workers
 from lib.runtime.errors import GapscopeError
@@ -262,22 +263,30 @@ class _Recorded:
 
 class _Reference:
     """What transforms take from the real images (lib.inputs.transforms.Reference): the
-    real sample's pooled histogram, read once, and a seeded real image per synthetic one
-    (`style`, read with the synthetic image it goes with)."""
+    real sample's pooled histogram and the synthetic → real tone curve, read once, and a
+    seeded real image per synthetic one (`style`, read with the synthetic image it goes
+    with)."""
 
     def __init__(self, base: Run, rows: dict, prepare, variants: list[Variant], seed: int):
         import torch
 
         needs = {v.transform.needs for v in variants if v.transform is not None}
-        self.cdf = None
+        self.cdf = self.curve = None
         t = time.perf_counter()
-        if "cdf" in needs:
-            real = _Recorded.of(base, rows["real"])
-            counts = torch.zeros(3, 256, dtype=torch.float64)
-            for s in range(0, len(real), 64):
-                chunk = range(s, min(s + 64, len(real)))
-                counts += channel_histogram(_nchw(real.stack(prepare, chunk)))
-            self.cdf = reference_cdf(counts)
+
+        def counts(domain: str):
+            images = _Recorded.of(base, rows[domain])
+            total = torch.zeros(3, 256, dtype=torch.float64)
+            for s in range(0, len(images), 64):
+                chunk = range(s, min(s + 64, len(images)))
+                total += channel_histogram(_nchw(images.stack(prepare, chunk)))
+            return total
+
+        if needs & {"cdf", "curve"}:
+            real = counts("real")
+            self.cdf = reference_cdf(real)
+            if "curve" in needs:
+                self.curve = tone_curve(real, counts("synthetic"))
         rng = np.random.default_rng([seed, 1])
         style_rows = rows["real"][rng.integers(0, len(rows["real"]), len(rows["synthetic"]))]
         self.style = _Recorded.of(base, style_rows) if "style" in needs else None
@@ -348,7 +357,8 @@ class Variants:
         import torch
 
         pixels, style = batch
-        pixels, reference = pixels.to(device), Reference(cdf=self.reference.cdf, style=style)
+        reference = Reference(cdf=self.reference.cdf, style=style, curve=self.reference.curve)
+        pixels = pixels.to(device)
         out = {}
         for i, variant in enumerate(self.variants):
             t = time.perf_counter()
