@@ -42,9 +42,9 @@ from lib.analysis.gap.records import (
     auc_record,
     fd_inf_record,
     kid_record,
-    mean_ci,
+    normal_ci,
     record,
-    wilson,
+    share_ci,
 )
 from lib.analysis.neighbours import distance_blocks, distances_to_nearest, exact_engine
 from lib.runtime.backend import cpu_backend
@@ -355,11 +355,16 @@ def _ball_metrics(zr: np.ndarray, zf: np.ndarray, k: int, backend: Backend):
 
 def _ball_records(p: PRDC, mix: dict, k: int, n: int) -> dict:
     n_real, n_fake = len(p.covered), len(p.realism)
+    se = p.se  # the two-way group jackknife's (lib.analysis.gap.prdc._Groups)
     return {
-        "precision": record(p.precision, wilson(int((p.fake_in_real > 0).sum()), n_fake), n_fake),
-        "recall": record(p.recall, wilson(int(p.recalled.sum()), n_real), n_real),
-        "density": record(p.density, mean_ci(p.fake_in_real / k), n_fake),
-        "coverage": record(p.coverage, wilson(int(p.covered.sum()), n_real), n_real),
+        "precision": record(
+            p.precision, share_ci(int((p.fake_in_real > 0).sum()), n_fake, se["precision"]), n_fake
+        ),
+        "recall": record(p.recall, share_ci(int(p.recalled.sum()), n_real, se["recall"]), n_real),
+        "density": record(p.density, normal_ci(p.density, se["density"], None), n_fake),
+        "coverage": record(
+            p.coverage, share_ci(int(p.covered.sum()), n_real, se["coverage"]), n_real
+        ),
         "mixing": record(mix.pop("value"), mix.pop("ci95"), n, **mix),
         "realism": record(
             np.median(p.realism), None, n_fake, share_inside=float((p.realism >= 1).mean())

@@ -10,7 +10,8 @@ interval from resampling both variants together, images paired: a change whose i
 holds 0 is within noise, however different the two values look.
 
 - FD at equal N, with the half-sampling interval of lib.analysis.gap.frechet;
-- coverage (Naeem et al. 2020) with its Wilson interval: per real image, covered or not;
+- coverage (Naeem et al. 2020) with its two-way jackknife interval: per real image,
+  covered or not;
 - the domain classifier's cross-validated AUC with its corrected t interval.
 """
 
@@ -31,7 +32,7 @@ from lib.analysis.gap.frechet import (
     sample_factor,
 )
 from lib.analysis.gap.prdc import kth_neighbour_radii, prdc
-from lib.analysis.gap.records import auc_record, record, wilson
+from lib.analysis.gap.records import auc_record, record, share_ci
 
 METRICS = ("fd", "coverage", "auc")
 
@@ -71,7 +72,9 @@ class Comparison:
         clf = classifier_test(self.zr, zf, p.folds, p.classifier_max, self._rng(1))
         records = {
             "fd": record(fd, ci, n, **how),
-            "coverage": record(balls.coverage, wilson(int(balls.covered.sum()), n_r), n_r),
+            "coverage": record(
+                balls.coverage, share_ci(int(balls.covered.sum()), n_r, balls.se["coverage"]), n_r
+            ),
             "auc": auc_record(clf),
         }
         p_synthetic = np.r_[clf["p_synthetic_real"], clf["p_synthetic_fake"]]

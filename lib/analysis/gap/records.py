@@ -50,6 +50,21 @@ def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
     return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
 
 
+def normal_ci(value: float, se: float, high: float | None = 1.0) -> list[float]:
+    """value ± 1.96 se, inside [0, `high`] (None: no upper bound)."""
+    lo, hi = value - 1.96 * se, value + 1.96 * se
+    return [float(max(0.0, lo)), float(hi if high is None else min(high, hi))]
+
+
+def share_ci(successes: int, n: int, se: float) -> list[float]:
+    """A share's interval from a standard error that counts dependence between its
+    trials (prdc's jackknife), never narrower than Wilson's for independent trials:
+    dependence only adds variance, and at 0 or n successes the jackknife sees none."""
+    lo, hi = normal_ci(successes / n if n else 0.0, se)
+    w_lo, w_hi = wilson(successes, n)
+    return [min(lo, w_lo), max(hi, w_hi)]
+
+
 def mean_ci(values: np.ndarray) -> list[float]:
     """Normal-approximation 95 % interval of a mean."""
     values = np.asarray(values, dtype=np.float64)
