@@ -738,7 +738,13 @@ def bench_whatif(n: int | None = None, side: int = 512, job=None, example_n=None
     import torch
 
     from lib.inputs.example import build_example
-    from lib.inputs.transforms import TRANSFORMS, Reference, channel_histogram, reference_cdf
+    from lib.inputs.transforms import (
+        TRANSFORMS,
+        Reference,
+        channel_histogram,
+        reference_cdf,
+        tone_curve,
+    )
     from lib.jobs.run import RunConfig, run
     from lib.jobs.whatif import WhatIfJob, run_whatif
     from lib.runtime.backend import choose_backend
@@ -750,7 +756,12 @@ def bench_whatif(n: int | None = None, side: int = 512, job=None, example_n=None
     small = torch.from_numpy(rng.integers(0, 256, (8, 3, 14, 16), dtype=np.uint8)).float()
     photos = torch.nn.functional.interpolate(small, (side, side), mode="bicubic")
     batch = photos.clamp(0, 255).to(torch.uint8).repeat(4, 1, 1, 1).to(device)  # 32 images
-    reference = Reference(cdf=reference_cdf(channel_histogram(batch.cpu())), style=batch.flip(0))
+    counts = channel_histogram(batch.cpu())
+    reference = Reference(
+        cdf=reference_cdf(counts),
+        style=batch.flip(0),
+        curve=tone_curve(channel_histogram(batch.flip(0).cpu()), counts),
+    )
     per_transform = {}
     for name, t in TRANSFORMS.items():
         strength = t.defaults[len(t.defaults) // 2]

@@ -123,3 +123,50 @@ def test_a_run_says_what_differs_and_the_report_shows_it(published_run):
     assert text.startswith("### What differs") and found["statistics"][0]["statistic"] in text
     assert all(s in text for s in found["sentences"])
     assert [t.type for t in figure.data] == ["bar", "scatter"]
+
+
+# ---- #31: attribution claims no more than its model shows ------------------------------------
+
+
+def test_31_a_low_r2_is_not_called_content_and_a_small_gap_is_said_to_be_small():
+    from lib.analysis.attribution import explained_sentences
+
+    levels = {
+        "c4": {"r2": 0.06, "ci95": [-0.05, 0.15], "n": 400, "auc": 0.83},
+        "c5": {"r2": 0.0, "ci95": [-0.1, 0.1], "n": 400, "auc": 0.55},
+    }
+    said = " ".join(explained_sentences(levels))
+    assert "not filters" not in said and "does not show the gap is content" in said
+    assert "at c5 the classifier barely tells the domains apart" in said
+    assert "c4 these statistics explain little" in said  # c4 has a gap R² does not explain
+
+
+def test_31_statistics_that_move_together_under_one_tone_curve_are_said_to(tmp_path):
+    """Dark icons over white, the synthetic half through one gamma: brightness, contrast
+    and sharpness all move; attribution says they move together and names the one
+    change to try, rather than three fixes."""
+    import torch
+    from PIL import Image, ImageDraw
+    from torchvision.transforms.v2 import functional as F
+
+    from lib.analysis.attribution import attribute
+
+    rng = np.random.default_rng(0)
+    paths, synthetic = [], []
+    for i in range(160):
+        image = Image.new("RGB", (64, 64), (255, 255, 255))
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(2, 6))):  # a few dark shapes of varied tone
+            x, y = rng.integers(0, 48, 2)
+            tone = int(rng.integers(0, 140))
+            draw.ellipse([x, y, x + rng.integers(8, 16), y + rng.integers(8, 16)], fill=(tone,) * 3)
+        pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
+        if i % 2:
+            pixels = F.adjust_gamma(pixels, 2.2)
+        path = tmp_path / f"{i:03d}.png"
+        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(path)
+        paths.append(str(path))
+        synthetic.append(bool(i % 2))
+    found = attribute(paths, np.array(synthetic), {})
+    note = [s for s in found["sentences"] if "move together" in s]
+    assert note and "tonecurve" in note[0]

@@ -7,8 +7,11 @@ domain classifier's out-of-fold p(synthetic) the statistics explain together.
   domains' medians; ordered by |AUC − 0.5|.
 - `explained`: cross-validated R² of a small model (scikit-learn's histogram gradient
   boosting) predicting p(synthetic) from the statistics, over repeated shuffled folds;
-  the interval is the folds' 2.5–97.5 % range. High at a level: the gap there is
-  photometry (filters fix it); low: content and layout.
+  the interval is the folds' 2.5–97.5 % range. High at a level: the gap there goes
+  with photometry (filters may fix it); low: these statistics do not capture it — which
+  is not proof that it is content (what-if's experiments decide that).
+- `together`: a note when the clearest differences move together across images (one
+  cause, such as a tone curve, may explain them all).
 - `sentences`: the findings in words, e.g. "synthetic images are 2.1× sharper (AUC 0.93)".
 """
 
@@ -157,6 +160,9 @@ def attribute(
     stats = {name: np.array([r[name] for r in rows]) for name in STATISTICS}
     found = separation(stats, synthetic, seed=seed)
     levels = {lv: explained(stats, p, seed=seed) for lv, p in p_synthetic.items()}
+    for lv, p in p_synthetic.items():  # how much gap there is to explain at the level
+        known = ~np.isnan(p)
+        levels[lv]["auc"] = rank_auc(synthetic[known], p[known]) if known.any() else 0.5
     return {
         "n": {"real": int((~synthetic).sum()), "synthetic": int(synthetic.sum())},
         "image_side": IMAGE_SIDE,
@@ -173,8 +179,37 @@ def attribute(
             for s in found
         ],
         "explained": levels,
-        "sentences": sentences(found) + explained_sentences(levels),
+        "sentences": sentences(found) + together(stats, found) + explained_sentences(levels),
     }
+
+
+TOGETHER = 0.7  # |Spearman ρ| across images above which statistics are said to move together
+
+
+def together(stats: dict[str, np.ndarray], found: list[Separation], top: int = 3) -> list[str]:
+    """A note when the clearest differences move together across images: then one change
+    may cause them all (a tone curve on dark shapes over white raises the edges'
+    contrast, so "sharper" and "darker" appear as two findings of one cause), and the
+    user should try that one change before three unrelated fixes."""
+    from scipy.stats import spearmanr
+
+    names = [s.statistic for s in found if s.clear][:top]
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            x, y = stats[a], stats[b]
+            ok = ~(np.isnan(x) | np.isnan(y))
+            if ok.sum() > 10 and np.std(x[ok]) > 0 and np.std(y[ok]) > 0:
+                rho = float(spearmanr(x[ok], y[ok])[0])
+                if abs(rho) >= TOGETHER:
+                    pairs.append(f"{a} and {b} (ρ = {rho:+.2f})")
+    if not pairs:
+        return []
+    return [
+        f"these move together across images: {', '.join(pairs)}; one change may account "
+        "for them all (a tone curve changes brightness, contrast and apparent sharpness "
+        "at once): try the single change first (what-if: tonecurve, gamma)"
+    ]
 
 
 def explained_sentences(levels: dict[str, dict]) -> list[str]:
@@ -182,8 +217,24 @@ def explained_sentences(levels: dict[str, dict]) -> list[str]:
     if not levels:
         return []
     parts = [f"{lv} {100 * max(r['r2'], 0):.0f} %" for lv, r in levels.items()]
-    low = [lv for lv, r in levels.items() if r["ci95"][1] < 0.25]
-    out = [f"photometry explains the domain classifier's p(synthetic) at {', '.join(parts)}"]
-    if low:
-        out.append(f"at {', '.join(low)} the gap is content and layout, not filters")
+    out = [
+        f"photometry's statistics explain the domain classifier's p(synthetic) at "
+        f"{', '.join(parts)} (R²: the share of its variation a small model of them predicts)"
+    ]
+    small = [lv for lv, r in levels.items() if r.get("auc", 1.0) < SMALL_GAP]
+    low = [lv for lv, r in levels.items() if r["ci95"][1] < 0.25 and lv not in small]
+    if small:
+        out.append(
+            f"at {', '.join(small)} the classifier barely tells the domains apart (AUC < "
+            f"{SMALL_GAP}): there is little gap to explain, and R² there means little"
+        )
+    if low:  # a low R² of a few statistics is not proof that the gap is content
+        out.append(
+            f"at {', '.join(low)} these statistics explain little; that does not show the "
+            "gap is content and layout — a filter can move features in ways a few "
+            "statistics miss: what-if's experiments tell"
+        )
     return out
+
+
+SMALL_GAP = 0.6  # a level's out-of-fold AUC below which there is little gap to explain
