@@ -328,3 +328,51 @@ def test_31_the_tone_curve_undoes_a_pure_gamma_and_keeps_images_apart_where_hist
     }
     assert abs(spread["toned"] - spread["real"]) < 0.1 * spread["real"]
     assert spread["matched"] < 0.2 * spread["real"]  # every image made alike
+
+
+def _trained_auc(shift: float, n_train: int, d: int, trainings: int = 60) -> float:
+    """The population AUC of the classifier trained on a fold's share, on average."""
+    from sklearn.linear_model import LogisticRegression
+
+    from lib.analysis.gap.classifier import rank_auc
+
+    rng = np.random.default_rng(7)
+    out = []
+    for _ in range(trainings):
+        x = rng.normal(size=(2 * n_train, d))
+        x[n_train:, 0] += shift
+        y = np.r_[np.zeros(n_train), np.ones(n_train)]
+        clf = LogisticRegression(max_iter=500, class_weight="balanced").fit(x, y)
+        t = rng.normal(size=(20_000, d))
+        t[10_000:, 0] += shift
+        labels = np.r_[np.zeros(10_000, bool), np.ones(10_000, bool)]
+        out.append(rank_auc(labels, clf.decision_function(t)))
+    return float(np.mean(out))
+
+
+def test_31_the_paired_auc_change_holds_the_truth_in_90_to_98_percent_of_draws():
+    """A variant that removes half of a 0.4-sd shift, 120 draws of 400 + 400 16-d: the
+    change's interval (per-fold paired differences, corrected t) holds the true change
+    of the trained classifier's AUC. The bootstrap of fixed predictions held it in 85 %
+    (170 of 200 at 600 + 600)."""
+    from threadpoolctl import threadpool_limits
+
+    from lib.analysis.gap import GapParams
+    from lib.analysis.gap.paired import Comparison
+
+    n, d, delta = 400, 16, 0.4
+    with threadpool_limits(1):
+        truth = _trained_auc(delta / 2, int(0.8 * n), d) - _trained_auc(delta, int(0.8 * n), d)
+        held = 0
+        for s in range(120):
+            rng = np.random.default_rng(s)
+            real, fake = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+            fake[:, 0] += delta
+            half = fake.copy()
+            half[:, 0] -= delta / 2
+            comparison = Comparison(real, GapParams(resamples=20))
+            lo, hi = comparison.change(comparison.measure(fake), comparison.measure(half))["auc"][
+                "ci95"
+            ]
+            held += lo <= truth <= hi
+    assert 0.90 <= held / 120 <= 0.98

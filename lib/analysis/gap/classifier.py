@@ -49,6 +49,7 @@ def classifier_test(
         "ci95": _interval(np.asarray(aucs), folds),
         "accuracy": float(((oof > 0.5) == y).mean()),
         "folds": folds,
+        "fold_aucs": [float(a) for a in aucs],  # paired comparisons use the same folds
         "n": [len(idx_r), len(idx_f)],
         "p_synthetic_real": p_real,
         "p_synthetic_fake": p_fake,
@@ -71,16 +72,22 @@ def _cross_validated(x, y, folds: int, seed: int) -> tuple[np.ndarray, list[floa
 
 
 def _interval(aucs: np.ndarray, folds: int) -> list[float]:
-    """Nadeau & Bengio's corrected resampled t interval of the folds' mean AUC: variance
-    (1/J + n_test/n_train) × S² over the J folds' AUCs, t with J − 1 degrees of freedom;
-    clipped to [0, 1]."""
+    """The folds' mean AUC's corrected t interval (`corrected_t`), clipped to [0, 1]."""
+    mean, half = corrected_t(aucs, folds)
+    return [max(0.0, mean - half), min(1.0, mean + half)]
+
+
+def corrected_t(values: np.ndarray, folds: int) -> tuple[float, float]:
+    """Nadeau & Bengio's corrected resampled t: the mean of J per-fold values and its 95 %
+    half-width, variance (1/J + n_test/n_train) × S², t with J − 1 degrees of freedom.
+    For one fold's AUCs, or for the per-fold differences of two variants' AUCs measured
+    on the same folds."""
     from scipy.stats import t
 
-    j = len(aucs)
-    se = np.sqrt((1 / j + 1 / (folds - 1)) * aucs.var(ddof=1))
-    half = float(t.ppf(0.975, j - 1) * se)
-    mean = float(aucs.mean())
-    return [max(0.0, mean - half), min(1.0, mean + half)]
+    values = np.asarray(values, dtype=np.float64)
+    j = len(values)
+    se = np.sqrt((1 / j + 1 / (folds - 1)) * values.var(ddof=1))
+    return float(values.mean()), float(t.ppf(0.975, j - 1) * se)
 
 
 def rank_auc(y: np.ndarray, v: np.ndarray) -> float:
