@@ -62,6 +62,7 @@ PARTIAL = ".partial-"
 SCHEMA = 2
 
 OWNER = ".owner.json"  # in a partial run: the pid and host writing it
+LATEST_SWITCH = ".latest-"  # + run id: the link that replaces `latest` when it publishes
 SERVING = ".serving"  # in the store: one file per demo process, naming the runs it shows
 MANIFEST = "manifest.json"
 IMAGES = "images.parquet"
@@ -297,17 +298,22 @@ class RunStore:
         latest = self.latest_id()
         for path in self._placing():  # killed between placing the run and switching latest
             if path.name != latest and not _owner_alive(path / OWNER):
-                doomed = self.runs_dir / f"{PARTIAL}deleting-{path.name}"
-                os.replace(path, doomed)  # out of the listing first, then deleted
-                shutil.rmtree(doomed, ignore_errors=True)
+                self._delete(path.name)
                 removed.append(path.name)
                 log.info("removed the run %s: killed before it was published", path.name)
-        for link in self.root.glob(".latest-*") if self.root.is_dir() else ():
-            run_id = link.name[len(".latest-") :]
+        for link in self.root.glob(f"{LATEST_SWITCH}*") if self.root.is_dir() else ():
+            run_id = link.name[len(LATEST_SWITCH) :]
             writing = self.runs_dir / f"{PARTIAL}{run_id}", self.runs_dir / run_id
             if not any(_owner_alive(d / OWNER) for d in writing if (d / OWNER).exists()):
                 link.unlink(missing_ok=True)
         return removed
+
+    def _delete(self, run_id: str) -> None:
+        """Delete a run in `runs/`, renamed away first: readers never see a half-deleted
+        run listed."""
+        doomed = self.runs_dir / f"{PARTIAL}deleting-{run_id}"
+        os.replace(self.runs_dir / run_id, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def _placing(self) -> list[Path]:
         """Runs moved into place whose `latest` switch has not finished: they still hold
@@ -330,10 +336,7 @@ class RunStore:
         for run_id in self.run_ids()[keep:]:
             if run_id in protected:
                 continue
-            # renamed away first: readers never see a half-deleted run listed
-            doomed = self.runs_dir / f"{PARTIAL}deleting-{run_id}"
-            os.replace(self.runs_dir / run_id, doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+            self._delete(run_id)
             deleted.append(run_id)
         self.remove_abandoned()
         return deleted
@@ -389,7 +392,7 @@ class RunStore:
         # the owner file travels with the run: until `latest` names it, a run in place
         # is not listed, and if this process dies here the next run removes it
         os.replace(writer.dir, final)
-        tmp_link = self.root / f".latest-{writer.id}"
+        tmp_link = self.root / f"{LATEST_SWITCH}{writer.id}"
         try:
             tmp_link.unlink(missing_ok=True)
             tmp_link.symlink_to(Path("runs") / writer.id)
