@@ -266,11 +266,7 @@ def _histmatch(batch, share, generator, reference):
     counts.scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.float32))
     own = counts.cumsum(1) / counts[:, -1:].new_tensor(flat.shape[1])
     target = reference.cdf.to(batch.device).repeat(b, 1)  # (b·c, 256)
-    # value v goes to the real value whose cumulative share first reaches v's own
-    lut = torch.searchsorted(target.contiguous(), own.contiguous()).clamp_(max=255).float()
-    matched = torch.gather(lut, 1, flat)
-    out = share * matched + (1 - share) * flat.float()
-    return out.round_().clamp_(0, 255).to(torch.uint8).reshape(batch.shape)
+    return _through_curves(batch, _matching_curves(target, own), share)
 
 
 @transform(
@@ -286,24 +282,35 @@ def _histmatch(batch, share, generator, reference):
     needs="curve",
 )
 def _tonecurve(batch, share, generator, reference):
-    import torch
-
-    b, c = batch.shape[:2]
-    flat = batch.reshape(b, c, -1).long()
-    curve = reference.curve.to(batch.device).float()  # (3, 256)
-    mapped = torch.stack([curve[ch][flat[:, ch]] for ch in range(c)], dim=1)
-    out = share * mapped + (1 - share) * flat.float()
-    return out.round_().clamp_(0, 255).to(torch.uint8).reshape(batch.shape)
+    b = batch.shape[0]
+    return _through_curves(batch, reference.curve.to(batch.device).float().repeat(b, 1), share)
 
 
 def tone_curve(real_counts, synthetic_counts) -> torch.Tensor:
     """(3, 256) counts of the real and the synthetic sample's values per channel → the
     tone curve taking each synthetic value to the real value at the same cumulative
     share (histogram matching of the pooled histograms, applied alike to every image)."""
+    return _matching_curves(reference_cdf(real_counts), reference_cdf(synthetic_counts))
+
+
+def _matching_curves(target, own) -> torch.Tensor:
+    """Histogram matching's lookup tables, one per row of (…, 256) cumulative shares:
+    value v goes to the target value whose cumulative share first reaches v's own."""
     import torch
 
-    real, synthetic = reference_cdf(real_counts), reference_cdf(synthetic_counts)
-    return torch.searchsorted(real.contiguous(), synthetic.contiguous()).clamp_(max=255).float()
+    return torch.searchsorted(target.contiguous(), own.contiguous()).clamp_(max=255).float()
+
+
+def _through_curves(batch, curves, share: float):
+    """Each (image, channel) of a (B, 3, H, W) uint8 batch through its lookup table
+    (`curves`: (B·3, 256)), `share` of the way, rounded back to uint8."""
+    import torch
+
+    b, c = batch.shape[:2]
+    flat = batch.reshape(b * c, -1).long()
+    matched = torch.gather(curves, 1, flat)
+    out = share * matched + (1 - share) * flat.float()
+    return out.round_().clamp_(0, 255).to(torch.uint8).reshape(batch.shape)
 
 
 @transform(
