@@ -87,10 +87,11 @@ def prdc(
     groups = _Groups.of(len(real), len(fake), device)
     for s, d in distance_blocks(real, fake, device, chunk):  # d: (rows of real, all fakes)
         r = real_t[s : s + len(d), None]
-        inside += (d < r).sum(dim=0)
+        in_real_ball, in_fake_ball = d < r, d < fake_r[None, :]  # each test made once
+        inside += in_real_ball.sum(dim=0)
         nearest_fake[s : s + len(d)] = d.min(dim=1).values.cpu().numpy()
-        recall_hit[s : s + len(d)] = (d < fake_r[None, :]).any(dim=1).cpu().numpy()
-        groups.add(s, d, r, fake_r)
+        recall_hit[s : s + len(d)] = in_fake_ball.any(dim=1).cpu().numpy()
+        groups.add(s, d, in_real_ball, in_fake_ball)
         kept = keep[s : s + len(d)]
         if kept.any():
             ratio = r[kept] / d[kept].clamp_min(1e-12)
@@ -145,14 +146,16 @@ class _Groups:
             torch.zeros((g, n_fake), dtype=torch.float32, device=device),
         )
 
-    def add(self, s: int, d, r, fake_r) -> None:
+    def add(self, s: int, d, in_real_ball, in_fake_ball) -> None:
+        """One block of real rows from `s`: its distances to every fake and which pairs
+        fall inside the real row's ball and inside the fake's."""
         rows = slice(s, s + len(d))
         by_fake = self.fake_group[None, :].expand(len(d), -1)
         self.nearest[rows] = self.nearest[rows].scatter_reduce(1, by_fake, d, "amin")
-        hit = (d < fake_r[None, :]).float()
+        hit = in_fake_ball.float()
         got = self.recalled_by[rows].float().scatter_reduce(1, by_fake, hit, "amax")
         self.recalled_by[rows] = got > 0
-        self.inside_by.index_add_(0, self.real_group[rows], (d < r).float())
+        self.inside_by.index_add_(0, self.real_group[rows], in_real_ball.float())
 
     def standard_errors(self, covered, inside, real_r, k: int) -> dict:
         nearest = self.nearest.cpu().numpy()
