@@ -8,6 +8,7 @@ import io
 
 import numpy as np
 import pytest
+from conftest import trained_auc
 
 from lib.analysis import gap
 from lib.runtime.errors import GapscopeError
@@ -327,34 +328,12 @@ def _auc_coverage(shift: float, truth: float, draws: int = 200, n: int = 1000, d
     return held / draws
 
 
-def _trained_auc(shift: float, n_train: int = 800, d: int = 32, trainings: int = 40) -> float:
-    """The truth the cross-validated AUC estimates: the expected population AUC of the
-    classifier trained on a fold's share of the images (n_train per domain)."""
-    from sklearn.linear_model import LogisticRegression
-
-    from lib.analysis.gap.classifier import rank_auc
-
-    rng = np.random.default_rng(12345)
-    aucs = []
-    for _ in range(trainings):
-        x = rng.normal(size=(2 * n_train, d))
-        x[n_train:, 0] += shift
-        y = np.r_[np.zeros(n_train), np.ones(n_train)]
-        clf = LogisticRegression(max_iter=500, class_weight="balanced").fit(x, y)
-        t = rng.normal(size=(20_000, d))
-        t[10_000:, 0] += shift
-        aucs.append(
-            rank_auc(np.r_[np.zeros(10_000, bool), np.ones(10_000, bool)], clf.decision_function(t))
-        )
-    return float(np.mean(aucs))
-
-
 @pytest.mark.parametrize("shift", [0.0, 0.3])
 def test_31_the_auc_interval_holds_the_truth_in_90_to_98_percent_of_draws(shift):
     """1,000 + 1,000 32-d Gaussians, 200 draws; no gap (truth 0.5) and a shift of 0.3 sd
     in one dimension (truth ≈ 0.56: the trained classifier's population AUC). The
     bootstrap of fixed predictions held 0.5 in 84 % of draws."""
-    truth = 0.5 if shift == 0 else _trained_auc(shift)
+    truth = 0.5 if shift == 0 else trained_auc(shift, 800, 32, trainings=40, seed=12345)
     assert 0.90 <= _auc_coverage(shift, truth) <= 0.98
 
 

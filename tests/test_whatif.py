@@ -17,7 +17,7 @@ from lib.inputs.transforms import (
     tone_curve,
 )
 from lib.runtime.errors import GapscopeError
-from tests.conftest import one_line
+from tests.conftest import one_line, trained_auc
 from tests.test_cli import assert_one_line_error, batch
 
 
@@ -330,26 +330,6 @@ def test_31_the_tone_curve_undoes_a_pure_gamma_and_keeps_images_apart_where_hist
     assert spread["matched"] < 0.2 * spread["real"]  # every image made alike
 
 
-def _trained_auc(shift: float, n_train: int, d: int, trainings: int = 60) -> float:
-    """The population AUC of the classifier trained on a fold's share, on average."""
-    from sklearn.linear_model import LogisticRegression
-
-    from lib.analysis.gap.classifier import rank_auc
-
-    rng = np.random.default_rng(7)
-    out = []
-    for _ in range(trainings):
-        x = rng.normal(size=(2 * n_train, d))
-        x[n_train:, 0] += shift
-        y = np.r_[np.zeros(n_train), np.ones(n_train)]
-        clf = LogisticRegression(max_iter=500, class_weight="balanced").fit(x, y)
-        t = rng.normal(size=(20_000, d))
-        t[10_000:, 0] += shift
-        labels = np.r_[np.zeros(10_000, bool), np.ones(10_000, bool)]
-        out.append(rank_auc(labels, clf.decision_function(t)))
-    return float(np.mean(out))
-
-
 def test_31_the_paired_auc_change_holds_the_truth_in_90_to_98_percent_of_draws():
     """A variant that removes half of a 0.4-sd shift, 120 draws of 400 + 400 16-d: the
     change's interval (per-fold paired differences, corrected t) holds the true change
@@ -362,7 +342,8 @@ def test_31_the_paired_auc_change_holds_the_truth_in_90_to_98_percent_of_draws()
 
     n, d, delta = 400, 16, 0.4
     with threadpool_limits(1):
-        truth = _trained_auc(delta / 2, int(0.8 * n), d) - _trained_auc(delta, int(0.8 * n), d)
+        m = int(0.8 * n)  # a fold's share
+        truth = trained_auc(delta / 2, m, d, 60, seed=7) - trained_auc(delta, m, d, 60, seed=7)
         held = 0
         for s in range(120):
             rng = np.random.default_rng(s)
