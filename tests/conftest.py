@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -38,6 +39,15 @@ def example_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def results_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("results")
+
+
+@pytest.fixture(scope="session")
+def schema1_store(tmp_path_factory) -> Path:
+    """A copy of tests/fixtures/schema1 (a run published before metrics had one record
+    shape): a demo that opens a run writes beside it (`.serving/`), never into the tree."""
+    out = tmp_path_factory.mktemp("schema1") / "schema1"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "schema1", out)
+    return out
 
 
 def example_config(example_dir: Path):

@@ -197,14 +197,14 @@ def test_plot_can_be_coloured_by_cluster(published_run):
     assert sum(len(t.customdata) for t in fig.data) == len(run.images)
 
 
-def test_a_run_from_before_the_record_shape_opens_in_every_tab():
+def test_a_run_from_before_the_record_shape_opens_in_every_tab(schema1_store):
     """tests/fixtures/schema1: a run published by the code before metrics had one record
     shape. Every tab's functions read it, with its own numbers."""
 
     from demo import caricatures, report
     from lib.store.runs import RunStore
 
-    store = RunStore(Path(__file__).parent / "fixtures" / "schema1")
+    store = RunStore(schema1_store)
     run = store.open(store.run_ids()[0])
     raw = json.loads((run.dir / "metrics.json").read_text())["levels"]
     rows = {r[0]: r for r in report.summary_table(run)}

@@ -16,7 +16,6 @@ from lib.analysis.reduce import PROJECTORS, create_projector
 from lib.features.backbones import available, create_backbone, lookup
 from lib.inputs.transforms import TRANSFORMS, Reference, channel_histogram, tone_curve
 
-FIXTURES = Path(__file__).parent / "fixtures"
 SIDE = 64  # px: the smallest image every backbone's coarsest level still sees
 
 
@@ -177,21 +176,21 @@ def test_every_projector_fits_one_domain_and_places_the_other(name):
 # ---- demo tabs -------------------------------------------------------------------------
 
 
-def _stores(published_run, results_dir):
+def _stores(results_dir, schema1_store):
     from lib.store.runs import RunStore
 
-    return {"current": RunStore(results_dir), "schema 1": RunStore(FIXTURES / "schema1")}
+    return {"current": RunStore(results_dir), "schema 1": RunStore(schema1_store)}
 
 
 @pytest.mark.slow
 def test_every_demo_tab_builds_and_fills_for_the_current_run_and_a_schema_1_run(
-    published_run, results_dir
+    published_run, results_dir, schema1_store
 ):
     from demo.app import TABS
     from demo.curation import Editing
     from demo.runs import open_id
 
-    for kind, store in _stores(published_run, results_dir).items():
+    for kind, store in _stores(results_dir, schema1_store).items():
         run = open_id(store, store.run_ids()[0])
         for name, build in TABS.items():
             tab = build(store, run, [], Editing(False))

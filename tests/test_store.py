@@ -261,12 +261,10 @@ def test_latest_is_never_missing_while_it_is_switched(tmp_path, monkeypatch):
     assert store.run_ids() == [first]
 
 
-def test_runs_say_their_schema_and_the_first_schema_still_opens():
+def test_runs_say_their_schema_and_the_first_schema_still_opens(schema1_store):
     """A run written before metrics had one record shape (tests/fixtures/schema1, made by
     the code of that time) reads as the current schema."""
-    from pathlib import Path
-
-    fixture = Path(__file__).parent / "fixtures" / "schema1"
+    fixture = schema1_store
     run = RunStore(fixture).open(RunStore(fixture).run_ids()[0])
     assert run.schema == 1
     raw = __import__("json").loads((run.dir / "metrics.json").read_text())
