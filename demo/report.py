@@ -32,7 +32,7 @@ from lib.store.runs import Run, RunStore
 METRICS = {
     "fd": ("Fréchet distance (equal N)", "FD"),
     "fd_inf": ("FD∞ (extrapolated)", "FD∞"),
-    "kid": ("KID (standardised; ± 1 std)", "KID"),
+    "kid": ("KID (standardised)", "KID"),
     "auc": ("Domain classifier AUC (0.5 = no gap)", "AUC"),
     "precision": ("Precision", "precision"),
     "recall": ("Recall", "recall"),
@@ -456,7 +456,7 @@ def build(store: RunStore, first: Run) -> Tab:
         run_id = gr.Textbox(first.id, visible=False)
         notes = gr.Markdown(elem_id="report_notes")
         table = gr.Dataframe(headers=SUMMARY_HEADERS, label="Gap per level", elem_id="gap_table")
-        chart = gr.Plot(label="Metrics across levels (95% intervals; KID ± 1 std)")
+        chart = gr.Plot(label="Metrics across levels (95% intervals)")
         objects = gr.Markdown(elem_id="objects_gap")
         per_class = _gallery(
             "Least realistic synthetic objects of each class (at the level below)",

@@ -217,8 +217,8 @@ def test_one_distribution_reads_as_no_gap():
     # E[coverage] = 1 − Π (N−i)/(M+N−i), i = 1..k → 1 − 2⁻⁵ for large N = M (Naeem et al.)
     assert value(m, "coverage") == pytest.approx(1 - 2**-5, abs=0.012)
     assert value(m, "mixing") == pytest.approx(1.0, abs=0.05)
-    kid = m["metrics"]["kid"]
-    assert abs(kid["value"]) < 3 * kid["std"] + 1e-3
+    lo, hi = m["metrics"]["kid"]["ci95"]
+    assert lo < 0 < hi
     assert m["metrics"]["realism"]["share_inside"] > 0.5
     # the AUC interval holds 0.5 and counts the fitting's variance: wider than a
     # bootstrap of fixed predictions (0.04 here), t with 4 degrees of freedom
@@ -386,3 +386,24 @@ def test_31_ball_metric_intervals_hold_the_truth_in_90_to_98_percent(ball_draws,
     held = np.mean([lo <= truth <= hi for _, (lo, hi) in (r[name] for r in rows)])
     high = 1.0 if (name, shift) == ("coverage", 0.0) else 0.98
     assert 0.90 <= held <= high
+
+
+@pytest.mark.parametrize("n, shift", [(40, 0.0), (200, 0.0), (200, 0.15)])
+def test_31_the_kid_interval_holds_the_truth_in_90_to_98_percent_of_draws(n, shift):
+    """200 draws of n + n 32-d Gaussians, the synthetic ones shifted by `shift` sd in every
+    dimension; the truth is 0 without a gap, else the mean of the draws' unbiased
+    estimates. KID used to show ± 1 std over subsets, which is 0 when a domain is no larger
+    than a subset (it held the truth in 0 % here); the U-statistic's normal interval held
+    it in 89-92 % (the null's MMD² is skewed; low estimates have low sd). The score
+    interval joined with the permutation null's: 93-97 % (also at 1,000, in 300 draws)."""
+    from lib.analysis.gap.kid import kid
+
+    rows = []
+    for s in range(200):
+        rng = np.random.default_rng(s)
+        real, fake = rng.normal(size=(n, 32)), rng.normal(size=(n, 32)) + shift
+        k = kid(real, fake, subsets=1, subset_size=n, rng=np.random.default_rng(10**6 + s))
+        rows.append((k["mean"], k["ci95"]))
+    truth = 0.0 if shift == 0 else float(np.mean([v for v, _ in rows]))
+    held = np.mean([lo <= truth <= hi for _, (lo, hi) in rows])
+    assert 0.90 <= held <= 0.98

@@ -391,7 +391,9 @@ NOTES = {
     "fd": "Fréchet distance at equal N (the larger domain subsampled); biased by ~1/N, "
     "so compare runs at equal N or use fd_inf. Its ci95 is a half-sampling interval for the "
     "FD expected at this N (always contains the estimate); fd_inf has none",
-    "kid": "mean ± std over random subsets (no ci95: the subsets overlap)",
+    "kid": "mean over random subsets (std: their spread, not an interval); ci95 from one "
+    "subset pair: each side the wider of the U-statistic's normal interval and the "
+    "permutation null's",
     "proportions": "precision, recall and coverage intervals are Wilson score intervals",
     "realism": "Kynkäänniemi et al. 2019 realism score, plain distance ratio (not squared); "
     ">= 1 means inside the real manifold; value is the median over synthetic images",

@@ -29,13 +29,10 @@ def record(value: float, ci95=None, n: int | None = None, **extra) -> dict:
 
 
 def interval(rec: dict) -> list[float] | None:
-    """The record's 95 % interval; for a metric reported as mean ± std over subsets
-    (KID), that spread instead."""
-    if rec.get("ci95") is not None:
-        return rec["ci95"]
-    if rec.get("std") is not None:
-        return [rec["value"] - rec["std"], rec["value"] + rec["std"]]
-    return None
+    """The record's 95 % interval, None where it has none. Runs before KID had one
+    recorded its spread over subsets (`std`), which is shown as no interval: with a domain
+    no larger than a subset that spread is 0, and it was never a 95 % interval."""
+    return rec.get("ci95")
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
@@ -81,10 +78,10 @@ def upgrade(metrics: dict) -> dict:
 
 
 def kid_record(k: dict) -> dict:
-    """KID's {mean, std, subsets, subset_size, reduced} as a record."""
+    """KID's {mean, std, ci95, subsets, subset_size, reduced} as a record."""
     return record(
         k["mean"],
-        None,
+        k.get("ci95"),
         k["subset_size"],
         std=k["std"],
         subsets=k["subsets"],
