@@ -170,3 +170,22 @@ def test_31_statistics_that_move_together_under_one_tone_curve_are_said_to(tmp_p
     found = attribute(paths, np.array(synthetic), {})
     note = [s for s in found["sentences"] if "move together" in s]
     assert note and "tonecurve" in note[0]
+    # and the one change is named first, with its strength: the gamma that was applied
+    assert found["tone"]["gamma"] == pytest.approx(2.2, abs=0.15)
+    assert found["sentences"][0].startswith("one tone curve fits the difference")
+    assert f"real^{found['tone']['gamma']:.2f}" in found["sentences"][0]
+
+
+def test_31_no_tone_curve_is_named_where_the_tones_agree_or_no_curve_fits():
+    from lib.analysis.attribution import fitted_tone, tone_sentences
+    from lib.analysis.photometry import TONE_QUANTILES
+
+    rng = np.random.default_rng(0)
+    real = np.sort(rng.uniform(0.05, 0.95, (80, len(TONE_QUANTILES))), axis=1)
+    synthetic = np.r_[np.zeros(40, bool), np.ones(40, bool)]
+    same = fitted_tone(real, synthetic)
+    assert same["gamma"] == pytest.approx(1.0, abs=0.1) and tone_sentences(same) == []
+    swapped = real.copy()  # synthetic tones reversed: no single power curve maps them
+    swapped[synthetic] = 1 - real[synthetic][:, ::-1]
+    swapped[synthetic] = np.sort(np.clip(swapped[synthetic] ** 0.3 * 0.5, 0, 1), axis=1)
+    assert tone_sentences(fitted_tone(swapped, synthetic)) == []

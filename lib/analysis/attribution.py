@@ -12,6 +12,9 @@ domain classifier's out-of-fold p(synthetic) the statistics explain together.
   is not proof that it is content (what-if's experiments decide that).
 - `together`: a note when the clearest differences move together across images (one
   cause, such as a tone curve, may explain them all).
+- `fitted_tone`: the one tone curve (synthetic luma ≈ real luma^γ) that best maps the
+  real images' tones onto the synthetic ones', and how well it fits: a pure gamma reads
+  as that gamma, with a small residual, and leads the findings.
 - `sentences`: the findings in words, e.g. "synthetic images are 2.1× sharper (AUC 0.93)".
 """
 
@@ -24,7 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from lib.analysis.gap.classifier import rank_auc
-from lib.analysis.photometry import STATISTICS, jpeg_quality, statistics
+from lib.analysis.photometry import (
+    STATISTICS,
+    TONE_QUANTILES,
+    jpeg_quality,
+    statistics,
+    tone_quantiles,
+)
 from lib.inputs.images import decode_rgb
 
 
@@ -153,11 +162,14 @@ def attribute(
     def one(path: str) -> dict:
         image = Image.fromarray(decode_rgb(Path(path)))
         image.thumbnail((IMAGE_SIDE, IMAGE_SIDE))  # downscale only, keeping the aspect
-        return statistics(np.asarray(image), jpeg_quality(Path(path)))
+        rgb = np.asarray(image)
+        return statistics(rgb, jpeg_quality(Path(path))), tone_quantiles(rgb)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # numpy frees the GIL
-        rows = list(pool.map(one, paths))
-    stats = {name: np.array([r[name] for r in rows]) for name in STATISTICS}
+        pairs = list(pool.map(one, paths))
+    stats = {name: np.array([r[name] for r, _ in pairs]) for name in STATISTICS}
+    tones = np.array([t for _, t in pairs]).reshape(len(pairs), len(TONE_QUANTILES))
+    tone = fitted_tone(tones, synthetic)
     found = separation(stats, synthetic, seed=seed)
     levels = {lv: explained(stats, p, seed=seed) for lv, p in p_synthetic.items()}
     for lv, p in p_synthetic.items():  # how much gap there is to explain at the level
@@ -179,8 +191,47 @@ def attribute(
             for s in found
         ],
         "explained": levels,
-        "sentences": sentences(found) + together(stats, found) + explained_sentences(levels),
+        "tone": tone,
+        "sentences": tone_sentences(tone)
+        + sentences(found)
+        + together(stats, found)
+        + explained_sentences(levels),
     }
+
+
+TONE_FIT = 0.15  # the fit's relative residual under which one tone curve is said to fit
+TONE_GAMMA = 0.1  # |log γ| above which the fitted curve is worth naming (γ outside ~0.9–1.1)
+
+
+def fitted_tone(tones: np.ndarray, synthetic: np.ndarray) -> dict:
+    """γ of synthetic ≈ real^γ from the medians over each domain's images of their luma
+    quantiles (least squares in log-log through the origin, over the quantiles neither
+    black nor white in either domain), with the fit's relative residual (RMS of the
+    residuals over RMS of the synthetic log lumas: 0 when one curve maps every quantile).
+    None for γ when fewer than 3 quantiles are usable."""
+    if len(tones) == 0 or synthetic.all() or not synthetic.any():
+        return {"gamma": None, "residual": None, "quantiles": 0}
+    real, synth = (np.median(tones[mask], axis=0) for mask in (~synthetic, synthetic))
+    usable = (real > 0.02) & (real < 0.98) & (synth > 0.02) & (synth < 0.98)
+    if usable.sum() < 3:
+        return {"gamma": None, "residual": None, "quantiles": int(usable.sum())}
+    x, y = np.log(real[usable]), np.log(synth[usable])
+    gamma = float((x @ y) / (x @ x))
+    residual = float(np.sqrt(np.mean((y - gamma * x) ** 2) / np.mean(y * y)))
+    return {"gamma": gamma, "residual": residual, "quantiles": int(usable.sum())}
+
+
+def tone_sentences(tone: dict) -> list[str]:
+    """Name the tone curve when one fits and it is not the identity."""
+    gamma, residual = tone.get("gamma"), tone.get("residual")
+    if gamma is None or residual > TONE_FIT or abs(np.log(gamma)) < TONE_GAMMA:
+        return []
+    way = "darker" if gamma > 1 else "lighter"
+    return [
+        f"one tone curve fits the difference: synthetic luma ≈ real^{gamma:.2f} ({way} "
+        f"mid-tones; relative residual {residual:.2f} over {tone['quantiles']} tone "
+        "quantiles): try the what-if tonecurve before separate fixes"
+    ]
 
 
 TOGETHER = 0.7  # |Spearman ρ| across images above which statistics are said to move together

@@ -74,6 +74,19 @@ def statistics(rgb: np.ndarray, jpeg_quality: float | None = None) -> dict[str, 
     return out
 
 
+TONE_QUANTILES = np.linspace(0.01, 0.99, 99)  # fine at the ends: small dark shapes on white
+
+
+def tone_quantiles(rgb: np.ndarray) -> np.ndarray:
+    """The image's luma (Rec. 601, in [0, 1]) at TONE_QUANTILES: what a tone curve maps.
+    A monotone curve applied to every pixel maps each quantile through it, and the
+    median over images of each quantile too, so two domains' medians show the curve."""
+    image = np.asarray(rgb)
+    image = image.astype(np.float64) / 255.0 if image.dtype == np.uint8 else image.astype(float)
+    luma = image[..., :3] @ np.array([0.299, 0.587, 0.114])
+    return np.quantile(luma, TONE_QUANTILES)
+
+
 def _noise(grey: np.ndarray, estimate_sigma) -> float:
     """The wavelet noise σ; 0 for a flat image (whose estimate is an empty median)."""
     if grey.std() < 1e-9:  # flat (up to the colour conversion's rounding)
