@@ -330,7 +330,7 @@ def attribution_figure(found: dict):
         cols=2,
         subplot_titles=(
             "AUC per statistic (0.5: no difference)",
-            "p(synthetic) explained by photometry (R²)",
+            "p(synthetic) explained by photometry (R²; bars: the folds' range)",
         ),
     )
     fig.add_trace(
