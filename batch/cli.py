@@ -15,6 +15,7 @@ import typer
 from batch import annotations
 from batch.options import options_from
 from lib.jobs.caricature import CaricatureJob
+from lib.jobs.detections import DetectionsJob
 from lib.jobs.retrieval import RetrievalJob
 from lib.jobs.run import RunConfig
 from lib.jobs.training import MetricJob, ProtocolJob, TrainJob
@@ -225,6 +226,23 @@ def retrieval(job: RetrievalJob, results: ResultsOpt = RESULTS) -> None:
             f"@5 {r['5']['value']:.3f}  @10 {r['10']['value']:.3f}  "
             f"mAP@R {m['map_at_r']['value']:.3f}"
         )
+
+
+@evaluate.command("detections")
+@options_from(DetectionsJob)
+def detections(job: DetectionsJob, results: ResultsOpt = RESULTS) -> None:
+    """How well each detector finds the test images' objects (COCO mAP, AP50, AP75, per
+    class and size, with bootstrap intervals), what happened to each object, and whether
+    the real objects it misses are the ones no synthetic object covers; in a new run."""
+    _setup_logging(False)
+    from lib.jobs.detections import run_detections
+    from lib.store.runs import RunStore
+
+    published = run_detections(job, RunStore(results))
+    typer.echo(f"published run {published.id} with {len(published.detections)} detectors")
+    for name in job.detectors():
+        for line in published.detections[name]["findings"]:
+            typer.echo(f"  {line}")
 
 
 def _train(train_it, job, results: Path, validated_by: str) -> None:

@@ -78,6 +78,8 @@ WEB = "web"
 CARICATURES = "caricatures"
 WHATIF = "whatif"
 RETRIEVAL = "retrieval"
+DETECTIONS = "detections"
+DETECTION_TABLES = ("objects", "detections")  # per-object and per-detection outcomes
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -226,6 +228,15 @@ class RunWriter:
         self._json(f"{RETRIEVAL}/{name}/results.json", results)
         for level, frame in tables.items():
             self._table(f"{RETRIEVAL}/{name}/{level}.parquet", frame)
+
+    def detections(self, name: str, results: dict, tables: dict) -> None:
+        """One detector's evaluation: its metrics and outcome tables (DETECTION_TABLES).
+        One of the same name linked from the base run is replaced whole."""
+        name = checked_name(name, "detector name")
+        self._fresh_dir(f"{DETECTIONS}/{name}", keep_siblings=True)
+        self._json(f"{DETECTIONS}/{name}/results.json", results)
+        for table in DETECTION_TABLES:
+            self._table(f"{DETECTIONS}/{name}/{table}.parquet", tables[table])
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -637,6 +648,25 @@ class Run:
         return {
             p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/results.json"))
         }
+
+    @cached_property
+    def detections(self) -> dict[str, dict]:
+        """Every detector evaluated on this run's test images: name → its results.json."""
+        folder = self.dir / DETECTIONS
+        if not folder.is_dir():
+            return {}
+        return {
+            p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/results.json"))
+        }
+
+    def detection_table(self, name: str, table: str):
+        """One detector's outcomes: `table` is "objects" or "detections"."""
+        import pandas as pd
+
+        if table not in DETECTION_TABLES:
+            raise ValueError(table)
+        folder = self.dir / DETECTIONS / checked_name(name, "detector")
+        return pd.read_parquet(folder / f"{table}.parquet")
 
     def retrieval_table(self, name: str, level: str):
         """One evaluation's per-query table at one level."""

@@ -1,0 +1,59 @@
+"""Constructed test sets and a detector with known behaviour, for tests/test_detections.py."""
+
+from __future__ import annotations
+
+import numpy as np
+
+CATEGORIES = [{"id": 1, "name": "car"}, {"id": 2, "name": "person"}, {"id": 5, "name": "dog"}]
+SIDE = 320
+
+
+def scene(n_images: int, rng: np.random.Generator, recall=(0.8, 0.6, 0.4), first_id: int = 1):
+    """(truth, detections): COCO ground truth of `n_images` images with 0-5 objects of
+    three classes and mixed sizes, and a detector that finds an object of class c with
+    probability recall[c] (box jittered, score high), adds false positives (low scores,
+    random boxes) and now and then names the wrong class."""
+    images, annotations, found = [], [], []
+    for i in range(first_id, first_id + n_images):
+        images.append({"id": i, "file_name": f"img_{i:05d}.png", "width": SIDE, "height": SIDE})
+        for _ in range(int(rng.integers(0, 6))):
+            c = int(rng.integers(0, 3))
+            w, h = (float(v) for v in rng.uniform(12, 150, 2))
+            x, y = float(rng.uniform(0, SIDE - w)), float(rng.uniform(0, SIDE - h))
+            ann_id = len(annotations) + 1 + first_id * 10
+            annotations.append(
+                {
+                    "id": ann_id,
+                    "image_id": i,
+                    "category_id": CATEGORIES[c]["id"],
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+            if rng.random() < recall[c]:
+                jitter = rng.normal(0, 0.08, 4) * [w, h, w, h]
+                wrong = rng.random() < 0.05
+                category = CATEGORIES[(c + 1) % 3 if wrong else c]["id"]
+                found.append(
+                    {
+                        "image_id": i,
+                        "category_id": category,
+                        "bbox": [x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3]],
+                        "score": float(rng.uniform(0.3, 1.0)),
+                    }
+                )
+        for _ in range(int(rng.poisson(1.0))):
+            w, h = (float(v) for v in rng.uniform(12, 100, 2))
+            found.append(
+                {
+                    "image_id": i,
+                    "category_id": CATEGORIES[int(rng.integers(0, 3))]["id"],
+                    "bbox": [float(rng.uniform(0, SIDE - w)), float(rng.uniform(0, SIDE - h)), w, h],
+                    "score": float(rng.uniform(0.0, 0.7)),
+                }
+            )
+    for n, a in enumerate(annotations):
+        a["id"] = n + 1
+    truth = {"images": images, "annotations": annotations, "categories": CATEGORIES}
+    return truth, found
