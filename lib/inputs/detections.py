@@ -27,7 +27,10 @@ from lib.store.names import shown
 
 def _load_json(path: Path, what: str):
     try:
-        return json.loads(Path(path).read_text())
+        text = Path(path).read_text()
+        if not text.strip():
+            raise GapscopeError(f"{what} {path} is empty")
+        return json.loads(text)
     except FileNotFoundError:
         raise GapscopeError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
@@ -137,7 +140,7 @@ def read_predictions(path: Path, truth: dict, name: str) -> list[dict]:
             f"{where}: {path.name} is not COCO results (a list of image_id, category_id, "
             "bbox, score), nor a folder of YOLO txt files"
         )
-    images = {im["id"] for im in truth["images"]}
+    images = {im["id"]: im for im in truth["images"]}
     categories = {c["id"] for c in truth["categories"]}
     out, strangers = [], []
     for n, d in enumerate(data):
@@ -156,7 +159,7 @@ def read_predictions(path: Path, truth: dict, name: str) -> list[dict]:
         if image_id not in images:
             strangers.append(image_id)
             continue
-        box = _box(d.get("bbox"), here)
+        box = _inside(_box(d.get("bbox"), here), images[image_id], here)
         out.append(
             {"image_id": image_id, "category_id": category_id, "bbox": box, "score": float(score)}
         )
@@ -167,6 +170,19 @@ def read_predictions(path: Path, truth: dict, name: str) -> list[dict]:
             "were made for"
         )
     return out
+
+
+def _inside(box: list[float], image: dict, where: str) -> list[float]:
+    """A detection's box, refused when it lies wholly outside its image (a box partly
+    outside is a detector's ordinary output, left as it is)."""
+    x, y, w, h = box
+    width, height = image["width"], image["height"]
+    if width and height and (x >= width or y >= height or x + w <= 0 or y + h <= 0):
+        raise GapscopeError(
+            f"{where}: box [{x:g}, {y:g}, {w:g}, {h:g}] lies wholly outside its image "
+            f"({width}×{height}): were the boxes written for another image size?"
+        )
+    return box
 
 
 def _stem(file_name: str) -> str:
@@ -221,12 +237,8 @@ def _yolo(folder: Path, truth: dict, where: str) -> list[dict]:
             if not all(math.isfinite(v) for v in (cx, cy, w, h, score)) or w < 0 or h < 0:
                 raise GapscopeError(f"{here}: a box or confidence is not a finite number")
             W, H = image["width"], image["height"]
+            box = _inside([(cx - w / 2) * W, (cy - h / 2) * H, w * W, h * H], image, here)
             out.append(
-                {
-                    "image_id": image["id"],
-                    "category_id": categories[c],
-                    "bbox": [(cx - w / 2) * W, (cy - h / 2) * H, w * W, h * H],
-                    "score": score,
-                }
+                {"image_id": image["id"], "category_id": categories[c], "bbox": box, "score": score}
             )
     return out

@@ -31,6 +31,7 @@ from lib.runtime.params import REQUIRED, check_minimums, param
 from lib.store.names import checked_name, shown
 
 JOIN_IOU = 0.9  # a ground-truth box and a run's object box are one object above this
+EVALUATOR = "pycocotools COCOeval (bbox); bias-corrected normal bootstrap over test images"
 
 
 @dataclass
@@ -107,7 +108,7 @@ def evaluate_detector(truth: dict, found: list[dict], job: DetectionsJob, run=No
             "objects": _counts(objects["outcome"], OBJECT_OUTCOMES),
             "detections": _counts(detections["outcome"], DETECTION_OUTCOMES),
         },
-        "evaluator": "pycocotools COCOeval (bbox); bias-corrected normal bootstrap over test images",
+        "evaluator": EVALUATOR,
     }
     if run is not None and run.objects is not None:
         objects["row"] = join_rows(run, objects)
