@@ -979,6 +979,45 @@ def bench_objects(n_scenes: int = 40, test_size: tuple[int, int] = (480, 640)) -
     }
 
 
+def bench_detection(sizes=(1000, 5000)) -> dict:
+    """`batch evaluate detections`' work per test set size: pycocotools' COCOeval, the
+    bootstrap's 200 re-accumulations, the per-object outcomes (constructed test sets of
+    three classes, ~2.5 objects and ~2.5 detections an image; tests/detection_scenes)."""
+    import numpy as np
+
+    from lib.analysis import detection
+    from tests.detection_scenes import scene
+
+    rows = []
+    for n in sizes:
+        truth, found = scene(n, np.random.default_rng(0))
+        load = round(os.getloadavg()[0], 2)
+        t = time.perf_counter()
+        evaluation = detection.evaluate(truth, found)
+        cocoeval = time.perf_counter() - t
+        t = time.perf_counter()
+        detection.bootstrap(evaluation)
+        boot = time.perf_counter() - t
+        t = time.perf_counter()
+        detection.outcomes(evaluation)
+        outcomes = time.perf_counter() - t
+        total = cocoeval + boot + outcomes
+        rows.append(
+            {
+                "test_images": n,
+                "objects": len(truth["annotations"]),
+                "detections": len(found),
+                "cocoeval_seconds": round(cocoeval, 2),
+                "bootstrap_200_seconds": round(boot, 2),
+                "outcomes_seconds": round(outcomes, 2),
+                "seconds_per_1000_images": round(1000 * total / n, 2),
+                "bootstrap_to_cocoeval": round(boot / cocoeval, 2),
+                "load_average_1m": [load, round(os.getloadavg()[0], 2)],
+            }
+        )
+    return {"what": "evaluate detections (one detector)", "rows": rows}
+
+
 SECTIONS = {
     "gap": bench_gap,
     "prdc": bench_prdc,
@@ -996,6 +1035,7 @@ SECTIONS = {
     "training": bench_training,
     "objects": bench_objects,
     "threads": bench_threads,
+    "detection": bench_detection,
 }
 
 

@@ -78,3 +78,11 @@ def test_objects_section_times_each_way_of_pooling_the_same_boxes(bench):
     for mode in ("roi", "levels", "crop"):
         assert out[mode]["objects_per_s"] > 0
     assert out["ratio_to_crop"]["crop"] == 1.0 and "objects on 2 images" in out["what"]
+
+
+def test_detection_section_times_each_step_of_an_evaluation(bench):
+    out = bench.bench_detection(sizes=(40,))
+    (row,) = out["rows"]
+    assert row["test_images"] == 40 and row["objects"] > 40
+    assert row["cocoeval_seconds"] > 0 and row["bootstrap_200_seconds"] > 0
+    assert len(row["load_average_1m"]) == 2
