@@ -16,6 +16,7 @@ from batch import annotations
 from batch.options import options_from
 from lib.jobs.caricature import CaricatureJob
 from lib.jobs.detections import DetectionsJob
+from lib.jobs.detector import DetectorJob
 from lib.jobs.retrieval import RetrievalJob
 from lib.jobs.run import RunConfig
 from lib.jobs.training import MetricJob, ProtocolJob, TrainJob
@@ -284,6 +285,39 @@ def train_metric(
     from lib.jobs.training import train_metric as train_it
 
     _train(train_it, job, results, "precision@1")
+
+
+@train.command("detector")
+@options_from(DetectorJob)
+def train_detector(
+    job: DetectorJob, results: ResultsOpt = RESULTS, verbose: VerboseOpt = False
+) -> None:
+    """Train a small torchvision detector (FCOS or RetinaNet on a registered backbone's
+    FPN) on image folders with boxes, validated by AP50, resumable; then its COCO figures
+    on the test images, with intervals (test.json)."""
+    _setup_logging(verbose)
+    import json
+
+    from lib.jobs.detector import train_detector as train_it
+
+    def report(epoch: int, epochs: int, row: dict) -> None:
+        typer.echo(
+            f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, validation AP50 "
+            f"{row['val_ap50']:.3f}, AP {row['val_ap']:.3f} ({row['seconds']:.1f} s)"
+        )
+
+    out = train_it(job, results, report)
+    test = json.loads((out / "test.json").read_text())
+    s, ci = test["summary"], test["ci95"]
+    typer.echo(
+        f"model in {out} (best.pt from epoch {test['epoch']}, training.csv, test.json): on "
+        f"{test['test_images']} test images AP {s['AP']:.3f} {_bracket(ci.get('AP'))}, "
+        f"AP50 {s['AP50']:.3f} {_bracket(ci.get('AP50'))}"
+    )
+
+
+def _bracket(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "(no interval)"
 
 
 @train.command("protocol")

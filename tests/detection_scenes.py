@@ -45,11 +45,13 @@ def scene(n_images: int, rng: np.random.Generator, recall=(0.8, 0.6, 0.4), first
                 )
         for _ in range(int(rng.poisson(1.0))):
             w, h = (float(v) for v in rng.uniform(12, 100, 2))
+            category = CATEGORIES[int(rng.integers(0, 3))]["id"]  # drawn in this order
+            x, y = float(rng.uniform(0, SIDE - w)), float(rng.uniform(0, SIDE - h))
             found.append(
                 {
                     "image_id": i,
-                    "category_id": CATEGORIES[int(rng.integers(0, 3))]["id"],
-                    "bbox": [float(rng.uniform(0, SIDE - w)), float(rng.uniform(0, SIDE - h)), w, h],
+                    "category_id": category,
+                    "bbox": [x, y, w, h],
                     "score": float(rng.uniform(0.0, 0.7)),
                 }
             )
@@ -57,3 +59,35 @@ def scene(n_images: int, rng: np.random.Generator, recall=(0.8, 0.6, 0.4), first
         a["id"] = n + 1
     truth = {"images": images, "annotations": annotations, "categories": CATEGORIES}
     return truth, found
+
+
+def covered_only(object_store, into):
+    """A copy of the object example's store (`into`/results) with a detector that finds
+    exactly the real objects some synthetic object covers, evaluated on the example's
+    real test set (data/real.json) through the CLI: (results folder, the CLI's result,
+    the base run, which real objects are covered, the ground truth)."""
+    import json
+    import shutil
+
+    from lib.store.runs import RunStore
+    from tests.conftest import batch
+
+    results = into / "results"
+    shutil.copytree(object_store[0], results, symlinks=True)
+    truth_file = object_store[1] / "real.json"
+    base = RunStore(results).open()
+    rows = base.objects[base.objects["domain"] == "real"]
+    covered = base.scores.set_index("id")["covered"].reindex(rows["id"]).fillna(False)
+    truth = json.loads(truth_file.read_text())
+    assert len(truth["annotations"]) == len(rows)  # the run kept every box (none clipped)
+    found = [
+        {**{k: a[k] for k in ("image_id", "category_id", "bbox")}, "score": 0.9}
+        for a, hit in zip(truth["annotations"], covered.to_numpy(), strict=True)
+        if hit
+    ]
+    (into / "pred.json").write_text(json.dumps(found))
+    result = batch(
+        "evaluate", "detections", "--gt", str(truth_file),
+        "--predictions", f"covered-only={into / 'pred.json'}", "--results", str(results),
+    )  # fmt: skip
+    return results, result, base, covered.to_numpy(), truth

@@ -837,6 +837,52 @@ def test_an_object_is_clicked_in_its_class_and_shown_with_its_box_and_nearest_ob
         assert "the gap per class and per size" in table and "size medium" in table
 
 
+def test_the_detections_tab_answers_whether_the_missed_objects_are_the_uncovered_ones(
+    browser, object_store, tmp_path
+):
+    """The object example with a detector that finds exactly the covered real objects:
+    the Detections tab says the missed are less often covered, tabulates each class and
+    size, and shows the missed objects; picking "detected" shows those, and a reload
+    comes back to the same answer."""
+    from conftest import serve_demo
+    from detection_scenes import covered_only
+
+    results, result, _, covered, _ = covered_only(object_store, tmp_path)
+    assert result.returncode == 0, result.stderr
+    answer = "the missed are less often covered"
+    with serve_demo(results) as url, visit(browser, url) as page:
+        for attempt in range(2):  # as a person comes back to it: the same after a reload
+            page.get_by_role("tab", name="Detections").click()
+            page.wait_for_function(
+                f"() => document.querySelector('#detections_coverage').innerText"
+                f".includes('{answer}')",
+                timeout=30_000,
+            )
+            assert "covered-only" in page.inner_text("#detections_note")
+            assert "medium" in page.inner_text("#detections_sizes")
+            page.wait_for_function(
+                "() => document.querySelectorAll('#detections_objects .caption-label').length > 0",
+                timeout=20_000,
+            )
+            captions = [
+                e.inner_text()
+                for e in page.query_selector_all("#detections_objects .caption-label")
+            ]
+            assert captions and all(" · missed · " in c for c in captions)
+            if attempt == 0:
+                page.reload()
+        page.get_by_text("detected", exact=True).click()
+        page.wait_for_function(
+            "() => { const c = [...document.querySelectorAll('#detections_objects "
+            ".caption-label')].map(e => e.innerText); return c.length === 24 && "
+            "c.every(t => t.includes(' · detected · ')); }",
+            timeout=20_000,
+        )
+        images = page.query_selector_all("#detections_objects img")
+        assert images and all(i.evaluate("e => e.naturalWidth") > 0 for i in images)
+    assert covered.sum() >= 24  # enough detected objects to fill the gallery
+
+
 # ---- #27 hole 7: what comes from data is text, in Markdown and in the plot's legend -------
 
 EVIL_PICTURE = "![p](http://evil.example/pixel.png)"

@@ -303,28 +303,11 @@ def test_the_objects_a_detector_misses_are_joined_to_the_run_and_their_coverage_
     ground-truth object to its row, and says the missed are the uncovered ones, beyond
     noise; the results, the outcome tables and the findings are published in a derived
     run that keeps the base run's files."""
-    import shutil
-
     from lib.store.runs import RunStore
+    from tests.detection_scenes import covered_only
 
-    results = tmp_path / "results"
-    shutil.copytree(object_store[0], results, symlinks=True)
-    truth_file = object_store[1] / "real.json"
-    base = RunStore(results).open()
+    results, result, base, covered, truth = covered_only(object_store, tmp_path)
     rows = base.objects[base.objects["domain"] == "real"]
-    covered = base.scores.set_index("id")["covered"].reindex(rows["id"]).fillna(False)
-    truth = json.loads(truth_file.read_text())
-    assert len(truth["annotations"]) == len(rows)  # the run kept every box (none clipped)
-    found = [
-        {**{k: a[k] for k in ("image_id", "category_id", "bbox")}, "score": 0.9}
-        for a, hit in zip(truth["annotations"], covered.to_numpy(), strict=True)
-        if hit
-    ]
-    (tmp_path / "pred.json").write_text(json.dumps(found))
-    result = batch(
-        "evaluate", "detections", "--gt", str(truth_file),
-        "--predictions", f"covered-only={tmp_path / 'pred.json'}", "--results", str(results),
-    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     run = RunStore(results).open()
     assert run.manifest["derived_from"] == base.id and run.features("roi").shape

@@ -218,20 +218,20 @@ class _Matches:
         offsetting the rows into one array to search would round 7/20 against 0.35
         differently, and counting the recalls below each point was 3× slower."""
         b, t, d = tp.shape
-        q = np.zeros((b, t, len(self.recall_points)))
         if d == 0:
-            return q
+            return np.zeros((b, t, len(self.recall_points)))
         tp_sum = np.cumsum(tp, axis=2)
         fp_sum = np.cumsum(fp, axis=2)
         rc = tp_sum / objects[:, None, None]
         pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
         pr = np.maximum.accumulate(pr[..., ::-1], axis=2)[..., ::-1]  # the precision envelope
+        inds = np.empty((b, t, len(self.recall_points)), dtype=np.intp)
         for i in range(b):
             for row in range(t):
-                inds = np.searchsorted(rc[i, row], self.recall_points, side="left")
-                valid = inds < d
-                q[i, row, valid] = pr[i, row, inds[valid]]
-        return q
+                inds[i, row] = rc[i, row].searchsorted(self.recall_points, side="left")
+        # past the last detection the precision is 0: one column of zeros to point at
+        padded = np.concatenate([pr, np.zeros((b, t, 1))], axis=2)
+        return np.take_along_axis(padded, inds, axis=2)
 
 
 def summaries(precision: np.ndarray, names: list[str]) -> dict:

@@ -72,58 +72,63 @@ def read_truth(path: Path) -> dict:
             f"--gt {path} is not a COCO instances file: it needs lists of images, "
             "annotations and categories"
         )
-    images, categories, annotations = [], [], []
-    for n, im in enumerate(data["images"]):
-        where = f"--gt {path.name}: image {n}"
-        if not isinstance(im, dict) or not isinstance(im.get("file_name"), str):
-            raise GapscopeError(f"{where} needs an id and a file_name")
-        images.append(
-            {
-                "id": _int(im.get("id"), where, "id"),
-                "file_name": im["file_name"],
-                "width": _int(im.get("width", 0), where, "width"),
-                "height": _int(im.get("height", 0), where, "height"),
-            }
-        )
-    for n, c in enumerate(data["categories"]):
-        where = f"--gt {path.name}: category {n}"
-        if not isinstance(c, dict) or not isinstance(c.get("name"), str):
-            raise GapscopeError(f"{where} needs an id and a name")
-        categories.append({"id": _int(c.get("id"), where, "id"), "name": c["name"]})
+    images = [_image(im, f"--gt {path.name}: image {n}") for n, im in enumerate(data["images"])]
+    categories = [
+        _category(c, f"--gt {path.name}: category {n}") for n, c in enumerate(data["categories"])
+    ]
     for kind, rows in (("image", images), ("category", categories)):
         ids = [r["id"] for r in rows]
         if len(set(ids)) != len(ids):
             raise GapscopeError(f"--gt {path.name}: two {kind}s share an id")
-    known_images = {im["id"] for im in images}
-    known_categories = {c["id"] for c in categories}
-    for n, a in enumerate(data["annotations"]):
-        where = f"--gt {path.name}: annotation {n}"
-        if not isinstance(a, dict):
-            raise GapscopeError(f"{where} is not an object")
-        image_id = _int(a.get("image_id"), where, "image_id")
-        category_id = _int(a.get("category_id"), where, "category_id")
-        if image_id not in known_images:
-            raise GapscopeError(f"{where}: image_id {image_id} is not among the images")
-        if category_id not in known_categories:
-            raise GapscopeError(f"{where}: category_id {category_id} is not a category")
-        box = _box(a.get("bbox"), where)
-        area = a.get("area", box[2] * box[3])
-        if not _finite(area):
-            raise GapscopeError(f"{where}: area {shown(area)} is not a finite number")
-        annotations.append(
-            {
-                "id": n + 1,  # COCOeval reads id 0 as "no match": ids from 1, the file's kept
-                "source_id": a.get("id", n),
-                "image_id": image_id,
-                "category_id": category_id,
-                "bbox": box,
-                "area": float(area),
-                "iscrowd": int(bool(a.get("iscrowd", 0))),
-            }
-        )
     if not images or not categories:
         raise GapscopeError(f"--gt {path}: no images or no categories")
+    known = {im["id"] for im in images}, {c["id"] for c in categories}
+    annotations = [
+        _annotation(a, n, known, f"--gt {path.name}: annotation {n}")
+        for n, a in enumerate(data["annotations"])
+    ]
     return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _image(im, where: str) -> dict:
+    if not isinstance(im, dict) or not isinstance(im.get("file_name"), str):
+        raise GapscopeError(f"{where} needs an id and a file_name")
+    return {
+        "id": _int(im.get("id"), where, "id"),
+        "file_name": im["file_name"],
+        "width": _int(im.get("width", 0), where, "width"),
+        "height": _int(im.get("height", 0), where, "height"),
+    }
+
+
+def _category(c, where: str) -> dict:
+    if not isinstance(c, dict) or not isinstance(c.get("name"), str):
+        raise GapscopeError(f"{where} needs an id and a name")
+    return {"id": _int(c.get("id"), where, "id"), "name": c["name"]}
+
+
+def _annotation(a, n: int, known: tuple[set, set], where: str) -> dict:
+    if not isinstance(a, dict):
+        raise GapscopeError(f"{where} is not an object")
+    image_id = _int(a.get("image_id"), where, "image_id")
+    category_id = _int(a.get("category_id"), where, "category_id")
+    if image_id not in known[0]:
+        raise GapscopeError(f"{where}: image_id {image_id} is not among the images")
+    if category_id not in known[1]:
+        raise GapscopeError(f"{where}: category_id {category_id} is not a category")
+    box = _box(a.get("bbox"), where)
+    area = a.get("area", box[2] * box[3])
+    if not _finite(area):
+        raise GapscopeError(f"{where}: area {shown(area)} is not a finite number")
+    return {
+        "id": n + 1,  # COCOeval reads id 0 as "no match": ids from 1, the file's kept
+        "source_id": a.get("id", n),
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": box,
+        "area": float(area),
+        "iscrowd": int(bool(a.get("iscrowd", 0))),
+    }
 
 
 def read_predictions(path: Path, truth: dict, name: str) -> list[dict]:
