@@ -187,6 +187,16 @@ class _Matches:
         largest = max((c["tp"].shape[1] for c in self.cells.values()), default=1)
         return int(np.clip(BATCH_FLOATS // max(t * largest, r * t * k * a), 1, 50))
 
+    def figures(self, weights: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        """`summaries` of every row of `weights` (resamples × images), in batches."""
+        parts: dict[str, list] = {}
+        batch = self.batch_size()
+        for start in range(0, len(weights), batch):
+            precision = self.precision(weights[start : start + batch])
+            for figure, values in summaries(precision, names).items():
+                parts.setdefault(figure, []).append(values)
+        return {figure: np.concatenate(values) for figure, values in parts.items()}
+
     def precision(self, weights: np.ndarray | None = None) -> np.ndarray:
         """(T, R, K, A) precision at the recall points, -1 where a category has no
         objects; `weights`: how often each image counts (None: once), or a (B, images)
@@ -269,15 +279,10 @@ def bootstrap(
     rng = np.random.default_rng(seed)
     n = matches.n_images
     weights = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)
-    draws: dict[str, list] = {figure: [] for figure in point}
-    batch = matches.batch_size()
-    for start in range(0, resamples, batch):
-        precision = matches.precision(weights[start : start + batch])
-        for figure, values in summaries(precision, names).items():
-            draws[figure].append(values)
+    draws = matches.figures(weights, names)
     out = {}
     for figure, value in point.items():
-        values = np.concatenate(draws[figure])
+        values = draws[figure]
         ok = values > -1
         if value < 0 or ok.mean() < 0.9:
             out[figure] = None
