@@ -14,6 +14,7 @@ import typer
 
 from batch import annotations
 from batch.options import options_from
+from lib.jobs.calibration import CalibrationJob
 from lib.jobs.caricature import CaricatureJob
 from lib.jobs.detections import DetectionsJob
 from lib.jobs.detector import DetectorJob
@@ -244,6 +245,25 @@ def detections(job: DetectionsJob, results: ResultsOpt = RESULTS) -> None:
     for name in job.detectors():
         for line in published.detections[name]["findings"]:
             typer.echo(f"  {line}")
+
+
+@evaluate.command("calibration")
+@options_from(CalibrationJob)
+def calibration(job: CalibrationJob, results: ResultsOpt = RESULTS) -> None:
+    """Which gap number predicts mAP: across runs of synthetic variants, each with a
+    detector trained on it and evaluated on the same real test images, Spearman's rho of
+    every gap metric at every level with the detector's AP, with intervals; in a new run."""
+    _setup_logging(False)
+    from lib.jobs.calibration import run_calibration
+    from lib.store.runs import RunStore
+
+    published = run_calibration(job, RunStore(results))
+    out = published.calibration
+    typer.echo(f"published run {published.id}: {len(out['variants'])} variants")
+    for variant, value in out["variants"].items():
+        typer.echo(f"  {variant}: {out['figure']} {value:.3f}")
+    for line in out["findings"]:
+        typer.echo(f"  {line}")
 
 
 def _train(train_it, job, results: Path, validated_by: str) -> None:

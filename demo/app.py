@@ -13,7 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from demo import atlas, caricatures, detections, overlap, report, retrieval, whatif
+from demo import atlas, calibration, caricatures, detections, overlap, report, retrieval, whatif
 from demo.api import add_endpoints, keep_private
 from demo.curation import Editing
 from demo.runs import ASSETS, banner, open_id, open_run, run_choices
@@ -41,6 +41,7 @@ TABS = {
     "What if": lambda store, first, roots, editing: whatif.build(store, first),
     "Retrieval": lambda store, first, roots, editing: retrieval.build(store, first),
     "Detections": lambda store, first, roots, editing: detections.build(store, first),
+    "Does it matter?": lambda store, first, roots, editing: calibration.build(store, first),
     "Caricatures": lambda store, first, roots, editing: caricatures.build(store, first),
 }
 

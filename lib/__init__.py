@@ -10,6 +10,7 @@ the library's internals (README, Python API).
     gapscope.level_features(run, "p3")          # (N, D) float32, rows = the images table's ids
     gapscope.compare_runs(older, newer)         # every metric of two runs side by side
     gapscope.start_run("real/", "synthetic/", "results")   # compute and publish a run
+    gapscope.evaluate_detections("test.json", "preds.json")  # COCO's mAP with intervals
 
 The library is laid out by its data flow: `inputs` (images, boxes, embeddings) →
 `features` (the extraction engine and its backbones) → `analysis` (projections,
@@ -159,6 +160,31 @@ def extract_objects(
     return extract(source, backbone, executor or Executor(), cache, allocate)
 
 
+def evaluate_detections(
+    truth: str | Path, predictions: str | Path, resamples: int = 200, seed: int = 0
+) -> pd.DataFrame:
+    """A detector's COCO figures on a test set (pycocotools' COCOeval, bbox): one row per
+    figure (AP, AP50, AP75, per size, AR100, then AP per class as `class:NAME`) with its
+    value and the bootstrap interval over test images (lo, hi; NaN where none).
+    `truth`: COCO instances JSON; `predictions`: COCO results JSON or a folder of YOLO
+    txt files (lib.inputs.detections checks both)."""
+    import pandas as pd
+
+    from lib.analysis.detection import bootstrap, evaluate
+    from lib.inputs.detections import read_predictions, read_truth
+
+    gt = read_truth(Path(truth))
+    evaluation = evaluate(gt, read_predictions(Path(predictions), gt, "predictions"))
+    intervals = bootstrap(evaluation, resamples, seed)
+    values = {**evaluation.summary}
+    values.update({f"class:{c}": f["AP"] for c, f in evaluation.per_class.items()})
+    rows = []
+    for figure, value in values.items():
+        lo, hi = intervals.get(figure) or (float("nan"), float("nan"))
+        rows.append({"figure": figure, "value": value, "lo": lo, "hi": hi})
+    return pd.DataFrame(rows)
+
+
 def _check_level(run: Run, level: str) -> None:
     if level not in run.levels:
         raise GapscopeError(f"run {run.id} has no level {level!r} ({', '.join(run.levels)})")
@@ -174,6 +200,7 @@ def _rows(run: Run) -> pd.DataFrame:
 __all__ = [
     "GapscopeError",
     "compare_runs",
+    "evaluate_detections",
     "extract_images",
     "extract_objects",
     "level_features",

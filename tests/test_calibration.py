@@ -82,3 +82,127 @@ def test_resampled_aps_move_together_and_the_interval_counts_the_variants():
         }
     )
     assert few[-1] == "with 3 variants no rank correlation can be significant: use at least 5"
+
+
+# ---- the job, from runs, and the tab ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def variant_store(published_run, tmp_path_factory, variants):
+    """Five runs standing for five synthetic variants: copies of one published run whose
+    metrics.json says, at every level, coverage 0.9 − drop and FD 10 · drop + 1, each
+    with its variant's detector evaluated on the same test set (lib.jobs.detections)."""
+    import json
+    import shutil
+
+    from lib.jobs.detections import DetectionsJob, run_detections
+    from lib.store.runs import RunStore
+
+    gaps, evaluations = variants
+    root = tmp_path_factory.mktemp("calibration") / "results"
+    (root / "runs").mkdir(parents=True)
+    store = RunStore(root)
+    truth = next(iter(evaluations.values())).cocoeval.cocoGt.dataset
+    (root.parent / "gt.json").write_text(json.dumps(truth))
+    ids = []
+    for k, drop in enumerate(DROPS[:5]):
+        run_id = f"20990101-00000{k}-var{k}"
+        shutil.copytree(published_run.dir, root / "runs" / run_id)
+        metrics = json.loads((root / "runs" / run_id / "metrics.json").read_text())
+        for level in metrics["levels"].values():
+            level["metrics"]["coverage"]["value"] = 0.9 - drop
+            level["metrics"]["fd"]["value"] = 10 * drop + 1
+        (root / "runs" / run_id / "metrics.json").write_text(json.dumps(metrics))
+        e = evaluations[f"v{k}"].cocoeval
+        found = [
+            {key: d[key] for key in ("image_id", "category_id", "bbox", "score")}
+            for d in e.cocoDt.dataset["annotations"]
+        ]
+        (root.parent / f"v{k}.json").write_text(json.dumps(found))
+        job = DetectionsJob(
+            truth=root.parent / "gt.json",
+            predictions=[f"det=v{k}.json"],
+            run_id=run_id,
+            resamples=50,
+        )
+        job.predictions = [f"det={root.parent / f'v{k}.json'}"]
+        ids.append(run_detections(job, store).id)
+    return root, ids
+
+
+def test_the_calibration_job_publishes_which_metric_predicts_ap_and_the_tab_shows_it(
+    variant_store,
+):
+    from demo import calibration as tab
+    from lib.store.runs import RunStore
+    from tests.conftest import batch
+
+    root, ids = variant_store
+    args = [a for i in ids for a in ("--variant", i)]
+    result = batch(
+        "evaluate", "calibration", *args, "--detector", "det", "--resamples", "200",
+        "--results", str(root),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run = RunStore(root).open()
+    out = run.calibration
+    assert list(out["variants"]) == ids and out["figure"] == "AP"
+    for level, metrics in out["levels"].items():
+        assert metrics["coverage"]["rho"] == pytest.approx(1.0), level
+        assert metrics["fd"]["rho"] == pytest.approx(-1.0) and metrics["fd"]["ci95"][1] < 0
+    assert "predicts AP" in result.stdout and "with 5 variants only |ρ| ≥ 1.00" in result.stdout
+    _, note, table, chart = tab.on_run(RunStore(root), run.id, "coverage")
+    assert "5 variants" in note and "predicts AP" in note
+    assert table["headers"][:2] == ["level", "fd"] and len(table["value"]) == len(out["levels"])
+    assert all(len(trace.x) == 5 for trace in chart.data)  # a point per variant per level
+
+
+def test_calibrations_that_cannot_be_made_are_one_line_errors(variant_store, tmp_path):
+    import json
+    import shutil
+
+    from tests.conftest import batch, one_error_line
+
+    root, ids = variant_store
+
+    def calibrate_cli(*args):
+        return batch("evaluate", "calibration", *args, "--results", str(root))
+
+    two = calibrate_cli("--variant", ids[0], "--variant", ids[1], "--detector", "det")
+    assert "give at least 3 different runs" in one_error_line(two)
+    absent = calibrate_cli(*[a for i in ids for a in ("--variant", i)], "--detector", "other")
+    assert f"run {ids[0]} has no detector 'other'" in one_error_line(absent)
+    # one variant tested on another test set
+    other = root / "runs" / ids[4] / "detections" / "det" / "truth.json"
+    saved = other.read_text()
+    truth = json.loads(saved)
+    other.unlink()  # a published run's files are links: replace, never write through
+    truth["images"] = truth["images"][:-1]
+    other.write_text(json.dumps(truth))
+    try:
+        mixed = calibrate_cli(*[a for i in ids for a in ("--variant", i)], "--detector", "det")
+        assert "tested on different test sets" in one_error_line(mixed)
+    finally:
+        other.unlink()
+        other.write_text(saved)
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_python_api_gives_cocos_figures_with_intervals(tmp_path, variants):
+    import json
+
+    import lib as gapscope
+
+    _, evaluations = variants
+    e = evaluations["v0"].cocoeval
+    (tmp_path / "gt.json").write_text(json.dumps(e.cocoGt.dataset))
+    found = [
+        {key: d[key] for key in ("image_id", "category_id", "bbox", "score")}
+        for d in e.cocoDt.dataset["annotations"]
+    ]
+    (tmp_path / "p.json").write_text(json.dumps(found))
+    table = gapscope.evaluate_detections(tmp_path / "gt.json", tmp_path / "p.json", resamples=50)
+    ap = table.set_index("figure").loc["AP"]
+    assert ap.value == pytest.approx(evaluations["v0"].summary["AP"])
+    assert 0 <= ap.lo < ap.hi <= 1 and ap.hi - ap.lo < 0.3  # 150 images: a few points wide
+    assert {"AP50", "AR100", "class:car"} <= set(table.figure)

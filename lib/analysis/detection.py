@@ -28,6 +28,7 @@ outcomes.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from dataclasses import dataclass
 
@@ -59,7 +60,7 @@ def evaluate(truth: dict, found: list[dict]) -> Evaluation:
 
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         gt = COCO()
-        gt.dataset = truth
+        gt.dataset = copy.deepcopy(truth)  # COCOeval marks the annotations it ignores
         gt.createIndex()
         if found:
             dt = gt.loadRes([dict(d) for d in found])  # loadRes adds area and id in place

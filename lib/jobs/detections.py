@@ -241,6 +241,6 @@ def run_detections(job: DetectionsJob, store):
     with store.writing(derive_from=base) as writer:
         for name, (results, tables) in evaluated.items():
             results = {**results, "base_run": base.id, "findings": findings(name, results)}
-            writer.detections(name, results, tables)
+            writer.detections(name, results, tables, truth, found[name])
         writer.manifest({**base.manifest, "derived_from": base.id}, schema=base.schema)
     return writer.published

@@ -79,6 +79,7 @@ CARICATURES = "caricatures"
 WHATIF = "whatif"
 RETRIEVAL = "retrieval"
 DETECTIONS = "detections"
+CALIBRATION = "calibration"
 DETECTION_TABLES = ("objects", "detections")  # per-object and per-detection outcomes
 
 
@@ -229,14 +230,25 @@ class RunWriter:
         for level, frame in tables.items():
             self._table(f"{RETRIEVAL}/{name}/{level}.parquet", frame)
 
-    def detections(self, name: str, results: dict, tables: dict) -> None:
-        """One detector's evaluation: its metrics and outcome tables (DETECTION_TABLES).
-        One of the same name linked from the base run is replaced whole."""
+    def detections(
+        self, name: str, results: dict, tables: dict, truth: dict, predictions: list
+    ) -> None:
+        """One detector's evaluation: its metrics, outcome tables (DETECTION_TABLES) and
+        its inputs as checked (truth.json, predictions.json: enough to evaluate it again,
+        as the calibration's bootstrap does). One of the same name linked from the base
+        run is replaced whole."""
         name = checked_name(name, "detector name")
         self._fresh_dir(f"{DETECTIONS}/{name}", keep_siblings=True)
         self._json(f"{DETECTIONS}/{name}/results.json", results)
+        self._json(f"{DETECTIONS}/{name}/truth.json", truth)
+        self._json(f"{DETECTIONS}/{name}/predictions.json", predictions)
         for table in DETECTION_TABLES:
             self._table(f"{DETECTIONS}/{name}/{table}.parquet", tables[table])
+
+    def calibration(self, results: dict) -> None:
+        """Which gap number predicts mAP (lib.jobs.calibration): replaces any linked one."""
+        self._fresh_dir(CALIBRATION)
+        self._json(f"{CALIBRATION}/results.json", results)
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -658,6 +670,18 @@ class Run:
         return {
             p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/results.json"))
         }
+
+    @cached_property
+    def calibration(self) -> dict | None:
+        """The run's calibration (lib.jobs.calibration), None when it has none."""
+        path = self.dir / CALIBRATION / "results.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def detection_inputs(self, name: str) -> tuple[dict, list]:
+        """(ground truth, predictions) one detector was evaluated on, as checked."""
+        folder = self.dir / DETECTIONS / checked_name(name, "detector")
+        truth, predictions = (folder / f for f in ("truth.json", "predictions.json"))
+        return json.loads(truth.read_text()), json.loads(predictions.read_text())
 
     def detection_table(self, name: str, table: str):
         """One detector's outcomes: `table` is "objects" or "detections"."""
