@@ -117,7 +117,33 @@ def test_bad_training_sets_are_one_line_errors(scenes, tmp_path):
              "--train-boxes", str(scenes / "real.json"), "--test-boxes", str(scenes / "real.json")],
             "give one boxes file per folder",
         ),
+        (
+            [*train, str(scenes / "real.json"), "--test-boxes", str(scenes / "real.json"),
+             "--train-share", "0.5", "--train-share", "0.5"],
+            "give one share per --train folder",
+        ),
+        (
+            [*train, str(scenes / "real.json"), "--test-boxes", str(scenes / "real.json"),
+             "--train-share", "1.5"],
+            "each share is above 0 and at most 1",
+        ),
     ]  # fmt: skip
     for args, words in cases:
         result = batch("train", "detector", *base, *args)
         assert result.returncode != 0 and words in one_error_line(result), args
+
+
+def test_real_and_synthetic_at_a_stated_ratio(scenes):
+    """--train-share: a seeded share of each folder's images with boxes (the same one
+    every time), e.g. all the synthetic scenes and half the real ones."""
+    from lib.jobs.detector import read_scenes
+
+    folders = [scenes / "real", scenes / "synthetic"]
+    boxes = [scenes / "real.json", scenes / "synthetic.json"]
+    whole, _ = read_scenes(folders, boxes, "train")
+    mixed, classes = read_scenes(folders, boxes, "train", shares=[0.5, 1.0], seed=3)
+    again, _ = read_scenes(folders, boxes, "train", shares=[0.5, 1.0], seed=3)
+    real = [p for p in mixed.paths if "/real/" in p]
+    assert len(real) == SCENES // 2 and len(mixed.paths) == SCENES // 2 + SCENES
+    assert again.paths == mixed.paths and len(whole.paths) == 2 * SCENES
+    assert classes == sorted(classes) and all(len(b) for b in mixed.boxes)

@@ -82,6 +82,12 @@ class DetectorJob:
     )
     test: Path = param(REQUIRED, "The folder of test images (real ones, held out).")
     test_boxes: Path = param(REQUIRED, "Their boxes, read as --train-boxes.")
+    train_share: list[float] = param(
+        [],
+        "Share of each --train folder's images to use, one per --train (a seeded sample: "
+        "real + synthetic at a stated ratio); default all of each.",
+        flag="--train-share",
+    )
     head: str = param("fcos", f"The detector: {', '.join(HEADS)} (torchvision's).")
     schedule: Schedule = field(default_factory=Schedule)
 
@@ -93,6 +99,10 @@ class DetectorJob:
                 f"--train given {len(self.train)} times and --train-boxes {len(self.train_boxes)}:"
                 " give one boxes file per folder, in the same order"
             )
+        if self.train_share and len(self.train_share) != len(self.train):
+            raise GapscopeError("--train-share: give one share per --train folder, or none")
+        if any(not 0 < share <= 1 for share in self.train_share):
+            raise GapscopeError("--train-share: each share is above 0 and at most 1")
 
     def settings(self) -> dict:
         """What must match for a resume (the epochs may grow, the device change)."""
@@ -139,9 +149,12 @@ class Scenes:
         return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def read_scenes(folders, boxes_files, what: str, classes: list[str] | None = None):
-    """(Scenes, classes) of the folders' images that have boxes; `classes` from the
-    boxes (sorted) unless given, when a box of another class is a one-line error."""
+def read_scenes(
+    folders, boxes_files, what: str, classes: list[str] | None = None, shares=(), seed: int = 0
+):
+    """(Scenes, classes) of the folders' images that have boxes (of each folder a seeded
+    `shares` share when given); `classes` from the boxes (sorted) unless given, when a
+    box of another class is a one-line error."""
     from lib.inputs.boxes import read_boxes
     from lib.inputs.images import Prepare, open_folder
 
@@ -161,13 +174,17 @@ def read_scenes(folders, boxes_files, what: str, classes: list[str] | None = Non
         )
     label = {c: i + 1 for i, c in enumerate(classes)}
     scenes = Scenes([], [], [], [], [])
-    for images, boxes in found:
+    for n, (images, boxes) in enumerate(found):
         per_image: dict[int, list] = {}
         for b in boxes.boxes:
             per_image.setdefault(b.image, []).append(b)
-        for i, record in enumerate(images.records):
-            if i not in per_image:
-                continue  # an image without boxes teaches nothing a one-stage head uses
+        kept = sorted(per_image)  # an image without boxes teaches a one-stage head nothing
+        if shares:
+            rng = np.random.default_rng([seed, n])
+            take = max(1, round(shares[n] * len(kept)))
+            kept = sorted(rng.choice(kept, take, replace=False).tolist())
+        for i in kept:
+            record = images.records[i]
             bs = per_image[i]
             scenes.paths.append(record.path)
             scenes.sizes.append((record.width, record.height))
@@ -281,7 +298,9 @@ def train_detector(job: DetectorJob, results: Path, progress=None) -> Path:
     from lib.runtime.backend import choose_backend
 
     s = job.schedule
-    scenes, classes = read_scenes(job.train, job.train_boxes, "train")
+    scenes, classes = read_scenes(
+        job.train, job.train_boxes, "train", shares=job.train_share, seed=s.seed
+    )
     test, _ = read_scenes([job.test], [job.test_boxes], "test", classes)
     train_rows, val_rows = _split(len(scenes.paths), s.val_share, s.seed)
     backend = choose_backend("auto")
