@@ -14,6 +14,7 @@ import typer
 
 from batch import annotations
 from batch.options import options_from
+from lib.jobs.calibrate import CalibrateJob
 from lib.jobs.calibration import CalibrationJob
 from lib.jobs.caricature import CaricatureJob
 from lib.jobs.detections import DetectionsJob
@@ -334,6 +335,27 @@ def train_detector(
         f"{test['test_images']} test images AP {s['AP']:.3f} {_bracket(ci.get('AP'))}, "
         f"AP50 {s['AP50']:.3f} {_bracket(ci.get('AP50'))}"
     )
+
+
+@train.command("calibrate")
+@options_from(CalibrateJob)
+def train_calibrate(
+    job: CalibrateJob, results: ResultsOpt = RESULTS, verbose: VerboseOpt = False
+) -> None:
+    """The whole loop: per synthetic variant, its gap against the real images (a run) and
+    a detector trained on it, tested on the same real images; then which gap metric at
+    which level predicts the detectors' AP (Spearman, with intervals); in a new run."""
+    _setup_logging(verbose)
+    from lib.jobs.calibrate import run_calibrate
+    from lib.store.runs import RunStore
+
+    published = run_calibrate(job, RunStore(results), lambda line: typer.echo(line))
+    out = published.calibration
+    typer.echo(f"published run {published.id}: {len(out['variants'])} variants")
+    for variant, value in out["variants"].items():
+        typer.echo(f"  {variant}: {out['figure']} {value:.3f} (run {out['runs'][variant]})")
+    for line in out["findings"]:
+        typer.echo(f"  {line}")
 
 
 def _bracket(ci) -> str:

@@ -97,21 +97,34 @@ def findings(result: dict) -> list[str]:
         for metric, r in metrics.items()
         if np.isfinite(r["rho"])
     ]
+    values = list(result["variants"].values())
+    if len(set(values)) == 1:
+        return [
+            f"the detectors' {result['figure']} does not differ across the variants (all "
+            f"{values[0]:.3f}): nothing to correlate; train longer, or use variants further apart"
+        ]
     if not rows:
         return ["no gap metric varies across the variants: nothing to correlate"]
     n = len(result["variants"])
     rows.sort(key=lambda x: -abs(x[2]["rho"]))
+    critical = result.get("critical_rho")
 
     def said(level, metric, r) -> str:
         ci = r["ci95"]
         band = f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
-        clear = ci is not None and (ci[0] > 0 or ci[1] < 0)
+        # beyond noise both ways: the interval excludes 0 and ρ is significant for
+        # this many variants (a bootstrap of 3 variants can give a degenerate interval)
+        clear = (
+            ci is not None
+            and (ci[0] > 0 or ci[1] < 0)
+            and critical is not None
+            and abs(r["rho"]) >= critical - 1e-9
+        )
         verb = "predicts" if clear else "does not clearly predict"
         return f"{metric} at {level} {verb} {result['figure']} (ρ {r['rho']:+.2f}{band})"
 
     lines = [f"for this detector and data, {said(*rows[0])}"]
     lines += [said(*row) for row in rows[1:3]]
-    critical = result.get("critical_rho")
     if critical is None:
         lines.append(f"with {n} variants no rank correlation can be significant: use at least 5")
     elif critical >= 0.85:

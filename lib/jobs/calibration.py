@@ -83,37 +83,49 @@ def _same_test_set(inputs: dict) -> None:
         )
 
 
+def gaps_of(run) -> dict[str, dict[str, float]]:
+    """A run's gap metrics (METRICS) per level: level → metric → value."""
+    return {
+        level: {m: rec["metrics"][m]["value"] for m in METRICS if m in rec["metrics"]}
+        for level, rec in run.metrics["levels"].items()
+    }
+
+
+def point_of(run, figure: dict | None) -> dict:
+    """One variant's point for the tab: its detector's figure (a record) and its run's
+    metrics per level with their intervals."""
+    return {
+        "figure": figure,
+        "levels": {
+            level: {
+                m: {"value": r["metrics"][m]["value"], "ci95": interval(r["metrics"][m])}
+                for m in METRICS
+                if m in r["metrics"]
+            }
+            for level, r in run.metrics["levels"].items()
+        },
+    }
+
+
+def publish(store, base, result: dict, detector: str):
+    """The calibration, with its findings, in a run derived from `base`."""
+    result.update(detector=detector, findings=findings(result))
+    with store.writing(derive_from=base) as writer:
+        writer.calibration({**result, "base_run": base.id})
+        writer.manifest({**base.manifest, "derived_from": base.id}, schema=base.schema)
+    return writer.published
+
+
 def run_calibration(job: CalibrationJob, store):
     """Correlate, then publish in a run derived from the base run."""
     runs = _runs(store, job)
     inputs = {v: run.detection_inputs(job.detector) for v, run in runs.items()}
     _same_test_set(inputs)
     evaluations = {v: evaluate(*inputs[v]) for v in runs}
-    gaps = {
-        v: {
-            level: {m: rec["metrics"][m]["value"] for m in METRICS if m in rec["metrics"]}
-            for level, rec in run.metrics["levels"].items()
-        }
-        for v, run in runs.items()
-    }
+    gaps = {v: gaps_of(run) for v, run in runs.items()}
     result = calibrate(gaps, evaluations, job.figure, job.resamples, job.seed)
     result["points"] = {
-        v: {
-            "figure": run.detections[job.detector]["summary"][job.figure],
-            "levels": {
-                level: {
-                    m: {"value": r["metrics"][m]["value"], "ci95": interval(r["metrics"][m])}
-                    for m in METRICS
-                    if m in r["metrics"]
-                }
-                for level, r in run.metrics["levels"].items()
-            },
-        }
+        v: point_of(run, run.detections[job.detector]["summary"][job.figure])
         for v, run in runs.items()
     }
-    result.update(detector=job.detector, findings=findings(result))
-    base = store.open(job.run_id)
-    with store.writing(derive_from=base) as writer:
-        writer.calibration({**result, "base_run": base.id})
-        writer.manifest({**base.manifest, "derived_from": base.id}, schema=base.schema)
-    return writer.published
+    return publish(store, store.open(job.run_id), result, job.detector)

@@ -10,7 +10,8 @@ runs read them (lib.inputs.boxes: COCO, YOLO, VOC). The loop, schedule and files
 `batch train classifier`'s (lib.jobs.fitting): best.pt (by the validation images' AP50),
 last.pt after every epoch, training.csv, resume after a kill to the same weights, bf16 on
 a GPU. At the end the best weights are evaluated on the test set by
-lib.analysis.detection (COCO's figures with bootstrap intervals): test.json beside them.
+lib.analysis.detection (COCO's figures with bootstrap intervals): test.json beside them,
+with the evaluation's inputs (test-truth.json, test-predictions.json).
 """
 
 from __future__ import annotations
@@ -338,11 +339,22 @@ def train_detector(job: DetectorJob, results: Path, progress=None) -> Path:
         write_history(folder / "training.csv", state["history"], COLUMNS)
         if progress:
             progress(epoch, s.epochs, row)
+    _test(model, folder, test, classes, s, device)
+    return folder
+
+
+def _test(model, folder: Path, test: Scenes, classes: list[str], s: Schedule, device: str):
+    """The best weights on the test images: test.json (COCO's figures, intervals, per
+    class) and the inputs to evaluate them again."""
+    import torch
+
     best = torch.load(folder / "best.pt", map_location=device, weights_only=True)
     model.load_state_dict(best["model"])
-    evaluation = evaluate(
-        test.truth(classes), predict(model, test, range(len(test.paths)), device, s.batch_size, {})
-    )
+    truth = test.truth(classes)
+    found = predict(model, test, range(len(test.paths)), device, s.batch_size, {})
+    evaluation = evaluate(truth, found)
+    for file, content in (("test-truth.json", truth), ("test-predictions.json", found)):
+        (folder / file).write_text(json.dumps(content))  # to evaluate it again (calibration)
     summary = {k: float(v) for k, v in evaluation.summary.items()}
     report = {
         "epoch": best["epoch"],
@@ -352,7 +364,6 @@ def train_detector(job: DetectorJob, results: Path, progress=None) -> Path:
         "per_class": evaluation.per_class,
     }
     (folder / "test.json").write_text(json.dumps(report, indent=2))
-    return folder
 
 
 def _epoch(model, fit, scenes: Scenes, order, batch_size: int, device: str, cache) -> float:
