@@ -91,3 +91,79 @@ def covered_only(object_store, into):
         "--predictions", f"covered-only={into / 'pred.json'}", "--results", str(results),
     )  # fmt: skip
     return results, result, base, covered.to_numpy(), truth
+
+
+DROPS = (0.0, 0.15, 0.3, 0.45, 0.6, 0.75)  # share of the objects each variant's detector misses
+
+
+def drop_variants():
+    """(gaps, evaluations) of six variants on one test set: each variant's detector finds
+    each object unless the object's fixed draw falls under the variant's drop (so a
+    worse variant misses a superset of what a better one misses), plus the same false
+    positives: its AP falls with the drop by construction. The gap metrics at p3: `fd`
+    grows with the drop, `coverage` falls with it, `noise` is random per variant."""
+    from lib.analysis import detection
+
+    rng = np.random.default_rng(0)
+    truth, _ = scene(150, rng)
+    draw = rng.random(len(truth["annotations"]))
+    false = [
+        {"image_id": int(i), "category_id": 1, "bbox": [5.0, 5.0, 30.0, 30.0], "score": 0.2}
+        for i in rng.integers(1, 151, 60)
+    ]
+    evaluations, gaps = {}, {}
+    for k, drop in enumerate(DROPS):
+        found = [
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": [v + 1.0 for v in a["bbox"][:2]] + a["bbox"][2:],
+                "score": 0.5 + 0.5 * d,
+            }
+            for a, d in zip(truth["annotations"], draw, strict=True)
+            if d >= drop
+        ]
+        evaluations[f"v{k}"] = detection.evaluate(truth, found + false)
+        gaps[f"v{k}"] = {
+            "p3": {"fd": 10 * drop + 1, "coverage": 0.9 - drop, "noise": float(rng.random())}
+        }
+    return gaps, evaluations
+
+
+def variant_runs(published_run, into, variants):
+    """Five runs standing for five synthetic variants, in a store at `into`/results:
+    copies of one published run whose metrics.json says, at every level, coverage
+    0.9 − drop and FD 10 · drop + 1, each with its variant's detector (`drop_variants`)
+    evaluated there on the same test set. (results folder, the runs' ids)."""
+    import json
+    import shutil
+
+    from lib.jobs.detections import DetectionsJob, run_detections
+    from lib.store.runs import RunStore
+
+    _, evaluations = variants
+    root = into / "results"
+    (root / "runs").mkdir(parents=True)
+    truth = next(iter(evaluations.values())).cocoeval.cocoGt.dataset
+    (into / "gt.json").write_text(json.dumps(truth))
+    ids = []
+    for k, drop in enumerate(DROPS[:5]):
+        run_id = f"20990101-00000{k}-var{k}"
+        shutil.copytree(published_run.dir, root / "runs" / run_id)
+        metrics_file = root / "runs" / run_id / "metrics.json"
+        metrics = json.loads(metrics_file.read_text())
+        for level in metrics["levels"].values():
+            level["metrics"]["coverage"]["value"] = 0.9 - drop
+            level["metrics"]["fd"]["value"] = 10 * drop + 1
+        metrics_file.write_text(json.dumps(metrics))
+        found = [
+            {key: d[key] for key in ("image_id", "category_id", "bbox", "score")}
+            for d in evaluations[f"v{k}"].cocoeval.cocoDt.dataset["annotations"]
+        ]
+        (into / f"v{k}.json").write_text(json.dumps(found))
+        job = DetectionsJob(
+            truth=into / "gt.json", predictions=[f"det={into / f'v{k}.json'}"], run_id=run_id
+        )
+        job.resamples = 50
+        ids.append(run_detections(job, RunStore(root)).id)
+    return root, ids

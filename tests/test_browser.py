@@ -883,6 +883,47 @@ def test_the_detections_tab_answers_whether_the_missed_objects_are_the_uncovered
     assert covered.sum() >= 24  # enough detected objects to fill the gallery
 
 
+def test_the_does_it_matter_tab_names_the_predictor_and_plots_each_variant(
+    browser, published_run, tmp_path
+):
+    """Five variant runs whose coverage falls as their detector's AP does (by
+    construction), calibrated: the tab names the predictor, tabulates ρ per level, and
+    plots a point per variant whose tooltip names it; another metric redraws the chart."""
+    from conftest import serve_demo
+    from detection_scenes import drop_variants, variant_runs
+
+    from lib.jobs.calibration import CalibrationJob, run_calibration
+    from lib.store.runs import RunStore
+
+    results, ids = variant_runs(published_run, tmp_path, drop_variants())
+    run_calibration(CalibrationJob(variants=ids, detector="det", resamples=200), RunStore(results))
+    with serve_demo(results) as url, visit(browser, url) as page:
+        page.get_by_role("tab", name="Does it matter?").click()
+        page.wait_for_function(
+            "() => document.querySelector('#calibration_note').innerText.includes('predicts AP')",
+            timeout=30_000,
+        )
+        assert "+1.00" in page.inner_text("#calibration_table")  # coverage at every level
+        page.wait_for_selector("#calibration_plot .scatterlayer .points path", timeout=20_000)
+        points = page.query_selector_all("#calibration_plot .scatterlayer")[0].query_selector_all(
+            ".points path"
+        )
+        assert len(points) == 5
+        box = points[0].bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.wait_for_selector("#calibration_plot .hovertext", timeout=5_000)
+        tip = page.evaluate(
+            "() => document.querySelector('#calibration_plot .hovertext').textContent"
+        )
+        assert any(i in tip for i in ids) and "coverage" in tip
+        assert page.text_content("#calibration_plot .xtitle") == "coverage"
+        page.get_by_role("radio", name="fd", exact=True).click()
+        page.wait_for_function(
+            "() => document.querySelector('#calibration_plot .xtitle')?.textContent === 'fd'",
+            timeout=20_000,
+        )
+
+
 # ---- #27 hole 7: what comes from data is text, in Markdown and in the plot's legend -------
 
 EVIL_PICTURE = "![p](http://evil.example/pixel.png)"

@@ -7,43 +7,12 @@ import numpy as np
 import pytest
 
 from lib.analysis import calibration as C
-from lib.analysis import detection as D
-from tests.detection_scenes import scene
-
-DROPS = (0.0, 0.15, 0.3, 0.45, 0.6, 0.75)  # share of the objects each variant's detector misses
+from tests.detection_scenes import drop_variants, variant_runs
 
 
 @pytest.fixture(scope="module")
 def variants():
-    """One test set; per variant, a detector that finds each object unless the object's
-    fixed draw falls under the variant's drop (so a worse variant misses a superset of
-    what a better one misses) plus the same false positives: its AP falls with the
-    drop by construction. The gap metrics: `fd` grows with the drop, `coverage` falls
-    with it, `noise` is a random number per variant."""
-    rng = np.random.default_rng(0)
-    truth, _ = scene(150, rng)
-    draw = rng.random(len(truth["annotations"]))
-    false = [
-        {"image_id": int(i), "category_id": 1, "bbox": [5.0, 5.0, 30.0, 30.0], "score": 0.2}
-        for i in rng.integers(1, 151, 60)
-    ]
-    evaluations, gaps = {}, {}
-    for k, drop in enumerate(DROPS):
-        found = [
-            {
-                "image_id": a["image_id"],
-                "category_id": a["category_id"],
-                "bbox": [v + 1.0 for v in a["bbox"][:2]] + a["bbox"][2:],
-                "score": 0.5 + 0.5 * d,
-            }
-            for a, d in zip(truth["annotations"], draw, strict=True)
-            if d >= drop
-        ]
-        evaluations[f"v{k}"] = D.evaluate(truth, found + false)
-        gaps[f"v{k}"] = {
-            "p3": {"fd": 10 * drop + 1, "coverage": 0.9 - drop, "noise": float(rng.random())}
-        }
-    return gaps, evaluations
+    return drop_variants()
 
 
 def test_the_metric_that_tracks_map_is_named_with_its_interval_and_noise_is_not(variants):
@@ -89,45 +58,7 @@ def test_resampled_aps_move_together_and_the_interval_counts_the_variants():
 
 @pytest.fixture(scope="module")
 def variant_store(published_run, tmp_path_factory, variants):
-    """Five runs standing for five synthetic variants: copies of one published run whose
-    metrics.json says, at every level, coverage 0.9 − drop and FD 10 · drop + 1, each
-    with its variant's detector evaluated on the same test set (lib.jobs.detections)."""
-    import json
-    import shutil
-
-    from lib.jobs.detections import DetectionsJob, run_detections
-    from lib.store.runs import RunStore
-
-    gaps, evaluations = variants
-    root = tmp_path_factory.mktemp("calibration") / "results"
-    (root / "runs").mkdir(parents=True)
-    store = RunStore(root)
-    truth = next(iter(evaluations.values())).cocoeval.cocoGt.dataset
-    (root.parent / "gt.json").write_text(json.dumps(truth))
-    ids = []
-    for k, drop in enumerate(DROPS[:5]):
-        run_id = f"20990101-00000{k}-var{k}"
-        shutil.copytree(published_run.dir, root / "runs" / run_id)
-        metrics = json.loads((root / "runs" / run_id / "metrics.json").read_text())
-        for level in metrics["levels"].values():
-            level["metrics"]["coverage"]["value"] = 0.9 - drop
-            level["metrics"]["fd"]["value"] = 10 * drop + 1
-        (root / "runs" / run_id / "metrics.json").write_text(json.dumps(metrics))
-        e = evaluations[f"v{k}"].cocoeval
-        found = [
-            {key: d[key] for key in ("image_id", "category_id", "bbox", "score")}
-            for d in e.cocoDt.dataset["annotations"]
-        ]
-        (root.parent / f"v{k}.json").write_text(json.dumps(found))
-        job = DetectionsJob(
-            truth=root.parent / "gt.json",
-            predictions=[f"det=v{k}.json"],
-            run_id=run_id,
-            resamples=50,
-        )
-        job.predictions = [f"det={root.parent / f'v{k}.json'}"]
-        ids.append(run_detections(job, store).id)
-    return root, ids
+    return variant_runs(published_run, tmp_path_factory.mktemp("calibration"), variants)
 
 
 def test_the_calibration_job_publishes_which_metric_predicts_ap_and_the_tab_shows_it(
