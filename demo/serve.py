@@ -37,6 +37,9 @@ RELOAD_WHEN_READY_JS = r"""
 """
 
 
+GRACE_S = 2  # seconds open connections get to finish when the demo is stopped
+
+
 def health(store: RunStore, status: str) -> dict:
     runs = store.run_ids()
     return {"status": status, "runs": len(runs), "latest": store.latest_id()}
@@ -78,7 +81,13 @@ def serve(
     servable = Servable.of(store, roots=(ASSETS, get_upload_folder()), originals=originals)
     endpoints = {fn.api_name for fn in blocks.fns.values() if fn.api_name}
     guarded = Guard(api, Policy.for_host(host, servable, extra_hosts, endpoints))
-    server = uvicorn.Server(uvicorn.Config(guarded, host=host, port=port, log_level="warning"))
+    # on SIGTERM (docker stop) open connections (a page's event stream, a client's
+    # keep-alive) get GRACE_S to finish, then close: uvicorn's default waits on them
+    # forever, and `docker stop` killed the demo after its own 10 s
+    config = uvicorn.Config(
+        guarded, host=host, port=port, log_level="warning", timeout_graceful_shutdown=GRACE_S
+    )
+    server = uvicorn.Server(config)
     if stop_when is not None:
         threading.Thread(target=_stop_when, args=(server, stop_when), daemon=True).start()
     print(f"* Running on local URL:  http://{host}:{port}", flush=True)

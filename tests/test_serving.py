@@ -551,3 +551,25 @@ def test_27_every_file_of_the_store_and_every_trick_gets_the_right_answer(hosted
     print(f"file-serving sweep: {len(cases)} tried, {len(cases) - len(wrong)} held")
     link.unlink()
     assert not wrong
+
+
+def test_a_stopped_demo_closes_open_connections_instead_of_waiting_on_them(
+    published_run, results_dir
+):
+    """SIGTERM (docker stop) with a page's event stream open: the demo gives it
+    its grace (demo.serve.GRACE_S) and exits by itself, where uvicorn's default waited
+    on the connection until the 10 s after which docker (and the tests) kill it."""
+    import socket
+    import time
+
+    with serve_demo(results_dir, process=True) as (url, proc):
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        client = socket.create_connection(("127.0.0.1", port))
+        # a page's heartbeat: an event stream that stays open as long as the page does
+        client.sendall(b"GET /gradio_api/heartbeat/s0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert client.recv(4096).startswith(b"HTTP/1.1 200")
+        proc.terminate()
+        t = time.monotonic()
+        proc.wait(timeout=9)  # raises if it still waits on the connection
+        assert time.monotonic() - t < 9 and proc.returncode is not None
+        client.close()
