@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import io
 import json
 import math
@@ -1015,7 +1016,48 @@ def bench_detection(sizes=(1000, 5000)) -> dict:
                 "load_average_1m": [load, round(os.getloadavg()[0], 2)],
             }
         )
-    return {"what": "evaluate detections (one detector)", "rows": rows}
+    return {
+        "what": "evaluate detections (one detector)",
+        "rows": rows,
+        "training": _detector_training(),
+    }
+
+
+def _detector_training(scenes: int = 24, epochs: int = 2, sizes=(128, 320)) -> list[dict]:
+    """`batch train detector`'s speed: training images per second of the second epoch
+    (the first pays for decoding; an epoch's seconds include its validation) on the
+    object example's real scenes, FCOS on EfficientNet-Lite0, batch 4, per image size;
+    where the run would train (a GPU when there is one)."""
+    from lib.inputs.example import build_object_example
+    from lib.jobs.detector import DetectorJob, train_detector
+    from lib.jobs.training import Schedule
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = build_object_example(Path(tmp) / "data", scenes).root
+        for side in sizes:
+            schedule = Schedule(
+                epochs=epochs, batch_size=4, warmup_epochs=1, image_size=side, val_share=0.25
+            )
+            job = DetectorJob(
+                f"bench-{side}", [data / "real"], [data / "real.json"], data / "real",
+                data / "real.json", schedule=schedule,
+            )  # fmt: skip
+            load = round(os.getloadavg()[0], 2)
+            folder = train_detector(job, Path(tmp) / "results")
+            with open(folder / "training.csv") as f:
+                last = list(csv.DictReader(f))[-1]
+            train_images = scenes - max(1, round(scenes * 0.25))
+            out.append(
+                {
+                    "image_size": side,
+                    "train_images": train_images,
+                    "epoch_seconds": float(last["seconds"]),
+                    "images_per_second": round(train_images / float(last["seconds"]), 2),
+                    "load_average_1m": [load, round(os.getloadavg()[0], 2)],
+                }
+            )
+    return out
 
 
 SECTIONS = {

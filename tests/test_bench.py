@@ -80,7 +80,10 @@ def test_objects_section_times_each_way_of_pooling_the_same_boxes(bench):
     assert out["ratio_to_crop"]["crop"] == 1.0 and "objects on 2 images" in out["what"]
 
 
-def test_detection_section_times_each_step_of_an_evaluation(bench):
+def test_detection_section_times_each_step_of_an_evaluation(bench, monkeypatch):
+    trained = bench._detector_training(scenes=4, epochs=2, sizes=(64,))
+    assert trained[0]["images_per_second"] > 0 and trained[0]["train_images"] == 3
+    monkeypatch.setattr(bench, "_detector_training", lambda: [])
     out = bench.bench_detection(sizes=(40,))
     (row,) = out["rows"]
     assert row["test_images"] == 40 and row["objects"] > 40
