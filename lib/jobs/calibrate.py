@@ -22,13 +22,11 @@ from lib.analysis.calibration import RESAMPLES, calibrate
 from lib.analysis.detection import evaluate
 from lib.analysis.gap.records import record
 from lib.jobs.calibration import FIGURES, gaps_of, point_of, publish
-from lib.jobs.detector import HEADS, DetectorJob, train_detector
+from lib.jobs.detector import HEADS, DetectorJob, tested_on, train_detector
 from lib.jobs.training import Schedule
 from lib.runtime.errors import GapscopeError
 from lib.runtime.params import REQUIRED, check_minimums, param
 from lib.store.names import checked_name, shown
-
-PARTS = ("truth", "predictions")  # the test evaluation's inputs a trained detector keeps
 
 
 @dataclass
@@ -126,8 +124,7 @@ def _detector(job: CalibrateJob, variant: str, folder: Path, boxes: Path, store)
         schedule=replace(job.schedule),
     )
     out = train_detector(detector, store.root)
-    truth, found = (json.loads((out / f"test-{part}.json").read_text()) for part in PARTS)
-    return out, evaluate(truth, found)
+    return out, evaluate(*tested_on(out))
 
 
 def run_calibrate(job: CalibrateJob, store, progress=None):

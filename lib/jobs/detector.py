@@ -38,6 +38,7 @@ COLUMNS = ("epoch", "train_loss", "val_ap50", "val_ap", "lr", "seconds")
 LEVELS = ("c3", "c4", "c5")  # the body's stages under the FPN (strides 8, 16, 32)
 CHANNELS = 64  # the FPN's width: a small head for a small body
 SCORE_FLOOR = 0.05  # detections kept for evaluation (torchvision's default for both heads)
+TEST_INPUTS = ("test-truth.json", "test-predictions.json")  # beside test.json in the model
 
 
 def _fcos(body, classes: int, image_size: int):
@@ -353,7 +354,7 @@ def _test(model, folder: Path, test: Scenes, classes: list[str], s: Schedule, de
     truth = test.truth(classes)
     found = predict(model, test, range(len(test.paths)), device, s.batch_size, {})
     evaluation = evaluate(truth, found)
-    for file, content in (("test-truth.json", truth), ("test-predictions.json", found)):
+    for file, content in zip(TEST_INPUTS, (truth, found), strict=True):
         (folder / file).write_text(json.dumps(content))  # to evaluate it again (calibration)
     summary = {k: float(v) for k, v in evaluation.summary.items()}
     report = {
@@ -364,6 +365,12 @@ def _test(model, folder: Path, test: Scenes, classes: list[str], s: Schedule, de
         "per_class": evaluation.per_class,
     }
     (folder / "test.json").write_text(json.dumps(report, indent=2))
+
+
+def tested_on(folder: Path) -> tuple[dict, list]:
+    """(ground truth, predictions) a trained detector was tested on, as `_test` kept them."""
+    truth, found = (json.loads((Path(folder) / name).read_text()) for name in TEST_INPUTS)
+    return truth, found
 
 
 def _epoch(model, fit, scenes: Scenes, order, batch_size: int, device: str, cache) -> float:
