@@ -52,7 +52,7 @@ def calibrate(
     variants = list(gaps)
     if set(variants) != set(evaluations):
         raise ValueError("gaps and evaluations must name the same variants")
-    names = [c["name"] for c in _categories(evaluations[variants[0]])]
+    names = evaluations[variants[0]].class_names
     matches = [_Matches(evaluations[v].cocoeval) for v in variants]
     if len({tuple(evaluations[v].cocoeval.params.imgIds) for v in variants}) != 1:
         raise ValueError("every variant must be tested on the same test images")
@@ -81,11 +81,6 @@ def calibrate(
         "levels": table,
         "critical_rho": CRITICAL_RHO.get(len(variants)),
     }
-
-
-def _categories(evaluation) -> list[dict]:
-    e = evaluation.cocoeval
-    return e.cocoGt.loadCats(e.params.catIds)
 
 
 def findings(result: dict) -> list[str]:

@@ -55,6 +55,12 @@ class Evaluation:
     per_class: dict  # category name: {AP, AP50, AP75, n (its ground-truth objects)}
     cocoeval: object  # pycocotools.cocoeval.COCOeval, evaluated and accumulated
 
+    @property
+    def class_names(self) -> list[str]:
+        """The categories' names in COCOeval's order (its precision array's K axis)."""
+        e = self.cocoeval
+        return [c["name"] for c in e.cocoGt.loadCats(e.params.catIds)]
+
 
 def evaluate(truth: dict, found: list[dict]) -> Evaluation:
     """COCOeval (bbox) of `found` (COCO results: image_id, category_id, bbox, score)
@@ -101,6 +107,17 @@ def evaluate(truth: dict, found: list[dict]) -> Evaluation:
     return Evaluation({k: float(v) for k, v in summary.items()}, per_class, e)
 
 
+def _evaluated(e, k: int, a: int):
+    """(image index, COCOeval's per-image result) of category k in area range a, at its
+    largest maxDets, for the images that have one (evalImgs is laid out category, area,
+    image)."""
+    n_images, n_areas = len(e.params.imgIds), len(e.params.areaRng)
+    start = (k * n_areas + a) * n_images
+    for i in range(n_images):
+        if (x := e.evalImgs[start + i]) is not None:
+            yield i, x
+
+
 def _objects_per_category(truth: dict) -> dict[int, int]:
     out: dict[int, int] = {}
     for a in truth["annotations"]:
@@ -131,18 +148,13 @@ class _Matches:
 
     def __init__(self, e):
         p = e.params
-        n_images, n_areas = len(p.imgIds), len(p.areaRng)
-        self.n_images = n_images
-        self.shape = (len(p.iouThrs), len(p.recThrs), len(p.catIds), n_areas)
+        self.n_images = len(p.imgIds)
+        self.shape = (len(p.iouThrs), len(p.recThrs), len(p.catIds), len(p.areaRng))
         self.recall_points = np.asarray(p.recThrs)
         self.cells = {}
         for k in range(len(p.catIds)):
-            for a in range(n_areas):
-                found = [
-                    (i, x)
-                    for i in range(n_images)
-                    if (x := e.evalImgs[k * n_areas * n_images + a * n_images + i]) is not None
-                ]
+            for a in range(len(p.areaRng)):
+                found = list(_evaluated(e, k, a))
                 if found:
                     self.cells[k, a] = self._cell(found, p.maxDets[-1])
 
@@ -287,11 +299,10 @@ def bootstrap(
     and AP per class (`class:NAME`): {figure: [lo, hi]}, None where it counts fewer than
     MIN_OBJECTS objects or over a tenth of the resamples had none of them. `images`:
     evaluate on those test images only; `matches`: the evaluation's, when gathered."""
-    e = evaluation.cocoeval
-    matches = matches or _Matches(e)
+    matches = matches or _Matches(evaluation.cocoeval)
     if images is not None:
         matches = matches.subset(np.asarray(images))
-    names = [c["name"] for c in e.cocoGt.loadCats(e.params.catIds)]
+    names = evaluation.class_names
     point = summaries(matches.precision(), names)
     rng = np.random.default_rng(seed)
     n = matches.n_images
@@ -375,14 +386,10 @@ def _image_matches(e) -> dict:
     """Per image: ({object id: the detection COCO matched to it at IoU 0.5},
     {detection id: whether it is a true positive}) over the detections COCO kept (its
     best 100 per class and image, crowd matches left out)."""
-    n_images, n_areas = len(e.params.imgIds), len(e.params.areaRng)
     out: dict = {}
     for k in range(len(e.params.catIds)):
-        for i, image_id in enumerate(e.params.imgIds):
-            x = e.evalImgs[k * n_areas * n_images + i]  # area "all"
-            if x is None:
-                continue
-            taken, scored = out.setdefault(image_id, ({}, {}))
+        for i, x in _evaluated(e, k, 0):  # area "all"
+            taken, scored = out.setdefault(e.params.imgIds[i], ({}, {}))
             for g, d in zip(x["gtIds"], x["gtMatches"][0], strict=True):
                 if d:
                     taken[g] = int(d)
