@@ -28,7 +28,7 @@ import numpy as np
 
 from lib.analysis.detection import bootstrap, evaluate
 from lib.jobs.fitting import Fitting, epochs, save_atomic, write_history
-from lib.jobs.training import Schedule, model_dir
+from lib.jobs.training import Schedule, model_dir, split_rows
 from lib.runtime.errors import GapscopeError
 from lib.runtime.params import REQUIRED, param
 
@@ -287,27 +287,17 @@ def predict(model, scenes: Scenes, rows, device: str, batch_size: int, cache: di
     return out
 
 
-def _split(n: int, share: float, seed: int):
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * share)))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
 def train_detector(job: DetectorJob, results: Path, progress=None) -> Path:
     """Train (or resume), evaluate the best weights on the test set; the model's folder."""
     import torch
-
-    from lib.runtime.backend import choose_backend
 
     s = job.schedule
     scenes, classes = read_scenes(
         job.train, job.train_boxes, "train", shares=job.train_share, seed=s.seed
     )
     test, _ = read_scenes([job.test], [job.test_boxes], "test", classes)
-    train_rows, val_rows = _split(len(scenes.paths), s.val_share, s.seed)
-    backend = choose_backend("auto")
-    device = backend.device if s.device == "auto" else s.device
-    precision = backend.precision if device.startswith("cuda") else "fp32"
+    train_rows, val_rows = split_rows(len(scenes.paths), s.val_share, s.seed)
+    device, precision = s.placement()
     torch.manual_seed(s.seed)
     model = create_detector(job.head, s.arch, len(classes), s.image_size).to(device)
     steps = math.ceil(len(train_rows) / s.batch_size)
@@ -356,11 +346,10 @@ def _test(model, folder: Path, test: Scenes, classes: list[str], s: Schedule, de
     evaluation = evaluate(truth, found)
     for file, content in zip(TEST_INPUTS, (truth, found), strict=True):
         (folder / file).write_text(json.dumps(content))  # to evaluate it again (calibration)
-    summary = {k: float(v) for k, v in evaluation.summary.items()}
     report = {
         "epoch": best["epoch"],
         "test_images": len(test.paths),
-        "summary": summary,
+        "summary": evaluation.summary,  # floats already
         "ci95": bootstrap(evaluation, seed=s.seed),
         "per_class": evaluation.per_class,
     }

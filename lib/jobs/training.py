@@ -59,6 +59,13 @@ class Schedule:
     seed: int = param(0, "Seed of the splits, the order and the head's initial weights.", minimum=0)
     device: str = param("auto", "cpu, cuda, or auto: a GPU when there is one.")
 
+    def placement(self) -> tuple[str, str]:
+        """(device, precision) a training runs on: `device`, auto a GPU when there is
+        one; bf16 on a GPU as the backend chooses, fp32 on the CPU."""
+        backend = choose_backend("auto")
+        device = backend.device if self.device == "auto" else self.device
+        return device, backend.precision if device.startswith("cuda") else "fp32"
+
     def __post_init__(self):
         check_minimums(self)
         if not 0 < self.val_share < 1:
@@ -305,7 +312,8 @@ def _images(job: TrainJob):
     return items, classes, prepare
 
 
-def _split(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_rows(n: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept rows, `share` of the n rows held out), seeded, each sorted."""
     order = np.random.default_rng(seed).permutation(n)
     n_val = max(1, int(round(n * share)))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
@@ -327,10 +335,8 @@ def _train(job: TrainJob, results: Path, objective, progress=None, images=None) 
 
     s = job.schedule
     items, classes, prepare = images or _images(job)
-    train_rows, val_rows = _split(len(items), s.val_share, s.seed)
-    backend = choose_backend("auto")
-    device = backend.device if s.device == "auto" else s.device
-    precision = backend.precision if device.startswith("cuda") else "fp32"
+    train_rows, val_rows = split_rows(len(items), s.val_share, s.seed)
+    device, precision = s.placement()
     torch.manual_seed(s.seed)
     model = Classifier(create_backbone(s.arch), objective.outputs(len(classes)), s.image_size)
     model.modules.to(device)
@@ -471,7 +477,7 @@ def run_protocol(job: ProtocolJob, results: Path, progress=None) -> dict:
         raise GapscopeError("both --real and --synthetic need labelled images")
     sets = {"real": real, "synthetic": synthetic}
     tested, other = job.test_on, "synthetic" if job.test_on == "real" else "real"
-    test_rows, train_rows = _split(len(sets[tested]), 1 - job.test_share, s.seed)
+    test_rows, train_rows = split_rows(len(sets[tested]), 1 - job.test_share, s.seed)
     test = [sets[tested][i] for i in test_rows]
     sets[tested] = [sets[tested][i] for i in train_rows]
     classes = sorted({r.category for _, r in real + synthetic})
