@@ -400,13 +400,17 @@ def _image_matches(e) -> dict:
 
 
 def _ious(found: list[dict], truth: list[dict]) -> np.ndarray:
-    """(detections, objects) IoU of their boxes, by pycocotools (no crowd rule)."""
+    """(detections, objects) IoU of their boxes."""
+    return box_ious([d["bbox"] for d in found], [g["bbox"] for g in truth])
+
+
+def box_ious(a: list, b: list) -> np.ndarray:
+    """(len(a), len(b)) IoU of [x, y, w, h] boxes, by pycocotools (no crowd rule)."""
     from pycocotools import mask as mask_utils
 
-    if not found or not truth:
-        return np.zeros((len(found), len(truth)))
-    boxes = [d["bbox"] for d in found], [g["bbox"] for g in truth]
-    return np.asarray(mask_utils.iou(*boxes, [0] * len(truth))).reshape(len(found), len(truth))
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    return np.asarray(mask_utils.iou(list(a), list(b), [0] * len(b))).reshape(len(a), len(b))
 
 
 def _false_positive(iou: np.ndarray, same: np.ndarray) -> str:

@@ -190,15 +190,16 @@ def _inside(box: list[float], image: dict, where: str) -> list[float]:
     return box
 
 
-def _stem(file_name: str) -> str:
-    """An image's name without folders or extension, as YOLO names its txt file."""
-    return PurePosixPath(PureWindowsPath(file_name).as_posix()).stem
+def file_part(file_name: str) -> PurePosixPath:
+    """An annotation's file_name as a path, whichever separator it was written with:
+    `.name` without its folders, `.stem` as YOLO names its txt file."""
+    return PurePosixPath(PureWindowsPath(str(file_name)).as_posix())
 
 
 def _yolo(folder: Path, truth: dict, where: str) -> list[dict]:
     by_stem: dict[str, dict] = {}
     for im in truth["images"]:
-        by_stem.setdefault(_stem(im["file_name"]), im)
+        by_stem.setdefault(file_part(im["file_name"]).stem, im)
     categories = [c["id"] for c in sorted(truth["categories"], key=lambda c: c["id"])]
     files = sorted(p for p in folder.iterdir() if p.suffix == ".txt" and p.is_file())
     if not files:

@@ -12,7 +12,7 @@ Published in a run derived from that run (detections/<name>/).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 
@@ -21,11 +21,12 @@ from lib.analysis.detection import (
     OBJECT_OUTCOMES,
     RESAMPLES,
     bootstrap,
+    box_ious,
     evaluate,
     outcomes,
 )
 from lib.analysis.gap.records import record, wilson
-from lib.inputs.detections import read_predictions, read_truth
+from lib.inputs.detections import file_part, read_predictions, read_truth
 from lib.runtime.errors import GapscopeError
 from lib.runtime.params import REQUIRED, check_minimums, param
 from lib.store.names import checked_name, shown
@@ -121,10 +122,6 @@ def _counts(column, kinds) -> dict[str, int]:
     return {k: int(values.get(k, 0)) for k in kinds}
 
 
-def _base_name(path: str) -> str:
-    return PurePosixPath(PureWindowsPath(str(path)).as_posix()).name
-
-
 def join_rows(run, objects) -> np.ndarray:
     """Each ground-truth object's row among the run's real objects (-1: none), matched
     by image file name and box IoU ≥ JOIN_IOU (the run's boxes are clipped to the image;
@@ -133,25 +130,22 @@ def join_rows(run, objects) -> np.ndarray:
     real = rows[rows["domain"] == "real"]
     by_image: dict[str, list] = {}
     for row, rel, *box in real[["id", "relpath", "x0", "y0", "x1", "y1"]].itertuples(index=False):
-        by_image.setdefault(_base_name(rel), []).append((row, np.array(box, dtype=float)))
+        by_image.setdefault(file_part(rel).name, []).append((row, _xywh(box)))
     out = np.full(len(objects), -1, dtype=np.int64)
     columns = objects[["file_name", "x0", "y0", "x1", "y1"]].itertuples(index=False)
     for i, (file_name, *box) in enumerate(columns):
-        candidates = by_image.get(_base_name(file_name), [])
+        candidates = by_image.get(file_part(file_name).name, [])
         if candidates:
-            overlaps = [_iou(np.array(box, dtype=float), b) for _, b in candidates]
+            overlaps = box_ious([_xywh(box)], [b for _, b in candidates])[0]
             best = int(np.argmax(overlaps))
             if overlaps[best] >= JOIN_IOU:
                 out[i] = candidates[best][0]
     return out
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
+def _xywh(corners) -> list[float]:
+    x0, y0, x1, y1 = (float(v) for v in corners)
+    return [x0, y0, x1 - x0, y1 - y0]
 
 
 def missed_against_detected(run, objects) -> dict:
