@@ -258,11 +258,17 @@ def calibration(job: CalibrationJob, results: ResultsOpt = RESULTS) -> None:
     from lib.jobs.calibration import run_calibration
     from lib.store.runs import RunStore
 
-    published = run_calibration(job, RunStore(results))
+    _say_calibration(run_calibration(job, RunStore(results)))
+
+
+def _say_calibration(published) -> None:
+    """A published calibration: each variant's figure (and its run, when the loop made
+    it), then the findings."""
     out = published.calibration
     typer.echo(f"published run {published.id}: {len(out['variants'])} variants")
     for variant, value in out["variants"].items():
-        typer.echo(f"  {variant}: {out['figure']} {value:.3f}")
+        made = f" (run {out['runs'][variant]})" if "runs" in out else ""
+        typer.echo(f"  {variant}: {out['figure']} {value:.3f}{made}")
     for line in out["findings"]:
         typer.echo(f"  {line}")
 
@@ -349,13 +355,7 @@ def train_calibrate(
     from lib.jobs.calibrate import run_calibrate
     from lib.store.runs import RunStore
 
-    published = run_calibrate(job, RunStore(results), lambda line: typer.echo(line))
-    out = published.calibration
-    typer.echo(f"published run {published.id}: {len(out['variants'])} variants")
-    for variant, value in out["variants"].items():
-        typer.echo(f"  {variant}: {out['figure']} {value:.3f} (run {out['runs'][variant]})")
-    for line in out["findings"]:
-        typer.echo(f"  {line}")
+    _say_calibration(run_calibrate(job, RunStore(results), typer.echo))
 
 
 def _bracket(ci) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from lib.analysis.calibration import RESAMPLES, calibrate
 from lib.analysis.detection import evaluate
 from lib.analysis.gap.records import record
-from lib.jobs.calibration import FIGURES, gaps_of, point_of, publish
+from lib.jobs.calibration import check_figure, gaps_of, point_of, publish
 from lib.jobs.detector import HEADS, DetectorJob, tested_on, train_detector
 from lib.jobs.training import Schedule
 from lib.runtime.errors import GapscopeError
@@ -61,8 +61,7 @@ class CalibrateJob:
 
     def __post_init__(self):
         check_minimums(self)
-        if self.figure not in FIGURES:
-            raise GapscopeError(f"--figure {self.figure}: choose {' or '.join(FIGURES)}")
+        check_figure(self.figure)
         if self.real_share > 1:
             raise GapscopeError(f"--real-share {self.real_share}: give a share of at most 1")
         checked_name(self.name, "--name")

@@ -27,6 +27,12 @@ METRICS = ("fd", "fd_inf", "kid", "auc", "precision", "recall", "density", "cove
 FIGURES = ("AP", "AP50")
 
 
+def check_figure(figure: str) -> None:
+    """--figure names one of FIGURES, or a one-line error."""
+    if figure not in FIGURES:
+        raise GapscopeError(f"--figure {figure}: choose {' or '.join(FIGURES)}")
+
+
 @dataclass
 class CalibrationJob:
     """A calibration's settings; every field is also an option of `batch evaluate
@@ -45,8 +51,7 @@ class CalibrationJob:
 
     def __post_init__(self):
         check_minimums(self)
-        if self.figure not in FIGURES:
-            raise GapscopeError(f"--figure {self.figure}: choose {' or '.join(FIGURES)}")
+        check_figure(self.figure)
         if len(set(self.variants)) < 3:
             raise GapscopeError("--variant: give at least 3 different runs to correlate")
 
