@@ -330,32 +330,37 @@ def test_31_the_tone_curve_undoes_a_pure_gamma_and_keeps_images_apart_where_hist
     assert spread["matched"] < 0.2 * spread["real"]  # every image made alike
 
 
-def test_31_the_paired_auc_change_holds_the_truth_in_90_to_98_percent_of_draws():
-    """A variant that removes half of a 0.4-sd shift, 120 draws of 400 + 400 16-d: the
-    change's interval (per-fold paired differences, corrected t) holds the true change
-    of the trained classifier's AUC. The bootstrap of fixed predictions held it in 85 %
-    (170 of 200 at 600 + 600)."""
+def _half_shift_changes(n: int, d: int, delta: float, resamples: int, draws: int = 120):
+    """Per draw of n + n d-dim Gaussians (synthetic shifted by `delta` in dimension 0),
+    the paired change (lib.analysis.gap.paired) to a variant that removes half of it."""
     from threadpoolctl import threadpool_limits
 
     from lib.analysis.gap import GapParams
     from lib.analysis.gap.paired import Comparison
 
-    n, d, delta = 400, 16, 0.4
+    out = []
     with threadpool_limits(1):
-        m = int(0.8 * n)  # a fold's share
-        truth = trained_auc(delta / 2, m, d, 60, seed=7) - trained_auc(delta, m, d, 60, seed=7)
-        held = 0
-        for s in range(120):
+        for s in range(draws):
             rng = np.random.default_rng(s)
             real, fake = rng.normal(size=(n, d)), rng.normal(size=(n, d))
             fake[:, 0] += delta
             half = fake.copy()
             half[:, 0] -= delta / 2
-            comparison = Comparison(real, GapParams(resamples=20))
-            lo, hi = comparison.change(comparison.measure(fake), comparison.measure(half))["auc"][
-                "ci95"
-            ]
-            held += lo <= truth <= hi
+            comparison = Comparison(real, GapParams(resamples=resamples))
+            out.append(comparison.change(comparison.measure(fake), comparison.measure(half)))
+    return out
+
+
+def test_31_the_paired_auc_change_holds_the_truth_in_90_to_98_percent_of_draws():
+    """A variant that removes half of a 0.4-sd shift, 120 draws of 400 + 400 16-d: the
+    change's interval (per-fold paired differences, corrected t) holds the true change
+    of the trained classifier's AUC. The bootstrap of fixed predictions held it in 85 %
+    (170 of 200 at 600 + 600)."""
+    n, d, delta = 400, 16, 0.4
+    m = int(0.8 * n)  # a fold's share
+    truth = trained_auc(delta / 2, m, d, 60, seed=7) - trained_auc(delta, m, d, 60, seed=7)
+    changes = _half_shift_changes(n, d, delta, resamples=20)
+    held = sum(lo <= truth <= hi for lo, hi in (c["auc"]["ci95"] for c in changes))
     assert 0.90 <= held / 120 <= 0.98
 
 
@@ -364,23 +369,8 @@ def test_31_the_paired_fd_and_coverage_changes_hold_the_truth_in_90_to_98_percen
     change's interval holds its true value (the mean change over the draws), with 100
     resamples for the FD change's interval. The coverage change's bootstrap percentile
     interval held it in 79 %."""
-    from threadpoolctl import threadpool_limits
-
-    from lib.analysis.gap import GapParams
-    from lib.analysis.gap.paired import Comparison
-
-    n, d, delta = 200, 16, 0.6
-    rows = []
-    with threadpool_limits(1):
-        for s in range(120):
-            rng = np.random.default_rng(s)
-            real, fake = rng.normal(size=(n, d)), rng.normal(size=(n, d))
-            fake[:, 0] += delta
-            half = fake.copy()
-            half[:, 0] -= delta / 2
-            comparison = Comparison(real, GapParams(resamples=100))
-            change = comparison.change(comparison.measure(fake), comparison.measure(half))
-            rows.append({m: (change[m]["value"], change[m]["ci95"]) for m in ("fd", "coverage")})
+    changes = _half_shift_changes(200, 16, 0.6, resamples=100)
+    rows = [{m: (c[m]["value"], c[m]["ci95"]) for m in ("fd", "coverage")} for c in changes]
     for metric in ("fd", "coverage"):
         truth = np.mean([r[metric][0] for r in rows])
         held = np.mean([lo <= truth <= hi for _, (lo, hi) in (r[metric] for r in rows)])
