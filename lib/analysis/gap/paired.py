@@ -89,8 +89,8 @@ class Comparison:
         rng = self._rng(2)
         out = {
             "fd": self._fd_change(base, other, rng),
-            "coverage": self._coverage_change(base, other, rng),
-            "auc": self._auc_change(base, other, rng),
+            "coverage": self._coverage_change(base, other),
+            "auc": self._auc_change(base, other),
         }
         distances = {  # from what no gap reads at these sizes
             "fd": base.records["fd"]["value"] - self.fd_floor(base.records["fd"]["n"]),
@@ -119,7 +119,7 @@ class Comparison:
         # the same streams for every variant: its numbers are paired with the baseline's
         return np.random.default_rng(np.random.SeedSequence(self.params.seed).spawn(3)[stream])
 
-    def _coverage_change(self, base, other, rng) -> dict:
+    def _coverage_change(self, base, other) -> dict:
         """The change of the share of real images covered, with the normal interval of
         the paired per-real-image differences. The synthetic side's share of the
         variance is left out: it is small for two variants of the same images (in
@@ -130,18 +130,16 @@ class Comparison:
         diff = other.covered.astype(float) - base.covered.astype(float)
         value = float(diff.mean())
         half = 1.96 * float(diff.std(ddof=1)) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
-        ci = [value - half, value + half]
-        return {"value": value, "ci95": ci, "within_noise": bool(ci[0] <= 0 <= ci[1])}
+        return _with_noise(value, [value - half, value + half])
 
-    def _auc_change(self, base, other, rng) -> dict:
+    def _auc_change(self, base, other) -> dict:
         """The change of the folds' mean AUC, with the corrected t interval of the
         per-fold differences: both variants are cross-validated on the same folds (the
         same classifier stream), so each fold's difference is paired, and the interval
         counts the variance of fitting (a bootstrap of fixed predictions did not)."""
         diffs = np.subtract(other.fold_aucs, base.fold_aucs)
         value, half = corrected_t(diffs, self.params.folds)
-        ci = [value - half, value + half]
-        return {"value": value, "ci95": ci, "within_noise": bool(ci[0] <= 0 <= ci[1])}
+        return _with_noise(value, [value - half, value + half])
 
     def _fd_change(self, base, other, rng) -> dict:
         """Half-sampling as in lib.analysis.gap.frechet, each half the same images for both
@@ -172,5 +170,10 @@ def _change(value: float, resampled: np.ndarray) -> dict:
     else:
         hi = 1.96 * deltas.std(ddof=1)
         lo = -hi
-    ci = [float(value - hi), float(value - lo)]
+    return _with_noise(value, [value - hi, value - lo])
+
+
+def _with_noise(value: float, ci: list) -> dict:
+    """A change's record: its value, its 95 % interval and whether that holds 0."""
+    ci = [float(ci[0]), float(ci[1])]
     return {"value": float(value), "ci95": ci, "within_noise": bool(ci[0] <= 0 <= ci[1])}
