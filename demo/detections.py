@@ -11,7 +11,7 @@ from functools import partial
 import gradio as gr
 
 from demo import markup
-from demo.runs import Tab, caption, open_id, picture
+from demo.runs import Tab, caption, open_id, picture, with_ci
 from lib.analysis.detection import OBJECT_OUTCOMES
 from lib.store.runs import Run, RunStore
 
@@ -26,19 +26,12 @@ COVERAGE_HEADERS = ["level", "missed: covered", "detected: covered", "difference
 SHOWN = 24  # objects in the gallery at once
 
 
-def _with_ci(rec: dict | None, fmt: str = ".3f") -> str:
-    if not rec:
-        return "–"
-    ci = rec.get("ci95")
-    return f"{rec['value']:{fmt}}" + (f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]" if ci else "")
-
-
 def _gap(entry: dict | None, level: str) -> list[str]:
     """A stratum's FD, AUC and coverage at `level` (lib.analysis.gap.strata), or dashes."""
     rec = (entry or {}).get("levels", {}).get(level)
     if not rec:
         return ["–", "–", "–"]
-    return [_with_ci(rec["fd"], ".3g"), _with_ci(rec["auc"], ".2f"), _with_ci(rec["coverage"])]
+    return [with_ci(rec["fd"], ".3g"), with_ci(rec["auc"], ".2f"), with_ci(rec["coverage"])]
 
 
 def _strata(run: Run) -> dict:
@@ -53,9 +46,9 @@ def class_table(run: Run, name: str, level: str) -> list[list]:
         [
             cls,  # a Dataframe cell shows text as text
             figures["objects"],
-            _with_ci(figures["AP"]),
-            _with_ci(figures["AP50"]),
-            _with_ci(figures["AP75"]),
+            with_ci(figures["AP"]),
+            with_ci(figures["AP50"]),
+            with_ci(figures["AP75"]),
             *_gap(strata.get(cls), level),
         ]
         for cls, figures in results["per_class"].items()
@@ -65,7 +58,7 @@ def class_table(run: Run, name: str, level: str) -> list[list]:
 def size_table(run: Run, name: str, level: str) -> list[list]:
     results, strata = run.detections[name], _strata(run)["by_size"]
     return [
-        [size, _with_ci(results["summary"].get(f"AP_{size}")), *_gap(strata.get(size), level)]
+        [size, with_ci(results["summary"].get(f"AP_{size}")), *_gap(strata.get(size), level)]
         for size in ("small", "medium", "large")
     ]
 
@@ -87,9 +80,9 @@ def coverage_table(results: dict) -> list[list]:
         rows.append(
             [
                 level,
-                f"{_with_ci(r['missed'])} of {r['missed']['n']}",
-                f"{_with_ci(r['detected'])} of {r['detected']['n']}",
-                _with_ci(d),
+                f"{with_ci(r['missed'])} of {r['missed']['n']}",
+                f"{with_ci(r['detected'])} of {r['detected']['n']}",
+                with_ci(d),
                 reads,
             ]
         )

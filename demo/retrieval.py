@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 from demo import markup
-from demo.runs import Tab, open_id
+from demo.runs import Tab, open_id, with_ci
 from lib.store.runs import Run, RunStore
 
 HOW_TO = (
@@ -24,11 +24,6 @@ SHOWN = 8  # queries in the gallery at once
 OUTCOMES = ["failed", "passed", "all"]
 
 
-def _with_ci(rec: dict) -> str:
-    ci = rec.get("ci95")
-    return f"{rec['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-
-
 def table(results: dict) -> list[list]:
     rows = []
     for level, m in results["levels"].items():
@@ -36,11 +31,11 @@ def table(results: dict) -> list[list]:
         rows.append(
             [
                 level,
-                _with_ci(m["pass"]),
+                with_ci(m["pass"]),
                 f"{r['1']['value']:.3f}",
                 f"{r['5']['value']:.3f}",
                 f"{r['10']['value']:.3f}",
-                _with_ci(m["map_at_r"]),
+                with_ci(m["map_at_r"]),
                 m["no_match"],
             ]
         )

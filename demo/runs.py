@@ -247,6 +247,15 @@ class PathGallery(gr.Gallery):
         )
 
 
+def with_ci(rec: dict | None, fmt: str = ".3f") -> str:
+    """A record (lib.analysis.gap.records' shape) as a table cell: "0.412 [0.371, 0.455]",
+    the value alone when it has no interval, "–" for none."""
+    if not rec:
+        return "–"
+    ci = rec.get("ci95")
+    return f"{rec['value']:{fmt}}" + (f" [{ci[0]:{fmt}}, {ci[1]:{fmt}}]" if ci else "")
+
+
 def picture(thumb: Path | None) -> str:
     """A thumbnail's path, or a "no image" tile for a given embedding without an image
     (its caption says which row it is): one file, not an image encoded per click."""
