@@ -17,6 +17,7 @@ from batch.options import options_from
 from lib.jobs.calibrate import CalibrateJob
 from lib.jobs.calibration import CalibrationJob
 from lib.jobs.caricature import CaricatureJob
+from lib.jobs.compare import CompareJob
 from lib.jobs.detections import DetectionsJob
 from lib.jobs.detector import DetectorJob
 from lib.jobs.retrieval import RetrievalJob
@@ -135,6 +136,13 @@ def example(
         ),
     ] = False,
     scenes: Annotated[int, typer.Option(help="--objects: scenes per domain.")] = 300,
+    version: Annotated[
+        int,
+        typer.Option(
+            help="The synthetic generator's version: 2 blends each digit halfway toward its "
+            "class's mean real digit (closer to real by construction; README, Versions)."
+        ),
+    ] = 1,
 ) -> None:
     """Build the bundled example: scikit-learn's handwritten digits vs font-rendered ones."""
     _setup_logging(False)
@@ -150,7 +158,7 @@ def example(
     if sharpened:
         summary = build_filter_gap(out, n_real or 400, size, seed, overwrite)
     else:
-        summary = build_example(out, n_real, n_synthetic, size, seed, overwrite)
+        summary = build_example(out, n_real, n_synthetic, size, seed, overwrite, version)
     typer.echo(
         f"wrote {summary.real} real and {summary.synthetic} synthetic {size}×{size} images "
         f"to {summary.root} (with metadata.csv)"
@@ -202,6 +210,33 @@ def whatif(
         f"published run {published.id} with {len(out['variants'])} what-if variants "
         f"of {out['samples']['synthetic']} synthetic images "
         f"({out['images_per_second']:.1f} images × variants per second)"
+    )
+    for line in out["findings"]:
+        typer.echo(f"  {line}")
+
+
+@app.command()
+@options_from(CompareJob)
+def compare(
+    job: CompareJob,
+    run_ids: Annotated[
+        list[str], typer.Argument(help="Runs of each synthetic version, oldest first (2 or more).")
+    ],
+    results: ResultsOpt = RESULTS,
+) -> None:
+    """Is each version of the synthetic set closer to real than the one before? Every gap
+    metric's change per level, class and object size with paired intervals, against the
+    real images the runs share; in a new run."""
+    _setup_logging(False)
+    from lib.jobs.compare import run_compare
+    from lib.store.runs import RunStore
+
+    published = run_compare(job, run_ids, RunStore(results))
+    out = published.compare
+    shared = min(out["shared_real"].values())
+    typer.echo(
+        f"published run {published.id}: {len(out['runs'])} versions against {shared} shared "
+        "real images"
     )
     for line in out["findings"]:
         typer.echo(f"  {line}")

@@ -107,6 +107,18 @@ def compare_runs(a: Run, b: Run) -> pd.DataFrame:
     return both
 
 
+def compare_versions(run_ids: list[str], results: str | Path = "results", **options) -> Run:
+    """Each synthetic version's run against the next (oldest first): every gap metric's
+    change per level, class and object size with paired intervals, against the real images
+    the runs share (lib.jobs.compare; `options` are `batch compare`'s: levels, sample,
+    resamples, strata, seed, device). Publishes a derived run and returns it; its
+    `.compare` holds the results and `.compare["findings"]` the words."""
+    from lib.jobs.compare import CompareJob, run_compare
+    from lib.store.runs import RunStore
+
+    return run_compare(CompareJob(**options), list(run_ids), RunStore(Path(results)))
+
+
 def start_run(
     real: str | Path,
     synthetic: str | Path,
@@ -200,6 +212,7 @@ def _rows(run: Run) -> pd.DataFrame:
 __all__ = [
     "GapscopeError",
     "compare_runs",
+    "compare_versions",
     "evaluate_detections",
     "extract_images",
     "extract_objects",

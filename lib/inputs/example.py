@@ -233,6 +233,10 @@ def _is_nonempty(path: Path) -> bool:
         return any(True for _ in entries)
 
 
+VERSIONS = (1, 2)  # the synthetic generator's versions `build_example` can write
+VERSION_2_BLEND = 0.5  # version 2: this share of each digit is a real digit of its class
+
+
 def build_example(
     out: Path,
     n_real: int | None = None,
@@ -240,21 +244,42 @@ def build_example(
     size: int = 64,
     seed: int = 0,
     overwrite: bool = False,
+    version: int = 1,
 ) -> ExampleSummary:
     """Write the real-vs-synthetic digits example under `out`; deterministic for a seed.
+
+    `version` 2 is the "next version of the generator": the same font-rendered digits,
+    each blended halfway with a random real digit of its class, so it is closer to real
+    by construction (the real images are the same files, so runs of both versions share
+    them: `batch compare`).
 
     The example is built in a temporary sibling directory and renamed into place at the end,
     so an interrupted build never leaves a half-written example behind.
     """
     _check_count(n_synthetic, "n_synthetic")
     _check_size(size)
+    if version not in VERSIONS:
+        raise GapscopeError(f"--version {version}: the example's generator has versions 1 and 2")
     real, real_labels = real_digits(n_real, seed=seed)
     synthetic, synthetic_labels, fonts = _render_synthetic(n_synthetic, seed)
+    if version == 2:
+        synthetic = _toward_real(synthetic, synthetic_labels, seed)
     domains = {
         "real": (to_rgb(real, size), real_labels, ["handwritten"] * len(real_labels)),
         "synthetic": (to_rgb(synthetic, size), synthetic_labels, fonts),
     }
     return _write_example(out, domains, overwrite, size, seed)
+
+
+def _toward_real(digits: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
+    """Each digit blended VERSION_2_BLEND of the way to a random real digit of its class
+    (of all 1,797: not necessarily one the example's real set holds), on the same
+    0..LEVELS scale. A class mean instead made every digit alike: coverage fell to 0."""
+    real, real_labels = real_digits()
+    rng = np.random.default_rng(seed + 2)
+    partner = np.array([rng.choice(np.flatnonzero(real_labels == c)) for c in labels])
+    mixed = (1 - VERSION_2_BLEND) * digits + VERSION_2_BLEND * real[partner]
+    return np.clip(np.rint(mixed), 0, LEVELS).astype(np.uint8)
 
 
 def soft_rgb(digits: np.ndarray, size: int = 64) -> np.ndarray:

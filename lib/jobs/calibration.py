@@ -66,7 +66,7 @@ def _runs(store, job: CalibrationJob) -> dict:
             )
         if run.metrics is None:
             raise GapscopeError(f"run {run_id} has no gap metrics to correlate")
-    models = {json.dumps(r.manifest.get("backbone", {}), sort_keys=True) for r in runs.values()}
+    models = {r.model_key for r in runs.values()}
     levels = {tuple(r.levels) for r in runs.values()}
     if len(models) > 1 or len(levels) > 1:
         raise GapscopeError(

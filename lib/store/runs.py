@@ -25,6 +25,7 @@ go through typed methods per artefact (`RunWriter.features`, `Run.neighbours`, .
     caricatures/manifest.json, caricatures/inputs/<image>.png, caricatures/<item png/npy>
     whatif/results.json, whatif/pairs/<image>_<transform>_<strength>.png   what-if runs
     retrieval/<query>-vs-<gallery>/results.json, .../<level>.parquet   retrieval evaluations
+    compare/results.json          synthetic versions compared (lib.jobs.compare)
 
 `with store.writing() as writer:` writes a run under `runs/.partial-<run-id>/`, renames it
 into place and switches `latest` when the block succeeds, and removes it when the block
@@ -80,6 +81,7 @@ WHATIF = "whatif"
 RETRIEVAL = "retrieval"
 DETECTIONS = "detections"
 CALIBRATION = "calibration"
+COMPARE = "compare"
 DETECTION_TABLES = ("objects", "detections")  # per-object and per-detection outcomes
 
 
@@ -249,6 +251,11 @@ class RunWriter:
         """Which gap number predicts mAP (lib.jobs.calibration): replaces any linked one."""
         self._fresh_dir(CALIBRATION)
         self._json(f"{CALIBRATION}/results.json", results)
+
+    def compare(self, results: dict) -> None:
+        """A comparison of synthetic versions (lib.jobs.compare): replaces any linked one."""
+        self._fresh_dir(COMPARE)
+        self._json(f"{COMPARE}/results.json", results)
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -675,6 +682,19 @@ class Run:
     def calibration(self) -> dict | None:
         """The run's calibration (lib.jobs.calibration), None when it has none."""
         path = self.dir / CALIBRATION / "results.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    @property
+    def model_key(self) -> str:
+        """What measured the run's features, as text to compare runs by: the backbone's
+        name, weights and levels (not the input files it read, which differ per version)."""
+        backbone = {k: v for k, v in self.manifest.get("backbone", {}).items() if k != "files"}
+        return json.dumps(backbone, sort_keys=True)
+
+    @cached_property
+    def compare(self) -> dict | None:
+        """The run's comparison of synthetic versions (lib.jobs.compare), or None."""
+        path = self.dir / COMPARE / "results.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
     def detection_inputs(self, name: str) -> tuple[dict, list]:

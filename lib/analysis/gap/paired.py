@@ -46,6 +46,7 @@ class VariantGap:
     covered: np.ndarray  # per real image
     p_synthetic: np.ndarray  # out of fold: the real images', then the variant's
     fold_aucs: list[float]  # the classifier's per-fold AUCs (the same folds per variant)
+    nearest_by_group: np.ndarray | None = None  # per real image, its nearest fake per group
 
 
 class Comparison:
@@ -79,7 +80,14 @@ class Comparison:
             "auc": auc_record(clf),
         }
         p_synthetic = np.r_[clf["p_synthetic_real"], clf["p_synthetic_fake"]]
-        return VariantGap(records, fake[:n], balls.covered, p_synthetic, clf["fold_aucs"])
+        return VariantGap(
+            records,
+            fake[:n],
+            balls.covered,
+            p_synthetic,
+            clf["fold_aucs"],
+            balls.nearest_by_group,
+        )
 
     def change(self, base: VariantGap, other: VariantGap) -> dict:
         """`other` − `base` per metric, {value, ci95, within_noise}; `gap_closed` for FD

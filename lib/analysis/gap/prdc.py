@@ -57,6 +57,7 @@ class PRDC:
     fake_in_real: np.ndarray  # per fake: how many real k-NN balls contain it
     recalled: np.ndarray  # per real: inside some fake's k-NN ball
     se: dict | None = None  # precision, recall, density, coverage: standard errors (_Groups)
+    nearest_by_group: np.ndarray | None = None  # (n_real, GROUPS): nearest fake per group
 
 
 GROUPS = 20  # the jackknife's groups per domain
@@ -108,6 +109,7 @@ def prdc(
         fake_in_real=inside,
         recalled=recall_hit,
         se=groups.standard_errors(covered, inside, real_r, k),
+        nearest_by_group=groups.nearest.cpu().numpy(),
     )
 
 
