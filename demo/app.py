@@ -13,7 +13,17 @@ from pathlib import Path
 
 import gradio as gr
 
-from demo import atlas, calibration, caricatures, detections, overlap, report, retrieval, whatif
+from demo import (
+    atlas,
+    calibration,
+    caricatures,
+    compare,
+    detections,
+    overlap,
+    report,
+    retrieval,
+    whatif,
+)
 from demo.api import add_endpoints, keep_private
 from demo.curation import Editing
 from demo.runs import ASSETS, banner, open_id, open_run, run_choices
@@ -39,6 +49,7 @@ TABS = {
     "Atlas": lambda store, first, roots, editing: atlas.build(store, first, editing),
     "Gap report": lambda store, first, roots, editing: report.build(store, first),
     "What if": lambda store, first, roots, editing: whatif.build(store, first),
+    "Compare": lambda store, first, roots, editing: compare.build(store, first),
     "Retrieval": lambda store, first, roots, editing: retrieval.build(store, first),
     "Detections": lambda store, first, roots, editing: detections.build(store, first),
     "Does it matter?": lambda store, first, roots, editing: calibration.build(store, first),

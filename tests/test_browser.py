@@ -1000,3 +1000,77 @@ def test_27_markup_in_categories_file_names_and_tags_is_shown_as_text(browser, h
         assert page.locator('a[href*="evil.example"], img[src*="evil.example"]').count() == 0
         page.wait_for_timeout(500)
     assert not [u for u in asked if "evil.example" in u]
+
+
+# ---- #29: the Compare tab ------------------------------------------------------------------
+
+
+def test_the_compare_tab_shows_both_versions_the_change_the_trend_and_their_images(
+    browser, example_dir, tmp_path
+):
+    """Runs of the example's two generator versions (40 + 40 each, the same real files),
+    compared: the tab says what changed in words, tabulates both versions and the change
+    per metric with a verdict, plots each run's FD with its interval (the tooltip names
+    the run), and shows each version's most realistic images; another level redraws the
+    table, and a reload shows it all again."""
+    from conftest import N_PER_DOMAIN, serve_demo
+
+    from lib.inputs.example import build_example
+    from lib.jobs.compare import CompareJob, run_compare
+    from lib.jobs.run import RunConfig, run
+    from lib.store.runs import RunStore
+
+    v2 = build_example(tmp_path / "v2", N_PER_DOMAIN, N_PER_DOMAIN, version=2).root
+    store = RunStore(tmp_path / "results")
+    ids = []
+    for root in (example_dir, v2):
+        config = RunConfig.of(
+            real=root / "real",
+            synthetic=root / "synthetic",
+            projections=("pca",),
+            plots=False,
+            attribution=0,
+            atlas_level="none",
+        )
+        ids.append(run(config, store).id)
+    compared = run_compare(CompareJob(resamples=50), ids, store)
+    levels = compared.compare["levels"]
+    with serve_demo(store.root) as url, visit(browser, url) as page:
+        for attempt in range(2):
+            page.get_by_role("tab", name="Compare").click()
+            page.wait_for_function(
+                "() => document.querySelector('#compare_note').innerText.includes('FD ')",
+                timeout=30_000,
+            )
+            assert all(i in page.inner_text("#compare_note") for i in ids)
+            table = page.inner_text("#compare_table")
+            assert "coverage" in table and "AUC" in table
+            assert any(v in table for v in ("closer", "farther", "within noise"))
+            page.wait_for_selector("#compare_trend .scatterlayer .points path", timeout=20_000)
+            points = page.query_selector_all("#compare_trend .scatterlayer .points path")
+            assert len(points) == 2
+            points[1].scroll_into_view_if_needed()  # below the tables: where a person scrolls
+            box = points[1].bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.wait_for_selector("#compare_trend .hovertext", timeout=5_000)
+            tip = page.evaluate(
+                "() => document.querySelector('#compare_trend .hovertext').textContent"
+            )
+            assert ids[1] in tip
+            page.wait_for_function(
+                "() => document.querySelectorAll('#compare_next_nearest img').length > 0",
+                timeout=20_000,
+            )
+            images = page.query_selector_all("#compare_next_nearest img")
+            assert all(i.evaluate("e => e.naturalWidth") > 0 for i in images)
+            if attempt == 0:
+                page.reload()
+                page.wait_for_selector("#overlap_plot .js-plotly-plot canvas", timeout=60_000)
+        before = page.inner_text("#compare_table")
+        page.get_by_label("Level", exact=True).last.click()
+        page.get_by_role("option", name=levels[-1], exact=True).click()
+        page.wait_for_function(
+            "before => document.querySelector('#compare_table').innerText !== before",
+            arg=before,
+            timeout=20_000,
+        )

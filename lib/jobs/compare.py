@@ -299,17 +299,24 @@ def findings(results: dict) -> list[str]:
     return lines
 
 
+def verdict(metric: str, change: dict) -> str:
+    """ "closer", "farther" or "within noise": the direction of a change beyond noise
+    (coverage closer when it rises; FD and AUC when they fall)."""
+    if change["within_noise"]:
+        return "within noise"
+    closer = change["value"] > 0 if metric == "coverage" else change["value"] < 0
+    return "closer" if closer else "farther"
+
+
 def _stratum_words(entry: dict) -> str:
     """A class's or size's changes beyond noise, by direction: "closer: c4 FD; farther:
     c2 coverage" ("" when nothing moved)."""
     moved: dict[str, list[str]] = {"closer": [], "farther": []}
     for level, m in entry.get("levels", {}).items():
         for metric in METRICS:
-            change = m["change"][metric]
-            if change["within_noise"]:
-                continue
-            closer = change["value"] > 0 if metric == "coverage" else change["value"] < 0
-            moved["closer" if closer else "farther"].append(f"{level} {_LABELS[metric]}")
+            way = verdict(metric, m["change"][metric])
+            if way in moved:
+                moved[way].append(f"{level} {_LABELS[metric]}")
     return "; ".join(f"{way}: {', '.join(items)}" for way, items in moved.items() if items)
 
 
@@ -330,11 +337,11 @@ def _moved(metric: str, m: dict) -> str:
         f"{_fmt(before['value'])} → {_fmt(after['value'])}, "
         f"change {_fmt(change['value'])} [{_fmt(lo)}, {_fmt(hi)}]"
     )
-    if change["within_noise"]:
+    way = verdict(metric, change)
+    if way == "within noise":
         return f"{label} unchanged within noise ({span})"
-    closer = change["value"] > 0 if metric == "coverage" else change["value"] < 0
     gap = change.get("gap_from", 0.0)
-    if metric in ("fd", "auc") and closer and gap > 1e-12:
+    if metric in ("fd", "auc") and way == "closer" and gap > 1e-12:
         share = f"{-change['value'] / gap:.0%} [{-hi / gap:.0%}, {-lo / gap:.0%}]"
         return f"{label} closer: closes {share} of the first's gap ({span})"
-    return f"{label} {'closer' if closer else 'farther'} ({span})"
+    return f"{label} {way} ({span})"
