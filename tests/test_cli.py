@@ -74,7 +74,17 @@ def test_messy_folders_under_cron_publish_a_run_listing_skipped_files(messy, tmp
     assert m["counts"]["real"] == 40 + 5  # the grey, RGBA, palette, 16-bit and JPEG images
     assert m["inputs"][0]["skipped"] == 2
     lines = [line.split(" ", 2)[2] for line in result.stdout.splitlines() if line[:2] == "20"]
-    stages = ["scan", "model", "extract", "project", "atlas", "neighbors", "gap", "attribution"]
+    stages = [
+        "scan",
+        "model",
+        "extract",
+        "project",
+        "atlas",
+        "neighbors",
+        "gap",
+        "duplicates",
+        "attribution",
+    ]
     starts = [line.split(":")[0] for line in lines if ": started" in line]
     ends = [line.split(":")[0] for line in lines if ": done in " in line]
     assert starts == ends == stages

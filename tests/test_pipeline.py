@@ -33,6 +33,7 @@ def test_run_is_published_with_every_file(published_run, results_dir):
         "atlas",
         "neighbors",
         "gap",
+        "duplicates",
         "attribution",
         "plots",
     }

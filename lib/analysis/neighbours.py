@@ -184,6 +184,15 @@ def distances_to_nearest(
     return _nearest_rows(queries, base, k, device)[0]
 
 
+def nearest_rows(
+    queries: np.ndarray, base: np.ndarray, k: int, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k) indices into `base` and euclidean distances of each query's k nearest rows
+    of `base`, nearest first (queries are not in base)."""
+    distances, found = _nearest_rows(queries, base, k, device)
+    return found, distances
+
+
 def _nearest_rows(queries, base, k: int, device: str) -> tuple[np.ndarray, np.ndarray]:
     """(distances, indices) of each query's k nearest rows of `base`, euclidean: FAISS's
     flat index on the CPU (2.5× torch's blocks there), torch's blocks on a GPU."""

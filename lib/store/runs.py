@@ -18,6 +18,7 @@ go through typed methods per artefact (`RunWriter.features`, `Run.neighbours`, .
     neighbors/<level>.npy         int32 (N, k) row indices, nearest first
     neighbors/<level>.distances.npy  float32 (N, k)
     scores.parquet                per image and level: p_synthetic, realism, covered, cluster
+    duplicates.parquet            near-copy candidates: leaks and repeats, with the pixel check
     metrics.json                  gap metrics per level, one record shape (lib.analysis.gap.records)
     plots/3d_<METHOD>_<level> (<direction>).png   static overlap plots
     thumbs/<domain>_<hash>.png    thumbnails (named in images.parquet's `thumb` column)
@@ -70,6 +71,7 @@ IMAGES = "images.parquet"
 OBJECTS = "objects.parquet"
 PROJECTIONS = "projections.parquet"
 SCORES = "scores.parquet"
+DUPLICATES = "duplicates.parquet"
 METRICS = "metrics.json"
 FEATURES = "features"
 NEIGHBOURS = "neighbors"
@@ -181,6 +183,15 @@ class RunWriter:
 
     def scores(self, frame) -> None:
         self._table(SCORES, frame)
+
+    def duplicates(self, records: list[dict]) -> None:
+        """The near-copy candidates (lib.analysis.duplicates.confirm's records)."""
+        import pandas as pd
+
+        columns = ["kind", "a", "b", "pixel_distance", "feature_distance", "correlation", "copy"]
+        frame = pd.DataFrame(records, columns=columns)
+        frame["copy"] = frame["copy"].astype("boolean")
+        self._table(DUPLICATES, frame)
 
     def metrics(self, metrics: dict) -> None:
         self._json(METRICS, metrics)
@@ -690,6 +701,15 @@ class Run:
         name, weights and levels (not the input files it read, which differ per version)."""
         backbone = {k: v for k, v in self.manifest.get("backbone", {}).items() if k != "files"}
         return json.dumps(backbone, sort_keys=True)
+
+    @cached_property
+    def duplicates(self):
+        """The run's near-copy candidates (kind, a, b, distances, correlation, copy), or
+        None for a run made before they were looked for."""
+        import pandas as pd
+
+        path = self.dir / DUPLICATES
+        return pd.read_parquet(path) if path.is_file() else None
 
     @cached_property
     def compare(self) -> dict | None:

@@ -1,5 +1,5 @@
 """One batch run, as stages: scan → objects → model → extract → project → atlas →
-neighbours → gap → strata → attribution → plots → publish.
+neighbours → gap → duplicates → strata → attribution → plots → publish.
 
 `run(config, store)` is what `python -m batch run` calls. Each stage receives its own
 parameters (lib.jobs.run.config) and the run's `Context` (the run being written, the
@@ -16,6 +16,7 @@ from pathlib import Path
 from lib.features.pooling import resolve_pooling
 from lib.jobs.run.config import RunConfig
 from lib.jobs.run.context import Context
+from lib.jobs.run.duplicates import find_duplicates
 from lib.jobs.run.extract import features, objects_record
 from lib.jobs.run.manifest import manifest
 from lib.jobs.run.measure import (
@@ -69,8 +70,12 @@ def _stages(config: RunConfig, ctx: Context, started: datetime) -> None:
     searches = find_neighbours(config.neighbours, found.vectors, ctx)
     metrics, scores = measure_gap(config.gap, found.vectors, rows, ctx)
     table = scanned.table()
+    object_table = objects.table(table) if objects else None
+    copies = find_duplicates(
+        config.duplicates, found.vectors, rows, table if object_table is None else object_table, ctx
+    )
+    metrics |= {"duplicates": copies} if copies is not None else {}
     if objects:
-        object_table = objects.table(table)
         metrics["objects"] = strata_gap(config.gap, found.vectors, rows, object_table, ctx)
         ctx.writer.objects(object_table)
     else:

@@ -173,6 +173,17 @@ class NeighbourParams(_Checked):
 
 
 @dataclass
+class DuplicateParams(_Checked):
+    """Near-copies and leaks (lib.analysis.duplicates)."""
+
+    duplicates_level: str = param(
+        "auto",
+        "The level whose features propose near-copies besides the pixels (auto: the middle "
+        "level; none: no search for duplicates and leaks).",
+    )
+
+
+@dataclass
 class AttributionParams(_Checked):
     """What differs: photometric statistics against each image's p(synthetic)."""
 
@@ -215,6 +226,7 @@ class RunConfig:
     extraction: ExtractParams = field(default_factory=ExtractParams, metadata=FLAT)
     projection: ProjectParams = field(default_factory=ProjectParams, metadata=FLAT)
     neighbours: NeighbourParams = field(default_factory=NeighbourParams, metadata=FLAT)
+    duplicates: DuplicateParams = field(default_factory=DuplicateParams, metadata=FLAT)
     gap: GapParams = field(default_factory=GapParams)
     photometry: AttributionParams = field(default_factory=AttributionParams, metadata=FLAT)
     runtime: RuntimeParams = field(default_factory=RuntimeParams, metadata=FLAT)

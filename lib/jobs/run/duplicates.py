@@ -1,0 +1,64 @@
+"""The duplicates stage: near-copies of real images among the synthetic ones (leaks) and
+repeats within each domain (lib.analysis.duplicates), from the thumbnails the scan wrote
+and the features at one level; published as duplicates.parquet, counted in metrics.json."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from lib.analysis.atlas import middle_level
+from lib.analysis.duplicates import MADS, Search, candidates, confirm, summary, tiny_images
+from lib.jobs.run.config import DuplicateParams
+from lib.jobs.run.context import Context
+from lib.runtime.errors import GapscopeError
+
+THREADS = 4  # thumbnail decoding (PIL lets go of the GIL while it decodes)
+
+
+def find_duplicates(params: DuplicateParams, vectors: dict, rows: dict, table, ctx: Context):
+    """The duplicates' summary for metrics.json (None when skipped); writes the pairs."""
+    level = _level(params, list(vectors))
+    if level is None:
+        return None
+    real, synthetic = rows["real"], rows["synthetic"]
+    with ctx.stages("duplicates", f"near-copies and leaks at {level} and in the pixels"):
+        thumbs = table["thumb"].to_numpy()
+        folder = ctx.writer.dir / "thumbs"
+        cache: dict[int, object] = {}
+
+        def picture(row: int):
+            if row not in cache:
+                cache[row] = _open(folder / thumbs[row]) if thumbs[row] else None
+            return cache[row]
+
+        searches = [Search.of("features", np.asarray(vectors[level]), real, MADS)]
+        pixels = None
+        if len(thumbs) and all(thumbs):
+            with ThreadPoolExecutor(THREADS) as pool:
+                pictures = list(pool.map(lambda n: _open(folder / n), thumbs))
+            pixels = tiny_images(pictures)
+            cache.update(enumerate(pictures))
+            searches.insert(0, Search.of("pixels", pixels, real, MADS))
+        records = confirm(candidates(searches, real, synthetic), picture, pixels)
+        ctx.writer.duplicates(records)
+        return summary(records, searches, level)
+
+
+def _level(params: DuplicateParams, levels: list[str]) -> str | None:
+    choice = params.duplicates_level
+    if choice == "none":
+        return None
+    if choice == "auto":
+        return middle_level(levels)
+    if choice not in levels:
+        raise GapscopeError(f"--duplicates-level {choice}: no such level ({', '.join(levels)})")
+    return choice
+
+
+def _open(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
