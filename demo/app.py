@@ -47,7 +47,7 @@ TITLE = "# gapscope — does your model see synthetic images like real ones?"
 TABS = {
     "Overlap": lambda store, first, roots, editing: overlap.build(store, roots, first, editing),
     "Atlas": lambda store, first, roots, editing: atlas.build(store, first, editing),
-    "Gap report": lambda store, first, roots, editing: report.build(store, first),
+    "Gap report": lambda store, first, roots, editing: report.build(store, first, editing),
     "What if": lambda store, first, roots, editing: whatif.build(store, first),
     "Compare": lambda store, first, roots, editing: compare.build(store, first),
     "Retrieval": lambda store, first, roots, editing: retrieval.build(store, first),

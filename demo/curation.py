@@ -159,7 +159,7 @@ def export_file(
 
     run, notes = open_id(store, run_id), Annotations.of(store.root)
     fmt = EXPORTS[kind]
-    folder = _export_folder()
+    folder = export_folder()
     try:
         if fmt == "zip":
             tag = (tag or "").strip()
@@ -192,7 +192,7 @@ def _exports_root() -> Path:
     return root
 
 
-def _export_folder() -> Path:
+def export_folder() -> Path:
     """A fresh folder for one export. Gradio copies the returned file into its own cache
     as the event ends, so only the newest `KEEP_EXPORTS` are kept (8 events run at once)
     and the rest go when the demo stops: exports never pile up in /tmp."""

@@ -12,7 +12,8 @@ from functools import partial
 import gradio as gr
 import numpy as np
 
-from demo import markup
+from demo import duplicates, markup
+from demo.curation import Editing
 from demo.overlap import ALL, SIZES, class_choices, object_filter
 from demo.runs import (
     PathGallery,
@@ -451,7 +452,7 @@ def _blame_galleries() -> list[gr.Gallery]:
     ]
 
 
-def build(store: RunStore, first: Run) -> Tab:
+def build(store: RunStore, first: Run, editing: Editing | None = None) -> Tab:
     with gr.Blocks() as blocks:
         run_id = gr.Textbox(first.id, visible=False)
         notes = gr.Markdown(elem_id="report_notes")
@@ -467,6 +468,7 @@ def build(store: RunStore, first: Run) -> Tab:
         level, metric, category, size = _blame_choices(first)
         galleries = _blame_galleries()
         history = gr.Plot(label="Over all published runs")
+        copies, kind = duplicates.section(store, editing or Editing(False), run_id)
         outputs = [
             notes,
             table,
@@ -487,4 +489,5 @@ def build(store: RunStore, first: Run) -> Tab:
         )
         # filled on load too: the report is the slowest part of a run to draw
         blocks.load(partial(show_report, store), choices, outputs)
+        blocks.load(partial(duplicates.show, store), [run_id, kind], copies)
     return Tab(blocks, run_id, on_run, [metric], [run_id, level, *outputs])

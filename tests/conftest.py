@@ -77,6 +77,58 @@ def published_run(example_dir, results_dir):
 WHATIF_N = 300  # per domain in the constructed case
 
 
+def _changed_copy(src, dst, how: str, rng):
+    """`src` written to `dst` as it is, shifted 1 px, given σ = 2 noise, or resized down
+    and back."""
+    from PIL import Image
+
+    im = np.asarray(Image.open(src).convert("RGB")).astype(float)
+    if how == "shift":
+        im = np.roll(im, 1, axis=1)
+    if how == "noise":
+        im = im + rng.normal(0, 2, im.shape)
+    out = Image.fromarray(np.clip(np.rint(im), 0, 255).astype(np.uint8))
+    if how == "resize":
+        size = out.size
+        out = out.resize((size[0] - 6, size[1] - 6), Image.Resampling.BILINEAR).resize(size)
+    out.save(dst)
+
+
+@pytest.fixture(scope="session")
+def planted_run(example_dir, tmp_path_factory):
+    """The example's 40 + 40 digits with copies planted: 4 real digits into the synthetic
+    set (exact, shifted 1 px, σ = 2 noise, resized), a synthetic digit repeated and a real
+    digit repeated (resized). (the published run, {planted file: the file it copies})."""
+    from lib.jobs.run import RunConfig, run
+    from lib.store.runs import RunStore
+
+    root = tmp_path_factory.mktemp("planted")
+    for domain in ("real", "synthetic"):
+        shutil.copytree(example_dir / domain, root / domain)
+    reals = sorted((root / "real").rglob("*.png"))
+    fakes = sorted((root / "synthetic").rglob("*.png"))
+    rng = np.random.default_rng(0)
+    copies = {}
+    for i, how in enumerate(("exact", "shift", "noise", "resize")):
+        src = reals[5 * i]
+        dst = root / "synthetic" / src.parent.name / f"copy_{how}.png"
+        _changed_copy(src, dst, how, rng)
+        copies[dst.name] = src.name
+    for src, how in ((fakes[3], "exact"), (reals[30], "resize")):
+        dst = src.parent / f"again_{src.name}"
+        _changed_copy(src, dst, how, rng)
+        copies[dst.name] = src.name
+    config = RunConfig.of(
+        real=root / "real",
+        synthetic=root / "synthetic",
+        projections=("pca",),
+        plots=False,
+        attribution=0,
+        atlas_level="none",
+    )
+    return run(config, RunStore(root / "results")), copies
+
+
 @pytest.fixture(scope="session")
 def filter_gap_store(tmp_path_factory):
     """The constructed case with a known answer (lib.inputs.example.build_filter_gap: real

@@ -1074,3 +1074,60 @@ def test_the_compare_tab_shows_both_versions_the_change_the_trend_and_their_imag
             arg=before,
             timeout=20_000,
         )
+
+
+def test_the_gap_report_s_leaks_are_flagged_for_removal_kept_after_a_reload_and_exported(
+    browser, planted_run
+):
+    """The run with four real digits planted among the synthetic ones: the Gap report
+    counts them, shows each beside the real digit it copies, flags the four copies for
+    removal with one click (never the real originals), still shows them flagged after a
+    reload, and the downloaded CSV lists them."""
+    import csv
+    import io
+
+    from conftest import serve_demo
+
+    from lib.store.annotations import REMOVE, Annotations
+
+    published, copies = planted_run
+    with serve_demo(published.results) as url, visit(browser, url) as page:
+        for attempt in range(2):
+            page.get_by_role("tab", name="Gap report").click()
+            page.wait_for_function(
+                "() => document.querySelector('#duplicates_note').innerText"
+                ".includes('4 synthetic images copy a real one')",
+                timeout=30_000,
+            )
+            gallery = page.locator("#duplicates_gallery")
+            gallery.scroll_into_view_if_needed()
+            page.wait_for_function(
+                "() => document.querySelectorAll('#duplicates_gallery .caption-label').length >= 8",
+                timeout=20_000,
+            )
+            captions = [c.inner_text() for c in gallery.locator(".caption-label").all()]
+            assert sum("copy (r = " in c for c in captions) == 4
+            assert sum(c.startswith("↳ copies") and " real " in c for c in captions) >= 4
+            images = gallery.locator("img").all()
+            assert all(i.evaluate("e => e.naturalWidth") > 0 for i in images)
+            if attempt == 0:
+                page.click("#duplicates_remove_button")
+                page.wait_for_function(
+                    "() => document.querySelector('#duplicates_done').innerText"
+                    ".includes('tagged 4 of 4 images')",
+                    timeout=20_000,
+                )
+                page.reload()
+        assert sum("tags: remove" in c for c in captions) == 4  # after the reload
+        page.click("#duplicates_export")
+        link = page.wait_for_selector("#duplicates_file a", timeout=20_000)
+        with page.expect_download() as got:
+            link.click()
+        with open(got.value.path(), encoding="utf-8") as fh:
+            rows = list(csv.DictReader(io.StringIO(fh.read())))
+    leaked = {
+        r["copy_file"].split("/")[-1] for r in rows if r["kind"] == "leak" and r["copy"] == "yes"
+    }
+    assert leaked == {n for n in copies if n.startswith("copy_")}
+    removed = {p for _, p in Annotations.of(published.results).tagged(REMOVE)}
+    assert {p.split("/")[-1] for p in removed} == leaked  # the copies only, not the originals

@@ -4,8 +4,6 @@ and a feature coincidence is never called a copy."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,55 +13,8 @@ from lib.analysis.duplicates import Pair, best_correlation, confirm, threshold
 from lib.store.runs import RunStore
 
 
-def _changed(src, dst, how: str, rng):
-    im = np.asarray(Image.open(src).convert("RGB")).astype(float)
-    if how == "shift":
-        im = np.roll(im, 1, axis=1)
-    if how == "noise":
-        im = im + rng.normal(0, 2, im.shape)
-    out = Image.fromarray(np.clip(np.rint(im), 0, 255).astype(np.uint8))
-    if how == "resize":
-        size = out.size
-        out = out.resize((size[0] - 6, size[1] - 6), Image.Resampling.BILINEAR).resize(size)
-    out.save(dst)
-
-
-@pytest.fixture(scope="module")
-def planted(example_dir, tmp_path_factory):
-    """The example's 40 + 40 digits with copies planted: 4 real digits into the synthetic
-    set (exact, shifted 1 px, σ = 2 noise, resized), a synthetic digit repeated and a real
-    digit repeated (resized). (the published run, {planted file: the file it copies})."""
-    from lib.jobs.run import RunConfig, run
-
-    root = tmp_path_factory.mktemp("planted")
-    for domain in ("real", "synthetic"):
-        shutil.copytree(example_dir / domain, root / domain)
-    reals = sorted((root / "real").rglob("*.png"))
-    fakes = sorted((root / "synthetic").rglob("*.png"))
-    rng = np.random.default_rng(0)
-    copies = {}
-    for i, how in enumerate(("exact", "shift", "noise", "resize")):
-        src = reals[5 * i]
-        dst = root / "synthetic" / src.parent.name / f"copy_{how}.png"
-        _changed(src, dst, how, rng)
-        copies[dst.name] = src.name
-    for src, how in ((fakes[3], "exact"), (reals[30], "resize")):
-        dst = src.parent / f"again_{src.name}"
-        _changed(src, dst, how, rng)
-        copies[dst.name] = src.name
-    config = RunConfig.of(
-        real=root / "real",
-        synthetic=root / "synthetic",
-        projections=("pca",),
-        plots=False,
-        attribution=0,
-        atlas_level="none",
-    )
-    return run(config, RunStore(root / "results")), copies
-
-
-def test_planted_copies_are_found_and_called_copies(planted):
-    published, copies = planted
+def test_planted_copies_are_found_and_called_copies(planted_run):
+    published, copies = planted_run
     found = published.duplicates
     names = published.column("relpath")
     found = found.assign(
@@ -144,3 +95,36 @@ def test_given_embeddings_report_unconfirmed_candidates(tmp_path):
     assert leaks["copy"].isna().all()  # candidates only: no pixels to call any a copy
     kinds = published.metrics["duplicates"]["kinds"]["leak"]
     assert kinds["copies"] == 0 and kinds["unconfirmed"] == kinds["candidates"] == len(leaks)
+
+
+def test_the_gap_report_lists_counts_pairs_and_a_csv_of_them(planted_run, tmp_path):
+    """What the Gap report's duplicates section shows of the planted run: the counts per
+    kind, the leaks side by side (the copy, then the real image it copies), the copies to
+    tag are the four synthetic images, a read-only demo tags nothing, and the CSV names
+    the files relative to their folders."""
+    import csv
+    import io
+
+    from demo import duplicates
+    from demo.curation import Editing
+
+    published, copies = planted_run
+    note = duplicates.note(published)
+    assert "| leaks (synthetic copies of real images) | 4 | 4 |" in note
+    assert "**4 synthetic images copy a real one**" in note
+    items = duplicates.gallery(published, "leak")
+    firsts, seconds = items[0::2], items[1::2]
+    assert all("synthetic" in c and "copy (r = " in c for _, c in firsts[:4])
+    assert all(c.startswith("↳ copies #") and "real" in c for _, c in seconds[:4])
+    rows = duplicates.copy_rows(published, "leak")
+    names = [published.rows.at[r, "relpath"].split("/")[-1] for r in rows]
+    assert sorted(names) == sorted(n for n in copies if n.startswith("copy_"))
+    store = RunStore(tmp_path / "results")
+    with pytest.raises(Exception, match="read-only"):
+        duplicates.tag_copies(store, Editing(False), published.id, "leaks", "x", "", "")
+    table = list(csv.DictReader(io.StringIO(duplicates.to_csv(published))))
+    assert len(table) == len(published.duplicates)
+    leaks = [r for r in table if r["kind"] == "leak" and r["copy"] == "yes"]
+    assert sorted(r["copy_file"].split("/")[-1] for r in leaks) == sorted(names)
+    assert all(not r["copy_file"].startswith("/") and r["of_domain"] == "real" for r in leaks)
+    assert all(float(r["correlation"]) >= 0.99 for r in leaks)
