@@ -12,7 +12,7 @@ from functools import partial
 import gradio as gr
 import numpy as np
 
-from demo import duplicates, markup
+from demo import duplicates, markup, modes
 from demo.curation import Editing
 from demo.overlap import ALL, SIZES, class_choices, object_filter
 from demo.runs import (
@@ -468,6 +468,7 @@ def build(store: RunStore, first: Run, editing: Editing | None = None) -> Tab:
         level, metric, category, size = _blame_choices(first)
         galleries = _blame_galleries()
         history = gr.Plot(label="Over all published runs")
+        found_modes = modes.section(store, run_id)
         copies, kind = duplicates.section(store, editing or Editing(False), run_id)
         outputs = [
             notes,
@@ -490,4 +491,5 @@ def build(store: RunStore, first: Run, editing: Editing | None = None) -> Tab:
         # filled on load too: the report is the slowest part of a run to draw
         blocks.load(partial(show_report, store), choices, outputs)
         blocks.load(partial(duplicates.show, store), [run_id, kind], copies)
+        blocks.load(partial(modes.show, store), run_id, found_modes)
     return Tab(blocks, run_id, on_run, [metric], [run_id, level, *outputs])

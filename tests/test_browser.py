@@ -215,6 +215,19 @@ def gap_report_tab_shows_the_images_to_blame_and_what_differs(page, published_ru
     assert "What differs" in differs and found["sentences"][-1] in differs
     assert found["statistics"][0]["statistic"] in differs
     page.wait_for_selector("#what_differs_chart .js-plotly-plot", timeout=20_000)
+    # the modes one domain under- or over-represents, in words, with their images
+    modes = published_run.metrics["modes"]["modes"]
+    page.locator("#modes_gallery").scroll_into_view_if_needed()
+    page.wait_for_function(
+        "(t) => document.querySelector('#modes_note').innerText.includes(t)",
+        arg=modes[0]["says"],
+        timeout=20_000,
+    )
+    page.wait_for_function(  # drawn: the gallery's first row at least (the rest load lazily)
+        "() => [...document.querySelectorAll('#modes_gallery img')]"
+        ".filter(e => e.naturalWidth > 0).length >= 4",
+        timeout=20_000,
+    )
 
 
 def the_tsne_projection_is_2d_and_clickable(page):

@@ -83,6 +83,7 @@ def test_messy_folders_under_cron_publish_a_run_listing_skipped_files(messy, tmp
         "neighbors",
         "gap",
         "duplicates",
+        "modes",
         "attribution",
     ]
     starts = [line.split(":")[0] for line in lines if ": started" in line]

@@ -34,6 +34,7 @@ def test_run_is_published_with_every_file(published_run, results_dir):
         "neighbors",
         "gap",
         "duplicates",
+        "modes",
         "attribution",
         "plots",
     }

@@ -1,5 +1,5 @@
 """One batch run, as stages: scan → objects → model → extract → project → atlas →
-neighbours → gap → duplicates → strata → attribution → plots → publish.
+neighbours → gap → duplicates → modes → strata → attribution → plots → publish.
 
 `run(config, store)` is what `python -m batch run` calls. Each stage receives its own
 parameters (lib.jobs.run.config) and the run's `Context` (the run being written, the
@@ -28,6 +28,7 @@ from lib.jobs.run.measure import (
     save_plots,
     strata_gap,
 )
+from lib.jobs.run.modes import find_modes
 from lib.jobs.run.scan import mixed_sizes, preparation, scan, scan_boxes
 from lib.runtime.backend import check_choices, choose_backend
 from lib.runtime.executor import open_executor
@@ -71,10 +72,11 @@ def _stages(config: RunConfig, ctx: Context, started: datetime) -> None:
     metrics, scores = measure_gap(config.gap, found.vectors, rows, ctx)
     table = scanned.table()
     object_table = objects.table(table) if objects else None
-    copies = find_duplicates(
-        config.duplicates, found.vectors, rows, table if object_table is None else object_table, ctx
-    )
+    row_table = table if object_table is None else object_table  # a row per image or object
+    copies = find_duplicates(config.duplicates, found.vectors, rows, row_table, ctx)
     metrics |= {"duplicates": copies} if copies is not None else {}
+    modes = find_modes(config.modes, found.vectors, rows, row_table, ctx)
+    metrics |= {"modes": modes} if modes is not None else {}
     if objects:
         metrics["objects"] = strata_gap(config.gap, found.vectors, rows, object_table, ctx)
         ctx.writer.objects(object_table)

@@ -17,7 +17,9 @@ from functools import cache
 from pathlib import Path
 from typing import get_type_hints
 
+from lib.analysis.atlas import middle_level
 from lib.analysis.gap import GapParams
+from lib.analysis.gap.modes import N_MODES
 from lib.analysis.neighbours import METRIC, K
 from lib.analysis.reduce import TSNEParams, UMAPParams
 from lib.features.cache import SHARD
@@ -25,6 +27,7 @@ from lib.features.objects import CROP_SIZE, MARGIN
 from lib.features.pooling import DEFAULT as DEFAULT_POOLING
 from lib.features.sources import BATCH_SIZE
 from lib.inputs.images import WEB_SIZE
+from lib.runtime.errors import GapscopeError
 from lib.runtime.params import REQUIRED, check_minimums, param
 
 FLAT = {"flat": True}  # a stage whose fields the manifest lists among the run's own
@@ -184,6 +187,30 @@ class DuplicateParams(_Checked):
 
 
 @dataclass
+class ModeParams(_Checked):
+    """Modes one domain over- or under-represents (lib.analysis.gap.modes)."""
+
+    modes_level: str = param(
+        "auto",
+        "The level whose features the modes are found in (auto: the middle level; none: no modes).",
+    )
+    modes: int = param(
+        N_MODES, "Modes (k-means on both domains; fewer when the domains are small).", minimum=2
+    )
+
+
+def chosen_level(choice: str, levels: list[str], flag: str) -> str | None:
+    """The level a stage's `--<flag>` names: auto → the middle level, none → None."""
+    if choice == "none":
+        return None
+    if choice == "auto":
+        return middle_level(levels)
+    if choice not in levels:
+        raise GapscopeError(f"--{flag} {choice}: no such level ({', '.join(levels)})")
+    return choice
+
+
+@dataclass
 class AttributionParams(_Checked):
     """What differs: photometric statistics against each image's p(synthetic)."""
 
@@ -227,6 +254,7 @@ class RunConfig:
     projection: ProjectParams = field(default_factory=ProjectParams, metadata=FLAT)
     neighbours: NeighbourParams = field(default_factory=NeighbourParams, metadata=FLAT)
     duplicates: DuplicateParams = field(default_factory=DuplicateParams, metadata=FLAT)
+    modes: ModeParams = field(default_factory=ModeParams, metadata=FLAT)
     gap: GapParams = field(default_factory=GapParams)
     photometry: AttributionParams = field(default_factory=AttributionParams, metadata=FLAT)
     runtime: RuntimeParams = field(default_factory=RuntimeParams, metadata=FLAT)

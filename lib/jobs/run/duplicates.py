@@ -8,18 +8,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from lib.analysis.atlas import middle_level
 from lib.analysis.duplicates import MADS, Search, candidates, confirm, summary, tiny_images
-from lib.jobs.run.config import DuplicateParams
+from lib.jobs.run.config import DuplicateParams, chosen_level
 from lib.jobs.run.context import Context
-from lib.runtime.errors import GapscopeError
 
 THREADS = 4  # thumbnail decoding (PIL lets go of the GIL while it decodes)
 
 
 def find_duplicates(params: DuplicateParams, vectors: dict, rows: dict, table, ctx: Context):
     """The duplicates' summary for metrics.json (None when skipped); writes the pairs."""
-    level = _level(params, list(vectors))
+    level = chosen_level(params.duplicates_level, list(vectors), "duplicates-level")
     if level is None:
         return None
     real, synthetic = rows["real"], rows["synthetic"]
@@ -44,17 +42,6 @@ def find_duplicates(params: DuplicateParams, vectors: dict, rows: dict, table, c
         records = confirm(candidates(searches, real, synthetic), picture, pixels)
         ctx.writer.duplicates(records)
         return summary(records, searches, level)
-
-
-def _level(params: DuplicateParams, levels: list[str]) -> str | None:
-    choice = params.duplicates_level
-    if choice == "none":
-        return None
-    if choice == "auto":
-        return middle_level(levels)
-    if choice not in levels:
-        raise GapscopeError(f"--duplicates-level {choice}: no such level ({', '.join(levels)})")
-    return choice
 
 
 def _open(path):
