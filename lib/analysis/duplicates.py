@@ -9,7 +9,7 @@ Candidates come from two searches, each of every image's nearest images:
   (on the example's digits, a copy shifted by 1 px or given σ = 2 noise lay farther from its
   original at c2-c5 than most synthetic images lie from their nearest real one);
 - the run's features at one level (the middle level by default), for what the model sees
-  as the same.
+  as the same: its neighbour table (`Table`), or a fresh search (`Search`).
 
 A pair is a candidate when its distance in either search falls below that search's
 threshold, chosen from the distribution of the real images' nearest-neighbour distances
@@ -144,6 +144,53 @@ class Search:
                     a, b = max(a, b), min(a, b)
                 key = (kind, a, b)
                 found[key] = min(found.get(key, np.inf), float(distance[i, j]))
+        return found
+
+
+@dataclass
+class Table:
+    """A search already done: the run's neighbour table at one level ((N, k) rows and
+    distances over both domains, nearest first), read rather than searched again: at
+    100k + 100k a fresh exact search per kind cost more than the rest of the run. The
+    threshold comes from each real image's nearest real neighbour in the table."""
+
+    name: str
+    indices: np.ndarray
+    distances: np.ndarray
+    limit: float = 0.0
+
+    @classmethod
+    def of(cls, name: str, indices, distances, real: np.ndarray, mads: float) -> Table:
+        table = cls(name, np.asarray(indices), np.asarray(distances, dtype=np.float64))
+        is_real = np.zeros(len(table.indices), bool)
+        is_real[real] = True
+        own = table.indices[real]
+        mine = (own >= 0) & is_real[np.maximum(own, 0)] & (own != real[:, None])
+        d = np.where(mine, table.distances[real], np.inf)
+        table.limit = threshold(d.min(axis=1), mads)
+        return table
+
+    def pairs(self, real: np.ndarray, synthetic: np.ndarray) -> dict[tuple, float]:
+        is_real = np.zeros(len(self.indices), bool)
+        is_real[real] = True
+        rows, cols = np.nonzero(self.distances < self.limit)
+        found: dict[tuple, float] = {}
+        for i, j in zip(rows, cols, strict=True):
+            a, b = int(i), int(self.indices[i, j])
+            if a == b or b < 0:
+                continue
+            if is_real[a] != is_real[b]:
+                kind, (a, b) = "leak", ((b, a) if is_real[a] else (a, b))
+            else:
+                kind, (a, b) = (
+                    ("real" if is_real[a] else "synthetic") + " repeat",
+                    (
+                        max(a, b),
+                        min(a, b),
+                    ),
+                )
+            key = (kind, a, b)
+            found[key] = min(found.get(key, np.inf), float(self.distances[i, j]))
         return found
 
 

@@ -181,6 +181,11 @@ class RunWriter:
         self._array(idx_file, np.asarray(indices, dtype=np.int32))
         self._array(dist_file, np.asarray(distances, dtype=np.float32))
 
+    def written_neighbours(self, level: str) -> tuple[np.ndarray, np.ndarray]:
+        """The neighbour table `neighbours` wrote at `level` (memory-mapped), for a later
+        stage of the same run."""
+        return tuple(np.load(self.dir / f, mmap_mode="r") for f in _neighbour_files(level))
+
     def scores(self, frame) -> None:
         self._table(SCORES, frame)
 

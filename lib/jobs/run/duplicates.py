@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
-from lib.analysis.duplicates import MADS, Search, candidates, confirm, summary, tiny_images
+from lib.analysis.duplicates import MADS, Search, Table, candidates, confirm, summary, tiny_images
 from lib.jobs.run.config import DuplicateParams, chosen_level
 from lib.jobs.run.context import Context
 
@@ -31,7 +29,8 @@ def find_duplicates(params: DuplicateParams, vectors: dict, rows: dict, table, c
                 cache[row] = _open(folder / thumbs[row]) if thumbs[row] else None
             return cache[row]
 
-        searches = [Search.of("features", np.asarray(vectors[level]), real, MADS)]
+        indices, distances = ctx.writer.written_neighbours(level)
+        searches = [Table.of("features", indices, distances, real, MADS)]
         pixels = None
         if len(thumbs) and all(thumbs):
             with ThreadPoolExecutor(THREADS) as pool:
