@@ -24,7 +24,7 @@ import gradio as gr
 import numpy as np
 
 from demo import markup
-from demo.curation import Editing, change_tags, downloads
+from demo.curation import Editing, change_tags, downloads, who_and_token
 from demo.runs import (
     ASSETS,
     PathGallery,
@@ -694,13 +694,7 @@ class _Editor:
     @classmethod
     def build(cls, editing: Editing) -> _Editor:
         with gr.Row():
-            who = gr.Textbox(label="Your name", placeholder="anonymous", elem_id="atlas_who")
-            token = gr.Textbox(
-                label="Write token",
-                type="password",
-                visible=editing.token is not None,
-                elem_id="atlas_token",
-            )
+            who, token = who_and_token(editing, "atlas_who", "atlas_token")
         tag = gr.Textbox(label="Tag", placeholder="e.g. odd lighting", elem_id="atlas_tag")
         with gr.Row():
             tag_button = gr.Button("Tag selection", elem_id="atlas_tag_button")

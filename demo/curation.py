@@ -220,6 +220,19 @@ def _selected(row) -> list[int]:
     return [int(row)]
 
 
+def who_and_token(editing: Editing, who_id: str, token_id: str) -> tuple:
+    """The editor's name and write token boxes (the token shown only when one is needed),
+    as every tab that writes annotations asks for them."""
+    who = gr.Textbox(label="Your name", placeholder="anonymous", elem_id=who_id)
+    token = gr.Textbox(
+        label="Write token",
+        type="password",
+        elem_id=token_id,
+        visible=editing.token is not None,
+    )
+    return who, token
+
+
 def panel(store: RunStore, editing: Editing, run_id, level, selected_row, picked) -> None:
     """The selected image's tags and label (always), the editing controls (when the demo
     may write) and the downloads, inside the caller's layout; `selected_row` is the
@@ -230,13 +243,7 @@ def panel(store: RunStore, editing: Editing, run_id, level, selected_row, picked
     else:
         with gr.Accordion("Curate the selected image", open=True, elem_id="curate"):
             with gr.Row():
-                who = gr.Textbox(label="Your name", placeholder="anonymous", elem_id="who")
-                token = gr.Textbox(
-                    label="Write token",
-                    type="password",
-                    elem_id="write_token",
-                    visible=editing.token is not None,
-                )
+                who, token = who_and_token(editing, "who", "write_token")
             with gr.Row():
                 tag = gr.Textbox(label="Tag", placeholder="e.g. odd lighting", elem_id="tag_name")
                 scope = gr.Radio(

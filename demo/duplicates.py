@@ -16,7 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from demo import markup
-from demo.curation import Editing, change_tags, export_folder
+from demo.curation import Editing, change_tags, export_folder, who_and_token
 from demo.runs import PathGallery, caption, open_id, picture, tag_names
 from lib.inputs.spreadsheet import escape
 from lib.store.annotations import REMOVE, Annotations, keys_of
@@ -208,13 +208,7 @@ def section(store: RunStore, editing: Editing, run_id) -> tuple[list, gr.Radio]:
 
 def _tagging(store: RunStore, editing: Editing, run_id, kind, shown) -> None:
     with gr.Row():
-        who = gr.Textbox(label="Your name", placeholder="anonymous", elem_id="duplicates_who")
-        token = gr.Textbox(
-            label="Write token",
-            type="password",
-            visible=editing.token is not None,
-            elem_id="duplicates_token",
-        )
+        who, token = who_and_token(editing, "duplicates_who", "duplicates_token")
         tag = gr.Textbox(label="Tag", value="duplicate", elem_id="duplicates_tag")
     with gr.Row():
         tag_button = gr.Button("Tag the copies", elem_id="duplicates_tag_button")
