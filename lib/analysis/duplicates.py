@@ -112,17 +112,22 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Search:
-    """One search's vectors (rows of the run, unit length) and its threshold."""
+    """One search's vectors (rows of the run, unit length), its threshold, and the real
+    images' search among themselves (made once: it sets the threshold and finds the
+    real repeats)."""
 
     name: str  # "pixels" or "features"
     vectors: np.ndarray  # (n rows, d)
     limit: float = 0.0
+    among_real: tuple | None = None  # (indices into real, distances) of each real's nearest
 
     @classmethod
     def of(cls, name: str, vectors: np.ndarray, real: np.ndarray, mads: float) -> Search:
         search = cls(name, _unit(vectors))
-        _, d = knn(search.vectors[real], 1, "euclidean")
-        search.limit = threshold(d[:, 0], mads)
+        if len(real) > 1:
+            x = search.vectors[real]
+            search.among_real = _search(x, x, min(NEIGHBOURS, len(real) - 1), same=True)
+            search.limit = threshold(search.among_real[1][:, 0], mads)
         return search
 
     def pairs(self, real: np.ndarray, synthetic: np.ndarray) -> dict[tuple, float]:
@@ -135,16 +140,24 @@ class Search:
         ):
             if len(base) <= 1 or len(queries) == 0:
                 continue
-            x, y = self.vectors[queries], self.vectors[base]
-            k = min(NEIGHBOURS, len(base) - (kind != "leak"))
-            index, distance = _search(x, y, k, same=kind != "leak")
+            if kind == "real repeat":
+                index, distance = self.among_real
+            else:
+                x, y = self.vectors[queries], self.vectors[base]
+                k = min(NEIGHBOURS, len(base) - (kind != "leak"))
+                index, distance = _search(x, y, k, same=kind != "leak")
             for i, j in zip(*np.nonzero(distance < self.limit), strict=True):
-                a, b = int(queries[i]), int(base[index[i, j]])
-                if kind != "leak":
-                    a, b = max(a, b), min(a, b)
-                key = (kind, a, b)
-                found[key] = min(found.get(key, np.inf), float(distance[i, j]))
+                _keep(found, kind, int(queries[i]), int(base[index[i, j]]), distance[i, j])
         return found
+
+
+def _keep(found: dict, kind: str, a: int, b: int, distance: float) -> None:
+    """Record a candidate pair under its key (a leak: the synthetic row, then the real;
+    a repeat: the later row, then the earlier), keeping its smallest distance."""
+    if kind != "leak":
+        a, b = max(a, b), min(a, b)
+    key = (kind, a, b)
+    found[key] = min(found.get(key, np.inf), float(distance))
 
 
 @dataclass
@@ -182,15 +195,8 @@ class Table:
             if is_real[a] != is_real[b]:
                 kind, (a, b) = "leak", ((b, a) if is_real[a] else (a, b))
             else:
-                kind, (a, b) = (
-                    ("real" if is_real[a] else "synthetic") + " repeat",
-                    (
-                        max(a, b),
-                        min(a, b),
-                    ),
-                )
-            key = (kind, a, b)
-            found[key] = min(found.get(key, np.inf), float(self.distances[i, j]))
+                kind = ("real" if is_real[a] else "synthetic") + " repeat"
+            _keep(found, kind, a, b, self.distances[i, j])
         return found
 
 
