@@ -129,6 +129,29 @@ def planted_run(example_dir, tmp_path_factory):
     return run(config, RunStore(root / "results")), copies
 
 
+def run_embeddings(folder: Path, real: np.ndarray, fake: np.ndarray, **options):
+    """Two arrays as given embeddings (a .npy and a CSV of made-up paths per domain) through
+    the batch job (PCA only, no plots, and `options`); the published run."""
+    import pandas as pd
+
+    from lib.jobs.run import RunConfig, run
+    from lib.store.runs import RunStore
+
+    for name, x in (("real", real), ("synthetic", fake)):
+        np.save(folder / f"{name}.npy", np.asarray(x, dtype=np.float32))
+        pd.DataFrame({"path": [f"{name[0]}{i}.png" for i in range(len(x))]}).to_csv(
+            folder / f"{name}.csv", index=False
+        )
+    config = RunConfig.of(
+        real=folder / "real.npy",
+        synthetic=folder / "synthetic.npy",
+        projections=("pca",),
+        plots=False,
+        **options,
+    )
+    return run(config, RunStore(folder / "results"))
+
+
 @pytest.fixture(scope="session")
 def filter_gap_store(tmp_path_factory):
     """The constructed case with a known answer (lib.inputs.example.build_filter_gap: real

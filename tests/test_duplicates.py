@@ -5,7 +5,6 @@ and a feature coincidence is never called a copy."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
@@ -72,23 +71,12 @@ def test_the_threshold_lies_below_distinct_images_and_ignores_exact_copies():
 def test_given_embeddings_report_unconfirmed_candidates(tmp_path):
     """A run of given embeddings whose synthetic set holds a real vector: a leak candidate,
     unconfirmed (no pixels to check), and no copy claimed."""
-    from lib.jobs.run import RunConfig, run
+    from conftest import run_embeddings
 
     rng = np.random.default_rng(0)
     real, fake = rng.normal(size=(60, 8)), rng.normal(size=(60, 8)) + 0.5
     fake[7] = real[3]
-    for name, x in (("real", real), ("synthetic", fake)):
-        np.save(tmp_path / f"{name}.npy", x.astype(np.float32))
-        pd.DataFrame({"path": [f"{name[0]}{i}.png" for i in range(60)]}).to_csv(
-            tmp_path / f"{name}.csv", index=False
-        )
-    config = RunConfig.of(
-        real=tmp_path / "real.npy",
-        synthetic=tmp_path / "synthetic.npy",
-        projections=("pca",),
-        plots=False,
-    )
-    published = run(config, RunStore(tmp_path / "results"))
+    published = run_embeddings(tmp_path, real, fake)
     leaks = published.duplicates[published.duplicates["kind"] == "leak"]
     planted = leaks[(leaks["a"] == 60 + 7) & (leaks["b"] == 3)]
     assert len(planted) == 1 and planted["feature_distance"].iloc[0] < 1e-6

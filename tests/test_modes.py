@@ -5,12 +5,10 @@ synthetic set is found and ranked first, and the modes are said in words."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from lib.analysis.gap.modes import Modes, names, ratio_interval, sentence
 from lib.runtime.errors import GapscopeError
-from lib.store.runs import RunStore
 
 CENTRES = np.eye(16)[:3] * 8  # three distinct blobs in 16-d
 
@@ -52,25 +50,13 @@ def test_a_mode_missing_from_synthetic_is_found_first_with_its_ratio(tmp_path):
     """Given embeddings: real images in four blobs (a quarter each), synthetic in the
     first three only. The run's modes rank the missing blob first, with no synthetic
     image, a quarter of real, beyond noise; the rest are within noise or near 4/3."""
-    from lib.jobs.run import RunConfig, run
+    from conftest import run_embeddings
 
     rng = np.random.default_rng(0)
     centres = np.eye(12)[:4] * 10
     real = rng.normal(size=(200, 12)) + centres[np.repeat(np.arange(4), 50)]
     fake = rng.normal(size=(200, 12)) + centres[rng.choice(3, 200)]
-    for name, x in (("real", real), ("synthetic", fake)):
-        np.save(tmp_path / f"{name}.npy", x.astype(np.float32))
-        pd.DataFrame({"path": [f"{name[0]}{i}.png" for i in range(200)]}).to_csv(
-            tmp_path / f"{name}.csv", index=False
-        )
-    config = RunConfig.of(
-        real=tmp_path / "real.npy",
-        synthetic=tmp_path / "synthetic.npy",
-        projections=("pca",),
-        plots=False,
-        modes=4,
-    )
-    found = run(config, RunStore(tmp_path / "results")).metrics["modes"]
+    found = run_embeddings(tmp_path, real, fake, modes=4).metrics["modes"]
     first = found["modes"][0]
     assert first["synthetic"] == 0 and first["real"] == 50 and first["ratio"] == 0
     assert first["beyond_noise"] and first["ci95"][1] < 0.2  # ≥ 6× rarer
